@@ -1,0 +1,30 @@
+"""User-facing errors.
+
+Every error a user can cause (an unknown name, a corrupt file, an exhausted budget) is a
+``ModelheistError`` whose message is one clear line; the CLI prints it and exits non-zero
+without a traceback. Anything else is a bug.
+"""
+
+
+class ModelheistError(Exception):
+    """Base class of errors caused by input, configuration or environment, not by a bug."""
+
+
+class DatasetUnavailableError(ModelheistError):
+    """A dataset is unknown, or known but not present on this machine."""
+
+
+class ModelLoadError(ModelheistError):
+    """A model folder is missing, corrupt or not a modelheist model."""
+
+
+class InvalidQueryError(ModelheistError):
+    """A query batch has the wrong shape, dtype or non-finite values."""
+
+
+class BudgetExceededError(ModelheistError):
+    """A client asked for more queries than its budget allows; nothing was answered."""
+
+
+class IncompatibleOutputError(ModelheistError):
+    """An attack cannot use the output granularity the API returns."""
