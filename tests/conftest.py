@@ -1,0 +1,29 @@
+"""Shared fixtures: small, real victims trained once per session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from modelheist.data import load_dataset
+from modelheist.models import TrainConfig, train_model
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_dataset("digits", seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(digits):
+    return train_model(digits, "cnn", TrainConfig(epochs=15, seed=0))
+
+
+@pytest.fixture(scope="session")
+def breast_cancer():
+    return load_dataset("breast-cancer", seed=0)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,134 @@
+import gzip
+
+import numpy as np
+import pytest
+
+from modelheist.data import attacker_transfer_set, dataset_names, fit_to_shape, load_dataset
+from modelheist.data.cifar import RECORD_BYTES, read_cifar10_folder
+from modelheist.data.idx import read_idx, write_idx
+from modelheist.errors import DatasetUnavailableError
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("name", ["a.idx", "a.idx.gz"])
+def test_idx_round_trip(tmp_path, rng, dtype, name):
+    array = (rng.normal(size=(5, 3, 4)) * 50).astype(dtype)
+    write_idx(tmp_path / name, array)
+    back = read_idx(tmp_path / name)
+    assert back.dtype == np.dtype(dtype).newbyteorder("=")
+    np.testing.assert_array_equal(back, array)
+
+
+def test_idx_detects_gzip_by_content_not_name(tmp_path):
+    array = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    write_idx(tmp_path / "plain-name", array, compress=True)
+    assert (tmp_path / "plain-name").read_bytes()[:2] == b"\x1f\x8b"
+    np.testing.assert_array_equal(read_idx(tmp_path / "plain-name"), array)
+
+
+def test_idx_rejects_bad_magic_and_truncation(tmp_path):
+    (tmp_path / "junk").write_bytes(b"not an idx file at all")
+    with pytest.raises(DatasetUnavailableError, match="bad magic"):
+        read_idx(tmp_path / "junk")
+    write_idx(tmp_path / "ok", np.zeros((4, 4), np.uint8))
+    (tmp_path / "cut").write_bytes((tmp_path / "ok").read_bytes()[:-3])
+    with pytest.raises(DatasetUnavailableError, match="truncated"):
+        read_idx(tmp_path / "cut")
+    (tmp_path / "badgz").write_bytes(gzip.compress(b"xx")[:-4])
+    with pytest.raises(DatasetUnavailableError):
+        read_idx(tmp_path / "badgz")
+
+
+def _idx_dataset(folder, rng, n_train=60, n_test=20):
+    folder.mkdir()
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(
+            folder / f"{prefix}-images-idx3-ubyte.gz",
+            rng.integers(0, 256, (n, 10, 10), dtype=np.uint8),
+        )
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n, dtype=np.uint8) % 3)
+
+
+def test_idx_folder_dataset(tmp_path, rng):
+    _idx_dataset(tmp_path / "mine", rng)
+    data = load_dataset(f"idx:{tmp_path / 'mine'}")
+    assert data.input_shape == (1, 10, 10)
+    assert data.classes == ("0", "1", "2")
+    assert len(data.test) == 20 and len(data.train) + len(data.pool) == 60
+    assert data.train.x.min() >= 0.0 and data.train.x.max() <= 1.0
+
+
+def test_fashion_mnist_from_env_folder_and_missing_hint(tmp_path, rng, monkeypatch):
+    from modelheist.data import registry
+
+    _idx_dataset(tmp_path / "fm", rng)
+    monkeypatch.setenv("MODELHEIST_DATA", str(tmp_path / "fm"))
+    registry._load_raw.cache_clear()
+    try:
+        assert load_dataset("fashion-mnist").classes[0] == "0"  # 3 classes: generic names
+        monkeypatch.setenv("MODELHEIST_DATA", str(tmp_path / "absent"))
+        registry._load_raw.cache_clear()
+        with pytest.raises(DatasetUnavailableError, match="apt-get install dataset-fashion-mnist"):
+            load_dataset("fashion-mnist")
+    finally:
+        registry._load_raw.cache_clear()
+
+
+def test_cifar10_binary_reader(tmp_path, rng):
+    def batch(n):
+        records = rng.integers(0, 256, (n, RECORD_BYTES), dtype=np.uint8)
+        records[:, 0] = np.arange(n) % 10
+        return records
+
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    train = [batch(7), batch(5)]
+    for i, b in enumerate(train, 1):
+        (folder / f"data_batch_{i}.bin").write_bytes(b.tobytes())
+    (folder / "test_batch.bin").write_bytes(batch(4).tobytes())
+    (x, y), (xt, yt) = read_cifar10_folder(tmp_path)
+    assert x.shape == (12, 3, 32, 32) and xt.shape == (4, 3, 32, 32)
+    np.testing.assert_array_equal(x[0].reshape(-1), train[0][0, 1:])
+    np.testing.assert_array_equal(y[:7], np.arange(7) % 10)
+    data = load_dataset(f"cifar10:{tmp_path}")
+    assert data.input_shape == (3, 32, 32) and data.classes[0] == "airplane"
+
+
+def test_cifar10_python_batches_are_refused_with_a_hint(tmp_path):
+    (tmp_path / "data_batch_1").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(DatasetUnavailableError, match="pickles"):
+        read_cifar10_folder(tmp_path)
+
+
+def test_unknown_dataset_lists_the_known_ones():
+    with pytest.raises(DatasetUnavailableError, match="unknown dataset 'nope'.*digits"):
+        load_dataset("nope")
+    assert "fashion-mnist" in dataset_names()
+
+
+def test_splits_are_seeded_disjoint_and_stratified(digits):
+    again = load_dataset("digits", seed=0)
+    np.testing.assert_array_equal(digits.pool.x, again.pool.x)
+    other = load_dataset("digits", seed=1)
+    assert not np.array_equal(digits.pool.y, other.pool.y)
+    rows = {tuple(r) for r in digits.train.x.reshape(len(digits.train), -1).round(4)}
+    pool_rows = [tuple(r) for r in digits.pool.x.reshape(len(digits.pool), -1).round(4)]
+    test_rows = [tuple(r) for r in digits.test.x.reshape(len(digits.test), -1).round(4)]
+    # scikit-learn's digits has a handful of duplicate images; the splits themselves are disjoint
+    assert sum(r in rows for r in pool_rows) < 5 and sum(r in rows for r in test_rows) < 5
+    assert len(digits.train) + len(digits.pool) + len(digits.test) == 1797
+    assert set(np.unique(digits.test.y)) == set(range(10))
+
+
+def test_fit_to_shape_resizes_and_converts_channels(rng):
+    small = rng.uniform(size=(3, 1, 8, 8)).astype(np.float32)
+    big = fit_to_shape(small, (3, 28, 28))
+    assert big.shape == (3, 3, 28, 28) and big.min() >= 0.0 and big.max() <= 1.0
+    assert fit_to_shape(big, (1, 8, 8)).shape == (3, 1, 8, 8)
+
+
+def test_out_of_distribution_transfer_set_is_used_whole():
+    x = attacker_transfer_set("digits", "mnist5k", (1, 28, 28))
+    assert x.shape == (1797, 1, 28, 28)
+    own = attacker_transfer_set("digits", "digits", (1, 8, 8))
+    assert len(own) == len(load_dataset("digits").pool)
