@@ -1,0 +1,174 @@
+import numpy as np
+import pytest
+
+from modelheist.api import Answer, LocalOracle, PredictionService
+from modelheist.defenses import LabelsOnly, Rounding, TopK, parse_defense, parse_output
+from modelheist.errors import BudgetExceededError, InvalidQueryError, ModelheistError
+
+
+@pytest.fixture
+def service(digits_cnn):
+    return PredictionService(digits_cnn, max_batch=64)
+
+
+def test_full_probabilities(service, digits):
+    service.register_client("c")
+    answer = service.query("c", digits.test.x[:5])
+    assert answer.kind == "probabilities"
+    np.testing.assert_allclose(answer.probabilities.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(answer.labels, answer.probabilities.argmax(axis=1))
+
+
+def test_top_k(digits_cnn, digits):
+    service = PredictionService(digits_cnn, [TopK(3)])
+    service.register_client("c")
+    full = digits_cnn.predict_proba(digits.test.x[:8])
+    answer = service.query("c", digits.test.x[:8])
+    assert service.output_kind == "top_k" and answer.probabilities is None
+    assert answer.top_k.shape == (8, 3)
+    np.testing.assert_array_equal(answer.top_k[:, 0], full.argmax(axis=1))
+    assert (np.diff(answer.top_k_probabilities, axis=1) <= 0).all()
+    np.testing.assert_allclose(
+        np.sort(full, axis=1)[:, ::-1][:, :3], answer.top_k_probabilities, rtol=1e-5
+    )
+
+
+def test_labels_only(digits_cnn, digits):
+    service = PredictionService(digits_cnn, [LabelsOnly()])
+    service.register_client("c")
+    answer = service.query("c", digits.test.x[:8])
+    assert answer.kind == "labels" and answer.probabilities is None and answer.top_k is None
+    np.testing.assert_array_equal(
+        answer.labels, digits_cnn.predict_proba(digits.test.x[:8]).argmax(1)
+    )
+
+
+def test_rounding(digits_cnn, digits):
+    service = PredictionService(digits_cnn, [Rounding(2)])
+    service.register_client("c")
+    answer = service.query("c", digits.test.x[:16])
+    np.testing.assert_allclose(
+        answer.probabilities * 100, np.round(answer.probabilities * 100), atol=1e-9
+    )
+    assert "rounded:2" in answer.flags
+    soft = answer.soft_targets(10)
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_rounding_after_labels_is_a_configuration_error(digits_cnn, digits):
+    service = PredictionService(digits_cnn, [LabelsOnly(), Rounding(2)])
+    service.register_client("c")
+    with pytest.raises(ModelheistError, match="place it before"):
+        service.query("c", digits.test.x[:2])
+    assert service.client("c").queries_used == 0  # refunded: nothing was answered
+
+
+def test_budget_is_a_hard_limit(service, digits):
+    service.register_client("c", budget=10)
+    service.query("c", digits.test.x[:6])
+    with pytest.raises(BudgetExceededError, match="4 of 10 remaining"):
+        service.query("c", digits.test.x[:5])
+    assert service.client("c").queries_used == 6  # the refused batch was not counted
+    service.query("c", digits.test.x[:4])
+    with pytest.raises(BudgetExceededError):
+        service.query("c", digits.test.x[:1])
+    assert service.client("c").remaining == 0
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        (np.zeros((2, 1, 8, 7)), "shape"),
+        (np.zeros((2, 64)), "shape"),
+        (np.zeros((0, 1, 8, 8)), "empty batch"),
+        (np.zeros((65, 1, 8, 8)), "exceeds the limit"),
+        (np.full((1, 1, 8, 8), np.nan), "NaN"),
+        (np.full((1, 1, 8, 8), np.inf), "NaN or infinite"),
+        (np.array([["a"] * 8] * 8)[None, None], "numbers"),
+        ([[1, 2], [3]], "numeric array"),
+    ],
+)
+def test_bad_queries_are_refused_and_not_counted(service, inputs, message):
+    service.register_client("c", budget=100)
+    with pytest.raises(InvalidQueryError, match=message):
+        service.query("c", inputs)
+    assert service.client("c").queries_used == 0
+
+
+def test_unknown_client_and_bad_budget(service, digits):
+    with pytest.raises(ModelheistError, match="unknown client"):
+        service.query("ghost", digits.test.x[:1])
+    with pytest.raises(ModelheistError, match="at least 1"):
+        service.register_client("c", budget=0)
+
+
+def test_oracle_splits_large_queries_and_tracks_budget(service, digits):
+    oracle = LocalOracle.for_new_client(service, budget=200)
+    answer = oracle.query(digits.test.x[:150])  # service max_batch is 64
+    assert len(answer) == 150 and oracle.queries_used == 150 and oracle.remaining == 50
+    assert oracle.input_shape == (1, 8, 8) and oracle.num_classes == 10
+
+
+@pytest.mark.parametrize(
+    ("spec", "kind"),
+    [
+        ("probs", "probabilities"),
+        ("labels", "labels"),
+        ("top-k:2", "top_k"),
+        ("round:3", "probabilities"),
+    ],
+)
+def test_parse_output(digits_cnn, spec, kind):
+    assert PredictionService(digits_cnn, parse_output(spec)).output_kind == kind
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["softmax", "top-k:0", "round:x", "top-k:j=2", "round:2,3", "labels:1", "round:decimals=-1"],
+)
+def test_bad_output_specs(spec):
+    with pytest.raises(ModelheistError):
+        parse_output(spec)
+
+
+def test_keyword_spec_arguments():
+    assert parse_defense("top-k:k=4").spec() == "top-k:4"
+
+
+def test_soft_targets_of_each_kind():
+    labels = np.array([2, 0])
+    one_hot = Answer(labels).soft_targets(3)
+    np.testing.assert_array_equal(one_hot, [[0, 0, 1], [1, 0, 0]])
+    topk = Answer(labels, top_k=np.array([[2], [0]]), top_k_probabilities=np.array([[0.8], [0.5]]))
+    np.testing.assert_allclose(topk.soft_targets(3), [[0.1, 0.1, 0.8], [0.5, 0.25, 0.25]])
+
+
+def test_a_stage_can_raise_an_alarm_and_keep_per_client_state(digits_cnn, digits):
+    from modelheist.defenses import Defense
+
+    class CountingDetector(Defense):
+        """Flags a client once it has sent more than ``limit`` queries."""
+
+        name = "counting"
+
+        def __init__(self, limit: int):
+            self.limit = limit
+
+        def initial_state(self):
+            return {"seen": 0}
+
+        def apply(self, inputs, answer, state):
+            state["seen"] += len(inputs)
+            return answer.with_flag("alarm:counting") if state["seen"] > self.limit else answer
+
+        def spec(self):
+            return f"counting:{self.limit}"
+
+    service = PredictionService(digits_cnn, [CountingDetector(5), LabelsOnly()])
+    service.register_client("a")
+    service.register_client("b")
+    assert service.query("a", digits.test.x[:4]).flags == ()
+    assert "alarm:counting" in service.query("a", digits.test.x[:4]).flags
+    assert service.query("b", digits.test.x[:4]).flags == ()  # state is per client
+    assert service.client("a").alarms == ["alarm:counting"] and service.client("b").alarms == []
+    assert service.client("a").defense_state == [{"seen": 8}, {}]
