@@ -1,0 +1,148 @@
+"""The ``ExtractionAttack`` seam: ``run(oracle, knowledge) -> ExtractionResult``.
+
+Following Foolbox 3's pattern, hyper-parameters go to the constructor and data to the call; the
+base class owns what every attack shares, as the final template method :meth:`run`: checking
+that the oracle's output granularity is usable *before* any query is spent, enforcing the
+budget as a hard limit (:class:`BudgetedOracle`), seeding, and packaging the result with its
+metadata. Each attack implements :meth:`ExtractionAttack._extract`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Any, ClassVar, final
+
+import numpy as np
+from rich.progress import Progress
+
+from modelheist.api.answer import Answer, OutputKind
+from modelheist.api.oracle import Oracle
+from modelheist.errors import BudgetExceededError, IncompatibleOutputError, ModelheistError
+from modelheist.models.classifier import Classifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AttackerKnowledge:
+    """What the adversary has besides query access (DESIGN.md, "ExtractionAttack").
+
+    ``transfer_set`` holds natural inputs the attacker may query, already in the victim's input
+    shape; ``surrogate_architecture`` names the network the attacker trains; ``budget`` is the
+    hard limit on queries.
+    """
+
+    transfer_set: np.ndarray
+    budget: int
+    surrogate_architecture: str = "cnn"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise ModelheistError(f"the query budget must be at least 1, got {self.budget}")
+
+
+@dataclass
+class ExtractionResult:
+    """A surrogate and how it was obtained."""
+
+    surrogate: Classifier
+    queries_used: int
+    attack: str
+    params: dict[str, Any]
+    seed: int
+    seconds: float
+    queried: np.ndarray = field(repr=False)  # indices into the transfer set, in query order
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class BudgetedOracle(Oracle):
+    """Wraps an oracle so that an attack can never spend more than ``limit`` queries."""
+
+    def __init__(self, inner: Oracle, limit: int):
+        self.inner = inner
+        self.limit = limit
+        self.spent = 0
+        self.max_batch = inner.max_batch
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.inner.input_shape
+
+    @property
+    def classes(self) -> list[str]:
+        return self.inner.classes
+
+    @property
+    def output_kind(self) -> OutputKind:
+        return self.inner.output_kind
+
+    @property
+    def budget(self) -> int:
+        inner_left = self.inner.remaining
+        own_left = self.limit - self.spent
+        return self.spent + (own_left if inner_left is None else min(own_left, inner_left))
+
+    @property
+    def queries_used(self) -> int:
+        return self.spent
+
+    def _query_batch(self, x: np.ndarray) -> Answer:
+        if self.spent + len(x) > self.limit:
+            raise BudgetExceededError(
+                f"attack budget of {self.limit} queries would be exceeded "
+                f"({self.spent} spent, {len(x)} asked)"
+            )
+        answer = self.inner._query_batch(x)
+        self.spent += len(x)
+        return answer
+
+
+class ExtractionAttack(ABC):
+    """Base class of model-extraction attacks."""
+
+    #: Registry name (``modelheist attack NAME``).
+    name: ClassVar[str]
+    #: Output granularities the attack can learn from.
+    supported_outputs: ClassVar[frozenset[OutputKind]] = frozenset(
+        {"probabilities", "top_k", "labels"}
+    )
+
+    @final
+    def run(
+        self, oracle: Oracle, knowledge: AttackerKnowledge, progress: Progress | None = None
+    ) -> ExtractionResult:
+        """Extract a surrogate from ``oracle`` within ``knowledge.budget`` queries."""
+        if oracle.output_kind not in self.supported_outputs:
+            raise IncompatibleOutputError(
+                f"{self.name} cannot learn from {oracle.output_kind} answers; it needs one of: "
+                f"{', '.join(sorted(self.supported_outputs))}"
+            )
+        if oracle.remaining is not None and oracle.remaining < 1:
+            raise BudgetExceededError("the oracle has no queries left")
+        budgeted = BudgetedOracle(oracle, knowledge.budget)
+        start = time.perf_counter()
+        surrogate, queried, details = self._extract(budgeted, knowledge, progress)
+        return ExtractionResult(
+            surrogate=surrogate,
+            queries_used=budgeted.spent,
+            attack=self.name,
+            params=self.params(),
+            seed=knowledge.seed,
+            seconds=time.perf_counter() - start,
+            queried=queried,
+            details=details,
+        )
+
+    def params(self) -> dict[str, Any]:
+        """The attack's hyper-parameters, for result metadata."""
+        return asdict(self) if is_dataclass(self) else dict(vars(self))
+
+    @abstractmethod
+    def _extract(
+        self, oracle: Oracle, knowledge: AttackerKnowledge, progress: Progress | None
+    ) -> tuple[Classifier, np.ndarray, dict[str, Any]]:
+        """Return (surrogate, indices of the transfer set queried, attack-specific details)."""

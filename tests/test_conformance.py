@@ -1,0 +1,61 @@
+"""Every registered defense and attack obeys its seam's contract (as Amulet's conformance test)."""
+
+import numpy as np
+import pytest
+
+from modelheist.api import Answer, LocalOracle, PredictionService
+from modelheist.attacks import ATTACKS, AttackerKnowledge, ExtractionAttack
+from modelheist.defenses import DEFENSES, parse_defense
+from modelheist.errors import IncompatibleOutputError
+
+EXAMPLE_SPECS = {"round": "round:2", "top-k": "top-k:3", "labels": "labels"}
+FAST_ATTACK_PARAMS = {"knockoff": {"epochs": 2, "min_steps": 20, "rounds": 0}}
+
+
+def test_every_defense_has_an_example():
+    assert set(DEFENSES) == set(EXAMPLE_SPECS)
+
+
+@pytest.mark.parametrize("name", sorted(DEFENSES))
+def test_defense_contract(name, digits_cnn, digits):
+    stage = parse_defense(EXAMPLE_SPECS[name])
+    assert parse_defense(stage.spec()).spec() == stage.spec()  # spec round trip
+    x = digits.test.x[:7]
+    probs = digits_cnn.predict_proba(x).astype(np.float64)
+    state = stage.initial_state()
+    answer = stage.apply(x, Answer(probs.argmax(1), probs), state)
+    assert isinstance(answer, Answer) and len(answer) == 7
+    np.testing.assert_array_equal(answer.labels, probs.argmax(1))  # granularity keeps the label
+    if stage.output_kind is not None:
+        assert answer.kind == stage.output_kind
+    import json
+
+    json.dumps(state)  # per-client state is serialisable
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_attack_contract(name, digits_cnn, digits):
+    attack = ATTACKS[name](**FAST_ATTACK_PARAMS[name])
+    service = PredictionService(digits_cnn)
+    oracle = LocalOracle.for_new_client(service, budget=1000)
+    result = attack.run(oracle, AttackerKnowledge(digits.pool.x, budget=60, seed=1))
+    assert (
+        result.queries_used <= 60 and service.client("attacker").queries_used == result.queries_used
+    )
+    assert result.surrogate.predict_proba(digits.test.x[:3]).shape == (3, 10)
+    assert result.attack == name and isinstance(result.params, dict)
+
+
+def test_incompatible_output_is_refused_before_any_query(digits_cnn, digits):
+    class ProbabilitiesOnly(ExtractionAttack):
+        name = "probabilities-only"
+        supported_outputs = frozenset({"probabilities"})
+
+        def _extract(self, oracle, knowledge, progress):  # pragma: no cover - never reached
+            raise AssertionError("must not run")
+
+    service = PredictionService(digits_cnn, [parse_defense("labels")])
+    oracle = LocalOracle.for_new_client(service, budget=10)
+    with pytest.raises(IncompatibleOutputError, match="cannot learn from labels"):
+        ProbabilitiesOnly().run(oracle, AttackerKnowledge(digits.pool.x, budget=10))
+    assert oracle.queries_used == 0
