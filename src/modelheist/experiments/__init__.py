@@ -1,0 +1,1 @@
+"""The experimenter's side: measurements, the quickstart and reports."""

@@ -1,0 +1,90 @@
+"""Reports of extraction results: a Markdown page and a plot of fidelity against queries."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLUMNS = (
+    ("transfer_set", "transfer set"),
+    ("output", "output"),
+    ("budget", "budget"),
+    ("queries_used", "queries"),
+    ("surrogate_accuracy", "surrogate acc."),
+    ("fidelity_test", "fidelity (1-R_test)"),
+    ("fidelity_uniform", "fidelity (1-R_unif)"),
+)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def plot_fidelity(runs: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Fidelity on the test split against queries used, one line per (transfer set, output)."""
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for run in runs:
+        series[f"{run['transfer_set']}, {run['output']}"].append(
+            (run["queries_used"], run["fidelity_test"])
+        )
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for label, points in series.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("queries to the victim")
+    ax.set_ylabel("fidelity (agreement on test split)")
+    ax.set_ylim(0, 1)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def markdown_table(runs: list[dict[str, Any]]) -> str:
+    head = "| " + " | ".join(title for _, title in COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    rows = ["| " + " | ".join(_cell(run[key]) for key, _ in COLUMNS) + " |" for run in runs]
+    return "\n".join([head, rule, *rows])
+
+
+def write_quickstart_report(document: dict[str, Any], folder: Path) -> Path:
+    """Write ``report.md`` and ``fidelity.png`` for a quickstart results document."""
+    folder.mkdir(parents=True, exist_ok=True)
+    victim = document["victim"]
+    plot = plot_fidelity(
+        document["runs"],
+        folder / "fidelity.png",
+        f"Knockoff Nets against a {victim['dataset']} {victim['architecture']}",
+    )
+    text = f"""# modelheist quickstart
+
+Created {document["created"]} with modelheist {document["modelheist_version"]}
+on {document["machine"]}.
+
+**Victim:** {victim["architecture"]} trained on {victim["train_size"]} {victim["dataset"]}
+images, test accuracy {victim["test_accuracy"]:.4f}.
+
+**Attack:** Knockoff Nets (random strategy, Orekondy et al. CVPR '19) from a fresh API client
+whose budget is the number of queries; the transfer set is either the attacker's
+in-distribution pool (disjoint from the victim's training and test data) or an
+out-of-distribution dataset; the API answers with full probabilities or labels only.
+Fidelity is agreement with the victim's labels on the test split (1-R_test) and on uniformly
+random inputs (1-R_unif).
+
+{markdown_table(document["runs"])}
+
+![fidelity against queries]({plot.name})
+"""
+    path = folder / "report.md"
+    path.write_text(text)
+    return path

@@ -1,0 +1,232 @@
+"""The CLI end to end, as a user runs it: real processes, real files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modelheist.models import save_model
+
+CLI = [sys.executable, "-m", "modelheist.cli"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=300, env=os.environ
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_quickstart_fast_end_to_end(tmp_path):
+    proc = run(
+        "quickstart",
+        "--fast",
+        "--json",
+        str(tmp_path / "q.json"),
+        "--report",
+        str(tmp_path / "report"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    document = json.loads((tmp_path / "q.json").read_text())
+    assert document["victim"]["test_accuracy"] > 0.7
+    runs = document["runs"]
+    assert len(runs) == 9
+    assert {(r["output"], r["budget"]) for r in runs} >= {("probs", 500), ("labels", 5000)}
+    for r in runs:
+        assert r["queries_used"] <= r["budget"]
+        assert 0.0 <= r["fidelity_test"] <= 1.0
+    in_dist = [
+        r
+        for r in runs
+        if r["transfer_set"] == document["victim"]["dataset"] and r["output"] == "probs"
+    ]
+    assert max(r["fidelity_test"] for r in in_dist) > 0.7
+    assert (tmp_path / "report" / "report.md").read_text().count("| ") > 9
+    assert (tmp_path / "report" / "fidelity.png").read_bytes()[:4] == b"\x89PNG"
+    assert "fidelity (1-R_test)" in proc.stdout
+
+
+def test_train_then_attack(tmp_path):
+    proc = run(
+        "train",
+        "--dataset",
+        "digits",
+        "--arch",
+        "mlp",
+        "--out",
+        str(tmp_path / "v"),
+        "--epochs",
+        "10",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy" in proc.stdout
+    proc = run(
+        "attack",
+        "knockoff",
+        "--victim",
+        str(tmp_path / "v"),
+        "--transfer-set",
+        "digits",
+        "--budget",
+        "300",
+        "--output",
+        "top-k:3",
+        "--epochs",
+        "10",
+        "--rounds",
+        "0",
+        "--json",
+        str(tmp_path / "a.json"),
+        "--out",
+        str(tmp_path / "s"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads((tmp_path / "a.json").read_text())
+    assert figures["queries_used"] == 300 and figures["fidelity_test"] > 0.6
+    assert (tmp_path / "s" / "weights.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def victim_dir(tmp_path_factory, breast_cancer):
+    from modelheist.models import train_model
+
+    folder = tmp_path_factory.mktemp("victims") / "lr"
+    return save_model(train_model(breast_cancer, "logreg"), folder)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (
+            ["train", "--dataset", "nope", "--arch", "mlp", "--out", "{tmp}/x"],
+            "unknown dataset 'nope'",
+        ),
+        (
+            ["train", "--dataset", "digits", "--arch", "resnet", "--out", "{tmp}/x"],
+            "unknown architecture",
+        ),
+        (
+            ["train", "--dataset", "digits", "--arch", "mlp", "--out", "{tmp}", "--epochs", "1"],
+            "already exists",
+        ),
+        (
+            ["train", "--dataset", "digits", "--arch", "mlp", "--out", "{tmp}/x", "--epochs", "0"],
+            "--epochs",
+        ),
+        (
+            [
+                "attack",
+                "knockoff",
+                "--victim",
+                "{victim}",
+                "--transfer-set",
+                "breast-cancer",
+                "--budget",
+                "0",
+            ],
+            "--budget",
+        ),
+        (
+            [
+                "attack",
+                "knockoff",
+                "--victim",
+                "{victim}",
+                "--transfer-set",
+                "breast-cancer",
+                "--budget",
+                "5",
+                "--output",
+                "softmax",
+            ],
+            "unknown output/defense spec",
+        ),
+        (
+            [
+                "attack",
+                "knockoff",
+                "--victim",
+                "{tmp}/none",
+                "--transfer-set",
+                "digits",
+                "--budget",
+                "5",
+            ],
+            "does not exist",
+        ),
+        (
+            [
+                "attack",
+                "knockoff",
+                "--victim",
+                "{victim}",
+                "--transfer-set",
+                "nope",
+                "--budget",
+                "5",
+            ],
+            "unknown dataset",
+        ),
+        (
+            [
+                "attack",
+                "knockoff",
+                "--victim",
+                "{victim}",
+                "--transfer-set",
+                "digits",
+                "--budget",
+                "5",
+            ],
+            "cannot be fitted",
+        ),
+        (
+            [
+                "attack",
+                "knockoff",
+                "--victim",
+                "{victim}",
+                "--transfer-set",
+                "breast-cancer",
+                "--budget",
+                "5",
+                "--out",
+                "{victim}",
+            ],
+            "already exists",
+        ),
+    ],
+)
+def test_user_mistakes_give_one_line_and_exit_2(tmp_path, victim_dir, args, needle):
+    formatted = [a.format(tmp=tmp_path, victim=victim_dir) for a in args]
+    before = sorted(p.name for p in victim_dir.iterdir())
+    assert_one_line_error(run(*formatted), needle)
+    assert sorted(p.name for p in victim_dir.iterdir()) == before  # nothing overwritten
+
+
+def test_corrupt_weights_file(tmp_path, victim_dir):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(victim_dir, broken)
+    (broken / "weights.safetensors").write_bytes(b"\x00\x01corrupt")
+    proc = run(
+        "attack",
+        "knockoff",
+        "--victim",
+        str(broken),
+        "--transfer-set",
+        "breast-cancer",
+        "--budget",
+        "5",
+    )
+    assert_one_line_error(proc, "not a valid safetensors file")
