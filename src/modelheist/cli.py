@@ -181,7 +181,7 @@ def attack_knockoff(
     epochs: Annotated[int, typer.Option(help="Surrogate training epochs.")] = 60,
     temperature: Annotated[
         float, typer.Option(help="Distillation temperature (1: the paper's plain KL).")
-    ] = 2.0,
+    ] = 4.0,
     unlabeled: Annotated[
         int | None, typer.Option(help="Unqueried transfer inputs for self-training (default: all).")
     ] = None,

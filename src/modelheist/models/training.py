@@ -47,6 +47,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     augment: bool = False
     temperature: float = 1.0
+    temperature_weight: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -54,6 +55,8 @@ class TrainConfig:
             raise ModelheistError(
                 "epochs and batch size must be >= 1, the learning rate and temperature > 0"
             )
+        if not 0.0 <= self.temperature_weight <= 1.0:
+            raise ModelheistError("temperature_weight must lie in [0, 1]")
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -76,16 +79,6 @@ def default_shift(input_shape: tuple[int, ...] | list[int]) -> int:
     return 0 if len(input_shape) != 3 else max(1, int(input_shape[-1]) // 12)
 
 
-def temper(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """Soften probability vectors to temperature T: softmax(log(p) / T), i.e. p^(1/T) renormalised."""
-    if temperature == 1.0:
-        return probabilities
-    logp = np.log(np.clip(probabilities.astype(np.float64), 1e-12, None)) / temperature
-    logp -= logp.max(axis=1, keepdims=True)
-    out = np.exp(logp)
-    return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def warmup_cosine(total_steps: int, warmup: float = 0.1) -> Callable[[int], float]:
     """Learning-rate factor: linear warm-up over the first ``warmup`` fraction, then cosine
     decay to zero (the one-cycle shape, valid for any number of steps)."""
@@ -106,6 +99,18 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
+def distillation_loss(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float, weight: float
+) -> torch.Tensor:
+    """weight * T^2 * CE at temperature T + (1 - weight) * CE at T = 1, against probabilities."""
+    if temperature == 1.0:
+        return soft_cross_entropy(logits, targets)
+    log_targets = torch.log(targets.clamp_min(1e-12)) / temperature
+    tempered = soft_cross_entropy(logits / temperature, torch.softmax(log_targets, dim=1))
+    loss = weight * temperature**2 * tempered
+    return loss + (1.0 - weight) * soft_cross_entropy(logits, targets) if weight < 1.0 else loss
+
+
 def train_network(
     module: nn.Module,
     x: np.ndarray,
@@ -116,10 +121,10 @@ def train_network(
 ) -> list[float]:
     """Train ``module`` on ``x`` against integer labels (1-D) or probability vectors (2-D).
 
-    With soft targets and ``config.temperature`` T != 1, the targets must already be tempered
-    (``p ** (1/T)``, renormalised) and the loss is T^2 * CE(softmax(z / T), targets), Hinton et
-    al.'s distillation loss. Returns the mean loss of each epoch. Deterministic for a given
-    ``config.seed``.
+    With soft targets p and ``config.temperature`` T != 1 the loss is Hinton et al.'s ('15)
+    distillation loss, a * T^2 * CE(softmax(z / T), softmax(log p / T)) + (1 - a) * CE(z, p) with
+    a = ``config.temperature_weight``. Returns the mean loss of each epoch. Deterministic for a
+    given ``config.seed``.
     """
     if len(x) == 0:
         raise ModelheistError("cannot train on an empty set")
@@ -135,6 +140,7 @@ def train_network(
         optimiser, warmup_cosine(config.epochs * steps_per_epoch)
     )
     generator = torch.Generator().manual_seed(config.seed)
+
     task = (
         progress.add_task(description, total=config.epochs * steps_per_epoch) if progress else None
     )
@@ -150,8 +156,9 @@ def train_network(
                 batch = random_shift(xs[idx], shift, generator) if shift else xs[idx]
                 logits = module(batch)
                 if soft:
-                    t = config.temperature
-                    loss = soft_cross_entropy(logits / t, ts[idx]) * (t * t)
+                    loss = distillation_loss(
+                        logits, ts[idx], config.temperature, config.temperature_weight
+                    )
                 else:
                     loss = F.cross_entropy(logits, ts[idx])
                 optimiser.zero_grad(set_to_none=True)
