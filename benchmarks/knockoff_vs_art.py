@@ -6,9 +6,9 @@ evaluation split; mnist5k as an out-of-distribution set), the same budgets, the 
 architecture. ART's ``KnockoffNets(sampling_strategy="random")`` runs with its defaults
 (``use_probability=False``: it queries probabilities but trains on their arg-max) and 10
 epochs, and once more with ``use_probability=True``;
-modelheist's ``KnockoffNets`` runs with its defaults (distillation at T=2, augmentation, 60
-epochs), and, on the in-distribution set, with self-training on the unqueried pool and against
-a labels-only API.
+modelheist's ``KnockoffNets`` runs with its defaults (distillation, augmentation, 60 epochs),
+with a 3-member ensemble surrogate, and, on the in-distribution set, with self-training on the
+unqueried pool and against a labels-only API.
 
     make bench                      # installs ART, then runs this with the defaults
     .venv/bin/python benchmarks/knockoff_vs_art.py --budgets 500,1000,5000 --json out.json
@@ -91,10 +91,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-art", action="store_true")
     parser.add_argument(
+        "--variants",
+        default="default,ensemble,self-training,labels",
+        help="modelheist variants to run (comma-separated)",
+    )
+    parser.add_argument(
         "--json", type=Path, default=Path("benchmarks/results/knockoff_vs_art.json")
     )
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
+    chosen = set(args.variants.split(","))
 
     data = load_dataset("fashion-mnist", seed=args.seed)
     t0 = time.perf_counter()
@@ -129,13 +135,28 @@ def main() -> None:
                 name = f"ART KnockoffNets (use_probability={use_probability})"
                 scores = evaluation.score(surrogate)
                 record(name, transfer, "probs", budget, budget, scores, time.perf_counter() - t)
-            variants = [("modelheist KnockoffNets (default)", KnockoffNets(), "probs")]
+            variants = [
+                ("default", "modelheist KnockoffNets (default)", KnockoffNets(), "probs"),
+                (
+                    "ensemble",
+                    "modelheist KnockoffNets (3-member ensemble)",
+                    KnockoffNets(members=3),
+                    "probs",
+                ),
+            ]
             if transfer == "fashion-mnist":
                 variants += [
-                    ("modelheist KnockoffNets (+ self-training)", KnockoffNets(rounds=1), "probs"),
-                    ("modelheist KnockoffNets (default)", KnockoffNets(), "labels"),
+                    (
+                        "self-training",
+                        "modelheist KnockoffNets (+ self-training)",
+                        KnockoffNets(rounds=1),
+                        "probs",
+                    ),
+                    ("labels", "modelheist KnockoffNets (default)", KnockoffNets(), "labels"),
                 ]
-            for name, attack, output in variants:
+            for key, name, attack, output in variants:
+                if key not in chosen:
+                    continue
                 result, m = measure_extraction(
                     victim, attack, pool, evaluation, budget, output, transfer, args.seed
                 )

@@ -103,111 +103,24 @@ def victim_dir(tmp_path_factory, breast_cancer):
     return save_model(train_model(breast_cancer, "logreg"), folder)
 
 
-@pytest.mark.parametrize(
-    ("args", "needle"),
-    [
-        (
-            ["train", "--dataset", "nope", "--arch", "mlp", "--out", "{tmp}/x"],
-            "unknown dataset 'nope'",
-        ),
-        (
-            ["train", "--dataset", "digits", "--arch", "resnet", "--out", "{tmp}/x"],
-            "unknown architecture",
-        ),
-        (
-            ["train", "--dataset", "digits", "--arch", "mlp", "--out", "{tmp}", "--epochs", "1"],
-            "already exists",
-        ),
-        (
-            ["train", "--dataset", "digits", "--arch", "mlp", "--out", "{tmp}/x", "--epochs", "0"],
-            "--epochs",
-        ),
-        (
-            [
-                "attack",
-                "knockoff",
-                "--victim",
-                "{victim}",
-                "--transfer-set",
-                "breast-cancer",
-                "--budget",
-                "0",
-            ],
-            "--budget",
-        ),
-        (
-            [
-                "attack",
-                "knockoff",
-                "--victim",
-                "{victim}",
-                "--transfer-set",
-                "breast-cancer",
-                "--budget",
-                "5",
-                "--output",
-                "softmax",
-            ],
-            "unknown output/defense spec",
-        ),
-        (
-            [
-                "attack",
-                "knockoff",
-                "--victim",
-                "{tmp}/none",
-                "--transfer-set",
-                "digits",
-                "--budget",
-                "5",
-            ],
-            "does not exist",
-        ),
-        (
-            [
-                "attack",
-                "knockoff",
-                "--victim",
-                "{victim}",
-                "--transfer-set",
-                "nope",
-                "--budget",
-                "5",
-            ],
-            "unknown dataset",
-        ),
-        (
-            [
-                "attack",
-                "knockoff",
-                "--victim",
-                "{victim}",
-                "--transfer-set",
-                "digits",
-                "--budget",
-                "5",
-            ],
-            "cannot be fitted",
-        ),
-        (
-            [
-                "attack",
-                "knockoff",
-                "--victim",
-                "{victim}",
-                "--transfer-set",
-                "breast-cancer",
-                "--budget",
-                "5",
-                "--out",
-                "{victim}",
-            ],
-            "already exists",
-        ),
-    ],
-)
-def test_user_mistakes_give_one_line_and_exit_2(tmp_path, victim_dir, args, needle):
-    formatted = [a.format(tmp=tmp_path, victim=victim_dir) for a in args]
+ATTACK = "attack knockoff --victim {victim} --transfer-set"
+MISTAKES = [
+    ("train --dataset nope --arch mlp --out {tmp}/x", "unknown dataset 'nope'"),
+    ("train --dataset digits --arch resnet --out {tmp}/x", "unknown architecture"),
+    ("train --dataset digits --arch mlp --out {tmp} --epochs 1", "already exists"),
+    ("train --dataset digits --arch mlp --out {tmp}/x --epochs 0", "--epochs"),
+    (f"{ATTACK} breast-cancer --budget 0", "--budget"),
+    (f"{ATTACK} breast-cancer --budget 5 --output softmax", "unknown output/defense spec"),
+    (f"{ATTACK} nope --budget 5", "unknown dataset"),
+    (f"{ATTACK} digits --budget 5", "cannot be fitted"),
+    (f"{ATTACK} breast-cancer --budget 5 --out {{victim}}", "already exists"),
+    ("attack knockoff --victim {tmp}/none --transfer-set digits --budget 5", "does not exist"),
+]
+
+
+@pytest.mark.parametrize(("command", "needle"), MISTAKES)
+def test_user_mistakes_give_one_line_and_exit_2(tmp_path, victim_dir, command, needle):
+    formatted = command.format(tmp=tmp_path, victim=victim_dir).split()
     before = sorted(p.name for p in victim_dir.iterdir())
     assert_one_line_error(run(*formatted), needle)
     assert sorted(p.name for p in victim_dir.iterdir()) == before  # nothing overwritten

@@ -108,3 +108,19 @@ def test_bad_parameters_and_shapes(digits_cnn, digits):
             oracle, AttackerKnowledge(np.zeros((5, 1, 28, 28), np.float32), budget=5)
         )
     assert oracle.queries_used == 0
+
+
+def test_ensemble_surrogate_saves_and_loads(tmp_path, digits_cnn, digits):
+    from modelheist.models import load_model, save_model
+
+    service = PredictionService(digits_cnn)
+    oracle = LocalOracle.for_new_client(service, budget=100)
+    attack = KnockoffNets(epochs=2, min_steps=10, members=2)
+    result = attack.run(oracle, AttackerKnowledge(digits.pool.x, budget=100))
+    assert result.queries_used == 100 and result.surrogate.card.members == 2
+    probs = result.surrogate.predict_proba(digits.test.x)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    back = load_model(save_model(result.surrogate, tmp_path / "ensemble"))
+    np.testing.assert_allclose(back.predict_proba(digits.test.x), probs, atol=1e-6)
+    with pytest.raises(ModelheistError, match="members"):
+        KnockoffNets(members=0)

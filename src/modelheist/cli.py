@@ -188,6 +188,9 @@ def attack_knockoff(
     rounds: Annotated[
         int, typer.Option(help="Self-training rounds on the unqueried transfer inputs (0: off).")
     ] = 0,
+    members: Annotated[
+        int, typer.Option(help="Train an ensemble of this many surrogates on the same answers.")
+    ] = 1,
 ) -> None:
     """Knockoff Nets (random strategy) against a victim folder."""
     from modelheist.attacks import KnockoffNets
@@ -204,6 +207,7 @@ def attack_knockoff(
         temperature=temperature,
         unlabeled=unlabeled,
         rounds=rounds,
+        members=_positive("--members", members),
     )
     model = load_model(victim)
     split = model.card.training.get("split", {"seed": 0, "pool_fraction": 0.5})

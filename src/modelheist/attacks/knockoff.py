@@ -18,6 +18,9 @@ spending a query more (each can be switched off to recover the paper's procedure
 * random-shift augmentation of the queried images (``augment``), reusing each answer for the
   shifted copies, and at least ``min_steps`` optimiser steps, so that a 500-query transfer set
   is not under-trained;
+* optionally, an ensemble surrogate (``members`` > 1): that many networks of the surrogate
+  architecture trained independently on the same answers, whose averaged probabilities agree
+  with the victim more often than any one of them (the adversary chooses its own model);
 * optional self-training on the unqueried remainder of the transfer set (``rounds`` >= 1,
   ``unlabeled``): the surrogate labels the inputs it never paid for with its own soft
   predictions and is fine-tuned on those plus the victim's answers ("noisy student", Xie et
@@ -45,7 +48,7 @@ from modelheist.api.answer import concatenate
 from modelheist.api.oracle import Oracle
 from modelheist.attacks.base import AttackerKnowledge, ExtractionAttack
 from modelheist.errors import ModelheistError
-from modelheist.models.architectures import build_network, normalisation_stats
+from modelheist.models.architectures import MeanOfMembers, build_network, normalisation_stats
 from modelheist.models.classifier import ModelCard, TorchClassifier
 from modelheist.models.training import TrainConfig, train_network
 
@@ -66,6 +69,7 @@ class KnockoffNets(ExtractionAttack):
     augment: bool = True
     temperature: float = 4.0
     temperature_weight: float = 0.5
+    members: int = 1
     rounds: int = 0
     unlabeled: int | None = None
     student_epochs: int = 3
@@ -79,6 +83,8 @@ class KnockoffNets(ExtractionAttack):
             raise ModelheistError("epochs, batch_size and query_batch must be >= 1, rounds >= 0")
         if self.unlabeled is not None and self.unlabeled < 0:
             raise ModelheistError("unlabeled must be >= 0 (or None for the whole remainder)")
+        if self.members < 1:
+            raise ModelheistError(f"members must be >= 1, got {self.members}")
         if not 0.0 < self.answered_share < 1.0 or self.temperature <= 0:
             raise ModelheistError("answered_share must lie in (0, 1) and temperature be > 0")
 
@@ -143,16 +149,17 @@ class KnockoffNets(ExtractionAttack):
             input_shape=list(oracle.input_shape),
             normalisation={"mean": mean, "std": std},
             training={"attack": self.name, "queries": n_query, "output": answer.kind},
+            members=self.members,
         )
-
-        def fresh(seed: int) -> TorchClassifier:
-            net = build_network(card.architecture, card.input_shape, num_classes, mean, std, seed)
-            return TorchClassifier(net, card)
-
         seed = knowledge.seed
-        surrogate = fresh(seed)
-        config = self._config(len(x_lab), self.epochs, seed, temperature)
-        train_network(surrogate.module, x_lab, targets, config, progress, "train surrogate")
+        net = build_network(
+            card.architecture, card.input_shape, num_classes, mean, std, seed, self.members
+        )
+        # an ensemble's members are trained independently, each from its own seed
+        for i, member in enumerate(net.members if isinstance(net, MeanOfMembers) else [net]):
+            config = self._config(len(x_lab), self.epochs, seed + i, temperature)
+            train_network(member, x_lab, targets, config, progress, "train surrogate")
+        surrogate = TorchClassifier(net, card)
 
         n_unlabeled = len(rest) if self.unlabeled is None else min(self.unlabeled, len(rest))
         x_unl = pool[rest[:n_unlabeled]]

@@ -76,6 +76,19 @@ def cnn(input_shape: Sequence[int], num_classes: int, width: int = 32) -> nn.Seq
     )
 
 
+class MeanOfMembers(nn.Module):
+    """An ensemble of networks: returns log of the members' mean softmax, i.e. logits whose
+    softmax is the average of the members' probabilities."""
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.softmax(m(x), dim=1) for m in self.members]).mean(dim=0)
+        return torch.log(probs.clamp_min(1e-30))
+
+
 TORCH_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn}
 CLASSICAL_ARCHITECTURES = ("logreg", "tree")
 
@@ -91,11 +104,22 @@ def build_network(
     mean: Sequence[float],
     std: Sequence[float],
     seed: int = 0,
-) -> nn.Sequential:
-    """Build architecture ``name`` behind a Standardize layer, initialised from ``seed``."""
+    members: int = 1,
+) -> nn.Module:
+    """Build architecture ``name`` behind a Standardize layer, initialised from ``seed``;
+    with ``members`` > 1, a :class:`MeanOfMembers` of that many, seeded ``seed + i``."""
     if name not in TORCH_ARCHITECTURES:
         raise ModelheistError(
             f"unknown network architecture {name!r}; choose one of: {', '.join(TORCH_ARCHITECTURES)}"
+        )
+    if members < 1:
+        raise ModelheistError(f"an ensemble needs at least one member, got {members}")
+    if members > 1:
+        return MeanOfMembers(
+            [
+                build_network(name, input_shape, num_classes, mean, std, seed + i)
+                for i in range(members)
+            ]
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

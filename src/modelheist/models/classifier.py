@@ -29,6 +29,7 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     input_range: list[float] | None = None
+    members: int = 1  # > 1: an ensemble of that many networks of ``architecture``
 
     @property
     def num_classes(self) -> int:

@@ -90,7 +90,12 @@ def load_model(folder: str | Path) -> Classifier:
             state = load_torch(str(path))
             norm = card.normalisation
             net = build_network(
-                card.architecture, card.input_shape, card.num_classes, norm["mean"], norm["std"]
+                card.architecture,
+                card.input_shape,
+                card.num_classes,
+                norm["mean"],
+                norm["std"],
+                members=card.members,
             )
             net.load_state_dict(state, strict=True)
             return TorchClassifier(net, card)
