@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -38,6 +39,9 @@ def plot_fidelity(runs: list[dict[str, Any]], path: Path, title: str) -> Path:
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
     ax.set_xscale("log")
+    budgets = sorted({run["queries_used"] for run in runs})
+    ax.set_xticks(budgets, [f"{b:,}" for b in budgets])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("queries to the victim")
     ax.set_ylabel("fidelity (agreement on test split)")
     ax.set_ylim(0, 1)
