@@ -143,3 +143,9 @@ def test_corrupt_weights_file(tmp_path, victim_dir):
         "5",
     )
     assert_one_line_error(proc, "not a valid safetensors file")
+
+
+def test_unwritable_report_folder_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    proc = run("quickstart", "--fast", "--report", str(tmp_path / "file" / "report"))
+    assert_one_line_error(proc, "Not a directory")

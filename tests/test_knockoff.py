@@ -124,3 +124,15 @@ def test_ensemble_surrogate_saves_and_loads(tmp_path, digits_cnn, digits):
     np.testing.assert_allclose(back.predict_proba(digits.test.x), probs, atol=1e-6)
     with pytest.raises(ModelheistError, match="members"):
         KnockoffNets(members=0)
+
+
+def test_fidelity_metrics_against_itself_and_a_constant(digits_cnn, digits):
+    from modelheist.metrics import fidelity, uniform_fidelity
+    from modelheist.models import LinearModel, ModelCard
+
+    assert fidelity(digits_cnn, digits_cnn, digits.test.x) == 1.0
+    assert uniform_fidelity(digits_cnn, digits_cnn, n=200) == 1.0
+    card = ModelCard("logreg", "digits", list(digits.classes), [1, 8, 8])
+    constant = LinearModel(np.zeros((10, 64)), np.eye(10)[3], card)  # always class 3
+    expected = (digits_cnn.predict_proba(digits.test.x).argmax(1) == 3).mean()
+    assert fidelity(constant, digits_cnn, digits.test.x) == pytest.approx(expected)

@@ -40,7 +40,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def user_errors(func: F) -> F:
-    """Print a ModelheistError (or a missing file) as one line and exit with status 2."""
+    """Print a ModelheistError or an OSError as one line and exit with status 2."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -48,6 +48,10 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except ModelheistError as exc:
             err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OSError as exc:  # an unwritable or missing path the user named
+            where = f": {exc.filename}" if exc.filename else ""
+            err_console.print(f"[red]error:[/red] {exc.strerror or exc}{where}", highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
@@ -261,6 +265,7 @@ def quickstart(
     from modelheist.experiments.report import write_quickstart_report
 
     config = QuickstartConfig.fast(seed) if fast else QuickstartConfig.full(seed)
+    report.mkdir(parents=True, exist_ok=True)  # an unusable folder fails now, not after the work
     with progress_bar() as progress:
         progress.console.print(f"quickstart ({'fast' if fast else 'full'}): training the victim...")
         _, document = run_quickstart(
