@@ -186,6 +186,9 @@ def attack_knockoff(
     temperature: Annotated[
         float, typer.Option(help="Distillation temperature (1: the paper's plain KL).")
     ] = 4.0,
+    temperature_weight: Annotated[
+        float, typer.Option(help="Weight of the tempered loss against plain KL (1: tempered only).")
+    ] = 0.5,
     unlabeled: Annotated[
         int | None, typer.Option(help="Unqueried transfer inputs for self-training (default: all).")
     ] = None,
@@ -209,6 +212,7 @@ def attack_knockoff(
     attack = KnockoffNets(
         epochs=_positive("--epochs", epochs),
         temperature=temperature,
+        temperature_weight=temperature_weight,
         unlabeled=unlabeled,
         rounds=rounds,
         members=_positive("--members", members),

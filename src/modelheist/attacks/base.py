@@ -9,7 +9,6 @@ metadata. Each attack implements :meth:`ExtractionAttack._extract`.
 
 from __future__ import annotations
 
-import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -22,8 +21,6 @@ from modelheist.api.answer import Answer, OutputKind
 from modelheist.api.oracle import Oracle
 from modelheist.errors import BudgetExceededError, IncompatibleOutputError, ModelheistError
 from modelheist.models.classifier import Classifier
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,8 @@ class KnockoffNets(ExtractionAttack):
             raise ModelheistError("epochs, batch_size and query_batch must be >= 1, rounds >= 0")
         if self.unlabeled is not None and self.unlabeled < 0:
             raise ModelheistError("unlabeled must be >= 0 (or None for the whole remainder)")
+        if not 0.0 <= self.temperature_weight <= 1.0:
+            raise ModelheistError("temperature_weight must lie in [0, 1]")
         if self.members < 1:
             raise ModelheistError(f"members must be >= 1, got {self.members}")
         if not 0.0 < self.answered_share < 1.0 or self.temperature <= 0:

@@ -41,7 +41,6 @@ class QuickstartConfig:
     victim_train_size: int | None = None
     attack_epochs: int = 10
     attack_min_steps: int = 300
-    unlabeled: int = 0
     seed: int = 0
 
     @classmethod
@@ -108,8 +107,6 @@ def run_quickstart(
     attack = KnockoffNets(
         epochs=config.attack_epochs,
         min_steps=config.attack_min_steps,
-        unlabeled=config.unlabeled,
-        rounds=1 if config.unlabeled else 0,
     )
     runs = []
     for transfer_name, output in settings:
