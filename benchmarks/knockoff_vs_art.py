@@ -111,11 +111,7 @@ def main() -> None:
         flush=True,
     )
     evaluation = Evaluation.of(victim, data.test, seed=args.seed)
-    shape = tuple(data.input_shape)
-    pools = {
-        "fashion-mnist": attacker_transfer_set("fashion-mnist", "fashion-mnist", shape, args.seed),
-        "mnist5k": attacker_transfer_set("mnist5k", "fashion-mnist", shape, args.seed),
-    }
+    pools = {name: attacker_transfer_set(name, data) for name in ("fashion-mnist", "mnist5k")}
     rows: list[dict] = []
 
     def record(method: str, transfer: str, output: str, budget: int, queries: int,

@@ -27,14 +27,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str) -> Non
 
 
 def test_quickstart_fast_end_to_end(tmp_path):
-    proc = run(
-        "quickstart",
-        "--fast",
-        "--json",
-        str(tmp_path / "q.json"),
-        "--report",
-        str(tmp_path / "report"),
-    )
+    proc = run(*f"quickstart --fast --json {tmp_path}/q.json --report {tmp_path}/report".split())
     assert proc.returncode == 0, proc.stderr
     document = json.loads((tmp_path / "q.json").read_text())
     assert document["victim"]["test_accuracy"] > 0.7
@@ -56,38 +49,12 @@ def test_quickstart_fast_end_to_end(tmp_path):
 
 
 def test_train_then_attack(tmp_path):
-    proc = run(
-        "train",
-        "--dataset",
-        "digits",
-        "--arch",
-        "mlp",
-        "--out",
-        str(tmp_path / "v"),
-        "--epochs",
-        "10",
-    )
+    proc = run(*f"train --dataset digits --arch mlp --out {tmp_path}/v --epochs 10".split())
     assert proc.returncode == 0, proc.stderr
     assert "test accuracy" in proc.stdout
     proc = run(
-        "attack",
-        "knockoff",
-        "--victim",
-        str(tmp_path / "v"),
-        "--transfer-set",
-        "digits",
-        "--budget",
-        "300",
-        "--output",
-        "top-k:3",
-        "--epochs",
-        "10",
-        "--rounds",
-        "0",
-        "--json",
-        str(tmp_path / "a.json"),
-        "--out",
-        str(tmp_path / "s"),
+        *f"attack knockoff --victim {tmp_path}/v --transfer-set digits --budget 300 --output top-k:3 "
+        f"--epochs 10 --rounds 0 --json {tmp_path}/a.json --out {tmp_path}/s".split()
     )
     assert proc.returncode == 0, proc.stderr
     figures = json.loads((tmp_path / "a.json").read_text())

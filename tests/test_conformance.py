@@ -1,5 +1,7 @@
 """Every registered defense and attack obeys its seam's contract (as Amulet's conformance test)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -28,8 +30,6 @@ def test_defense_contract(name, digits_cnn, digits):
     np.testing.assert_array_equal(answer.labels, probs.argmax(1))  # granularity keeps the label
     if stage.output_kind is not None:
         assert answer.kind == stage.output_kind
-    import json
-
     json.dumps(state)  # per-client state is serialisable
 
 

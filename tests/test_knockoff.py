@@ -10,47 +10,33 @@ from modelheist.experiments.extraction import Evaluation, measure_extraction
 SMALL = {"epochs": 20, "min_steps": 300, "rounds": 0}
 
 
-def test_knockoff_on_digits_reaches_a_fidelity_floor(digits_cnn, digits):
-    _, m = measure_extraction(
-        digits_cnn,
-        KnockoffNets(**SMALL),
-        digits.pool.x,
-        Evaluation.of(digits_cnn, digits.test),
-        500,
-        "probs",
-        "digits",
-    )
+@pytest.fixture(scope="module")
+def digits_evaluation(digits_cnn, digits):
+    return Evaluation.of(digits_cnn, digits.test)
+
+
+def extract(victim, pool, evaluation, attack, budget, output="probs"):
+    return measure_extraction(victim, attack, pool, evaluation, budget, output, "digits")
+
+
+def test_knockoff_on_digits_reaches_a_fidelity_floor(digits_cnn, digits, digits_evaluation):
+    _, m = extract(digits_cnn, digits.pool.x, digits_evaluation, KnockoffNets(**SMALL), 500)
     assert m.queries_used == 500
-    assert m.fidelity_test >= 0.85, m  # measured 0.93 on this machine
+    assert m.fidelity_test >= 0.9, m  # 0.978 measured here
     assert 0.0 <= m.fidelity_uniform <= 1.0
 
 
-def test_knockoff_learns_from_labels_only(digits_cnn, digits):
-    _, m = measure_extraction(
-        digits_cnn,
-        KnockoffNets(**SMALL),
-        digits.pool.x,
-        Evaluation.of(digits_cnn, digits.test),
-        500,
-        "labels",
-        "digits",
-    )
-    assert m.fidelity_test >= 0.75, m
+def test_knockoff_learns_from_labels_only(digits_cnn, digits, digits_evaluation):
+    attack = KnockoffNets(**SMALL)
+    _, m = extract(digits_cnn, digits.pool.x, digits_evaluation, attack, 500, "labels")
+    assert m.fidelity_test >= 0.9, m  # 0.975 measured here
 
 
-def test_self_training_uses_the_unqueried_remainder(digits_cnn, digits):
+def test_self_training_uses_the_unqueried_remainder(digits_cnn, digits, digits_evaluation):
     attack = KnockoffNets(epochs=10, min_steps=150, rounds=1, student_epochs=5)
-    result, m = measure_extraction(
-        digits_cnn,
-        attack,
-        digits.pool.x,
-        Evaluation.of(digits_cnn, digits.test),
-        200,
-        "probs",
-        "digits",
-    )
+    result, m = extract(digits_cnn, digits.pool.x, digits_evaluation, attack, 200)
     assert result.details["unlabeled_used"] == len(digits.pool) - 200
-    assert m.queries_used == 200 and m.fidelity_test >= 0.8, m
+    assert m.queries_used == 200 and m.fidelity_test >= 0.88, m  # 0.958 measured here
 
 
 def test_never_spends_more_than_the_budget(digits_cnn, digits):

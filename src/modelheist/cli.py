@@ -222,13 +222,7 @@ def attack_knockoff(
     data = load_dataset(
         model.card.dataset, seed=split["seed"], pool_fraction=split["pool_fraction"]
     )
-    pool = attacker_transfer_set(
-        transfer_set,
-        model.card.dataset,
-        tuple(model.card.input_shape),
-        split["seed"],
-        split["pool_fraction"],
-    )
+    pool = attacker_transfer_set(transfer_set, data)
     with progress_bar() as progress:
         result, m = measure_extraction(
             model,

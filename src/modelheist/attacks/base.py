@@ -79,9 +79,14 @@ class BudgetedOracle(Oracle):
 
     @property
     def budget(self) -> int:
+        return self.limit
+
+    @property
+    def remaining(self) -> int:
+        """Queries left: the tighter of this limit and the wrapped oracle's own budget."""
         inner_left = self.inner.remaining
         own_left = self.limit - self.spent
-        return self.spent + (own_left if inner_left is None else min(own_left, inner_left))
+        return own_left if inner_left is None else min(own_left, inner_left)
 
     @property
     def queries_used(self) -> int:

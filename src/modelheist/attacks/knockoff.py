@@ -115,7 +115,7 @@ class KnockoffNets(ExtractionAttack):
                 f"{tuple(oracle.input_shape)}"
             )
         rng = np.random.default_rng(knowledge.seed)
-        n_query = min(knowledge.budget, oracle.budget or knowledge.budget, len(pool))
+        n_query = min(oracle.remaining, len(pool))
         if n_query < knowledge.budget:
             log.warning(
                 "transfer set or oracle allows %d queries of the %d budgeted",
@@ -130,9 +130,9 @@ class KnockoffNets(ExtractionAttack):
         for start in range(0, n_query, self.query_batch):
             batch = queried[start : start + self.query_batch]
             answers.append(oracle.query(pool[batch]))
-            if progress is not None and task is not None:
+            if task is not None:
                 progress.advance(task, len(batch))
-        if progress is not None and task is not None:
+        if task is not None:
             progress.remove_task(task)
         answer = concatenate(answers)
         num_classes = oracle.num_classes

@@ -230,27 +230,21 @@ def load_dataset(
     )
 
 
-def attacker_transfer_set(
-    name: str,
-    victim_dataset: str,
-    input_shape: tuple[int, ...],
-    split_seed: int = 0,
-    pool_fraction: float = 0.5,
-) -> np.ndarray:
+def attacker_transfer_set(name: str, victim_data: Dataset) -> np.ndarray:
     """The natural inputs an attacker holds when its transfer set is dataset ``name``.
 
-    Against a victim trained on ``name`` itself, that is the attacker pool of the victim's split
-    (disjoint from the owner's training data and the evaluation split). Any other dataset is
-    out-of-distribution for the victim and is used whole. Inputs are fitted to ``input_shape``.
+    Against a victim trained on ``victim_data`` itself, that is its attacker pool (disjoint from
+    the owner's training data and the evaluation split). Any other dataset is
+    out-of-distribution for the victim and is used whole. Inputs are fitted to the victim's
+    input shape.
     """
     from modelheist.data.transforms import fit_to_shape
 
-    if name == victim_dataset:
-        x = load_dataset(name, seed=split_seed, pool_fraction=pool_fraction).pool.x
-    else:
-        raw = _load_raw(name)
-        x = raw.x if raw.test is None else np.concatenate([raw.x, raw.test[0]])
-    return fit_to_shape(x, input_shape)
+    if name == victim_data.name:
+        return victim_data.pool.x
+    raw = _load_raw(name)
+    x = raw.x if raw.test is None else np.concatenate([raw.x, raw.test[0]])
+    return fit_to_shape(x, victim_data.input_shape)
 
 
 def dataset_available(name: str) -> bool:

@@ -14,6 +14,7 @@ import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+import numpy as np
 from rich.progress import Progress
 
 from modelheist import __version__
@@ -69,8 +70,6 @@ def choose_datasets() -> tuple[str, str]:
 def _subsample(data: Dataset, size: int | None, seed: int) -> Dataset:
     if size is None or size >= len(data.train):
         return data
-    import numpy as np
-
     idx = np.random.default_rng(seed).permutation(len(data.train))[:size]
     return Dataset(
         data.name,
@@ -97,11 +96,7 @@ def run_quickstart(
     victim = train_model(
         train_data, "cnn", TrainConfig(epochs=config.victim_epochs, seed=config.seed), progress
     )
-    shape = tuple(data.input_shape)
-    transfer = {
-        victim_name: attacker_transfer_set(victim_name, victim_name, shape, config.seed),
-        ood_name: attacker_transfer_set(ood_name, victim_name, shape, config.seed),
-    }
+    transfer = {name: attacker_transfer_set(name, data) for name in (victim_name, ood_name)}
     evaluation = Evaluation.of(victim, data.test, seed=config.seed)
     settings = [(victim_name, "probs"), (ood_name, "probs"), (victim_name, "labels")]
     attack = KnockoffNets(

@@ -166,11 +166,11 @@ def train_network(
                 optimiser.step()
                 schedule.step()
                 total += float(loss.detach()) * len(idx)
-                if progress is not None and task is not None:
+                if task is not None:
                     progress.advance(task)
             history.append(total / len(xs))
     module.eval()
-    if progress is not None and task is not None:
+    if task is not None:
         progress.remove_task(task)
     return history
 
