@@ -10,7 +10,13 @@ from modelheist.attacks import ATTACKS, AttackerKnowledge, ExtractionAttack
 from modelheist.defenses import DEFENSES, parse_defense
 from modelheist.errors import IncompatibleOutputError
 
-EXAMPLE_SPECS = {"round": "round:2", "top-k": "top-k:3", "labels": "labels"}
+EXAMPLE_SPECS = {
+    "round": "round:2",
+    "top-k": "top-k:3",
+    "labels": "labels",
+    "reverse-sigmoid": "reverse-sigmoid:beta=0.7,gamma=0.4",
+    "noise": "noise:sigma=0.05,seed=3",
+}
 FAST_ATTACK_PARAMS = {"knockoff": {"epochs": 2, "min_steps": 20, "rounds": 0}}
 
 
@@ -27,10 +33,16 @@ def test_defense_contract(name, digits_cnn, digits):
     state = stage.initial_state()
     answer = stage.apply(x, Answer(probs.argmax(1), probs), state)
     assert isinstance(answer, Answer) and len(answer) == 7
-    np.testing.assert_array_equal(answer.labels, probs.argmax(1))  # granularity keeps the label
+    np.testing.assert_array_equal(answer.labels, probs.argmax(1))  # every stage keeps the label
     if stage.output_kind is not None:
         assert answer.kind == stage.output_kind
+    if answer.probabilities is not None:
+        assert (answer.probabilities >= 0).all()
+        np.testing.assert_allclose(answer.probabilities.sum(axis=1), 1.0, atol=0.03)  # rounding
     json.dumps(state)  # per-client state is serialisable
+    again = stage.apply(x, Answer(probs.argmax(1), probs), stage.initial_state())
+    for field in ("probabilities", "top_k", "top_k_probabilities"):  # same input, same answer
+        np.testing.assert_array_equal(getattr(answer, field), getattr(again, field))
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))

@@ -55,12 +55,22 @@ def test_rounding(digits_cnn, digits):
     np.testing.assert_allclose(soft.sum(axis=1), 1.0, atol=1e-6)
 
 
-def test_rounding_after_labels_is_a_configuration_error(digits_cnn, digits):
-    service = PredictionService(digits_cnn, [LabelsOnly(), Rounding(2)])
+def test_rounding_after_labels_is_a_configuration_error(digits_cnn):
+    with pytest.raises(ModelheistError, match="put it before"):
+        PredictionService(digits_cnn, [LabelsOnly(), Rounding(2)])
+
+
+def test_a_refusing_stage_answers_and_counts_nothing(digits_cnn, digits):
+    class Refuse(Rounding):
+        def apply(self, inputs, answer, state):
+            state["seen"] = state.get("seen", 0) + len(inputs)
+            raise ModelheistError("refused by policy")
+
+    service = PredictionService(digits_cnn, [Refuse(2)])
     service.register_client("c")
-    with pytest.raises(ModelheistError, match="place it before"):
+    with pytest.raises(ModelheistError, match="refused by policy"):
         service.query("c", digits.test.x[:2])
-    assert service.client("c").queries_used == 0  # refunded: nothing was answered
+    assert service.client("c").queries_used == 0 and service.ledger.audit("c") == []
 
 
 def test_budget_is_a_hard_limit(service, digits):
@@ -172,3 +182,32 @@ def test_a_stage_can_raise_an_alarm_and_keep_per_client_state(digits_cnn, digits
     assert service.query("b", digits.test.x[:4]).flags == ()  # state is per client
     assert service.client("a").alarms == ["alarm:counting"] and service.client("b").alarms == []
     assert service.client("a").defense_state == [{"seen": 8}, {}]
+
+
+def test_inputs_outside_the_declared_range_are_refused(digits_cnn, digits):
+    service = PredictionService(digits_cnn)
+    service.register_client("c")
+    assert service.input_range == (0.0, 1.0)
+    with pytest.raises(InvalidQueryError, match=r"must lie in \[0, 1\]"):
+        service.query("c", digits.test.x[:2] * 2)
+    assert service.client("c").queries_used == 0
+
+
+def test_micro_batch_isolates_a_request_whose_output_is_not_finite(digits_cnn, digits):
+    class NaNOnBright:
+        card = digits_cnn.card
+
+        def predict_proba(self, x):
+            p = digits_cnn.predict_proba(x).astype(np.float64)
+            p[x.reshape(len(x), -1).mean(axis=1) > 0.9] = np.nan
+            return p
+
+    service = PredictionService(NaNOnBright())
+    service.register_client("a")
+    service.register_client("b")
+    good, bright = digits.test.x[:3], np.ones((2, 1, 8, 8), np.float32)
+    results = service.answer_many([("a", good), ("b", bright), ("a", good[:1])])
+    assert isinstance(results[1], InvalidQueryError) and "not finite" in str(results[1])
+    assert results[0].queries_used == 3 and results[2].queries_used == 4
+    assert service.client("b").queries_used == 0 and service.ledger.audit("b") == []
+    assert len(service.ledger.audit("a")) == 4

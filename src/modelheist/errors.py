@@ -28,3 +28,24 @@ class BudgetExceededError(ModelheistError):
 
 class IncompatibleOutputError(ModelheistError):
     """An attack cannot use the output granularity the API returns."""
+
+
+class AuthenticationError(ModelheistError):
+    """No API key, or one the service does not know (HTTP 401)."""
+
+
+class ForbiddenError(ModelheistError):
+    """A known client asked for something its role or policy does not allow (HTTP 403)."""
+
+
+class RateLimitedError(ModelheistError):
+    """A client sent requests faster than its rate limit (HTTP 429)."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailableError(ModelheistError):
+    """The service could not record an answer (e.g. its state database failed): nothing was
+    answered or counted (HTTP 503)."""

@@ -2,14 +2,24 @@
 
 The service validates each query batch, enforces the client's budget, computes the model's
 probabilities and passes them through the ordered defense pipeline (output granularity and any
-other stages). It keeps per-client state (queries used, budget, each stage's state). The
-in-process :class:`~modelheist.api.oracle.LocalOracle` and the HTTP server are both thin
-transports over it, so a defense behaves the same everywhere.
+other stages). Clients, budgets, each stage's per-client state and the audit log live in a
+:class:`~modelheist.api.ledger.Ledger` (SQLite; a private in-memory one by default). An answer
+is returned only after its audit record, the client's usage and the stages' new state are
+committed together. The in-process :class:`~modelheist.api.oracle.LocalOracle` and the HTTP
+server are both thin transports over this class, so a defense behaves the same everywhere.
+
+:meth:`PredictionService.answer_many` answers the batches of several clients with one forward
+pass (the HTTP server's micro-batching); each client's stages still see its own batches, in
+order, one at a time.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,40 +27,83 @@ from typing import Any
 import numpy as np
 
 from modelheist.api.answer import Answer, OutputKind
-from modelheist.defenses.base import Defense
-from modelheist.errors import BudgetExceededError, InvalidQueryError, ModelheistError
+from modelheist.api.ledger import AuditRecord, ClientRecord, ClientUpdate, Ledger
+from modelheist.defenses.base import Defense, check_pipeline
+from modelheist.errors import (
+    BudgetExceededError,
+    ForbiddenError,
+    InvalidQueryError,
+    ModelheistError,
+    ServiceUnavailableError,
+)
 from modelheist.models.classifier import Classifier
 
 
 @dataclass
 class ClientState:
-    """What the service remembers about one client."""
+    """What the service remembers about one client (a cached view of its ledger row)."""
 
     client_id: str
     budget: int | None
     queries_used: int = 0
     defense_state: list[dict[str, Any]] = field(default_factory=list)
     alarms: list[str] = field(default_factory=list)
+    rate: float | None = None
+    admin: bool = False
+    revoked: bool = False
 
     @property
     def remaining(self) -> int | None:
         return None if self.budget is None else self.budget - self.queries_used
 
 
+@dataclass(frozen=True)
+class Receipt:
+    """An answered batch and the client's usage after it."""
+
+    answer: Answer
+    queries_used: int
+    queries_remaining: int | None
+
+
+def input_digests(x: np.ndarray) -> list[str]:
+    """SHA-256 of each input's float32 bytes (the audit log's input digest)."""
+    rows = np.ascontiguousarray(x, np.float32).reshape(len(x), -1)
+    return [hashlib.sha256(row.tobytes()).hexdigest() for row in rows]
+
+
 class PredictionService:
-    """Model + defense pipeline + per-client state and budgets."""
+    """Model + defense pipeline + per-client state, budgets and audit log."""
 
     def __init__(
         self,
         model: Classifier,
         defenses: Sequence[Defense] = (),
         max_batch: int = 4096,
+        ledger: Ledger | None = None,
+        name: str | None = None,
     ):
+        check_pipeline(defenses)
         self.model = model
         self.defenses = list(defenses)
         self.max_batch = max_batch
+        self.name = name or f"{model.card.dataset}-{model.card.architecture}"
+        self._ledger = ledger
         self._clients: dict[str, ClientState] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+
+    @property
+    def ledger(self) -> Ledger:
+        """The ledger; a private in-memory one unless one was given."""
+        with self._lock:
+            if self._ledger is None:
+                self._ledger = Ledger.open(None)
+            return self._ledger
+
+    @property
+    def pipeline(self) -> str:
+        """The pipeline's identity; a client's saved stage state belongs to one pipeline."""
+        return " | ".join(stage.spec() for stage in self.defenses) or "probs"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -61,6 +114,12 @@ class PredictionService:
         return list(self.model.card.classes)
 
     @property
+    def input_range(self) -> tuple[float, float] | None:
+        """The inputs' declared domain (e.g. [0, 1] for images), if the model card has one."""
+        bounds = self.model.card.input_range
+        return None if bounds is None else (float(bounds[0]), float(bounds[1]))
+
+    @property
     def output_kind(self) -> OutputKind:
         """The granularity that leaves the pipeline (the last stage that sets one wins)."""
         kind: OutputKind = "probabilities"
@@ -69,21 +128,46 @@ class PredictionService:
         return kind
 
     def register_client(self, client_id: str, budget: int | None = None) -> ClientState:
-        """Create (or reset) a client with a query budget (None: unlimited)."""
-        if budget is not None and budget < 1:
-            raise ModelheistError(f"a client's budget must be at least 1 query, got {budget}")
-        state = ClientState(
-            client_id, budget, defense_state=[d.initial_state() for d in self.defenses]
-        )
+        """Create (or reset) a keyless in-process client with a query budget (None: unlimited)."""
+        self.ledger.add_client(client_id, budget, with_key=False, replace=True)
         with self._lock:
-            self._clients[client_id] = state
-        return state
+            self._clients.pop(client_id, None)
+        return self.client(client_id)
 
     def client(self, client_id: str) -> ClientState:
+        """The client's state, loaded from the ledger on first use."""
         with self._lock:
-            if client_id not in self._clients:
-                raise ModelheistError(f"unknown client {client_id!r}")
-            return self._clients[client_id]
+            state = self._clients.get(client_id)
+            if state is None:
+                record = self.ledger.client(client_id)
+                if record is None:
+                    raise ModelheistError(f"unknown client {client_id!r}")
+                saved, alarms = self.ledger.defense_state(client_id, self.pipeline)
+                state = ClientState(
+                    client_id,
+                    record.budget,
+                    record.queries_used,
+                    saved or [d.initial_state() for d in self.defenses],
+                    alarms,
+                    record.rate,
+                    record.admin,
+                    record.revoked,
+                )
+                self._clients[client_id] = state
+            return state
+
+    def sync_limits(self, record: ClientRecord) -> None:
+        """Adopt a client's limits as the ledger now has them (changed by ``modelheist keys``)."""
+        with self._lock:
+            state = self._clients.get(record.name)
+            if state is not None:
+                state.budget, state.rate = record.budget, record.rate
+                state.admin, state.revoked = record.admin, record.revoked
+
+    def forget_client(self, client_id: str) -> None:
+        """Drop the cached state so that the next use reloads it from the ledger."""
+        with self._lock:
+            self._clients.pop(client_id, None)
 
     def validate(self, inputs: object) -> np.ndarray:
         """Return ``inputs`` as a float32 batch of the model's input shape, or raise."""
@@ -91,7 +175,7 @@ class PredictionService:
             x = np.asarray(inputs)
         except (ValueError, TypeError) as exc:
             raise InvalidQueryError(f"inputs are not a numeric array: {exc}") from None
-        if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        if x.dtype == object or x.dtype == bool or not np.issubdtype(x.dtype, np.number):
             raise InvalidQueryError(f"inputs must be numbers, got dtype {x.dtype}")
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
             raise InvalidQueryError(
@@ -104,33 +188,140 @@ class PredictionService:
             raise InvalidQueryError(
                 f"batch of {len(x)} inputs exceeds the limit of {self.max_batch}"
             )
-        x = x.astype(np.float32)
+        if np.iscomplexobj(x):
+            raise InvalidQueryError("inputs must be real numbers")
+        with np.errstate(over="ignore"):  # a float32 overflow is reported just below
+            x = x.astype(np.float32)
         if not np.isfinite(x).all():
-            raise InvalidQueryError("inputs contain NaN or infinite values")
+            raise InvalidQueryError("inputs contain NaN or infinite values (or overflow float32)")
+        if self.input_range is not None:
+            low, high = self.input_range
+            if x.min() < low or x.max() > high:
+                raise InvalidQueryError(
+                    f"inputs must lie in [{low:g}, {high:g}], the model's input range; got "
+                    f"values in [{x.min():g}, {x.max():g}]"
+                )
         return x
 
     def query(self, client_id: str, inputs: object) -> Answer:
         """Answer a batch for ``client_id``; a batch beyond the budget is refused whole."""
-        x = self.validate(inputs)
+        result = self.answer_many([(client_id, self.validate(inputs))])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result.answer
+
+    def answer_many(
+        self, requests: Sequence[tuple[str, np.ndarray]]
+    ) -> list[Receipt | ModelheistError]:
+        """Answer validated batches of (possibly different) clients with one forward pass.
+
+        Each request gets a :class:`Receipt` or the error that refused it (unknown or revoked
+        client, exhausted budget, a stage's refusal). Nothing is counted or logged for a refused
+        request; answered ones are committed to the ledger before this returns.
+        """
+        results: list[Receipt | ModelheistError | None] = [None] * len(requests)
         with self._lock:
-            state = self._clients.get(client_id)
-            if state is None:
-                raise ModelheistError(f"unknown client {client_id!r}")
-            remaining = state.remaining
-            if remaining is not None and len(x) > remaining:
-                raise BudgetExceededError(
-                    f"query budget exhausted: {len(x)} queries asked, {remaining} of "
-                    f"{state.budget} remaining"
+            accepted = self._admit(requests, results)
+            if not accepted:
+                return results  # type: ignore[return-value]
+            x_all = np.concatenate([requests[i][1] for i in accepted])
+            probs_all = np.asarray(self.model.predict_proba(x_all), np.float64)
+            working: dict[str, list[dict[str, Any]]] = {}
+            new_alarms: dict[str, list[str]] = {}
+            used: dict[str, int] = {}
+            answered: list[tuple[int, Answer, int]] = []  # (request, answer, usage after it)
+            offset = 0
+            for i in accepted:
+                client_id, x = requests[i]
+                probs = probs_all[offset : offset + len(x)]
+                offset += len(x)
+                if not np.isfinite(probs).all():  # e.g. activations overflowed on huge inputs
+                    results[i] = InvalidQueryError(
+                        "the model's output is not finite for these inputs; send values of the "
+                        "magnitude it was trained on"
+                    )
+                    continue
+                state = self._clients[client_id]
+                stage_states = working.setdefault(client_id, copy.deepcopy(state.defense_state))
+                alarms = new_alarms.setdefault(client_id, list(state.alarms))
+                answer = Answer(probs.argmax(axis=1), probs)
+                try:
+                    for stage, stage_state in zip(self.defenses, stage_states, strict=True):
+                        answer = stage.apply(x, answer, stage_state)
+                except ModelheistError as exc:  # a stage refused: seen, not answered
+                    results[i] = exc
+                    continue
+                alarms.extend(f for f in answer.flags if f.startswith("alarm:"))
+                used[client_id] = used.get(client_id, state.queries_used) + len(x)
+                answered.append((i, answer, used[client_id]))
+            self._commit(requests, answered, working, new_alarms, used)
+            for i, answer, used_after in answered:
+                budget = self._clients[requests[i][0]].budget
+                results[i] = Receipt(
+                    answer, used_after, None if budget is None else budget - used_after
                 )
-            state.queries_used += len(x)  # reserved before answering; refunded on failure
+        return results  # type: ignore[return-value]
+
+    def _admit(
+        self,
+        requests: Sequence[tuple[str, np.ndarray]],
+        results: list[Receipt | ModelheistError | None],
+    ) -> list[int]:
+        """Indices of the requests within their clients' budgets; errors for the others."""
+        accepted: list[int] = []
+        reserved: dict[str, int] = {}
+        for i, (client_id, x) in enumerate(requests):
+            try:
+                state = self.client(client_id)
+                if state.revoked:
+                    raise ForbiddenError(f"client {client_id!r} has been revoked")
+                left = state.remaining
+                if left is not None:
+                    left -= reserved.get(client_id, 0)
+                    if len(x) > left:
+                        raise BudgetExceededError(
+                            f"query budget exhausted: {len(x)} queries asked, {left} of "
+                            f"{state.budget} remaining"
+                        )
+            except ModelheistError as exc:
+                results[i] = exc
+                continue
+            reserved[client_id] = reserved.get(client_id, 0) + len(x)
+            accepted.append(i)
+        return accepted
+
+    def _commit(
+        self,
+        requests: Sequence[tuple[str, np.ndarray]],
+        answered: list[tuple[int, Answer, int]],
+        working: dict[str, list[dict[str, Any]]],
+        alarms: dict[str, list[str]],
+        used: dict[str, int],
+    ) -> None:
+        """Write usage, stage state and audit records in one transaction, then adopt them."""
+        now = time.time()
+        records = [
+            AuditRecord(now, requests[i][0], self.name, digest, int(label), answer.flags)
+            for i, answer, _ in answered
+            for digest, label in zip(input_digests(requests[i][1]), answer.labels, strict=True)
+        ]
+        updates = {
+            client_id: ClientUpdate(
+                used.get(client_id, self._clients[client_id].queries_used),
+                self.pipeline,
+                working[client_id],
+                alarms[client_id],
+            )
+            for client_id in working
+        }
         try:
-            probs = np.asarray(self.model.predict_proba(x), np.float64)
-            answer = Answer(probs.argmax(axis=1), probs)
-            for stage, stage_state in zip(self.defenses, state.defense_state, strict=True):
-                answer = stage.apply(x, answer, stage_state)
-        except BaseException:
-            with self._lock:
-                state.queries_used -= len(x)
-            raise
-        state.alarms.extend(f for f in answer.flags if f.startswith("alarm:"))
-        return answer
+            self.ledger.commit(updates, records)
+        except sqlite3.Error as exc:
+            raise ServiceUnavailableError(
+                f"cannot record the answers, nothing was answered: {exc}"
+            ) from None
+        for client_id, update in updates.items():
+            state = self._clients[client_id]
+            state.queries_used = update.queries_used
+            state.defense_state = update.defense_state
+            state.alarms = update.alarms

@@ -8,22 +8,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modelheist.api.answer import Answer, OutputKind
-from modelheist.defenses.base import Defense
+from modelheist.defenses.base import Defense, require_probabilities
 from modelheist.errors import ModelheistError
-
-
-def _require_probabilities(stage: Defense, answer: Answer) -> np.ndarray:
-    if answer.probabilities is None:
-        raise ModelheistError(
-            f"stage {stage.spec()!r} needs full probabilities; place it before top-k/labels stages"
-        )
-    return answer.probabilities
 
 
 class Rounding(Defense):
     """Round each probability to ``decimals`` decimal places (no renormalisation)."""
 
     name: ClassVar[str] = "round"
+    requires_probabilities: ClassVar[bool] = True
 
     def __init__(self, decimals: int):
         if not 0 <= decimals <= 16:
@@ -31,7 +24,7 @@ class Rounding(Defense):
         self.decimals = decimals
 
     def apply(self, inputs: np.ndarray, answer: Answer, state: dict[str, Any]) -> Answer:
-        p = _require_probabilities(self, answer)
+        p = require_probabilities(self, answer)
         rounded = np.round(p.astype(np.float64), self.decimals)
         return Answer(answer.labels, rounded, flags=answer.flags).with_flag(
             f"rounded:{self.decimals}"
@@ -45,6 +38,7 @@ class TopK(Defense):
     """Return only the ``k`` most likely classes and their probabilities."""
 
     name: ClassVar[str] = "top-k"
+    requires_probabilities: ClassVar[bool] = True
     output_kind: ClassVar[OutputKind | None] = "top_k"
 
     def __init__(self, k: int):
@@ -53,7 +47,7 @@ class TopK(Defense):
         self.k = k
 
     def apply(self, inputs: np.ndarray, answer: Answer, state: dict[str, Any]) -> Answer:
-        p = _require_probabilities(self, answer)
+        p = require_probabilities(self, answer)
         k = min(self.k, p.shape[1])
         order = np.argsort(-p, axis=1, kind="stable")[:, :k]
         return Answer(

@@ -10,9 +10,12 @@ from collections.abc import Callable
 
 from modelheist.defenses.base import Defense
 from modelheist.defenses.granularity import LabelsOnly, Rounding, TopK
+from modelheist.defenses.perturbation import GaussianNoise, ReverseSigmoid
 from modelheist.errors import ModelheistError
 
-DEFENSES: dict[str, type[Defense]] = {cls.name: cls for cls in (Rounding, TopK, LabelsOnly)}
+DEFENSES: dict[str, type[Defense]] = {
+    cls.name: cls for cls in (Rounding, TopK, LabelsOnly, ReverseSigmoid, GaussianNoise)
+}
 #: Aliases for the full-probability output, which needs no stage.
 FULL_OUTPUT = ("probs", "probabilities")
 

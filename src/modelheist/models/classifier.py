@@ -51,22 +51,31 @@ def predict_labels(model: Classifier, x: np.ndarray) -> np.ndarray:
 
 
 class TorchClassifier:
-    """A PyTorch module (producing logits) behind the Classifier protocol."""
+    """A PyTorch module (producing logits) behind the Classifier protocol.
 
-    def __init__(self, module: nn.Module, card: ModelCard, batch_size: int = 256):
+    Image networks predict with their weights in channels-last layout and in chunks of 64: on
+    the 2-core x86 machine this project is measured on, oneDNN's channels-last convolutions ran
+    the CNN 3-4x faster than the default layout (37 vs 100-160 us per 28x28 image), and chunks
+    of 32-64 images stay in cache (docs/benchmarks.md, "Serving"). The layout changes no value
+    beyond float rounding (max 3e-6 on the logits).
+    """
+
+    def __init__(self, module: nn.Module, card: ModelCard, batch_size: int = 64):
         self.module = module
         self.card = card
         self.batch_size = batch_size
 
-    @torch.no_grad()
     def logits(self, x: np.ndarray) -> np.ndarray:
         self.module.eval()
-        out = [
-            self.module(
-                torch.from_numpy(np.ascontiguousarray(x[i : i + self.batch_size], np.float32))
-            )
-            for i in range(0, len(x), self.batch_size)
-        ]
+        if len(self.card.input_shape) == 3:  # outside inference mode: the weights stay trainable
+            self.module.to(memory_format=torch.channels_last)  # a no-op once converted
+        with torch.inference_mode():
+            out = [
+                self.module(
+                    torch.from_numpy(np.ascontiguousarray(x[i : i + self.batch_size], np.float32))
+                )
+                for i in range(0, len(x), self.batch_size)
+            ]
         if not out:
             return np.zeros((0, self.card.num_classes), np.float32)
         return torch.cat(out).numpy()

@@ -1,0 +1,79 @@
+"""Perturbation defenses: reverse sigmoid (Lee et al. '19) and Gaussian noise."""
+
+import numpy as np
+import pytest
+from scipy.special import expit, logit
+
+from modelheist.api import Answer, PredictionService
+from modelheist.defenses import GaussianNoise, ReverseSigmoid, parse_defense
+from modelheist.errors import ModelheistError
+
+
+def _answer(p):
+    p = np.asarray(p, np.float64)
+    return Answer(p.argmax(1), p)
+
+
+def test_reverse_sigmoid_follows_lee_et_al_equations_3_and_4():
+    p = np.array([[0.7, 0.2, 0.1], [0.05, 0.9, 0.05]])
+    out = ReverseSigmoid(beta=0.7, gamma=0.4).apply(None, _answer(p), {})
+    r = 0.7 * (expit(0.4 * logit(p)) - 0.5)
+    expected = (p - r) / (p - r).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(out.probabilities, expected, rtol=1e-12)
+    assert "reverse-sigmoid" in out.flags
+    # the perturbation is large: the vector is deceptive, not a rounding of the truth
+    assert np.abs(out.probabilities - p).max() > 0.05
+
+
+def test_reverse_sigmoid_keeps_the_models_label_even_where_the_vector_flips():
+    p = np.array([[0.4, 0.35, 0.25]])
+    out = ReverseSigmoid(beta=3.0, gamma=0.9).apply(None, _answer(p), {})
+    assert out.labels.tolist() == [0]
+
+
+def test_noise_is_a_function_of_seed_and_input(digits_cnn, digits):
+    x = digits.test.x[:32]
+    p = digits_cnn.predict_proba(x).astype(np.float64)
+    stage = GaussianNoise(sigma=0.05, seed=1)
+    first = stage.apply(x, _answer(p), {}).probabilities
+    np.testing.assert_array_equal(first, stage.apply(x, _answer(p), {}).probabilities)
+    # row i's noise does not depend on the rest of the batch
+    np.testing.assert_array_equal(
+        first[5:6], stage.apply(x[5:6], _answer(p[5:6]), {}).probabilities
+    )
+    other = GaussianNoise(sigma=0.05, seed=2).apply(x, _answer(p), {}).probabilities
+    assert not np.array_equal(first, other)
+    np.testing.assert_allclose(first.sum(axis=1), 1.0)
+    assert (first >= 0).all()
+
+
+def test_noise_draws_are_standard_normal(digits):
+    z = GaussianNoise(sigma=0.1, seed=0).noise(np.random.default_rng(0).random((4000, 8)), 10)
+    assert abs(z.mean()) < 0.02 and abs(z.std() - 1.0) < 0.02
+
+
+def test_perturbation_specs_and_bad_arguments():
+    assert parse_defense("reverse-sigmoid:beta=0.7,gamma=0.4").spec() == (
+        "reverse-sigmoid:beta=0.7,gamma=0.4"
+    )
+    assert isinstance(parse_defense("noise:sigma=0.05"), GaussianNoise)
+    with pytest.raises(ModelheistError, match="positive"):
+        parse_defense("noise:sigma=-1")
+    with pytest.raises(ModelheistError, match="bad arguments"):
+        parse_defense("reverse-sigmoid:beta=high")
+    with pytest.raises(ModelheistError, match="unknown argument"):
+        parse_defense("noise:mu=1")
+
+
+def test_full_stack_in_process(digits_cnn, digits):
+    stages = [
+        parse_defense(s) for s in ("reverse-sigmoid", "noise:sigma=0.02", "round:3", "top-k:3")
+    ]
+    service = PredictionService(digits_cnn, stages)
+    service.register_client("c")
+    answer = service.query("c", digits.test.x[:10])
+    assert answer.kind == "top_k" and answer.top_k.shape == (10, 3)
+    np.testing.assert_array_equal(
+        answer.labels, digits_cnn.predict_proba(digits.test.x[:10]).argmax(1)
+    )
+    assert {"reverse-sigmoid", "noise:0.02", "rounded:3"} <= set(answer.flags)
