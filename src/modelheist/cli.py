@@ -12,9 +12,9 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -24,6 +24,13 @@ from rich.table import Table
 
 from modelheist.errors import ModelheistError
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from modelheist.api.oracle import Oracle
+    from modelheist.experiments.extraction import Evaluation
+    from modelheist.models.classifier import Classifier
+
 app = typer.Typer(
     help="modelheist: model stealing attacks, API defenses and ownership verification.",
     no_args_is_help=True,
@@ -32,6 +39,10 @@ app = typer.Typer(
 )
 attack_app = typer.Typer(help="Extract a surrogate of a victim model.", no_args_is_help=True)
 app.add_typer(attack_app, name="attack")
+keys_app = typer.Typer(
+    help="Manage the API keys of a served model's clients.", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
 
 # Tables stay whole when piped to a file or another program (Rich assumes 80 columns there).
 console = Console(width=None if sys.stdout.isatty() else 132)
@@ -107,6 +118,12 @@ def _positive(name: str, value: int) -> int:
     return value
 
 
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _measurement_table(rows: list[dict[str, Any]], title: str) -> Table:
     from modelheist.experiments.report import COLUMNS
 
@@ -114,9 +131,7 @@ def _measurement_table(rows: list[dict[str, Any]], title: str) -> Table:
     for key, header in COLUMNS:
         table.add_column(header, justify="left" if key in ("transfer_set", "output") else "right")
     for row in rows:
-        table.add_row(
-            *(f"{row[k]:.4f}" if isinstance(row[k], float) else str(row[k]) for k, _ in COLUMNS)
-        )
+        table.add_row(*(_cell(row[k]) for k, _ in COLUMNS))
     return table
 
 
@@ -168,15 +183,97 @@ def train(
     )
 
 
+def _http_oracle(target: str, api_key: str | None, output: str | None) -> Oracle:
+    from modelheist.api.http_client import HttpOracle
+
+    if not api_key:
+        raise ModelheistError("--target needs --api-key KEY (or MODELHEIST_API_KEY)")
+    if output is not None:
+        raise ModelheistError("--output applies to a local --victim; the server sets its own")
+    return HttpOracle(target, api_key)
+
+
+@dataclass
+class _Target:
+    """Where an attack's queries go (a local victim or a URL) and what it is measured against."""
+
+    oracle: Oracle | None  # None: serve the local victim in-process at --output
+    victim: Classifier | None
+    evaluation: Evaluation | None
+    transfer_set: np.ndarray
+    output: str
+
+
+def _attack_target(
+    victim_dir: Path | None,
+    target: str | None,
+    api_key: str | None,
+    output: str | None,
+    transfer_set: str,
+    seed: int,
+) -> _Target:
+    """Resolve --victim / --target / --api-key / --output / --transfer-set for an attack.
+
+    With --target the queries go over HTTP and the server decides the output granularity; a
+    --victim given as well is used only to measure the surrogate (the lab setting). With
+    --target alone the transfer set is the attacker's pool of the default split (seed 0).
+    """
+    from modelheist.data import attacker_transfer_set, load_dataset
+    from modelheist.data.transforms import fit_to_shape
+    from modelheist.defenses import parse_output
+    from modelheist.experiments.extraction import Evaluation
+    from modelheist.models import load_model
+
+    if victim_dir is None and target is None:
+        raise ModelheistError("name the victim: --victim DIR or --target URL --api-key KEY")
+    oracle: Oracle | None = None
+    if target is not None:
+        oracle = _http_oracle(target, api_key, output)
+        output = oracle.output_kind  # connects now: an unreachable URL fails before any work
+    else:
+        output = output or "probs"
+        parse_output(output)  # a bad spec fails before any work
+    victim = evaluation = None
+    if victim_dir is not None:
+        victim = load_model(victim_dir)
+        split = victim.card.training.get("split", {"seed": 0, "pool_fraction": 0.5})
+        data = load_dataset(
+            victim.card.dataset, seed=split["seed"], pool_fraction=split["pool_fraction"]
+        )
+        pool = attacker_transfer_set(transfer_set, data)
+        evaluation = Evaluation.of(victim, data.test, seed=seed)
+    else:
+        assert oracle is not None
+        pool = fit_to_shape(
+            attacker_transfer_set(transfer_set, load_dataset(transfer_set)), oracle.input_shape
+        )
+    return _Target(oracle, victim, evaluation, pool, output)
+
+
+VictimOption = Annotated[
+    Path | None, typer.Option("--victim", help="Victim model folder (queried in-process).")
+]
+TargetOption = Annotated[
+    str | None, typer.Option("--target", help="URL of a served model to attack over HTTP.")
+]
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="MODELHEIST_API_KEY", help="API key for --target."),
+]
+
+
 @attack_app.command("knockoff")
 @user_errors
 def attack_knockoff(
-    victim: Annotated[Path, typer.Option(help="Victim model folder.")],
     transfer_set: Annotated[str, typer.Option(help="Dataset the attacker queries with.")],
     budget: Annotated[int, typer.Option(help="Maximum number of queries (hard limit).")],
+    victim: VictimOption = None,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
     output: Annotated[
-        str, typer.Option(help="API output: probs, labels, top-k:K, round:N.")
-    ] = "probs",
+        str | None,
+        typer.Option(help="Output of the local victim: probs, labels, top-k:K, round:N, ..."),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="New folder for the surrogate model.")] = None,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the figures as JSON.")
@@ -199,16 +296,13 @@ def attack_knockoff(
         int, typer.Option(help="Train an ensemble of this many surrogates on the same answers.")
     ] = 1,
 ) -> None:
-    """Knockoff Nets (random strategy) against a victim folder."""
+    """Knockoff Nets (random strategy) against a victim folder or a served URL."""
     from modelheist.attacks import KnockoffNets
-    from modelheist.data import attacker_transfer_set, load_dataset
-    from modelheist.defenses import parse_output
-    from modelheist.experiments.extraction import Evaluation, measure_extraction
-    from modelheist.models import load_model, save_model
+    from modelheist.experiments.extraction import measure_extraction
+    from modelheist.models import save_model
 
     _fresh_folder(out, "output folder")
     _positive("--budget", budget)
-    parse_output(output)  # a bad spec fails before any work
     attack = KnockoffNets(
         epochs=_positive("--epochs", epochs),
         temperature=temperature,
@@ -217,28 +311,24 @@ def attack_knockoff(
         rounds=rounds,
         members=_positive("--members", members),
     )
-    model = load_model(victim)
-    split = model.card.training.get("split", {"seed": 0, "pool_fraction": 0.5})
-    data = load_dataset(
-        model.card.dataset, seed=split["seed"], pool_fraction=split["pool_fraction"]
-    )
-    pool = attacker_transfer_set(transfer_set, data)
+    where = _attack_target(victim, target, api_key, output, transfer_set, seed)
     with progress_bar() as progress:
         result, m = measure_extraction(
-            model,
+            where.victim,
             attack,
-            pool,
-            Evaluation.of(model, data.test, seed=seed),
+            where.transfer_set,
+            where.evaluation,
             budget,
-            output,
+            where.output,
             transfer_set,
             seed,
             progress=progress,
+            oracle=where.oracle,
         )
     if out is not None:
         save_model(result.surrogate, out)
     row = asdict(m)
-    console.print(_measurement_table([row], f"Knockoff Nets against {victim}"))
+    console.print(_measurement_table([row], f"Knockoff Nets against {target or victim}"))
     _write_json(
         json_path, {**row, "params": result.params, "seed": seed, "details": result.details}
     )
@@ -283,6 +373,236 @@ def quickstart(
     path = write_quickstart_report(document, report)
     _write_json(json_path, document)
     console.print(f"report: {path}" + (f"; JSON: {json_path}" if json_path else ""))
+
+
+StateOption = Annotated[
+    Path,
+    typer.Option("--state", help="State folder: API keys, client state and the audit log."),
+]
+DEFAULT_STATE = Path("modelheist-state")
+
+
+def _rate(value: str | None) -> float | None:
+    if value is None:
+        return None
+    text = value.strip().removesuffix("/s")
+    try:
+        rate = float(text)
+    except ValueError:
+        raise ModelheistError(
+            f"--rate must be requests per second such as 5 or 5/s, got {value!r}"
+        ) from None
+    if not rate > 0 or rate == float("inf"):
+        raise ModelheistError(f"--rate must be a positive number, got {value!r}")
+    return rate
+
+
+@app.command()
+@user_errors
+def serve(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder to serve.", show_default=False)],
+    name: Annotated[
+        str | None, typer.Option(help="Name in the URL (default: the folder's name).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 8000,
+    state: StateOption = DEFAULT_STATE,
+    output: Annotated[
+        str, typer.Option(help="Output granularity: probs, labels, top-k:K, round:N.")
+    ] = "probs",
+    defense: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--defense",
+            help="Defense stage, repeatable, applied in order before --output: round:N, "
+            "top-k:K, labels, reverse-sigmoid:beta=B,gamma=G, noise:sigma=S.",
+        ),
+    ] = None,
+    max_batch: Annotated[int, typer.Option(help="Most inputs in one request.")] = 1024,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body, in MiB.")] = 32.0,
+    durable: Annotated[
+        bool, typer.Option(help="fsync every commit (survives power loss, not only crashes).")
+    ] = False,
+) -> None:
+    """Serve a model over HTTP with API keys, budgets, an audit log and defenses."""
+    import re
+
+    from modelheist.api.http_server import bind_socket, create_app, uvicorn_server
+    from modelheist.api.ledger import Ledger
+    from modelheist.api.service import PredictionService
+    from modelheist.defenses import parse_defense, parse_output
+    from modelheist.models import load_model
+
+    name = name or model_dir.name
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+        raise ModelheistError(f"--name must be 1-64 letters, digits, '.', '_' or '-', got {name!r}")
+    _positive("--max-batch", max_batch)
+    if not max_body_mb > 0:
+        raise ModelheistError(f"--max-body-mb must be positive, got {max_body_mb}")
+    if not 0 <= port <= 65535:
+        raise ModelheistError(f"--port must be between 0 and 65535, got {port}")
+    stages = [parse_defense(spec) for spec in defense or []] + parse_output(output)
+    model = load_model(model_dir)
+    ledger = Ledger.open(state, durable=durable)
+    service = PredictionService(model, stages, max_batch=max_batch, ledger=ledger, name=name)
+    app_ = create_app(service, max_body_bytes=int(max_body_mb * 1024 * 1024))
+    sock = bind_socket(host, port)
+    shown_host = f"[{host}]" if ":" in host else host
+    pipeline = service.pipeline
+    err_console.print(
+        f"serving {name} ({model.card.architecture} on {model.card.dataset}; pipeline: "
+        f"{pipeline}) at http://{shown_host}:{sock.getsockname()[1]}; state in {state}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if not ledger.clients():
+        err_console.print(
+            f"no clients yet: add one with `modelheist keys add NAME --state {state}`",
+            highlight=False,
+        )
+    try:
+        uvicorn_server(app_).run(sockets=[sock])
+    finally:
+        sock.close()
+        ledger.close()
+
+
+@keys_app.command("add")
+@user_errors
+def keys_add(
+    name: Annotated[str, typer.Argument(help="Client name.", show_default=False)],
+    state: StateOption = DEFAULT_STATE,
+    budget: Annotated[
+        int | None, typer.Option(help="Query budget (inputs answered); default unlimited.")
+    ] = None,
+    rate: Annotated[
+        str | None, typer.Option(help="Rate limit in requests per second, e.g. 5 or 5/s.")
+    ] = None,
+    admin: Annotated[bool, typer.Option(help="May read /v1/admin/clients.")] = False,
+) -> None:
+    """Create a client and print its API key (shown once; only its hash is stored)."""
+    from modelheist.api.ledger import Ledger
+
+    ledger = Ledger.open(state)
+    try:
+        key = ledger.add_client(name, budget, _rate(rate), admin)
+    finally:
+        ledger.close()
+    err_console.print(
+        f"client {name!r} added to {state}"
+        + (f", budget {budget}" if budget else "")
+        + (f", rate {rate}" if rate else "")
+        + (", admin" if admin else "")
+        + "; its key (shown once):",
+        highlight=False,
+    )
+    console.print(key, highlight=False, soft_wrap=True)
+
+
+@keys_app.command("list")
+@user_errors
+def keys_list(state: StateOption = DEFAULT_STATE) -> None:
+    """List the clients of a state folder and their usage."""
+    from modelheist.api.ledger import Ledger
+
+    if not state.is_dir():
+        raise ModelheistError(f"no state folder {state}")
+    ledger = Ledger.open(state)
+    try:
+        clients = ledger.clients()
+    finally:
+        ledger.close()
+    table = Table(title=f"clients in {state}")
+    for column in ("name", "budget", "used", "rate/s", "admin", "revoked"):
+        table.add_column(column)
+    for c in clients:
+        table.add_row(
+            c.name,
+            "-" if c.budget is None else str(c.budget),
+            str(c.queries_used),
+            "-" if c.rate is None else f"{c.rate:g}",
+            "yes" if c.admin else "",
+            "yes" if c.revoked else "",
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+@user_errors
+def keys_revoke(
+    name: Annotated[str, typer.Argument(help="Client name.", show_default=False)],
+    state: StateOption = DEFAULT_STATE,
+) -> None:
+    """Revoke a client's key (a running server refuses it from its next request)."""
+    from modelheist.api.ledger import Ledger
+
+    if not state.is_dir():
+        raise ModelheistError(f"no state folder {state}")
+    ledger = Ledger.open(state)
+    try:
+        ledger.revoke(name)
+    finally:
+        ledger.close()
+    err_console.print(f"client {name!r} revoked", highlight=False)
+
+
+@app.command()
+@user_errors
+def query(
+    inputs: Annotated[
+        Path,
+        typer.Argument(help="A .npy file of inputs or a folder of images.", show_default=False),
+    ],
+    victim: VictimOption = None,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
+    output: Annotated[
+        str | None, typer.Option(help="Output of the local victim: probs, labels, top-k:K, ...")
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the answers as JSON.")
+    ] = None,
+) -> None:
+    """Send inputs to a model (a folder or a URL) and print its answers."""
+    from modelheist.api.oracle import LocalOracle
+    from modelheist.api.service import PredictionService
+    from modelheist.data.files import read_inputs
+    from modelheist.defenses import parse_output
+    from modelheist.models import load_model
+
+    if (victim is None) == (target is None):
+        raise ModelheistError("name one model: --victim DIR or --target URL --api-key KEY")
+    oracle: Oracle
+    if target is not None:
+        oracle = _http_oracle(target, api_key, output)
+    else:
+        assert victim is not None
+        service = PredictionService(load_model(victim), parse_output(output or "probs"))
+        oracle = LocalOracle.for_new_client(service, None, "cli")
+    x, names = read_inputs(inputs, oracle.input_shape)
+    answer = oracle.query(x)
+    classes = oracle.classes
+    table = Table(title=f"{len(x)} answers from {target or victim}")
+    for column in ("input", "label", "class", "answer"):
+        table.add_column(column)
+    rows = []
+    for i, label in enumerate(answer.labels.tolist()):
+        row: dict[str, Any] = {"input": names[i], "label": label, "class": classes[label]}
+        if answer.probabilities is not None:
+            row["probabilities"] = answer.probabilities[i].tolist()
+            shown = f"p={answer.probabilities[i][label]:.4f}"
+        elif answer.top_k is not None and answer.top_k_probabilities is not None:
+            row["top_k"] = [
+                {"label": int(c), "probability": float(p)}
+                for c, p in zip(answer.top_k[i], answer.top_k_probabilities[i], strict=True)
+            ]
+            shown = ", ".join(f"{classes[e['label']]}:{e['probability']:.3f}" for e in row["top_k"])
+        else:
+            shown = "label only"
+        rows.append(row)
+        table.add_row(names[i], str(label), classes[label], shown)
+    console.print(table)
+    _write_json(json_path, {"answers": rows, "queries_used": oracle.queries_used})
 
 
 if __name__ == "__main__":

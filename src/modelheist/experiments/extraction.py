@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from rich.progress import Progress
 
-from modelheist.api.oracle import LocalOracle
+from modelheist.api.oracle import LocalOracle, Oracle
 from modelheist.api.service import PredictionService
 from modelheist.attacks.base import AttackerKnowledge, ExtractionAttack, ExtractionResult
 from modelheist.data.registry import Split
@@ -30,10 +30,10 @@ class ExtractionMeasurement:
     output: str
     budget: int
     queries_used: int
-    victim_accuracy: float
-    surrogate_accuracy: float
-    fidelity_test: float
-    fidelity_uniform: float
+    victim_accuracy: float | None  # None: no local copy of the victim to evaluate against
+    surrogate_accuracy: float | None
+    fidelity_test: float | None
+    fidelity_uniform: float | None
     seconds: float
 
 
@@ -82,42 +82,55 @@ class Evaluation:
         )
 
 
+def default_surrogate(input_shape: tuple[int, ...], victim_architecture: str | None = None) -> str:
+    """The attacker's network: the victim's when that is a network (the attacker knows the
+    general structure, as in PRADA and Knockoff), else a CNN for images and an MLP otherwise."""
+    if victim_architecture in TORCH_ARCHITECTURES:
+        return victim_architecture
+    return "cnn" if len(input_shape) == 3 else "mlp"
+
+
 def measure_extraction(
-    victim: Classifier,
+    victim: Classifier | None,
     attack: ExtractionAttack,
     transfer_set: np.ndarray,
-    evaluation: Evaluation,
+    evaluation: Evaluation | None,
     budget: int,
     output: str = "probs",
     transfer_name: str = "",
     seed: int = 0,
     surrogate_architecture: str | None = None,
     progress: Progress | None = None,
+    oracle: Oracle | None = None,
 ) -> tuple[ExtractionResult, ExtractionMeasurement]:
-    """Serve ``victim`` at granularity ``output``, run ``attack`` within ``budget`` queries
-    from a fresh client, and measure the surrogate against ``evaluation``.
+    """Run ``attack`` within ``budget`` queries and measure the surrogate against ``evaluation``.
 
-    The surrogate's architecture defaults to the victim's when that is a network (the attacker
-    knows the general structure, as in PRADA and Knockoff), else to an MLP.
+    The attack queries ``oracle`` when one is given (e.g. an :class:`HttpOracle`), else
+    ``victim`` served in-process at granularity ``output`` to a fresh client. Without an
+    evaluation (an attack on a URL with no local copy of the victim) the fidelity figures are
+    None.
     """
-    service = PredictionService(victim, parse_output(output))
-    oracle = LocalOracle.for_new_client(service, budget)
+    if oracle is None:
+        if victim is None:
+            raise ValueError("measure_extraction needs a victim or an oracle")
+        oracle = LocalOracle.for_new_client(PredictionService(victim, parse_output(output)), budget)
     if surrogate_architecture is None:
-        arch = victim.card.architecture
-        surrogate_architecture = arch if arch in TORCH_ARCHITECTURES else "mlp"
+        surrogate_architecture = default_surrogate(
+            oracle.input_shape, victim.card.architecture if victim is not None else None
+        )
     knowledge = AttackerKnowledge(transfer_set, budget, surrogate_architecture, seed)
     result = attack.run(oracle, knowledge, progress)
-    surrogate_accuracy, fidelity_test, fidelity_uniform = evaluation.score(result.surrogate)
+    scores = evaluation.score(result.surrogate) if evaluation is not None else (None, None, None)
     measurement = ExtractionMeasurement(
         attack=attack.name,
         transfer_set=transfer_name,
         output=output,
         budget=budget,
-        queries_used=service.client(oracle.client_id).queries_used,
-        victim_accuracy=evaluation.victim_accuracy,
-        surrogate_accuracy=surrogate_accuracy,
-        fidelity_test=fidelity_test,
-        fidelity_uniform=fidelity_uniform,
+        queries_used=result.queries_used,
+        victim_accuracy=evaluation.victim_accuracy if evaluation is not None else None,
+        surrogate_accuracy=scores[0],
+        fidelity_test=scores[1],
+        fidelity_uniform=scores[2],
         seconds=result.seconds,
     )
     return result, measurement

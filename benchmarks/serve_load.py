@@ -1,0 +1,248 @@
+"""Throughput and latency of `modelheist serve` on loopback (issue 3's targets).
+
+Starts the real server (`modelheist serve`, a separate process) on a Fashion-MNIST CNN, once
+without defenses and once with the full stack (reverse sigmoid, Gaussian noise, rounding, top-k,
+plus a rate limit and a budget that never trigger), and drives it with closed-loop aiohttp
+clients: each of C concurrent clients sends its next request as soon as the previous answer
+arrives. Reports requests/s, images/s and p50/p99 latency; single-image requests at 1, 8 and 32
+clients, and 256-image batches.
+
+    python benchmarks/serve_load.py [--victim DIR] [--duration 10] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import orjson
+
+from modelheist.api import npy
+
+ROOT = Path(__file__).resolve().parent
+MODELHEIST = [sys.executable, "-m", "modelheist.cli"]
+FULL_STACK = [
+    "--defense",
+    "reverse-sigmoid:beta=0.7,gamma=0.4",
+    "--defense",
+    "noise:sigma=0.02",
+    "--defense",
+    "round:3",
+    "--output",
+    "top-k:3",
+]
+
+
+def run(*args: str) -> str:
+    return subprocess.run([*MODELHEIST, *args], check=True, capture_output=True, text=True).stdout
+
+
+def start_server(victim: Path, state: Path, stack: list[str]) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [
+            *MODELHEIST,
+            "serve",
+            str(victim),
+            "--name",
+            "victim",
+            "--port",
+            "0",
+            "--state",
+            str(state),
+            *stack,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    match = re.search(r"http://[\d.]+:\d+", line)
+    if not match:
+        proc.kill()
+        raise SystemExit(f"server did not start: {line}{proc.stderr.read()}")
+    return proc, match.group(0)
+
+
+async def load(
+    url: str,
+    key: str,
+    bodies: list[bytes],
+    clients: int,
+    seconds: float,
+    warmup: float,
+    content_type: str = "application/json",
+) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop_at = measure_from + seconds
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": content_type}
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+        async def worker(offset: int) -> None:
+            nonlocal errors
+            i = offset
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= stop_at:
+                    return
+                async with session.post(url, data=bodies[i % len(bodies)]) as response:
+                    await response.read()
+                    ok = response.status == 200
+                t1 = time.perf_counter()
+                if t0 >= measure_from:
+                    latencies.append(t1 - t0)
+                    errors += not ok
+                i += clients
+
+        await asyncio.gather(*(worker(k) for k in range(clients)))
+    lat = np.array(latencies)
+    return {
+        "requests": len(lat),
+        "errors": errors,
+        "requests_per_s": len(lat) / seconds,
+        "p50_ms": float(np.percentile(lat, 50) * 1000),
+        "p99_ms": float(np.percentile(lat, 99) * 1000),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--victim", type=Path, help="model folder (default: train a Fashion-MNIST CNN)"
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per row")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--batch", type=int, default=256, help="images per batch request")
+    parser.add_argument("--json", type=Path, default=ROOT / "results" / "serve_load.json")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="serve_load_"))
+    victim = args.victim
+    if victim is None:
+        victim = work / "victim"
+        print("training the victim (Fashion-MNIST CNN, 3 epochs)...", flush=True)
+        run(
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--arch",
+            "cnn",
+            "--epochs",
+            "3",
+            "--out",
+            str(victim),
+        )
+    from modelheist.data import load_dataset  # noqa: I001
+
+    test = load_dataset("fashion-mnist", seed=0).test.x
+    rng = np.random.default_rng(0)
+    singles = [
+        orjson.dumps({"inputs": test[[i]]}, option=orjson.OPT_SERIALIZE_NUMPY)
+        for i in rng.choice(len(test), 256, replace=False)
+    ]
+    batch_inputs = [test[rng.choice(len(test), args.batch, replace=False)] for _ in range(8)]
+    json_batches = [
+        orjson.dumps({"inputs": b}, option=orjson.OPT_SERIALIZE_NUMPY) for b in batch_inputs
+    ]
+    npy_batches = [npy.encode(b) for b in batch_inputs]
+    rows = []
+    for stack_name, stack in (("none", []), ("full", FULL_STACK)):
+        state = work / f"state-{stack_name}"
+        extra = ["--budget", str(10**12), "--rate", "1000000"] if stack_name == "full" else []
+        key = run("keys", "add", "bench", "--state", str(state), *extra).strip()
+        proc, base = start_server(victim, state, stack)
+        url = f"{base}/v1/models/victim/predict"
+        try:
+            for clients in [int(c) for c in args.concurrency.split(",")]:
+                r = asyncio.run(load(url, key, singles, clients, args.duration, args.warmup))
+                rows.append(
+                    {
+                        "stack": stack_name,
+                        "request": "1 image",
+                        "clients": clients,
+                        **r,
+                        "images_per_s": r["requests_per_s"],
+                    }
+                )
+                print(rows[-1], flush=True)
+            for encoding, bodies, content_type in (
+                ("json", json_batches, "application/json"),
+                ("npy", npy_batches, npy.MEDIA_TYPE),
+            ):
+                r = asyncio.run(load(url, key, bodies, 8, args.duration, args.warmup, content_type))
+                request = f"{args.batch} images ({encoding})"
+                rows.append(
+                    {
+                        "stack": stack_name,
+                        "request": request,
+                        "clients": 8,
+                        **r,
+                        "images_per_s": r["requests_per_s"] * args.batch,
+                    }
+                )
+                print(rows[-1], flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    print()
+    print("| stack | request | clients | requests/s | images/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['stack']} | {r['request']} | {r['clients']} | {r['requests_per_s']:.0f} | "
+            f"{r['images_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |"
+        )
+    by = {(r["stack"], r["request"], r["clients"]): r for r in rows}
+    ratio = {
+        c: by[("full", "1 image", c)]["requests_per_s"]
+        / by[("none", "1 image", c)]["requests_per_s"]
+        for c in (1, 8, 32)
+        if ("full", "1 image", c) in by
+    }
+    print()
+    for c, v in ratio.items():
+        print(f"full/none throughput at {c} clients: {v:.2f} (target >= 0.8)")
+    for stack_name in ("none", "full"):
+        single = max(
+            r["images_per_s"]
+            for r in rows
+            if r["stack"] == stack_name and r["request"] == "1 image"
+        )
+        for encoding in ("json", "npy"):
+            batch = by[(stack_name, f"{args.batch} images ({encoding})", 8)]["images_per_s"]
+            print(
+                f"{stack_name}: {encoding} batch images/s / best single-image images/s = {batch / single:.1f} (target >= 10)"
+            )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "duration_s": args.duration,
+                "rows": rows,
+                "full_over_none": ratio,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""``HttpOracle``: the :class:`~modelheist.api.oracle.Oracle` of a served model, over HTTP.
+
+An attack runs the same against a URL as in-process: the oracle learns the input shape, classes
+and output granularity from ``/v1/models`` and its budget from ``/v1/account``, sends batches of
+at most the server's batch limit (as ``.npy`` bytes by default, or JSON), and turns the JSON
+answers back into :class:`~modelheist.api.answer.Answer` objects. Floats travel as shortest
+round-trip decimals (orjson), so an answer is bit-identical to the in-process one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+import orjson
+
+from modelheist.api import npy
+from modelheist.api.answer import Answer, OutputKind
+from modelheist.api.oracle import Oracle
+from modelheist.errors import (
+    AuthenticationError,
+    BudgetExceededError,
+    ForbiddenError,
+    InvalidQueryError,
+    ModelheistError,
+    RateLimitedError,
+    ServiceUnavailableError,
+)
+
+_KINDS: dict[str, OutputKind] = {
+    "probabilities": "probabilities",
+    "top_k": "top_k",
+    "labels": "labels",
+}
+
+
+class HttpOracle(Oracle):
+    """Query access to a model served by ``modelheist serve``, for the holder of ``api_key``.
+
+    Nothing is sent until a property or :meth:`query` needs it. ``model`` names the served model
+    (default: the only one served).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        model: str | None = None,
+        timeout: float = 120.0,
+        max_rate_wait: float = 600.0,
+        encoding: Literal["npy", "json"] = "npy",
+    ):
+        if encoding not in ("npy", "json"):
+            raise ModelheistError(f"encoding must be npy or json, got {encoding!r}")
+        self.encoding = encoding
+        self.url = url.rstrip("/")
+        self.max_rate_wait = max_rate_wait
+        self.api_key = api_key
+        self.model = model
+        self.timeout = timeout
+        self._client: httpx.Client | None = None
+        self._info: dict[str, Any] | None = None
+        self._budget: int | None = None
+        self._used = 0
+
+    # -- transport -----------------------------------------------------------------------------
+
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(
+                base_url=self.url,
+                headers={"Authorization": f"Bearer {self.api_key}"},
+                timeout=self.timeout,
+            )
+        return self._client
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        headers = {"Content-Type": content_type} if body is not None else None
+        try:
+            response = self._http().request(method, path, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise ModelheistError(f"cannot reach {self.url}{path}: {exc}") from None
+        try:
+            document = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            document = None
+        if response.status_code >= 400:
+            raise _error_for(response.status_code, document, f"{self.url}{path}")
+        if not isinstance(document, dict):
+            raise ModelheistError(f"{self.url}{path} did not answer with a JSON object")
+        return document
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- what the API tells a client -----------------------------------------------------------
+
+    def connect(self) -> HttpOracle:
+        """Fetch the model's description and this client's usage (done once, on first use)."""
+        if self._info is not None:
+            return self
+        models = self._request("GET", "/v1/models").get("models", [])
+        if self.model is None:
+            if len(models) != 1:
+                names = ", ".join(m["name"] for m in models) or "none"
+                raise ModelheistError(f"{self.url} serves several models ({names}); name one")
+            info = models[0]
+        else:
+            info = next((m for m in models if m["name"] == self.model), None)
+            if info is None:
+                raise ModelheistError(f"{self.url} serves no model named {self.model!r}")
+        if info.get("output") not in _KINDS:
+            raise ModelheistError(
+                f"{self.url} reports an unknown output kind {info.get('output')!r}"
+            )
+        account = self._request("GET", "/v1/account")
+        self._budget = account["budget"]
+        self._used = int(account["queries_used"])
+        self._info = info
+        return self
+
+    @property
+    def name(self) -> str:
+        return str(self.connect()._info["name"])  # type: ignore[index]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.connect()._info["input_shape"])  # type: ignore[index]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.connect()._info["classes"])  # type: ignore[index]
+
+    @property
+    def output_kind(self) -> OutputKind:
+        return _KINDS[self.connect()._info["output"]]  # type: ignore[index]
+
+    @property
+    def budget(self) -> int | None:
+        return self.connect()._budget
+
+    @property
+    def queries_used(self) -> int:
+        return self.connect()._used
+
+    @property
+    def max_batch(self) -> int:  # type: ignore[override]
+        return min(Oracle.max_batch, int(self.connect()._info["max_batch"]))  # type: ignore[index]
+
+    def _query_batch(self, x: np.ndarray) -> Answer:
+        x = np.ascontiguousarray(x, np.float32)
+        if self.encoding == "npy":
+            body, content_type = npy.encode(x), npy.MEDIA_TYPE
+        else:
+            body = orjson.dumps({"inputs": x}, option=orjson.OPT_SERIALIZE_NUMPY)
+            content_type = "application/json"
+        waited = 0.0
+        while True:
+            try:
+                document = self._request(
+                    "POST", f"/v1/models/{self.name}/predict", body, content_type
+                )
+                break
+            except RateLimitedError as exc:  # a patient client waits out the rate limit
+                if waited + exc.retry_after > self.max_rate_wait:
+                    raise
+                time.sleep(exc.retry_after)
+                waited += exc.retry_after
+        self._used = int(document["queries_used"])
+        return _answer(document["predictions"], len(self.classes))
+
+
+def _answer(predictions: list[dict[str, Any]], num_classes: int) -> Answer:
+    labels = np.array([p["label"] for p in predictions], np.int64)
+    if predictions and "probabilities" in predictions[0]:
+        probs = np.array([p["probabilities"] for p in predictions], np.float64)
+        return Answer(labels, probs)
+    if predictions and "top_k" in predictions[0]:
+        top = np.array([[e["label"] for e in p["top_k"]] for p in predictions], np.int64)
+        top_p = np.array([[e["probability"] for e in p["top_k"]] for p in predictions], np.float64)
+        return Answer(labels, None, top, top_p)
+    return Answer(labels)
+
+
+def _error_for(status: int, document: Any, where: str) -> ModelheistError:
+    error = document.get("error", {}) if isinstance(document, dict) else {}
+    message = f"{where}: {error.get('message', f'HTTP {status}')}"
+    code = error.get("code")
+    if status == 401:
+        return AuthenticationError(message)
+    if status == 403:
+        return ForbiddenError(message)
+    if status == 429 and code == "rate_limited":
+        return RateLimitedError(message, float(error.get("retry_after", 1.0)))
+    if status == 429:
+        return BudgetExceededError(message)
+    if status in (400, 413, 422):
+        return InvalidQueryError(message)
+    if status >= 500:
+        return ServiceUnavailableError(message)
+    return ModelheistError(message)
