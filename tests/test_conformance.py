@@ -40,6 +40,17 @@ def test_defense_contract(name, digits_cnn, digits):
         assert (answer.probabilities >= 0).all()
         np.testing.assert_allclose(answer.probabilities.sum(axis=1), 1.0, atol=0.03)  # rounding
     json.dumps(state)  # per-client state is serialisable
+    if stage.rowwise:  # the service may apply it to several clients' rows at once
+        assert stage.initial_state() == {}
+        parts = [
+            stage.apply(x[s], Answer(probs[s].argmax(1), probs[s]), {})
+            for s in (slice(0, 3), slice(3, 7))
+        ]
+        for field in ("labels", "probabilities", "top_k", "top_k_probabilities"):
+            if getattr(answer, field) is not None:
+                np.testing.assert_array_equal(
+                    np.concatenate([getattr(p, field) for p in parts]), getattr(answer, field)
+                )
     again = stage.apply(x, Answer(probs.argmax(1), probs), stage.initial_state())
     for field in ("probabilities", "top_k", "top_k_probabilities"):  # same input, same answer
         np.testing.assert_array_equal(getattr(answer, field), getattr(again, field))

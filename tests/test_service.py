@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from modelheist.api import Answer, LocalOracle, PredictionService
-from modelheist.defenses import LabelsOnly, Rounding, TopK, parse_defense, parse_output
+from modelheist.defenses import Defense, LabelsOnly, Rounding, TopK, parse_defense, parse_output
 from modelheist.errors import BudgetExceededError, InvalidQueryError, ModelheistError
 
 
@@ -153,27 +153,43 @@ def test_soft_targets_of_each_kind():
     np.testing.assert_allclose(topk.soft_targets(3), [[0.1, 0.1, 0.8], [0.5, 0.25, 0.25]])
 
 
+class CountingDetector(Defense):
+    """Flags a client once it has sent more than ``limit`` queries (a stateful stage)."""
+
+    name = "counting"
+
+    def __init__(self, limit: int):
+        self.limit = limit
+
+    def initial_state(self):
+        return {"seen": 0}
+
+    def apply(self, inputs, answer, state):
+        state["seen"] += len(inputs)
+        return answer.with_flag("alarm:counting") if state["seen"] > self.limit else answer
+
+    def spec(self):
+        return f"counting:{self.limit}"
+
+
+def test_micro_batched_pipeline_equals_one_request_at_a_time(digits_cnn, digits):
+    stages = [CountingDetector(5), parse_defense("noise:sigma=0.05"), Rounding(3), TopK(2)]
+    together, alone = PredictionService(digits_cnn, stages), PredictionService(digits_cnn, stages)
+    for service in (together, alone):
+        service.register_client("a")
+        service.register_client("b")
+    batches = [("a", digits.test.x[:4]), ("b", digits.test.x[4:6]), ("a", digits.test.x[6:9])]
+    joint = [r.answer for r in together.answer_many(batches)]
+    single = [alone.query(client, x) for client, x in batches]
+    for got, expected in zip(joint, single, strict=True):
+        np.testing.assert_array_equal(got.top_k, expected.top_k)
+        np.testing.assert_array_equal(got.top_k_probabilities, expected.top_k_probabilities)
+        assert got.flags == expected.flags
+    assert "alarm:counting" in joint[2].flags and "alarm:counting" not in joint[1].flags
+    assert together.client("a").alarms == ["alarm:counting"] and together.client("b").alarms == []
+
+
 def test_a_stage_can_raise_an_alarm_and_keep_per_client_state(digits_cnn, digits):
-    from modelheist.defenses import Defense
-
-    class CountingDetector(Defense):
-        """Flags a client once it has sent more than ``limit`` queries."""
-
-        name = "counting"
-
-        def __init__(self, limit: int):
-            self.limit = limit
-
-        def initial_state(self):
-            return {"seen": 0}
-
-        def apply(self, inputs, answer, state):
-            state["seen"] += len(inputs)
-            return answer.with_flag("alarm:counting") if state["seen"] > self.limit else answer
-
-        def spec(self):
-            return f"counting:{self.limit}"
-
     service = PredictionService(digits_cnn, [CountingDetector(5), LabelsOnly()])
     service.register_client("a")
     service.register_client("b")

@@ -21,12 +21,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from modelheist.api.answer import Answer, OutputKind
+from modelheist.api.answer import Answer, OutputKind, concatenate
 from modelheist.api.ledger import AuditRecord, ClientRecord, ClientUpdate, Ledger
 from modelheist.defenses.base import Defense, check_pipeline
 from modelheist.errors import (
@@ -230,6 +230,7 @@ class PredictionService:
             new_alarms: dict[str, list[str]] = {}
             used: dict[str, int] = {}
             answered: list[tuple[int, Answer, int]] = []  # (request, answer, usage after it)
+            live: dict[int, Answer] = {}
             offset = 0
             for i in accepted:
                 client_id, x = requests[i]
@@ -242,17 +243,26 @@ class PredictionService:
                     )
                     continue
                 state = self._clients[client_id]
-                stage_states = working.setdefault(client_id, copy.deepcopy(state.defense_state))
-                alarms = new_alarms.setdefault(client_id, list(state.alarms))
-                answer = Answer(probs.argmax(axis=1), probs)
-                try:
-                    for stage, stage_state in zip(self.defenses, stage_states, strict=True):
-                        answer = stage.apply(x, answer, stage_state)
-                except ModelheistError as exc:  # a stage refused: seen, not answered
-                    results[i] = exc
+                working.setdefault(client_id, copy.deepcopy(state.defense_state))
+                new_alarms.setdefault(client_id, list(state.alarms))
+                live[i] = Answer(probs.argmax(axis=1), probs)
+            for index, stage in enumerate(self.defenses):
+                if stage.rowwise and len(live) > 1:
+                    live = self._apply_rowwise(stage, requests, live)
                     continue
-                alarms.extend(f for f in answer.flags if f.startswith("alarm:"))
-                used[client_id] = used.get(client_id, state.queries_used) + len(x)
+                for i in list(live):
+                    client_id, x = requests[i]
+                    try:
+                        live[i] = stage.apply(x, live[i], working[client_id][index])
+                    except ModelheistError as exc:  # a stage refused: seen, not answered
+                        results[i] = exc
+                        del live[i]
+            for i, answer in live.items():
+                client_id, x = requests[i]
+                new_alarms[client_id].extend(f for f in answer.flags if f.startswith("alarm:"))
+                used[client_id] = used.get(client_id, self._clients[client_id].queries_used) + len(
+                    x
+                )
                 answered.append((i, answer, used[client_id]))
             self._commit(requests, answered, working, new_alarms, used)
             for i, answer, used_after in answered:
@@ -261,6 +271,27 @@ class PredictionService:
                     answer, used_after, None if budget is None else budget - used_after
                 )
         return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _apply_rowwise(
+        stage: Defense, requests: Sequence[tuple[str, np.ndarray]], live: dict[int, Answer]
+    ) -> dict[int, Answer]:
+        """Apply a stateless, row-wise stage once to all live requests' rows, then split.
+
+        Each request keeps its own flags plus those the stage added (never another's alarms).
+        """
+        order = list(live)
+        joined = concatenate([live[i] for i in order])
+        out = stage.apply(np.concatenate([requests[i][1] for i in order]), joined, {})
+        added = tuple(f for f in out.flags if f not in joined.flags)
+        split: dict[int, Answer] = {}
+        start = 0
+        for i in order:
+            n = len(live[i])
+            part = out.take(slice(start, start + n))
+            split[i] = replace(part, flags=(*live[i].flags, *added))
+            start += n
+        return split
 
     def _admit(
         self,

@@ -29,6 +29,9 @@ class Defense(ABC):
     output_kind: ClassVar[OutputKind | None] = None
     #: Whether the stage needs full probability vectors (so must precede top-k/labels stages).
     requires_probabilities: ClassVar[bool] = False
+    #: Whether the stage keeps no state and treats each input independently, so that the service
+    #: may apply it once to the rows of several clients' batches (micro-batching).
+    rowwise: ClassVar[bool] = False
 
     def initial_state(self) -> dict[str, Any]:
         """Fresh per-client state (JSON-serialisable)."""

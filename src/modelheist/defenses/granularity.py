@@ -16,6 +16,7 @@ class Rounding(Defense):
     """Round each probability to ``decimals`` decimal places (no renormalisation)."""
 
     name: ClassVar[str] = "round"
+    rowwise: ClassVar[bool] = True
     requires_probabilities: ClassVar[bool] = True
 
     def __init__(self, decimals: int):
@@ -38,6 +39,7 @@ class TopK(Defense):
     """Return only the ``k`` most likely classes and their probabilities."""
 
     name: ClassVar[str] = "top-k"
+    rowwise: ClassVar[bool] = True
     requires_probabilities: ClassVar[bool] = True
     output_kind: ClassVar[OutputKind | None] = "top_k"
 
@@ -62,6 +64,7 @@ class LabelsOnly(Defense):
     """Return only the predicted label."""
 
     name: ClassVar[str] = "labels"
+    rowwise: ClassVar[bool] = True
     output_kind: ClassVar[OutputKind | None] = "labels"
 
     def apply(self, inputs: np.ndarray, answer: Answer, state: dict[str, Any]) -> Answer:

@@ -37,6 +37,7 @@ class ReverseSigmoid(Defense):
     """Lee et al. '19 reverse-sigmoid perturbation (``reverse-sigmoid:beta=B,gamma=G``)."""
 
     name: ClassVar[str] = "reverse-sigmoid"
+    rowwise: ClassVar[bool] = True
     requires_probabilities: ClassVar[bool] = True
 
     def __init__(self, beta: float = 0.7, gamma: float = 0.4):
@@ -61,6 +62,7 @@ class GaussianNoise(Defense):
     """Gaussian noise on the probabilities, renormalised (``noise:sigma=S,seed=N``)."""
 
     name: ClassVar[str] = "noise"
+    rowwise: ClassVar[bool] = True
     requires_probabilities: ClassVar[bool] = True
 
     def __init__(self, sigma: float = 0.05, seed: int = 0):
