@@ -116,3 +116,29 @@ def test_unwritable_report_folder_is_one_line(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     proc = run("quickstart", "--fast", "--report", str(tmp_path / "file" / "report"))
     assert_one_line_error(proc, "Not a directory")
+
+
+def test_equation_solving_and_labels_only_attacks(tmp_path, victim_dir):
+    proc = run(
+        *f"attack tramer-lr --victim {victim_dir} --budget 100 --json {tmp_path}/lr.json".split()
+    )
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads((tmp_path / "lr.json").read_text())
+    assert (
+        figures["queries_used"] == 31
+        and figures["fidelity_test"] == figures["fidelity_uniform"] == 1.0
+    )
+    assert figures["details"]["method"] == "exact"
+    assert_one_line_error(
+        run(*f"attack tramer-lr --victim {victim_dir} --budget 100 --output labels".split()),
+        "cannot learn from labels",
+    )
+    assert_one_line_error(
+        run(*f"attack tramer-lr --victim {victim_dir} --budget 5".split()), "d + 1 = 31"
+    )
+    proc = run(
+        *f"attack retrain --victim {victim_dir} --budget 310 --output labels --json {tmp_path}/r.json".split()
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["fidelity_test"] >= 0.95
+    assert_one_line_error(run("attack", "lowd-meek", "--budget", "10"), "name the victim")

@@ -7,7 +7,7 @@ import pytest
 
 from modelheist.api import Answer, LocalOracle, PredictionService
 from modelheist.attacks import ATTACKS, AttackerKnowledge, ExtractionAttack
-from modelheist.defenses import DEFENSES, parse_defense
+from modelheist.defenses import DEFENSES, parse_defense, parse_output
 from modelheist.errors import IncompatibleOutputError
 
 EXAMPLE_SPECS = {
@@ -17,7 +17,33 @@ EXAMPLE_SPECS = {
     "reverse-sigmoid": "reverse-sigmoid:beta=0.7,gamma=0.4",
     "noise": "noise:sigma=0.05,seed=3",
 }
-FAST_ATTACK_PARAMS = {"knockoff": {"epochs": 2, "min_steps": 20, "rounds": 0}}
+FAST_ATTACK_PARAMS = {
+    "knockoff": {"epochs": 2, "min_steps": 20, "rounds": 0},
+    "tramer-lr": {},
+    "tramer-mlp": {"restarts": 1, "iterations": 50},
+    "lowd-meek": {"steps": 8},
+    "retrain": {"rounds": 2},
+}
+#: The victim each attack is built for: "cnn" (digits CNN, probabilities) or "binary" (a
+#: breast-cancer logistic regression), and the output it is given.
+ATTACK_SETTINGS = {
+    "knockoff": ("cnn", "probs", 60),
+    "tramer-lr": ("binary", "probs", 40),
+    "tramer-mlp": ("binary", "probs", 80),
+    "lowd-meek": ("binary", "labels", 1000),
+    "retrain": ("binary", "labels", 100),
+}
+
+
+def test_every_attack_has_settings():
+    assert set(ATTACKS) == set(FAST_ATTACK_PARAMS) == set(ATTACK_SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def binary_lr(breast_cancer):
+    from modelheist.models import train_model
+
+    return train_model(breast_cancer, "logreg")
 
 
 def test_every_defense_has_an_example():
@@ -57,16 +83,22 @@ def test_defense_contract(name, digits_cnn, digits):
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_attack_contract(name, digits_cnn, digits):
+def test_attack_contract(name, digits_cnn, digits, binary_lr, breast_cancer):
+    kind, output, budget = ATTACK_SETTINGS[name]
+    victim, data = (digits_cnn, digits) if kind == "cnn" else (binary_lr, breast_cancer)
     attack = ATTACKS[name](**FAST_ATTACK_PARAMS[name])
-    service = PredictionService(digits_cnn)
-    oracle = LocalOracle.for_new_client(service, budget=1000)
-    result = attack.run(oracle, AttackerKnowledge(digits.pool.x, budget=60, seed=1))
-    assert (
-        result.queries_used <= 60 and service.client("attacker").queries_used == result.queries_used
-    )
-    assert result.surrogate.predict_proba(digits.test.x[:3]).shape == (3, 10)
+    service = PredictionService(victim, parse_output(output))
+    oracle = LocalOracle.for_new_client(service, budget=budget * 2)
+    result = attack.run(oracle, AttackerKnowledge(data.pool.x, budget=budget, seed=1))
+    assert 0 < result.queries_used <= budget
+    assert service.client("attacker").queries_used == result.queries_used
+    x = data.test.x[:3]
+    assert result.surrogate.predict_proba(x).shape == (3, victim.card.num_classes)
+    assert result.surrogate.card.classes == victim.card.classes
     assert result.attack == name and isinstance(result.params, dict)
+    json.dumps(result.details)  # details are JSON (the CLI writes them)
+    with pytest.raises(TypeError):  # hyper-parameters are named and typed, no **kwargs bag
+        ATTACKS[name](no_such_parameter=1)
 
 
 def test_incompatible_output_is_refused_before_any_query(digits_cnn, digits):

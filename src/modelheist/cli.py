@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from modelheist.api.oracle import Oracle
+    from modelheist.attacks.base import ExtractionAttack
     from modelheist.experiments.extraction import Evaluation
     from modelheist.models.classifier import Classifier
 
@@ -298,11 +299,7 @@ def attack_knockoff(
 ) -> None:
     """Knockoff Nets (random strategy) against a victim folder or a served URL."""
     from modelheist.attacks import KnockoffNets
-    from modelheist.experiments.extraction import measure_extraction
-    from modelheist.models import save_model
 
-    _fresh_folder(out, "output folder")
-    _positive("--budget", budget)
     attack = KnockoffNets(
         epochs=_positive("--epochs", epochs),
         temperature=temperature,
@@ -311,6 +308,38 @@ def attack_knockoff(
         rounds=rounds,
         members=_positive("--members", members),
     )
+    _run_attack(
+        attack, victim, target, api_key, output, transfer_set, budget, seed, out, json_path,
+        "Knockoff Nets",
+    )  # fmt: skip
+
+
+def _run_attack(
+    attack: ExtractionAttack,
+    victim: Path | None,
+    target: str | None,
+    api_key: str | None,
+    output: str | None,
+    transfer_set: str | None,
+    budget: int,
+    seed: int,
+    out: Path | None,
+    json_path: Path | None,
+    title: str,
+) -> None:
+    """Run ``attack`` against --victim or --target, print and save what it measured."""
+    from modelheist.experiments.extraction import measure_extraction
+    from modelheist.models import save_model
+    from modelheist.models.store import load_card
+
+    if victim is None and target is None:
+        raise ModelheistError("name the victim: --victim DIR or --target URL --api-key KEY")
+    _fresh_folder(out, "output folder")
+    _positive("--budget", budget)
+    if transfer_set is None:  # the attacker holds data of the victim's task
+        if victim is None:
+            raise ModelheistError("name the attacker's data: --transfer-set DATASET")
+        transfer_set = load_card(victim).dataset
     where = _attack_target(victim, target, api_key, output, transfer_set, seed)
     with progress_bar() as progress:
         result, m = measure_extraction(
@@ -328,10 +357,118 @@ def attack_knockoff(
     if out is not None:
         save_model(result.surrogate, out)
     row = asdict(m)
-    console.print(_measurement_table([row], f"Knockoff Nets against {target or victim}"))
+    console.print(_measurement_table([row], f"{title} against {target or victim}"))
     _write_json(
         json_path, {**row, "params": result.params, "seed": seed, "details": result.details}
     )
+
+
+TransferOption = Annotated[
+    str | None,
+    typer.Option(help="Dataset the attacker holds (default: the victim's own task's data)."),
+]
+BudgetOption = Annotated[int, typer.Option(help="Maximum number of queries (hard limit).")]
+OutOption = Annotated[Path | None, typer.Option(help="New folder for the surrogate model.")]
+JsonOption = Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")]
+SeedOption = Annotated[int, typer.Option(help="Seed of every random choice.")]
+OutputOption = Annotated[
+    str | None, typer.Option(help="Output of the local victim: probs, labels, round:N, ...")
+]
+
+
+@attack_app.command("tramer-lr")
+@user_errors
+def attack_tramer_lr(
+    budget: BudgetOption,
+    victim: VictimOption = None,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
+    output: OutputOption = None,
+    transfer_set: TransferOption = None,
+    out: OutOption = None,
+    json_path: JsonOption = None,
+    seed: SeedOption = 0,
+    step: Annotated[
+        float, typer.Option(help="Coordinate step, fraction of a feature's spread.")
+    ] = 0.1,
+) -> None:
+    """Tramèr '16 equation solving: logistic/softmax regression from d + 1 probability answers."""
+    from modelheist.attacks import LogisticEquationSolving
+
+    _run_attack(
+        LogisticEquationSolving(step=step), victim, target, api_key, output, transfer_set,
+        budget, seed, out, json_path, "Equation solving (LR)",
+    )  # fmt: skip
+
+
+@attack_app.command("tramer-mlp")
+@user_errors
+def attack_tramer_mlp(
+    budget: BudgetOption,
+    victim: VictimOption = None,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
+    output: OutputOption = None,
+    transfer_set: TransferOption = None,
+    out: OutOption = None,
+    json_path: JsonOption = None,
+    seed: SeedOption = 0,
+    alpha: Annotated[float, typer.Option(help="Queries per unknown parameter.")] = 1.0,
+    hidden: Annotated[int, typer.Option(help="Hidden units of the victim (known).")] = 20,
+) -> None:
+    """Tramèr '16: a one-hidden-layer network from alpha x (unknowns) probability answers."""
+    from modelheist.attacks import MlpEquationSolving
+
+    _run_attack(
+        MlpEquationSolving(hidden=hidden, alpha=alpha), victim, target, api_key, output,
+        transfer_set, budget, seed, out, json_path, "Equation solving (MLP)",
+    )  # fmt: skip
+
+
+@attack_app.command("lowd-meek")
+@user_errors
+def attack_lowd_meek(
+    budget: BudgetOption,
+    victim: VictimOption = None,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
+    output: OutputOption = None,
+    transfer_set: TransferOption = None,
+    out: OutOption = None,
+    json_path: JsonOption = None,
+    seed: SeedOption = 0,
+    steps: Annotated[int, typer.Option(help="Bisection steps per line search.")] = 24,
+) -> None:
+    """Lowd-Meek line search: a binary linear classifier from its labels."""
+    from modelheist.attacks import LowdMeek
+
+    _run_attack(
+        LowdMeek(steps=_positive("--steps", steps)), victim, target, api_key, output,
+        transfer_set, budget, seed, out, json_path, "Lowd-Meek",
+    )  # fmt: skip
+
+
+@attack_app.command("retrain")
+@user_errors
+def attack_retrain(
+    budget: BudgetOption,
+    victim: VictimOption = None,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
+    output: OutputOption = None,
+    transfer_set: TransferOption = None,
+    out: OutOption = None,
+    json_path: JsonOption = None,
+    seed: SeedOption = 0,
+    rounds: Annotated[int, typer.Option(help="Adaptive rounds after the first d + 1 queries.")] = 9,
+) -> None:
+    """Tramèr '16 adaptive retraining: a binary logistic regression from its labels."""
+    from modelheist.attacks import AdaptiveRetraining
+
+    _run_attack(
+        AdaptiveRetraining(rounds=_positive("--rounds", rounds)), victim, target, api_key,
+        output, transfer_set, budget, seed, out, json_path, "Adaptive retraining",
+    )  # fmt: skip
 
 
 @app.command()

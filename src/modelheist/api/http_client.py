@@ -146,6 +146,11 @@ class HttpOracle(Oracle):
         return _KINDS[self.connect()._info["output"]]  # type: ignore[index]
 
     @property
+    def input_range(self) -> tuple[float, float] | None:
+        bounds = self.connect()._info.get("input_range")  # type: ignore[union-attr]
+        return None if bounds is None else (float(bounds[0]), float(bounds[1]))
+
+    @property
     def budget(self) -> int | None:
         return self.connect()._budget
 

@@ -45,6 +45,11 @@ class Oracle(ABC):
     max_batch: int = 1024
 
     @property
+    def input_range(self) -> tuple[float, float] | None:
+        """The inputs' declared domain (e.g. [0, 1] for images), if the API publishes one."""
+        return None
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 
@@ -88,6 +93,10 @@ class LocalOracle(Oracle):
     @property
     def output_kind(self) -> OutputKind:
         return self.service.output_kind
+
+    @property
+    def input_range(self) -> tuple[float, float] | None:
+        return self.service.input_range
 
     @property
     def budget(self) -> int | None:

@@ -6,15 +6,30 @@ from modelheist.attacks.base import (
     ExtractionAttack,
     ExtractionResult,
 )
+from modelheist.attacks.equation_solving import LogisticEquationSolving, MlpEquationSolving
 from modelheist.attacks.knockoff import KnockoffNets
+from modelheist.attacks.labels_only import AdaptiveRetraining, LowdMeek
 
-ATTACKS: dict[str, type[ExtractionAttack]] = {KnockoffNets.name: KnockoffNets}
+ATTACKS: dict[str, type[ExtractionAttack]] = {
+    cls.name: cls
+    for cls in (
+        KnockoffNets,
+        LogisticEquationSolving,
+        MlpEquationSolving,
+        LowdMeek,
+        AdaptiveRetraining,
+    )
+}
 
 __all__ = [
     "ATTACKS",
+    "AdaptiveRetraining",
+    "LowdMeek",
     "AttackerKnowledge",
     "BudgetedOracle",
     "ExtractionAttack",
     "ExtractionResult",
     "KnockoffNets",
+    "LogisticEquationSolving",
+    "MlpEquationSolving",
 ]

@@ -78,6 +78,10 @@ class BudgetedOracle(Oracle):
         return self.inner.output_kind
 
     @property
+    def input_range(self) -> tuple[float, float] | None:
+        return self.inner.input_range
+
+    @property
     def budget(self) -> int:
         return self.limit
 

@@ -89,7 +89,18 @@ class MeanOfMembers(nn.Module):
         return torch.log(probs.clamp_min(1e-30))
 
 
-TORCH_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn}
+def mlp1(input_shape: Sequence[int], num_classes: int, hidden: int = 20) -> nn.Sequential:
+    """One hidden layer of ``hidden`` tanh units: the neural network of Tramèr et al. '16 §4.1
+    (20 hidden units on Adult), the target of equation-solving extraction."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(int(np.prod(input_shape)), hidden),
+        nn.Tanh(),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+TORCH_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "mlp1": mlp1, "cnn": cnn}
 CLASSICAL_ARCHITECTURES = ("logreg", "tree")
 
 
