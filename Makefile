@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test bench bench-serve lint data clean
+.PHONY: setup demo test bench bench-serve bench-tramer lint data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -36,6 +36,9 @@ test: setup
 bench: setup
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/knockoff_vs_art.py
+
+bench-tramer: setup
+	$(BIN)/python benchmarks/tramer.py
 
 bench-serve: setup
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

@@ -142,3 +142,23 @@ def test_equation_solving_and_labels_only_attacks(tmp_path, victim_dir):
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "r.json").read_text())["fidelity_test"] >= 0.95
     assert_one_line_error(run("attack", "lowd-meek", "--budget", "10"), "name the victim")
+
+
+def test_tree_path_finding_from_the_command_line(tmp_path, breast_cancer):
+    from modelheist.models import train_model
+
+    tree_dir = save_model(train_model(breast_cancer, "tree"), tmp_path / "tree")
+    proc = run(
+        *f"attack tree-path --victim {tree_dir} --budget 5000 --incomplete-queries --json {tmp_path}/t.json --out {tmp_path}/s".split()
+    )
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads((tmp_path / "t.json").read_text())
+    assert figures["fidelity_test"] == figures["fidelity_uniform"] == 1.0
+    assert figures["details"]["incomplete_queries"] and figures["queries_used"] < 5000
+    assert (tmp_path / "s" / "card.json").exists()
+    assert_one_line_error(
+        run(*f"attack tree-path --victim {tree_dir} --budget 5000 --no-leaves".split()), "--leaves"
+    )
+    assert_one_line_error(
+        run(*f"attack tree-path --victim {tree_dir} --budget 100".split()), "budget"
+    )

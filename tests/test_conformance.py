@@ -23,15 +23,18 @@ FAST_ATTACK_PARAMS = {
     "tramer-mlp": {"restarts": 1, "iterations": 50},
     "lowd-meek": {"steps": 8},
     "retrain": {"rounds": 2},
+    "tree-path": {},
 }
-#: The victim each attack is built for: "cnn" (digits CNN, probabilities) or "binary" (a
-#: breast-cancer logistic regression), and the output it is given.
+#: The victim each attack is built for: "cnn" (digits CNN), "binary" (a breast-cancer logistic
+#: regression) or "tree" (a breast-cancer tree served with leaf identities), the output it is
+#: given and its budget.
 ATTACK_SETTINGS = {
     "knockoff": ("cnn", "probs", 60),
     "tramer-lr": ("binary", "probs", 40),
     "tramer-mlp": ("binary", "probs", 80),
     "lowd-meek": ("binary", "labels", 1000),
     "retrain": ("binary", "labels", 100),
+    "tree-path": ("tree", "labels", 3000),
 }
 
 
@@ -44,6 +47,13 @@ def binary_lr(breast_cancer):
     from modelheist.models import train_model
 
     return train_model(breast_cancer, "logreg")
+
+
+@pytest.fixture(scope="module")
+def tree(breast_cancer):
+    from modelheist.models import train_model
+
+    return train_model(breast_cancer, "tree")
 
 
 def test_every_defense_has_an_example():
@@ -83,11 +93,15 @@ def test_defense_contract(name, digits_cnn, digits):
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_attack_contract(name, digits_cnn, digits, binary_lr, breast_cancer):
+def test_attack_contract(name, digits_cnn, digits, binary_lr, tree, breast_cancer):
     kind, output, budget = ATTACK_SETTINGS[name]
-    victim, data = (digits_cnn, digits) if kind == "cnn" else (binary_lr, breast_cancer)
+    victim, data = {
+        "cnn": (digits_cnn, digits),
+        "binary": (binary_lr, breast_cancer),
+        "tree": (tree, breast_cancer),
+    }[kind]
     attack = ATTACKS[name](**FAST_ATTACK_PARAMS[name])
-    service = PredictionService(victim, parse_output(output))
+    service = PredictionService(victim, parse_output(output), leaves=kind == "tree")
     oracle = LocalOracle.for_new_client(service, budget=budget * 2)
     result = attack.run(oracle, AttackerKnowledge(data.pool.x, budget=budget, seed=1))
     assert 0 < result.queries_used <= budget

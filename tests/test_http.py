@@ -71,6 +71,8 @@ def test_health_models_and_openapi(served):
         "classes": [str(i) for i in range(10)],
         "output": "probabilities",
         "max_batch": MAX_BATCH,
+        "leaves": False,
+        "incomplete_queries": False,
     }
     paths = httpx.get(f"{served.url}/openapi.json").json()["paths"]
     assert {

@@ -212,6 +212,7 @@ def _attack_target(
     output: str | None,
     transfer_set: str,
     seed: int,
+    service_options: dict[str, Any] | None = None,
 ) -> _Target:
     """Resolve --victim / --target / --api-key / --output / --transfer-set for an attack.
 
@@ -248,6 +249,13 @@ def _attack_target(
         pool = fit_to_shape(
             attacker_transfer_set(transfer_set, load_dataset(transfer_set)), oracle.input_shape
         )
+    if oracle is None and service_options:  # serve the local victim as the attack needs
+        from modelheist.api.oracle import LocalOracle
+        from modelheist.api.service import PredictionService
+
+        assert victim is not None
+        service = PredictionService(victim, parse_output(output), **service_options)
+        oracle = LocalOracle.for_new_client(service, None)
     return _Target(oracle, victim, evaluation, pool, output)
 
 
@@ -326,6 +334,7 @@ def _run_attack(
     out: Path | None,
     json_path: Path | None,
     title: str,
+    service_options: dict[str, Any] | None = None,
 ) -> None:
     """Run ``attack`` against --victim or --target, print and save what it measured."""
     from modelheist.experiments.extraction import measure_extraction
@@ -340,7 +349,7 @@ def _run_attack(
         if victim is None:
             raise ModelheistError("name the attacker's data: --transfer-set DATASET")
         transfer_set = load_card(victim).dataset
-    where = _attack_target(victim, target, api_key, output, transfer_set, seed)
+    where = _attack_target(victim, target, api_key, output, transfer_set, seed, service_options)
     with progress_bar() as progress:
         result, m = measure_extraction(
             where.victim,
@@ -471,6 +480,42 @@ def attack_retrain(
     )  # fmt: skip
 
 
+@attack_app.command("tree-path")
+@user_errors
+def attack_tree_path(
+    budget: BudgetOption,
+    victim: VictimOption = None,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
+    transfer_set: TransferOption = None,
+    out: OutOption = None,
+    json_path: JsonOption = None,
+    seed: SeedOption = 0,
+    incomplete: Annotated[
+        bool | None,
+        typer.Option(
+            "--incomplete/--complete",
+            help="Use incomplete queries (missing features); default: if the API accepts them.",
+        ),
+    ] = None,
+    leaves: Annotated[
+        bool, typer.Option(help="Local --victim: answer with leaf identities (as BigML did).")
+    ] = True,
+    incomplete_queries: Annotated[
+        bool, typer.Option(help="Local --victim: accept incomplete queries (as BigML did).")
+    ] = False,
+) -> None:
+    """Tramèr '16 path-finding: a decision tree from the leaf identities its API returns."""
+    from modelheist.attacks import TreePathFinding
+
+    service_options = {"leaves": leaves, "incomplete_queries": incomplete_queries}
+    _run_attack(
+        TreePathFinding(incomplete=incomplete), victim, target, api_key,
+        None if target else "labels", transfer_set,
+        budget, seed, out, json_path, "Tree path-finding", service_options if target is None else None,
+    )  # fmt: skip
+
+
 @app.command()
 @user_errors
 def quickstart(
@@ -560,6 +605,12 @@ def serve(
     durable: Annotated[
         bool, typer.Option(help="fsync every commit (survives power loss, not only crashes).")
     ] = False,
+    leaves: Annotated[
+        bool, typer.Option(help="Tree models: answer with the leaf reached, as BigML did.")
+    ] = False,
+    incomplete_queries: Annotated[
+        bool, typer.Option(help="Tree models: accept missing features (null / NaN), as BigML did.")
+    ] = False,
 ) -> None:
     """Serve a model over HTTP with API keys, budgets, an audit log and defenses."""
     import re
@@ -581,7 +632,15 @@ def serve(
     stages = [parse_defense(spec) for spec in defense or []] + parse_output(output)
     model = load_model(model_dir)
     ledger = Ledger.open(state, durable=durable)
-    service = PredictionService(model, stages, max_batch=max_batch, ledger=ledger, name=name)
+    service = PredictionService(
+        model,
+        stages,
+        max_batch=max_batch,
+        ledger=ledger,
+        name=name,
+        leaves=leaves,
+        incomplete_queries=incomplete_queries,
+    )
     app_ = create_app(service, max_body_bytes=int(max_body_mb * 1024 * 1024))
     sock = bind_socket(host, port)
     shown_host = f"[{host}]" if ":" in host else host

@@ -25,6 +25,7 @@ class Answer:
     top_k: np.ndarray | None = None
     top_k_probabilities: np.ndarray | None = None
     flags: tuple[str, ...] = ()
+    leaves: np.ndarray | None = None  # node identities, where a tree API returns them (BigML)
 
     @property
     def kind(self) -> OutputKind:
@@ -73,6 +74,7 @@ class Answer:
             pick(self.top_k),
             pick(self.top_k_probabilities),
             self.flags,
+            pick(self.leaves),
         )
 
 
@@ -87,5 +89,10 @@ def concatenate(answers: list[Answer]) -> Answer:
 
     flags = tuple(dict.fromkeys(f for a in answers for f in a.flags))
     return Answer(
-        cat("labels"), cat("probabilities"), cat("top_k"), cat("top_k_probabilities"), flags
+        cat("labels"),
+        cat("probabilities"),
+        cat("top_k"),
+        cat("top_k_probabilities"),
+        flags,
+        cat("leaves"),
     )

@@ -151,6 +151,14 @@ class HttpOracle(Oracle):
         return None if bounds is None else (float(bounds[0]), float(bounds[1]))
 
     @property
+    def returns_leaves(self) -> bool:
+        return bool(self.connect()._info.get("leaves", False))  # type: ignore[union-attr]
+
+    @property
+    def accepts_missing(self) -> bool:
+        return bool(self.connect()._info.get("incomplete_queries", False))  # type: ignore[union-attr]
+
+    @property
     def budget(self) -> int | None:
         return self.connect()._budget
 
@@ -187,14 +195,17 @@ class HttpOracle(Oracle):
 
 def _answer(predictions: list[dict[str, Any]], num_classes: int) -> Answer:
     labels = np.array([p["label"] for p in predictions], np.int64)
+    leaves = None
+    if predictions and "leaf" in predictions[0]:
+        leaves = np.array([p["leaf"] for p in predictions], np.int64)
     if predictions and "probabilities" in predictions[0]:
         probs = np.array([p["probabilities"] for p in predictions], np.float64)
-        return Answer(labels, probs)
+        return Answer(labels, probs, leaves=leaves)
     if predictions and "top_k" in predictions[0]:
         top = np.array([[e["label"] for e in p["top_k"]] for p in predictions], np.int64)
         top_p = np.array([[e["probability"] for e in p["top_k"]] for p in predictions], np.float64)
-        return Answer(labels, None, top, top_p)
-    return Answer(labels)
+        return Answer(labels, None, top, top_p, leaves=leaves)
+    return Answer(labels, leaves=leaves)
 
 
 def _error_for(status: int, document: Any, where: str) -> ModelheistError:

@@ -121,6 +121,7 @@ class Prediction(BaseModel):
     label: int
     probabilities: list[float] | None = None
     top_k: list[TopKEntry] | None = None
+    leaf: int | None = None
 
 
 class PredictResponse(BaseModel):
@@ -136,6 +137,8 @@ class ModelInfo(BaseModel):
     classes: list[str]
     output: str
     max_batch: int
+    leaves: bool
+    incomplete_queries: bool
 
 
 class ModelList(BaseModel):
@@ -173,6 +176,8 @@ def _predict_body(service: PredictionService) -> dict[str, Any]:
     input_shape, max_batch = service.input_shape, service.max_batch
     low, high = service.input_range or (-FLOAT32_MAX, FLOAT32_MAX)
     item: dict[str, Any] = {"type": "number", "minimum": low, "maximum": high}
+    if service.incomplete_queries:  # null: a missing feature
+        item = {"anyOf": [item, {"type": "null"}]}
     for size in reversed(input_shape):
         item = {"type": "array", "minItems": size, "maxItems": size, "items": item}
     shape = ", ".join(map(str, input_shape))
@@ -291,6 +296,14 @@ class _MetricsMiddleware:
 
 
 def _prediction_rows(answer: Answer) -> list[dict[str, Any]]:
+    rows = _granular_rows(answer)
+    if answer.leaves is not None:
+        for row, leaf in zip(rows, answer.leaves.tolist(), strict=True):
+            row["leaf"] = leaf
+    return rows
+
+
+def _granular_rows(answer: Answer) -> list[dict[str, Any]]:
     labels = answer.labels.tolist()
     if answer.probabilities is not None:
         probs = np.ascontiguousarray(answer.probabilities, np.float64)
@@ -445,6 +458,8 @@ def create_app(
             "input_range": None if service.input_range is None else list(service.input_range),
             "output": service.output_kind,
             "max_batch": service.max_batch,
+            "leaves": service.leaves,
+            "incomplete_queries": service.incomplete_queries,
         }
 
     @app.get("/v1/models", response_model=ModelList, summary="Served models")

@@ -50,6 +50,16 @@ class Oracle(ABC):
         return None
 
     @property
+    def returns_leaves(self) -> bool:
+        """Whether answers carry the tree node reached (``Answer.leaves``), as BigML's did."""
+        return False
+
+    @property
+    def accepts_missing(self) -> bool:
+        """Whether inputs may leave features missing (NaN): BigML's incomplete queries."""
+        return False
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 
@@ -59,7 +69,7 @@ class Oracle(ABC):
 
     def query(self, x: np.ndarray) -> Answer:
         """Answers for ``x`` (split into batches the API accepts)."""
-        x = np.asarray(x, np.float32)
+        x = np.asarray(x, np.float32)  # NaN (a missing feature) passes through
         parts = [
             self._query_batch(x[i : i + self.max_batch]) for i in range(0, len(x), self.max_batch)
         ]
@@ -97,6 +107,14 @@ class LocalOracle(Oracle):
     @property
     def input_range(self) -> tuple[float, float] | None:
         return self.service.input_range
+
+    @property
+    def returns_leaves(self) -> bool:
+        return self.service.leaves
+
+    @property
+    def accepts_missing(self) -> bool:
+        return self.service.incomplete_queries
 
     @property
     def budget(self) -> int | None:

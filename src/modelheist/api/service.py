@@ -66,6 +66,14 @@ class Receipt:
     queries_remaining: int | None
 
 
+def _with_missing(x: np.ndarray) -> np.ndarray:
+    """An object array of numbers and None as floats with NaN for None (else unchanged)."""
+    flat = x.ravel()
+    if all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in flat):
+        return np.array([np.nan if v is None else v for v in flat], np.float64).reshape(x.shape)
+    return x
+
+
 def input_digests(x: np.ndarray) -> list[str]:
     """SHA-256 of each input's float32 bytes (the audit log's input digest)."""
     rows = np.ascontiguousarray(x, np.float32).reshape(len(x), -1)
@@ -82,8 +90,17 @@ class PredictionService:
         max_batch: int = 4096,
         ledger: Ledger | None = None,
         name: str | None = None,
+        leaves: bool = False,
+        incomplete_queries: bool = False,
     ):
         check_pipeline(defenses)
+        if (leaves or incomplete_queries) and not hasattr(model, "apply"):
+            raise ModelheistError(
+                "leaf identities and incomplete queries need a decision tree model, not "
+                f"{model.card.architecture}"
+            )
+        self.leaves = leaves
+        self.incomplete_queries = incomplete_queries
         self.model = model
         self.defenses = list(defenses)
         self.max_batch = max_batch
@@ -175,6 +192,8 @@ class PredictionService:
             x = np.asarray(inputs)
         except (ValueError, TypeError) as exc:
             raise InvalidQueryError(f"inputs are not a numeric array: {exc}") from None
+        if x.dtype == object and self.incomplete_queries:
+            x = _with_missing(x)  # JSON null marks a missing feature
         if x.dtype == object or x.dtype == bool or not np.issubdtype(x.dtype, np.number):
             raise InvalidQueryError(f"inputs must be numbers, got dtype {x.dtype}")
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
@@ -192,14 +211,19 @@ class PredictionService:
             raise InvalidQueryError("inputs must be real numbers")
         with np.errstate(over="ignore"):  # a float32 overflow is reported just below
             x = x.astype(np.float32)
-        if not np.isfinite(x).all():
-            raise InvalidQueryError("inputs contain NaN or infinite values (or overflow float32)")
-        if self.input_range is not None:
+        present = ~np.isnan(x) if self.incomplete_queries else np.ones(x.shape, bool)
+        if not np.isfinite(x[present]).all():
+            raise InvalidQueryError(
+                "inputs contain NaN or infinite values (or overflow float32)"
+                if not self.incomplete_queries
+                else "inputs contain infinite values (or overflow float32); NaN marks a missing one"
+            )
+        if self.input_range is not None and present.any():
             low, high = self.input_range
-            if x.min() < low or x.max() > high:
+            if x[present].min() < low or x[present].max() > high:
                 raise InvalidQueryError(
                     f"inputs must lie in [{low:g}, {high:g}], the model's input range; got "
-                    f"values in [{x.min():g}, {x.max():g}]"
+                    f"values in [{x[present].min():g}, {x[present].max():g}]"
                 )
         return x
 
@@ -257,6 +281,14 @@ class PredictionService:
                     except ModelheistError as exc:  # a stage refused: seen, not answered
                         results[i] = exc
                         del live[i]
+            if self.leaves:  # the node identities leave with the answer, untouched by stages
+                nodes = self.model.apply(x_all)  # type: ignore[attr-defined]
+                starts = np.cumsum([0, *(len(requests[i][1]) for i in accepted)])
+                where = dict(zip(accepted, starts[:-1], strict=True))
+                live = {
+                    i: replace(a, leaves=nodes[where[i] : where[i] + len(a)])
+                    for i, a in live.items()
+                }
             for i, answer in live.items():
                 client_id, x = requests[i]
                 new_alarms[client_id].extend(f for f in answer.flags if f.startswith("alarm:"))

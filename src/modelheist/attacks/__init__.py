@@ -9,6 +9,7 @@ from modelheist.attacks.base import (
 from modelheist.attacks.equation_solving import LogisticEquationSolving, MlpEquationSolving
 from modelheist.attacks.knockoff import KnockoffNets
 from modelheist.attacks.labels_only import AdaptiveRetraining, LowdMeek
+from modelheist.attacks.tree_path import TreePathFinding
 
 ATTACKS: dict[str, type[ExtractionAttack]] = {
     cls.name: cls
@@ -18,6 +19,7 @@ ATTACKS: dict[str, type[ExtractionAttack]] = {
         MlpEquationSolving,
         LowdMeek,
         AdaptiveRetraining,
+        TreePathFinding,
     )
 }
 
@@ -32,4 +34,5 @@ __all__ = [
     "KnockoffNets",
     "LogisticEquationSolving",
     "MlpEquationSolving",
+    "TreePathFinding",
 ]

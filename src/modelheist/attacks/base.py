@@ -82,6 +82,14 @@ class BudgetedOracle(Oracle):
         return self.inner.input_range
 
     @property
+    def returns_leaves(self) -> bool:
+        return self.inner.returns_leaves
+
+    @property
+    def accepts_missing(self) -> bool:
+        return self.inner.accepts_missing
+
+    @property
     def budget(self) -> int:
         return self.limit
 

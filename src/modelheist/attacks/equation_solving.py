@@ -264,11 +264,14 @@ class MlpEquationSolving(ExtractionAttack):
         probs = np.clip(_probabilities(answer), 1e-300, None)
         target = np.log(probs)
         target -= target.mean(axis=1, keepdims=True)
-        mean, std = normalisation_stats(data.astype(np.float32))
+        shape = tuple(oracle.input_shape)
+        mean, std = normalisation_stats(data.astype(np.float32).reshape(len(data), *shape))
         task = progress.add_task("tramer-mlp: solving", total=self.restarts) if progress else None
         best: tuple[float, nn.Module] | None = None
         for restart in range(self.restarts):
-            net, loss = self._solve(x, target, mean, std, knowledge.seed + restart)
+            net, loss = self._solve(
+                x.reshape(n, *shape), target, mean, std, knowledge.seed + restart
+            )
             log.info("tramer-mlp restart %d: residual %.3g", restart, loss)
             if best is None or loss < best[0]:
                 best = (loss, net)
@@ -288,8 +291,8 @@ class MlpEquationSolving(ExtractionAttack):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = nn.Sequential(
-                Standardize(mean, std, [x.shape[1]]),
-                mlp1([x.shape[1]], target.shape[1], self.hidden),
+                Standardize(mean, std, x.shape[1:]),
+                mlp1(x.shape[1:], target.shape[1], self.hidden),
             ).double()
         inputs = torch.from_numpy(x.astype(np.float64))
         goal = torch.from_numpy(target)

@@ -130,16 +130,25 @@ class TreeModel:
         self.card = card
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        """Leaf index reached by each input (scikit-learn's ``apply``)."""
+        """Node reached by each input: its leaf (scikit-learn's ``apply``), or, for an input
+        with missing (NaN) features, the first node that tests a missing one: BigML's
+        "incomplete query" semantics (Tramèr et al. '16 §4.2)."""
         flat = x.reshape(len(x), -1)
         node = np.zeros(len(flat), np.int64)
-        active = self.children_left[node] >= 0
+
+        def moving(nodes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            internal = self.children_left[nodes] >= 0
+            tested = flat[rows, np.where(internal, self.feature[nodes], 0)]
+            return internal & ~np.isnan(tested)
+
+        rows = np.arange(len(flat))
+        active = moving(node, rows)
         while active.any():
-            idx = np.nonzero(active)[0]
+            idx = rows[active]
             n = node[idx]
             go_left = flat[idx, self.feature[n]].astype(np.float32) <= self.threshold[n]
             node[idx] = np.where(go_left, self.children_left[n], self.children_right[n])
-            active = self.children_left[node] >= 0
+            active = moving(node, rows)
         return node
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
