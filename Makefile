@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test bench bench-serve bench-tramer lint data clean
+.PHONY: setup demo test bench bench-serve bench-tramer bench-synthetic lint data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -39,6 +39,9 @@ bench: setup
 
 bench-tramer: setup
 	$(BIN)/python benchmarks/tramer.py
+
+bench-synthetic: setup
+	$(BIN)/python benchmarks/synthetic.py
 
 bench-serve: setup
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

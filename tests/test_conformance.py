@@ -24,6 +24,8 @@ FAST_ATTACK_PARAMS = {
     "lowd-meek": {"steps": 8},
     "retrain": {"rounds": 2},
     "tree-path": {},
+    "jbda": {"seeds_per_class": 2, "epochs": 1, "final_epochs": 1, "min_steps": 5, "folds": 2},
+    "t-rnd": {"seeds_per_class": 2, "epochs": 1, "final_epochs": 1, "min_steps": 5, "folds": 2},
 }
 #: The victim each attack is built for: "cnn" (digits CNN), "binary" (a breast-cancer logistic
 #: regression) or "tree" (a breast-cancer tree served with leaf identities), the output it is
@@ -35,6 +37,8 @@ ATTACK_SETTINGS = {
     "lowd-meek": ("binary", "labels", 1000),
     "retrain": ("binary", "labels", 100),
     "tree-path": ("tree", "labels", 3000),
+    "jbda": ("cnn", "labels", 60),
+    "t-rnd": ("cnn", "probs", 60),
 }
 
 

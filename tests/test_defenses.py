@@ -59,6 +59,9 @@ def test_perturbation_specs_and_bad_arguments():
     assert isinstance(parse_defense("noise:sigma=0.05"), GaussianNoise)
     with pytest.raises(ModelheistError, match="positive"):
         parse_defense("noise:sigma=-1")
+    for spec in ("noise:sigma=inf", "reverse-sigmoid:beta=inf", "reverse-sigmoid:gamma=nan"):
+        with pytest.raises(ModelheistError, match="finite"):
+            parse_defense(spec)
     with pytest.raises(ModelheistError, match="bad arguments"):
         parse_defense("reverse-sigmoid:beta=high")
     with pytest.raises(ModelheistError, match="unknown argument"):

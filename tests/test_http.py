@@ -151,6 +151,28 @@ BAD_REQUESTS = {
         422,
         "invalid_inputs",
     ),
+    "npy header bomb": (
+        dict(
+            body=b"\x93NUMPY\x01\x00"
+            + (
+                b"{'descr': '<f4', 'fortran_order': False, 'shape': (" + b"-" * 3000 + b"1,), }"
+            ).ljust(3062)
+            + b"\n",
+            content_type=npy.MEDIA_TYPE,
+        ),
+        422,
+        "invalid_inputs",
+    ),
+    "npy absurd empty shape": (
+        dict(
+            body=npy.encode(np.zeros((0,), np.float32)).replace(
+                b"(0,)", b"(100000000000000000000000, 0)"
+            ),
+            content_type=npy.MEDIA_TYPE,
+        ),
+        422,
+        "invalid_inputs",
+    ),
     "object npy": (
         dict(body=npy.encode(np.array(["x"])), content_type=npy.MEDIA_TYPE),
         422,

@@ -89,7 +89,7 @@ def test_bad_parameters_and_shapes(digits_cnn, digits):
         AttackerKnowledge(digits.pool.x, budget=0)
     service = PredictionService(digits_cnn)
     oracle = LocalOracle.for_new_client(service, budget=10)
-    with pytest.raises(ModelheistError, match="transfer set inputs have shape"):
+    with pytest.raises(ModelheistError, match="transfer-set inputs have shape"):
         KnockoffNets().run(
             oracle, AttackerKnowledge(np.zeros((5, 1, 28, 28), np.float32), budget=5)
         )

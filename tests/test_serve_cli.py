@@ -187,6 +187,16 @@ def test_query_an_image_folder_in_process(tmp_path, cnn_dir, digits):
     assert_one_line_error(run("query", folder, "--victim", cnn_dir), "cannot read image")
     np.save(tmp_path / "bad.npy", np.zeros((2, 3)))
     assert_one_line_error(run("query", tmp_path / "bad.npy", "--victim", cnn_dir), "shape")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    assert_one_line_error(
+        run("query", tmp_path / "empty.npy", "--victim", cnn_dir), "not a numeric"
+    )
+    np.save(tmp_path / "none.npy", np.zeros((0, 1, 8, 8), np.float32))
+    assert_one_line_error(run("query", tmp_path / "none.npy", "--victim", cnn_dir), "no inputs")
+    assert_one_line_error(
+        run("query", tmp_path / "none.npy", "--target", "http://[::1", "--api-key", "k"),
+        "cannot reach",
+    )
 
 
 def test_kill_9_under_load_loses_no_answered_query(tmp_path, cnn_dir, digits):

@@ -115,3 +115,22 @@ def test_labels_only_attacks_need_a_binary_api(wine, wine_lr):
     oracle = LocalOracle.for_new_client(PredictionService(wine_lr, parse_output("labels")), None)
     with pytest.raises(Exception, match="binary"):
         LowdMeek().run(oracle, AttackerKnowledge(wine.pool.x, 100))
+
+
+def test_rounding_is_recognised_from_the_values_alone():
+    from modelheist.api import Answer
+    from modelheist.attacks.base import exact_probabilities
+
+    p = np.array([[0.123456789, 0.876543211]])
+    assert exact_probabilities(Answer(np.array([1]), p))
+    assert not exact_probabilities(Answer(np.array([1]), np.round(p, 3)))
+    assert not exact_probabilities(Answer(np.array([1])))
+
+
+def test_lowd_meek_refuses_a_budget_it_cannot_finish_with(breast_cancer, cancer_lr):
+    oracle = LocalOracle.for_new_client(PredictionService(cancer_lr, parse_output("labels")), None)
+    with pytest.raises(BudgetExceededError, match="at least"):
+        LowdMeek().run(oracle, AttackerKnowledge(breast_cancer.pool.x, 100))
+    assert oracle.queries_used == 0
+    with pytest.raises(Exception, match="step"):
+        LogisticEquationSolving(step=2.0)

@@ -380,6 +380,9 @@ BudgetOption = Annotated[int, typer.Option(help="Maximum number of queries (hard
 OutOption = Annotated[Path | None, typer.Option(help="New folder for the surrogate model.")]
 JsonOption = Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")]
 SeedOption = Annotated[int, typer.Option(help="Seed of every random choice.")]
+MembersOption = Annotated[
+    int, typer.Option(help="Final surrogate: an ensemble of this many networks.")
+]
 OutputOption = Annotated[
     str | None, typer.Option(help="Output of the local victim: probs, labels, round:N, ...")
 ]
@@ -480,6 +483,63 @@ def attack_retrain(
     )  # fmt: skip
 
 
+@attack_app.command("jbda")
+@user_errors
+def attack_jbda(
+    budget: BudgetOption,
+    victim: VictimOption = None,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
+    output: OutputOption = None,
+    transfer_set: TransferOption = None,
+    out: OutOption = None,
+    json_path: JsonOption = None,
+    seed: SeedOption = 0,
+    seeds_per_class: Annotated[int, typer.Option(help="Natural seeds per class.")] = 10,
+    step: Annotated[float, typer.Option(help="Jacobian step lambda.")] = 0.1,
+) -> None:
+    """Papernot et al. '17 Jacobian-based dataset augmentation from a few seeds."""
+    from modelheist.attacks import JacobianAugmentation
+
+    attack = JacobianAugmentation(
+        seeds_per_class=_positive("--seeds-per-class", seeds_per_class), step=step
+    )
+    _run_attack(
+        attack, victim, target, api_key, output, transfer_set, budget, seed, out, json_path, "JBDA"
+    )  # fmt: skip
+
+
+@attack_app.command("t-rnd")
+@user_errors
+def attack_t_rnd(
+    budget: BudgetOption,
+    victim: VictimOption = None,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
+    output: OutputOption = None,
+    transfer_set: TransferOption = None,
+    out: OutOption = None,
+    json_path: JsonOption = None,
+    seed: SeedOption = 0,
+    seeds_per_class: Annotated[int, typer.Option(help="Natural seeds per class.")] = 10,
+    epsilon: Annotated[float, typer.Option(help="L-infinity size of each synthetic step.")] = 0.25,
+    steps: Annotated[int, typer.Option(help="I-FGSM iterations per synthetic input.")] = 4,
+    members: MembersOption = 1,
+) -> None:
+    """PRADA's T-RND: synthetic queries by targeted I-FGSM towards random classes."""
+    from modelheist.attacks import TargetedRandom
+
+    attack = TargetedRandom(
+        seeds_per_class=_positive("--seeds-per-class", seeds_per_class),
+        epsilon=epsilon,
+        steps=_positive("--steps", steps),
+        members=_positive("--members", members),
+    )
+    _run_attack(
+        attack, victim, target, api_key, output, transfer_set, budget, seed, out, json_path, "T-RND"
+    )  # fmt: skip
+
+
 @attack_app.command("tree-path")
 @user_errors
 def attack_tree_path(
@@ -508,6 +568,10 @@ def attack_tree_path(
     """Tramèr '16 path-finding: a decision tree from the leaf identities its API returns."""
     from modelheist.attacks import TreePathFinding
 
+    if target is not None and (not leaves or incomplete_queries):
+        raise ModelheistError(
+            "--leaves/--incomplete-queries apply to a local --victim; the server sets its own"
+        )
     service_options = {"leaves": leaves, "incomplete_queries": incomplete_queries}
     _run_attack(
         TreePathFinding(incomplete=incomplete), victim, target, api_key,
@@ -625,8 +689,8 @@ def serve(
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
         raise ModelheistError(f"--name must be 1-64 letters, digits, '.', '_' or '-', got {name!r}")
     _positive("--max-batch", max_batch)
-    if not max_body_mb > 0:
-        raise ModelheistError(f"--max-body-mb must be positive, got {max_body_mb}")
+    if not 0 < max_body_mb < 1024**2:
+        raise ModelheistError(f"--max-body-mb must be positive and finite, got {max_body_mb}")
     if not 0 <= port <= 65535:
         raise ModelheistError(f"--port must be between 0 and 65535, got {port}")
     stages = [parse_defense(spec) for spec in defense or []] + parse_output(output)

@@ -28,6 +28,7 @@ class MicroBatcher:
         self._queue: deque[tuple[str, np.ndarray, asyncio.Future[Receipt]]] = deque()
         self._draining = False
         self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None  # a strong reference: asyncio keeps weak ones
 
     async def submit(self, client_id: str, x: np.ndarray) -> Receipt:
         """Answer ``x`` for ``client_id``; raises the error that refused it."""
@@ -36,7 +37,7 @@ class MicroBatcher:
         self._queue.append((client_id, x, future))
         if not self._draining:
             self._draining = True
-            loop.create_task(self._drain())
+            self._task = loop.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:

@@ -86,7 +86,7 @@ class HttpOracle(Oracle):
         headers = {"Content-Type": content_type} if body is not None else None
         try:
             response = self._http().request(method, path, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
             raise ModelheistError(f"cannot reach {self.url}{path}: {exc}") from None
         try:
             document = orjson.loads(response.content)
@@ -110,6 +110,8 @@ class HttpOracle(Oracle):
         if self._info is not None:
             return self
         models = self._request("GET", "/v1/models").get("models", [])
+        if not isinstance(models, list) or not models:
+            raise ModelheistError(f"{self.url} serves no model (is it a modelheist server?)")
         if self.model is None:
             if len(models) != 1:
                 names = ", ".join(m["name"] for m in models) or "none"
@@ -124,8 +126,11 @@ class HttpOracle(Oracle):
                 f"{self.url} reports an unknown output kind {info.get('output')!r}"
             )
         account = self._request("GET", "/v1/account")
-        self._budget = account["budget"]
-        self._used = int(account["queries_used"])
+        try:
+            self._budget = account["budget"]
+            self._used = int(account["queries_used"])
+        except (KeyError, TypeError, ValueError):
+            raise ModelheistError(f"{self.url}/v1/account answered without a budget") from None
         self._info = info
         return self
 

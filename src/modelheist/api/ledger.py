@@ -13,6 +13,7 @@ is enough for keys of that entropy (no dictionary to attack), and it keeps authe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
@@ -273,9 +274,19 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         if exc_type is None:
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback()
+                raise
         else:
-            self._db.execute("ROLLBACK")
+            self._rollback()
+
+    def _rollback(self) -> None:
+        """Leave no transaction open (SQLite does not always roll back a failed one itself)."""
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # the original error is worth reporting
+                self._db.execute("ROLLBACK")
 
 
 def _client(row: Iterable[Any]) -> ClientRecord:

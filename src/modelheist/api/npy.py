@@ -36,17 +36,20 @@ def decode(body: bytes) -> np.ndarray:
             shape, fortran, dtype = npy_format.read_array_header_2_0(stream, max_header_size=4096)
         else:
             raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, EOFError, SyntaxError, TypeError) as exc:
+    except (ValueError, EOFError, SyntaxError, TypeError, RecursionError, MemoryError) as exc:
         raise InvalidQueryError(f"the body is not a valid .npy array: {exc}") from None
     if dtype.hasobject or dtype.kind not in "biuf":
         raise InvalidQueryError(f".npy inputs must be numbers, got dtype {dtype}")
     data = memoryview(body)[stream.tell() :]
-    if any(d < 0 for d in shape):
-        raise InvalidQueryError(f".npy header declares a negative dimension: {shape}")
+    if any(d < 0 or d > np.iinfo(np.intp).max for d in shape):
+        raise InvalidQueryError(f".npy header declares an impossible dimension: {shape}")
     expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     if expected != len(data):
         raise InvalidQueryError(
             f".npy header declares shape {shape} ({expected} bytes) but {len(data)} bytes follow"
         )
-    flat = np.frombuffer(data, dtype=dtype)
-    return flat.reshape(shape, order="F" if fortran else "C")
+    try:
+        flat = np.frombuffer(data, dtype=dtype)
+        return flat.reshape(shape, order="F" if fortran else "C")
+    except ValueError as exc:  # e.g. a zero-size array of absurd dimensions
+        raise InvalidQueryError(f"the body is not a usable .npy array: {exc}") from None

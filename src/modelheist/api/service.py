@@ -107,15 +107,19 @@ class PredictionService:
         self.name = name or f"{model.card.dataset}-{model.card.architecture}"
         self._ledger = ledger
         self._clients: dict[str, ClientState] = {}
+        # _lock serialises answering (forward pass, stages, commit); _cache_lock only guards
+        # the client cache, so that the HTTP event loop never waits for a forward pass.
         self._lock = threading.RLock()
+        self._cache_lock = threading.RLock()
 
     @property
     def ledger(self) -> Ledger:
         """The ledger; a private in-memory one unless one was given."""
-        with self._lock:
-            if self._ledger is None:
-                self._ledger = Ledger.open(None)
-            return self._ledger
+        if self._ledger is None:
+            with self._cache_lock:
+                if self._ledger is None:
+                    self._ledger = Ledger.open(None)
+        return self._ledger
 
     @property
     def pipeline(self) -> str:
@@ -147,13 +151,13 @@ class PredictionService:
     def register_client(self, client_id: str, budget: int | None = None) -> ClientState:
         """Create (or reset) a keyless in-process client with a query budget (None: unlimited)."""
         self.ledger.add_client(client_id, budget, with_key=False, replace=True)
-        with self._lock:
+        with self._cache_lock:
             self._clients.pop(client_id, None)
         return self.client(client_id)
 
     def client(self, client_id: str) -> ClientState:
         """The client's state, loaded from the ledger on first use."""
-        with self._lock:
+        with self._cache_lock:
             state = self._clients.get(client_id)
             if state is None:
                 record = self.ledger.client(client_id)
@@ -174,16 +178,17 @@ class PredictionService:
             return state
 
     def sync_limits(self, record: ClientRecord) -> None:
-        """Adopt a client's limits as the ledger now has them (changed by ``modelheist keys``)."""
-        with self._lock:
-            state = self._clients.get(record.name)
-            if state is not None:
-                state.budget, state.rate = record.budget, record.rate
-                state.admin, state.revoked = record.admin, record.revoked
+        """Adopt a client's limits as the ledger now has them (changed by ``modelheist keys``).
+
+        Plain attribute stores, without the answering lock: the event loop must not wait."""
+        state = self._clients.get(record.name)
+        if state is not None:
+            state.budget, state.rate = record.budget, record.rate
+            state.admin, state.revoked = record.admin, record.revoked
 
     def forget_client(self, client_id: str) -> None:
         """Drop the cached state so that the next use reloads it from the ledger."""
-        with self._lock:
+        with self._cache_lock:
             self._clients.pop(client_id, None)
 
     def validate(self, inputs: object) -> np.ndarray:

@@ -9,6 +9,7 @@ from modelheist.attacks.base import (
 from modelheist.attacks.equation_solving import LogisticEquationSolving, MlpEquationSolving
 from modelheist.attacks.knockoff import KnockoffNets
 from modelheist.attacks.labels_only import AdaptiveRetraining, LowdMeek
+from modelheist.attacks.synthetic import JacobianAugmentation, TargetedRandom
 from modelheist.attacks.tree_path import TreePathFinding
 
 ATTACKS: dict[str, type[ExtractionAttack]] = {
@@ -20,6 +21,8 @@ ATTACKS: dict[str, type[ExtractionAttack]] = {
         LowdMeek,
         AdaptiveRetraining,
         TreePathFinding,
+        JacobianAugmentation,
+        TargetedRandom,
     )
 }
 
@@ -34,5 +37,7 @@ __all__ = [
     "KnockoffNets",
     "LogisticEquationSolving",
     "MlpEquationSolving",
+    "TargetedRandom",
     "TreePathFinding",
+    "JacobianAugmentation",
 ]

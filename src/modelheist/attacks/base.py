@@ -160,3 +160,29 @@ class ExtractionAttack(ABC):
         self, oracle: Oracle, knowledge: AttackerKnowledge, progress: Progress | None
     ) -> tuple[Classifier, np.ndarray, dict[str, Any]]:
         """Return (surrogate, indices of the transfer set queried, attack-specific details)."""
+
+
+def rounding_decimals(p: np.ndarray, most: int = 8) -> int | None:
+    """The number of decimals probabilities are rounded to, or None if they look exact."""
+    for decimals in range(most + 1):
+        scaled = np.asarray(p, np.float64) * 10.0**decimals
+        if np.all(np.abs(scaled - np.round(scaled)) < 1e-6):
+            return decimals
+    return None
+
+
+def exact_probabilities(answer: Answer) -> bool:
+    """Whether the answers are unrounded probability vectors, judged from the values alone (an
+    HTTP API does not say that it rounds)."""
+    return answer.probabilities is not None and rounding_decimals(answer.probabilities) is None
+
+
+def natural_inputs(knowledge: AttackerKnowledge, oracle: Oracle, attack: str) -> np.ndarray:
+    """The attacker's transfer set, checked against the API's input shape."""
+    pool = knowledge.transfer_set
+    if tuple(pool.shape[1:]) != tuple(oracle.input_shape):
+        raise ModelheistError(
+            f"{attack}: transfer-set inputs have shape {tuple(pool.shape[1:])}, the API expects "
+            f"{tuple(oracle.input_shape)}"
+        )
+    return pool

@@ -9,9 +9,9 @@ APIs", USENIX Security '16, §4.1).
   Deliberate design: the d + 1 queries are a centre taken from the attacker's data and the
   centre moved along each coordinate, so the system is diagonal (w_j = (L_j - L_0) / step_j)
   and needs no matrix inversion whatever the features' scales. Under rounded probabilities the
-  equations are inexact: the attack then spends its budget on random queries and fits the
-  log-ratios by least squares over the entries that are not rounded to 0, reporting the
-  residual (Tramèr §8 found rounding to 2-5 decimals slows but does not stop extraction).
+  equations are inexact: the attack then spends its budget on random queries and retrains a
+  softmax regression on the rounded vectors (soft cross-entropy), reporting the excess
+  cross-entropy (Tramèr §8 found rounding to 2-5 decimals slows but does not stop extraction).
 * :class:`MlpEquationSolving` (``tramer-mlp``): for a network with one hidden layer (the
   attacker knows the architecture: d inputs, h tanh units, c outputs) the equations are not
   linear; as Tramèr, the attack queries ``alpha`` times as many inputs as there are unknown
@@ -38,7 +38,7 @@ from torch import nn
 
 from modelheist.api.answer import Answer
 from modelheist.api.oracle import Oracle
-from modelheist.attacks.base import AttackerKnowledge, ExtractionAttack
+from modelheist.attacks.base import AttackerKnowledge, ExtractionAttack, rounding_decimals
 from modelheist.errors import BudgetExceededError, ModelheistError
 from modelheist.models.architectures import Standardize, mlp1, normalisation_stats
 from modelheist.models.classifier import Classifier, LinearModel, ModelCard, TorchClassifier
@@ -62,15 +62,6 @@ def attack_box(oracle: Oracle, data: np.ndarray) -> tuple[np.ndarray, np.ndarray
         low = np.clip(low, *oracle.input_range)
         high = np.clip(high, *oracle.input_range)
     return low, high
-
-
-def rounding_decimals(p: np.ndarray, most: int = 8) -> int | None:
-    """The number of decimals the answers are rounded to, or None if they look exact."""
-    for decimals in range(most + 1):
-        scaled = p * 10.0**decimals
-        if np.all(np.abs(scaled - np.round(scaled)) < 1e-6):
-            return decimals
-    return None
 
 
 def surrogate_card(oracle: Oracle, architecture: str, attack: str, **training: Any) -> ModelCard:
@@ -98,6 +89,10 @@ def fit_softmax_regression(x: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray
     """Fit (d + 1, c) coefficients of softmax(x W + b) to probability vectors by minimising the
     soft cross-entropy (L-BFGS, float64, on standardised features); return them and the excess
     cross-entropy over the targets' own entropy (0: a perfect fit)."""
+    keep = probs.sum(axis=1) > 0  # a vector rounded to all zeros says nothing
+    if not keep.any():
+        raise ModelheistError("every answer was rounded to zeros; nothing to fit")
+    x, probs = x[keep], probs[keep]
     mean, std = x.mean(axis=0), x.std(axis=0)
     std = np.where(std > 0, std, 1.0)
     inputs = torch.from_numpy((x - mean) / std)
@@ -144,8 +139,8 @@ class LogisticEquationSolving(ExtractionAttack):
     centre: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.step > 0:
-            raise ModelheistError(f"tramer-lr: step must be positive, got {self.step}")
+        if not 0 < self.step <= 1:
+            raise ModelheistError(f"tramer-lr: step must lie in (0, 1], got {self.step}")
 
     def _extract(
         self, oracle: Oracle, knowledge: AttackerKnowledge, progress: Progress | None
@@ -166,8 +161,10 @@ class LogisticEquationSolving(ExtractionAttack):
         move = self.step * spread
         if oracle.input_range is not None:  # step inwards where a step outwards leaves the domain
             low, high = oracle.input_range
+            up, down = high - centre, centre - low  # room on each side
+            within = np.where(up >= down, up, -down) * self.step  # step <= 1: stays inside
             move = np.where(centre + move <= high, move, -move)
-            move = np.where(centre + move >= low, move, (high - low) * self.step)
+            move = np.where((centre + move >= low) & (centre + move <= high), move, within)
         design = np.repeat(centre[None], d + 1, axis=0)
         design[np.arange(1, d + 1), np.arange(d)] += move.astype(np.float32)
         design64 = design.astype(np.float64)  # the float32 inputs the API sees, exactly
@@ -238,8 +235,8 @@ class MlpEquationSolving(ExtractionAttack):
     natural_share: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.hidden < 1 or not self.alpha > 0 or self.restarts < 1:
-            raise ModelheistError("tramer-mlp: hidden and restarts must be >= 1, alpha > 0")
+        if self.hidden < 1 or not 0 < self.alpha < 1e6 or self.restarts < 1:
+            raise ModelheistError("tramer-mlp: hidden and restarts must be >= 1, alpha in (0, 1e6)")
 
     def unknowns(self, d: int, c: int) -> int:
         return d * self.hidden + self.hidden + self.hidden * c + c

@@ -48,7 +48,12 @@ from rich.progress import Progress
 
 from modelheist.api.answer import concatenate
 from modelheist.api.oracle import Oracle
-from modelheist.attacks.base import AttackerKnowledge, ExtractionAttack
+from modelheist.attacks.base import (
+    AttackerKnowledge,
+    ExtractionAttack,
+    exact_probabilities,
+    natural_inputs,
+)
 from modelheist.errors import ModelheistError
 from modelheist.models.architectures import MeanOfMembers, build_network, normalisation_stats
 from modelheist.models.classifier import ModelCard, TorchClassifier
@@ -108,12 +113,7 @@ class KnockoffNets(ExtractionAttack):
     def _extract(
         self, oracle: Oracle, knowledge: AttackerKnowledge, progress: Progress | None
     ) -> tuple[TorchClassifier, np.ndarray, dict[str, Any]]:
-        pool = knowledge.transfer_set
-        if tuple(pool.shape[1:]) != tuple(oracle.input_shape):
-            raise ModelheistError(
-                f"transfer set inputs have shape {tuple(pool.shape[1:])}, the API expects "
-                f"{tuple(oracle.input_shape)}"
-            )
+        pool = natural_inputs(knowledge, oracle, self.name)
         rng = np.random.default_rng(knowledge.seed)
         n_query = min(oracle.remaining, len(pool))
         if n_query < knowledge.budget:
@@ -139,9 +139,7 @@ class KnockoffNets(ExtractionAttack):
         targets = answer.soft_targets(num_classes)
         # Distil at temperature T only from exact probability vectors: rounded or top-k answers
         # hold zeros whose logarithm carries no information.
-        exact = answer.kind == "probabilities" and not any(
-            f.startswith("rounded") for f in answer.flags
-        )
+        exact = exact_probabilities(answer)
         temperature = self.temperature if exact else 1.0
         x_lab = pool[queried]
 

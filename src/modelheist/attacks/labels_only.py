@@ -27,7 +27,7 @@ from rich.progress import Progress
 from modelheist.api.oracle import Oracle
 from modelheist.attacks.base import AttackerKnowledge, ExtractionAttack
 from modelheist.attacks.equation_solving import attack_box, flat_features, surrogate_card
-from modelheist.errors import ModelheistError
+from modelheist.errors import BudgetExceededError, ModelheistError
 from modelheist.models.classifier import Classifier, LinearModel
 
 
@@ -47,6 +47,8 @@ class _Labeler:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.atleast_2d(np.asarray(x, np.float32))
+        if self.oracle.input_range is not None:  # probes stay in the API's domain
+            x = np.clip(x, *self.oracle.input_range)
         self.queries += len(x)
         return self.oracle.query(x.reshape(len(x), *self.oracle.input_shape)).labels
 
@@ -66,6 +68,17 @@ class LowdMeek(ExtractionAttack):
     ) -> tuple[Classifier, np.ndarray, dict[str, Any]]:
         _require_binary(self.name, oracle)
         data = flat_features(knowledge)
+        least = data.shape[1] * (self.steps + 2) + self.steps  # one bracket per feature at best
+        budget = (
+            knowledge.budget
+            if oracle.remaining is None
+            else min(knowledge.budget, oracle.remaining)
+        )
+        if budget < least:
+            raise BudgetExceededError(
+                f"lowd-meek needs at least {least} queries for {data.shape[1]} features "
+                f"({self.steps} bisection steps each); the budget allows {budget}"
+            )
         label = _Labeler(oracle)
         rng = np.random.default_rng(knowledge.seed)
         order = rng.permutation(len(data))

@@ -26,8 +26,10 @@ def read_inputs(path: Path, input_shape: tuple[int, ...]) -> tuple[np.ndarray, l
         raise ModelheistError(f"{path}: inputs must be a .npy file or a folder of images")
     try:
         x = np.load(path, allow_pickle=False)
-    except ValueError as exc:
+    except (ValueError, EOFError, OSError) as exc:
         raise ModelheistError(f"{path} is not a numeric .npy array: {exc}") from None
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in "iuf":
+        raise ModelheistError(f"{path} must hold a numeric array")
     if tuple(x.shape) == tuple(input_shape):
         x = x[None]
     if x.ndim != len(input_shape) + 1 or tuple(x.shape[1:]) != tuple(input_shape):
@@ -35,6 +37,8 @@ def read_inputs(path: Path, input_shape: tuple[int, ...]) -> tuple[np.ndarray, l
             f"{path} holds an array of shape {x.shape}; the model takes (n, "
             f"{', '.join(map(str, input_shape))})"
         )
+    if len(x) == 0:
+        raise ModelheistError(f"{path} holds no inputs")
     return x, [f"{path.name}[{i}]" for i in range(len(x))]
 
 

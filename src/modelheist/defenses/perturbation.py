@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -41,9 +42,9 @@ class ReverseSigmoid(Defense):
     requires_probabilities: ClassVar[bool] = True
 
     def __init__(self, beta: float = 0.7, gamma: float = 0.4):
-        if not beta > 0 or not gamma > 0:
+        if not (0 < beta < math.inf and 0 < gamma < math.inf):
             raise ModelheistError(
-                f"reverse-sigmoid: beta and gamma must be positive, got {beta}, {gamma}"
+                f"reverse-sigmoid: beta and gamma must be positive and finite, got {beta}, {gamma}"
             )
         self.beta = beta
         self.gamma = gamma
@@ -66,8 +67,8 @@ class GaussianNoise(Defense):
     requires_probabilities: ClassVar[bool] = True
 
     def __init__(self, sigma: float = 0.05, seed: int = 0):
-        if not sigma > 0:
-            raise ModelheistError(f"noise: sigma must be positive, got {sigma}")
+        if not 0 < sigma < math.inf:
+            raise ModelheistError(f"noise: sigma must be positive and finite, got {sigma}")
         self.sigma = sigma
         self.seed = seed
 

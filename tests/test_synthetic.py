@@ -1,0 +1,75 @@
+"""JBDA (Papernot et al. '17) and T-RND (PRADA, Juuti et al. '19): seeds plus synthetic queries."""
+
+import numpy as np
+import pytest
+
+from modelheist.api import LocalOracle, PredictionService
+from modelheist.attacks import AttackerKnowledge, JacobianAugmentation, TargetedRandom
+from modelheist.defenses import parse_output
+from modelheist.errors import BudgetExceededError, ModelheistError
+from modelheist.experiments.extraction import Evaluation
+
+FAST = {
+    "epochs": 4,
+    "final_epochs": 15,
+    "min_steps": 150,
+    "learning_rates": (2e-3, 8e-3),
+    "folds": 2,
+}
+
+
+@pytest.mark.parametrize("attack_class", [JacobianAugmentation, TargetedRandom])
+def test_duplication_rounds_spend_the_budget_and_learn(attack_class, digits_cnn, digits):
+    service = PredictionService(digits_cnn, parse_output("labels"))
+    oracle = LocalOracle.for_new_client(service, None)
+    result = attack_class(**FAST).run(oracle, AttackerKnowledge(digits.pool.x, 400, "cnn", seed=0))
+    assert result.queries_used == 400 == service.client("attacker").queries_used
+    assert result.details["seeds"] == 100 and result.details["rounds"] == 2
+    assert set(result.details["cv_agreement"]) == {"0.002", "0.008"}
+    _, fidelity_test, _ = Evaluation.of(digits_cnn, digits.test).score(result.surrogate)
+    assert fidelity_test >= 0.8, fidelity_test  # 0.9+ measured
+
+
+def test_t_rnd_moves_inputs_towards_random_other_classes(digits_cnn, digits):
+    attack = TargetedRandom(epsilon=0.3, steps=5)
+    x = digits.test.x[:64].astype(np.float32)
+    labels = digits_cnn.predict_proba(x).argmax(1)
+    crafted = attack._craft(digits_cnn, x, labels, 0, np.random.default_rng(0))
+    assert np.abs(crafted - x).max() <= 0.3 + 1e-6
+    moved = (
+        digits_cnn.predict_proba(np.clip(crafted, 0, 1).astype(np.float32)).argmax(1) != labels
+    ).mean()
+    assert moved >= 0.5, moved  # a targeted step flips the white-box model's label
+
+
+def test_jbda_steps_follow_the_jacobian_sign(digits_cnn, digits):
+    x = digits.test.x[:8].astype(np.float32)
+    labels = digits_cnn.predict_proba(x).argmax(1)
+    up = JacobianAugmentation(step=0.05)._craft(digits_cnn, x, labels, 0, np.random.default_rng(0))
+    down = JacobianAugmentation(step=0.05, tau=1)._craft(
+        digits_cnn, x, labels, 1, np.random.default_rng(0)
+    )
+    np.testing.assert_allclose(np.abs(up - x)[up != x], 0.05, atol=1e-6)
+    np.testing.assert_allclose(up - x, -(down - x), atol=1e-6)  # the periodic sign flip
+
+
+def test_bad_settings_and_budgets(digits_cnn, digits):
+    with pytest.raises(ModelheistError, match="epsilon"):
+        TargetedRandom(epsilon=0)
+    with pytest.raises(ModelheistError, match="step"):
+        JacobianAugmentation(step=-1)
+    oracle = LocalOracle.for_new_client(PredictionService(digits_cnn), None)
+    with pytest.raises(BudgetExceededError, match="seeds"):
+        JacobianAugmentation().run(oracle, AttackerKnowledge(digits.pool.x, 50, "cnn"))
+    assert oracle.queries_used == 0
+
+
+def test_final_surrogate_can_be_an_ensemble(digits_cnn, digits):
+    oracle = LocalOracle.for_new_client(PredictionService(digits_cnn), None)
+    attack = JacobianAugmentation(**{**FAST, "learning_rates": (2e-3,)}, members=2)
+    result = attack.run(oracle, AttackerKnowledge(digits.pool.x, 200, "cnn", seed=0))
+    assert (
+        result.surrogate.card.members == 2
+        and result.surrogate.card.classes == digits_cnn.card.classes
+    )
+    assert result.details["cv_agreement"] == {}  # one learning rate: nothing to search
