@@ -227,3 +227,20 @@ def test_micro_batch_isolates_a_request_whose_output_is_not_finite(digits_cnn, d
     assert results[0].queries_used == 3 and results[2].queries_used == 4
     assert service.client("b").queries_used == 0 and service.ledger.audit("b") == []
     assert len(service.ledger.audit("a")) == 4
+
+
+def test_budget_released_by_a_refused_request_serves_the_next_one(digits_cnn, digits):
+    class NaNOnBright:
+        card = digits_cnn.card
+
+        def predict_proba(self, x):
+            p = digits_cnn.predict_proba(x).astype(np.float64)
+            p[x.reshape(len(x), -1).mean(axis=1) > 0.9] = np.nan
+            return p
+
+    service = PredictionService(NaNOnBright())
+    service.register_client("a", budget=10)
+    bright = np.ones((8, 1, 8, 8), np.float32)
+    results = service.answer_many([("a", bright), ("a", digits.test.x[:5])])
+    assert isinstance(results[0], InvalidQueryError)  # refused: its 8 reserved queries return
+    assert results[1].queries_used == 5 and results[1].queries_remaining == 5

@@ -307,6 +307,19 @@ class PredictionService:
                 results[i] = Receipt(
                     answer, used_after, None if budget is None else budget - used_after
                 )
+            # A request refused after admission released the budget it had reserved: give the
+            # same clients' requests that were refused for lack of it another chance.
+            released = {requests[i][0] for i in accepted if not isinstance(results[i], Receipt)}
+            retry = [
+                i
+                for i, result in enumerate(results)
+                if isinstance(result, BudgetExceededError) and requests[i][0] in released
+            ]
+            if retry:
+                for i, result in zip(
+                    retry, self.answer_many([requests[i] for i in retry]), strict=True
+                ):
+                    results[i] = result
         return results  # type: ignore[return-value]
 
     @staticmethod
