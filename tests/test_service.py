@@ -209,16 +209,20 @@ def test_inputs_outside_the_declared_range_are_refused(digits_cnn, digits):
     assert service.client("c").queries_used == 0
 
 
+class NaNOnBright:
+    """A victim whose output is not finite for bright inputs (as an overflowing network's)."""
+
+    def __init__(self, model):
+        self.model, self.card = model, model.card
+
+    def predict_proba(self, x):
+        p = self.model.predict_proba(x).astype(np.float64)
+        p[x.reshape(len(x), -1).mean(axis=1) > 0.9] = np.nan
+        return p
+
+
 def test_micro_batch_isolates_a_request_whose_output_is_not_finite(digits_cnn, digits):
-    class NaNOnBright:
-        card = digits_cnn.card
-
-        def predict_proba(self, x):
-            p = digits_cnn.predict_proba(x).astype(np.float64)
-            p[x.reshape(len(x), -1).mean(axis=1) > 0.9] = np.nan
-            return p
-
-    service = PredictionService(NaNOnBright())
+    service = PredictionService(NaNOnBright(digits_cnn))
     service.register_client("a")
     service.register_client("b")
     good, bright = digits.test.x[:3], np.ones((2, 1, 8, 8), np.float32)
@@ -230,15 +234,7 @@ def test_micro_batch_isolates_a_request_whose_output_is_not_finite(digits_cnn, d
 
 
 def test_budget_released_by_a_refused_request_serves_the_next_one(digits_cnn, digits):
-    class NaNOnBright:
-        card = digits_cnn.card
-
-        def predict_proba(self, x):
-            p = digits_cnn.predict_proba(x).astype(np.float64)
-            p[x.reshape(len(x), -1).mean(axis=1) > 0.9] = np.nan
-            return p
-
-    service = PredictionService(NaNOnBright())
+    service = PredictionService(NaNOnBright(digits_cnn))
     service.register_client("a", budget=10)
     bright = np.ones((8, 1, 8, 8), np.float32)
     results = service.answer_many([("a", bright), ("a", digits.test.x[:5])])
