@@ -16,7 +16,7 @@ from modelheist.attacks import (
 )
 from modelheist.data import load_dataset
 from modelheist.defenses import parse_output
-from modelheist.errors import BudgetExceededError, IncompatibleOutputError
+from modelheist.errors import BudgetExceededError, IncompatibleOutputError, ModelheistError
 from modelheist.experiments.extraction import Evaluation
 from modelheist.models import TrainConfig, train_model
 
@@ -113,7 +113,7 @@ def test_adaptive_retraining_within_ten_d_plus_1_queries(breast_cancer, cancer_l
 
 def test_labels_only_attacks_need_a_binary_api(wine, wine_lr):
     oracle = LocalOracle.for_new_client(PredictionService(wine_lr, parse_output("labels")), None)
-    with pytest.raises(Exception, match="binary"):
+    with pytest.raises(ModelheistError, match="binary"):
         LowdMeek().run(oracle, AttackerKnowledge(wine.pool.x, 100))
 
 
@@ -132,5 +132,5 @@ def test_lowd_meek_refuses_a_budget_it_cannot_finish_with(breast_cancer, cancer_
     with pytest.raises(BudgetExceededError, match="at least"):
         LowdMeek().run(oracle, AttackerKnowledge(breast_cancer.pool.x, 100))
     assert oracle.queries_used == 0
-    with pytest.raises(Exception, match="step"):
+    with pytest.raises(ModelheistError, match="step"):
         LogisticEquationSolving(step=2.0)

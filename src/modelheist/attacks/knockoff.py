@@ -55,9 +55,9 @@ from modelheist.attacks.base import (
     natural_inputs,
 )
 from modelheist.errors import ModelheistError
-from modelheist.models.architectures import MeanOfMembers, build_network, normalisation_stats
+from modelheist.models.architectures import build_network, normalisation_stats
 from modelheist.models.classifier import ModelCard, TorchClassifier
-from modelheist.models.training import TrainConfig, train_network
+from modelheist.models.training import TrainConfig, train_members, train_network
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +157,14 @@ class KnockoffNets(ExtractionAttack):
         net = build_network(
             card.architecture, card.input_shape, num_classes, mean, std, seed, self.members
         )
-        # an ensemble's members are trained independently, each from its own seed
-        for i, member in enumerate(net.members if isinstance(net, MeanOfMembers) else [net]):
-            config = self._config(len(x_lab), self.epochs, seed + i, temperature)
-            train_network(member, x_lab, targets, config, progress, "train surrogate")
+        train_members(
+            net,
+            x_lab,
+            targets,
+            lambda i: self._config(len(x_lab), self.epochs, seed + i, temperature),
+            progress,
+            "train surrogate",
+        )
         surrogate = TorchClassifier(net, card)
 
         n_unlabeled = len(rest) if self.unlabeled is None else min(self.unlabeled, len(rest))

@@ -41,9 +41,9 @@ from modelheist.attacks.base import (
     natural_inputs,
 )
 from modelheist.errors import BudgetExceededError, ModelheistError
-from modelheist.models.architectures import MeanOfMembers, build_network, normalisation_stats
+from modelheist.models.architectures import build_network, normalisation_stats
 from modelheist.models.classifier import ModelCard, TorchClassifier
-from modelheist.models.training import TrainConfig, train_network
+from modelheist.models.training import TrainConfig, train_members, train_network
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +174,14 @@ class _SyntheticQueries(ExtractionAttack):
         net = build_network(
             card.architecture, card.input_shape, len(classes), mean, std, seed, members
         )
-        # an ensemble's members are trained independently, each from its own seed
-        for i, member in enumerate(net.members if isinstance(net, MeanOfMembers) else [net]):
-            config = self._config(len(x), epochs, lr, seed + i, exact)
-            train_network(member, x, targets, config, progress, f"{self.name}: train ({len(x)})")
+        train_members(
+            net,
+            x,
+            targets,
+            lambda i: self._config(len(x), epochs, lr, seed + i, exact),
+            progress,
+            f"{self.name}: train ({len(x)})",
+        )
         return TorchClassifier(net, card)
 
     def _cv_search(

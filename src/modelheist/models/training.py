@@ -24,6 +24,7 @@ from modelheist.metrics import accuracy
 from modelheist.models.architectures import (
     CLASSICAL_ARCHITECTURES,
     TORCH_ARCHITECTURES,
+    MeanOfMembers,
     architecture_names,
     build_network,
     normalisation_stats,
@@ -232,3 +233,17 @@ def train_model(
     card.metrics["test_accuracy"] = accuracy(model, dataset.test.x, dataset.test.y)
     card.metrics["train_accuracy"] = accuracy(model, dataset.train.x, dataset.train.y)
     return model
+
+
+def train_members(
+    net: nn.Module,
+    x: np.ndarray,
+    targets: np.ndarray,
+    config_for: Callable[[int], TrainConfig],
+    progress: Progress | None = None,
+    description: str = "training",
+) -> None:
+    """Train a network, or each member of a :class:`MeanOfMembers` ensemble independently;
+    member i is trained with ``config_for(i)`` (its own seed)."""
+    for i, member in enumerate(net.members if isinstance(net, MeanOfMembers) else [net]):
+        train_network(member, x, targets, config_for(i), progress, description)
