@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test bench bench-serve bench-tramer bench-synthetic lint data clean
+.PHONY: setup demo test bench bench-serve bench-tramer bench-synthetic bench-adaptive lint data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -42,6 +42,9 @@ bench-tramer: setup
 
 bench-synthetic: setup
 	$(BIN)/python benchmarks/synthetic.py
+
+bench-adaptive: setup data
+	$(BIN)/python benchmarks/adaptive_knockoff.py
 
 bench-serve: setup
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

@@ -38,9 +38,17 @@ from modelheist.models.classifier import ModelCard, TorchClassifier
 
 
 def art_knockoff(
-    victim: TorchClassifier, pool: np.ndarray, budget: int, use_probability: bool, seed: int
+    victim: TorchClassifier,
+    pool: np.ndarray,
+    budget: int,
+    use_probability: bool,
+    seed: int,
+    sampling_strategy: str = "random",
+    reward: str = "all",
+    y: np.ndarray | None = None,
 ):
-    """ART's random KnockoffNets against the same victim; returns the surrogate."""
+    """ART's KnockoffNets against the same victim; returns the surrogate. The adaptive strategy
+    takes the transfer set's labels ``y`` as its arms."""
     from art.attacks.extraction import KnockoffNets as ArtKnockoffNets
     from art.estimators.classification import PyTorchClassifier
 
@@ -73,11 +81,12 @@ def art_knockoff(
         batch_size_query=64,
         nb_epochs=10,
         nb_stolen=budget,
-        sampling_strategy="random",
+        sampling_strategy=sampling_strategy,
+        reward=reward,
         use_probability=use_probability,
         verbose=False,
     )
-    stolen = attack.extract(x=pool, thieved_classifier=thief)
+    stolen = attack.extract(x=pool, y=y, thieved_classifier=thief)
     card = ModelCard(
         "cnn", "surrogate", victim.card.classes, list(shape), {"mean": mean, "std": std}
     )

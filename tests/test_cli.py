@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from modelheist.models import save_model
@@ -82,11 +83,28 @@ MISTAKES = [
     (f"{ATTACK} digits --budget 5", "cannot be fitted"),
     (f"{ATTACK} breast-cancer --budget 5 --out {{victim}}", "already exists"),
     ("attack knockoff --victim {tmp}/none --transfer-set digits --budget 5", "does not exist"),
+    (f"{ATTACK} breast-cancer --budget 5 --strategy greedy", "unknown Knockoff strategy"),
+    (f"{ATTACK} breast-cancer --budget 5 --strategy adaptive --rewards cert,fun", "reward"),
+    (f"{ATTACK} breast-cancer --budget 5 --transfer-labels {{tmp}}/y.npy", "adaptive only"),
+    (
+        f"{ATTACK} breast-cancer --budget 5 --strategy adaptive --transfer-labels {{tmp}}/y.npy",
+        "y.npy",
+    ),  # fmt: skip
+    (
+        f"{ATTACK} breast-cancer --budget 5 --strategy adaptive --transfer-labels {{tmp}}/f.npy",
+        "1-D integer array",
+    ),  # fmt: skip
+    (
+        f"{ATTACK} breast-cancer --budget 5 --strategy adaptive --transfer-labels {{tmp}}/i.npy",
+        "one per transfer-set input",
+    ),  # fmt: skip
 ]
 
 
 @pytest.mark.parametrize(("command", "needle"), MISTAKES)
 def test_user_mistakes_give_one_line_and_exit_2(tmp_path, victim_dir, command, needle):
+    np.save(tmp_path / "f.npy", np.zeros(3, np.float32))
+    np.save(tmp_path / "i.npy", np.zeros(3, np.int64))
     formatted = command.format(tmp=tmp_path, victim=victim_dir).split()
     before = sorted(p.name for p in victim_dir.iterdir())
     assert_one_line_error(run(*formatted), needle)
@@ -159,6 +177,8 @@ def test_tree_path_finding_from_the_command_line(tmp_path, breast_cancer):
     assert_one_line_error(
         run(*f"attack tree-path --victim {tree_dir} --budget 5000 --no-leaves".split()), "--leaves"
     )
-    assert_one_line_error(
-        run(*f"attack tree-path --victim {tree_dir} --budget 100".split()), "budget"
-    )
+    short = run(*f"attack tree-path --victim {tree_dir} --budget 100 --out {tmp_path}/p".split())
+    assert short.returncode == 3, short.stderr  # cut short by its budget: keeps what it bought
+    assert "budget of 100 queries" in short.stderr and f"{tmp_path}/p" in short.stderr
+    assert len(np.load(tmp_path / "p" / "query_log.npz")["labels"]) == 100
+    assert (tmp_path / "p" / "card.json").exists()

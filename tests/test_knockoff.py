@@ -83,8 +83,14 @@ def test_same_seed_same_surrogate(digits_cnn, digits):
 
 
 def test_bad_parameters_and_shapes(digits_cnn, digits):
-    with pytest.raises(ModelheistError):
-        KnockoffNets(strategy="adaptive")
+    with pytest.raises(ModelheistError, match="random, adaptive"):
+        KnockoffNets(strategy="greedy")
+    with pytest.raises(ModelheistError, match="reward"):
+        KnockoffNets(strategy="adaptive", rewards=("cert", "fun"))
+    with pytest.raises(ModelheistError, match="finite step"):
+        KnockoffNets(strategy="adaptive", bandit_step=float("inf"))
+    with pytest.raises(ModelheistError, match="one per transfer-set"):
+        AttackerKnowledge(digits.pool.x, budget=5, transfer_labels=np.zeros(3, np.int64))
     with pytest.raises(ModelheistError, match="at least 1"):
         AttackerKnowledge(digits.pool.x, budget=0)
     service = PredictionService(digits_cnn)

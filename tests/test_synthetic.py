@@ -15,6 +15,7 @@ FAST = {
     "min_steps": 150,
     "learning_rates": (2e-3, 8e-3),
     "folds": 2,
+    "members": 1,
 }
 
 
@@ -66,7 +67,7 @@ def test_bad_settings_and_budgets(digits_cnn, digits):
 
 def test_final_surrogate_can_be_an_ensemble(digits_cnn, digits):
     oracle = LocalOracle.for_new_client(PredictionService(digits_cnn), None)
-    attack = JacobianAugmentation(**{**FAST, "learning_rates": (2e-3,)}, members=2)
+    attack = JacobianAugmentation(**{**FAST, "learning_rates": (2e-3,), "members": 2})
     result = attack.run(oracle, AttackerKnowledge(digits.pool.x, 200, "cnn", seed=0))
     assert (
         result.surrogate.card.members == 2

@@ -106,3 +106,15 @@ def test_path_finding_over_http_with_null_for_missing(cancer_tree, breast_cancer
             result = TreePathFinding().run(oracle, AttackerKnowledge(breast_cancer.pool.x, 100_000))
             _, ft, fu = Evaluation.of(cancer_tree, breast_cancer.test).score(result.surrogate)
             assert ft == fu == 1.0 and result.details["incomplete_queries"]
+
+
+@pytest.mark.parametrize("incomplete", [False, True], ids=["complete", "incomplete"])
+def test_nominal_one_hot_features(incomplete):
+    """Auto MPG's nominal origin enters the tree one-hot, as scikit-learn trees take it."""
+    from modelheist.data import load_dataset
+
+    data = load_dataset("auto-mpg", seed=1)  # a split whose tree tests origin twice
+    tree = train_model(data, "tree")
+    assert {6, 7, 8} & set(tree.feature[tree.children_left >= 0].tolist())  # splits on origin
+    result, ft, fu = extract(tree, data, incomplete, output="probs")
+    assert ft == fu == 1.0, (ft, fu)

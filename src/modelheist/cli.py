@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from modelheist.api.oracle import Oracle
     from modelheist.attacks.base import ExtractionAttack
+    from modelheist.attacks.interruption import AttackInterrupted
     from modelheist.experiments.extraction import Evaluation
     from modelheist.models.classifier import Classifier
 
@@ -271,23 +272,34 @@ ApiKeyOption = Annotated[
 ]
 
 
+TransferOption = Annotated[
+    str | None,
+    typer.Option(help="Dataset the attacker holds (default: the victim's own task's data)."),
+]
+BudgetOption = Annotated[int, typer.Option(help="Maximum number of queries (hard limit).")]
+OutOption = Annotated[Path | None, typer.Option(help="New folder for the surrogate model.")]
+JsonOption = Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")]
+SeedOption = Annotated[int, typer.Option(help="Seed of every random choice.")]
+MembersOption = Annotated[
+    int, typer.Option(help="Final surrogate: an ensemble of this many networks.")
+]
+OutputOption = Annotated[
+    str | None, typer.Option(help="Output of the local victim: probs, labels, round:N, ...")
+]
+
+
 @attack_app.command("knockoff")
 @user_errors
 def attack_knockoff(
-    transfer_set: Annotated[str, typer.Option(help="Dataset the attacker queries with.")],
-    budget: Annotated[int, typer.Option(help="Maximum number of queries (hard limit).")],
+    budget: BudgetOption,
     victim: VictimOption = None,
     target: TargetOption = None,
     api_key: ApiKeyOption = None,
-    output: Annotated[
-        str | None,
-        typer.Option(help="Output of the local victim: probs, labels, top-k:K, round:N, ..."),
-    ] = None,
-    out: Annotated[Path | None, typer.Option(help="New folder for the surrogate model.")] = None,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write the figures as JSON.")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of sampling and training.")] = 0,
+    output: OutputOption = None,
+    transfer_set: TransferOption = None,
+    out: OutOption = None,
+    json_path: JsonOption = None,
+    seed: SeedOption = 0,
     epochs: Annotated[int, typer.Option(help="Surrogate training epochs.")] = 60,
     temperature: Annotated[
         float, typer.Option(help="Distillation temperature (1: the paper's plain KL).")
@@ -301,25 +313,58 @@ def attack_knockoff(
     rounds: Annotated[
         int, typer.Option(help="Self-training rounds on the unqueried transfer inputs (0: off).")
     ] = 0,
-    members: Annotated[
-        int, typer.Option(help="Train an ensemble of this many surrogates on the same answers.")
-    ] = 1,
+    members: MembersOption = 1,
+    strategy: Annotated[
+        str, typer.Option(help="Sampling: random, or adaptive (gradient bandit, §4.1.2).")
+    ] = "random",
+    transfer_labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="Adaptive: .npy of one integer label per transfer-set input (the transfer "
+            "set's own annotation), the bandit's arms; default: k-means clusters."
+        ),
+    ] = None,
+    clusters: Annotated[int, typer.Option(help="Adaptive: k-means clusters as arms.")] = 30,
+    rewards: Annotated[
+        str, typer.Option(help="Adaptive: comma-separated rewards among cert, div, loss.")
+    ] = "cert,div,loss",
 ) -> None:
-    """Knockoff Nets (random strategy) against a victim folder or a served URL."""
+    """Knockoff Nets (random or adaptive strategy) against a victim folder or a served URL."""
     from modelheist.attacks import KnockoffNets
 
+    if transfer_labels is not None and strategy != "adaptive":
+        raise ModelheistError("--transfer-labels is used by --strategy adaptive only")
     attack = KnockoffNets(
+        strategy=strategy,  # type: ignore[arg-type]  # checked by KnockoffNets
         epochs=_positive("--epochs", epochs),
         temperature=temperature,
         temperature_weight=temperature_weight,
         unlabeled=unlabeled,
         rounds=rounds,
         members=_positive("--members", members),
+        clusters=_positive("--clusters", clusters),
+        rewards=tuple(r.strip() for r in rewards.split(",")),  # type: ignore[arg-type]
     )
+    labels = _read_labels(transfer_labels) if transfer_labels is not None else None
     _run_attack(
         attack, victim, target, api_key, output, transfer_set, budget, seed, out, json_path,
-        "Knockoff Nets",
+        f"Knockoff Nets ({strategy})", transfer_labels=labels,
     )  # fmt: skip
+
+
+def _read_labels(path: Path) -> np.ndarray:
+    """A .npy file of integer labels (never unpickled)."""
+    import numpy as np
+
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise ModelheistError(f"{path} is not a .npy array of integers: {exc}") from None
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ModelheistError(
+            f"{path} must hold a 1-D integer array, not {labels.dtype} of shape {labels.shape}"
+        )
+    return labels.astype(np.int64)
 
 
 def _run_attack(
@@ -335,8 +380,10 @@ def _run_attack(
     json_path: Path | None,
     title: str,
     service_options: dict[str, Any] | None = None,
+    transfer_labels: np.ndarray | None = None,
 ) -> None:
     """Run ``attack`` against --victim or --target, print and save what it measured."""
+    from modelheist.attacks.interruption import AttackInterrupted
     from modelheist.experiments.extraction import measure_extraction
     from modelheist.models import save_model
     from modelheist.models.store import load_card
@@ -350,19 +397,23 @@ def _run_attack(
             raise ModelheistError("name the attacker's data: --transfer-set DATASET")
         transfer_set = load_card(victim).dataset
     where = _attack_target(victim, target, api_key, output, transfer_set, seed, service_options)
-    with progress_bar() as progress:
-        result, m = measure_extraction(
-            where.victim,
-            attack,
-            where.transfer_set,
-            where.evaluation,
-            budget,
-            where.output,
-            transfer_set,
-            seed,
-            progress=progress,
-            oracle=where.oracle,
-        )
+    try:
+        with progress_bar() as progress:
+            result, m = measure_extraction(
+                where.victim,
+                attack,
+                where.transfer_set,
+                where.evaluation,
+                budget,
+                where.output,
+                transfer_set,
+                seed,
+                progress=progress,
+                oracle=where.oracle,
+                transfer_labels=transfer_labels,
+            )
+    except AttackInterrupted as stop:
+        _keep_partial(stop, out, json_path, seed)
     if out is not None:
         save_model(result.surrogate, out)
     row = asdict(m)
@@ -372,20 +423,39 @@ def _run_attack(
     )
 
 
-TransferOption = Annotated[
-    str | None,
-    typer.Option(help="Dataset the attacker holds (default: the victim's own task's data)."),
-]
-BudgetOption = Annotated[int, typer.Option(help="Maximum number of queries (hard limit).")]
-OutOption = Annotated[Path | None, typer.Option(help="New folder for the surrogate model.")]
-JsonOption = Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")]
-SeedOption = Annotated[int, typer.Option(help="Seed of every random choice.")]
-MembersOption = Annotated[
-    int, typer.Option(help="Final surrogate: an ensemble of this many networks.")
-]
-OutputOption = Annotated[
-    str | None, typer.Option(help="Output of the local victim: probs, labels, round:N, ...")
-]
+def _keep_partial(stop: AttackInterrupted, out: Path | None, json_path: Path | None, seed: int):
+    """Save an interrupted attack's query log and partial surrogate, say where, exit 3."""
+    from modelheist.models import save_model
+
+    folder = out or _unused_folder(Path(f"{stop.attack}-partial"))
+    folder.mkdir(parents=True)
+    stop.log.save(folder / "query_log.npz")
+    if stop.partial is not None:
+        save_model(stop.partial, folder, overwrite=True)
+    document = {
+        "attack": stop.attack,
+        "interrupted": str(stop.reason),
+        "queries_used": len(stop.log),
+        "partial_surrogate": stop.partial is not None,
+        "params": stop.params,
+        "seed": seed,
+    }
+    (folder / "interrupted.json").write_text(json.dumps(document, indent=2) + "\n")
+    _write_json(json_path, document)
+    kept = "the partial surrogate and its query log" if stop.partial else "the query log"
+    err_console.print(
+        f"[red]error:[/red] {stop}; {kept} were saved to {folder}", highlight=False, soft_wrap=True
+    )
+    raise typer.Exit(3)
+
+
+def _unused_folder(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``, ... whichever does not exist yet."""
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
 
 
 @attack_app.command("tramer-lr")
@@ -524,7 +594,7 @@ def attack_t_rnd(
     seeds_per_class: Annotated[int, typer.Option(help="Natural seeds per class.")] = 10,
     epsilon: Annotated[float, typer.Option(help="L-infinity size of each synthetic step.")] = 0.25,
     steps: Annotated[int, typer.Option(help="I-FGSM iterations per synthetic input.")] = 4,
-    members: MembersOption = 1,
+    members: MembersOption = 3,
 ) -> None:
     """PRADA's T-RND: synthetic queries by targeted I-FGSM towards random classes."""
     from modelheist.attacks import TargetedRandom

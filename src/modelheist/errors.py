@@ -46,6 +46,10 @@ class RateLimitedError(ModelheistError):
         self.retry_after = retry_after
 
 
+class ApiUnreachableError(ModelheistError):
+    """An HTTP API could not be reached (connection refused or reset, timeout, bad address)."""
+
+
 class ServiceUnavailableError(ModelheistError):
     """The service could not record an answer (e.g. its state database failed): nothing was
     answered or counted (HTTP 503)."""

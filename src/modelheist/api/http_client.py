@@ -20,6 +20,7 @@ from modelheist.api import npy
 from modelheist.api.answer import Answer, OutputKind
 from modelheist.api.oracle import Oracle
 from modelheist.errors import (
+    ApiUnreachableError,
     AuthenticationError,
     BudgetExceededError,
     ForbiddenError,
@@ -87,7 +88,7 @@ class HttpOracle(Oracle):
         try:
             response = self._http().request(method, path, content=body, headers=headers)
         except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
-            raise ModelheistError(f"cannot reach {self.url}{path}: {exc}") from None
+            raise ApiUnreachableError(f"cannot reach {self.url}{path}: {exc}") from None
         try:
             document = orjson.loads(response.content)
         except orjson.JSONDecodeError:

@@ -19,6 +19,12 @@ from rich.progress import Progress
 
 from modelheist.api.answer import Answer, OutputKind
 from modelheist.api.oracle import Oracle
+from modelheist.attacks.interruption import (
+    STOPPING_ERRORS,
+    AttackInterrupted,
+    QueryLog,
+    partial_surrogate,
+)
 from modelheist.errors import BudgetExceededError, IncompatibleOutputError, ModelheistError
 from modelheist.models.classifier import Classifier
 
@@ -29,17 +35,28 @@ class AttackerKnowledge:
 
     ``transfer_set`` holds natural inputs the attacker may query, already in the victim's input
     shape; ``surrogate_architecture`` names the network the attacker trains; ``budget`` is the
-    hard limit on queries.
+    hard limit on queries. ``transfer_labels`` optionally gives the transfer set's own
+    annotation (e.g. ImageNet's classes for an ImageNet transfer set, not the victim's task),
+    one integer per input, which adaptive Knockoff Nets uses as its bandit's arms.
     """
 
     transfer_set: np.ndarray
     budget: int
     surrogate_architecture: str = "cnn"
     seed: int = 0
+    transfer_labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.budget < 1:
             raise ModelheistError(f"the query budget must be at least 1, got {self.budget}")
+        labels = self.transfer_labels
+        if labels is not None and (
+            labels.shape != (len(self.transfer_set),) or labels.dtype.kind not in "iu"
+        ):
+            raise ModelheistError(
+                f"transfer labels must be {len(self.transfer_set)} integers, one per transfer-set "
+                f"input; got an array of shape {labels.shape} and dtype {labels.dtype}"
+            )
 
 
 @dataclass
@@ -64,6 +81,8 @@ class BudgetedOracle(Oracle):
         self.limit = limit
         self.spent = 0
         self.max_batch = inner.max_batch
+        self.log = QueryLog()
+        self.stopped_by: ModelheistError | None = None  # the error that ended the queries
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -105,13 +124,18 @@ class BudgetedOracle(Oracle):
         return self.spent
 
     def _query_batch(self, x: np.ndarray) -> Answer:
-        if self.spent + len(x) > self.limit:
-            raise BudgetExceededError(
-                f"attack budget of {self.limit} queries would be exceeded "
-                f"({self.spent} spent, {len(x)} asked)"
-            )
-        answer = self.inner._query_batch(x)
+        try:
+            if self.spent + len(x) > self.limit:
+                raise BudgetExceededError(
+                    f"attack budget of {self.limit} queries would be exceeded "
+                    f"({self.spent} spent, {len(x)} asked)"
+                )
+            answer = self.inner._query_batch(x)
+        except STOPPING_ERRORS as exc:
+            self.stopped_by = exc
+            raise
         self.spent += len(x)
+        self.log.record(x, answer)
         return answer
 
 
@@ -129,7 +153,11 @@ class ExtractionAttack(ABC):
     def run(
         self, oracle: Oracle, knowledge: AttackerKnowledge, progress: Progress | None = None
     ) -> ExtractionResult:
-        """Extract a surrogate from ``oracle`` within ``knowledge.budget`` queries."""
+        """Extract a surrogate from ``oracle`` within ``knowledge.budget`` queries.
+
+        Raises :class:`AttackInterrupted`, carrying the query log and a partial surrogate, when
+        the oracle stops answering (budget, connection, key) after some answers were bought.
+        """
         if oracle.output_kind not in self.supported_outputs:
             raise IncompatibleOutputError(
                 f"{self.name} cannot learn from {oracle.output_kind} answers; it needs one of: "
@@ -139,7 +167,19 @@ class ExtractionAttack(ABC):
             raise BudgetExceededError("the oracle has no queries left")
         budgeted = BudgetedOracle(oracle, knowledge.budget)
         start = time.perf_counter()
-        surrogate, queried, details = self._extract(budgeted, knowledge, progress)
+        try:
+            surrogate, queried, details = self._extract(budgeted, knowledge, progress)
+        except ModelheistError as exc:
+            if exc is not budgeted.stopped_by or not len(budgeted.log):
+                raise
+            partial = partial_surrogate(
+                budgeted.log,
+                oracle.classes,
+                knowledge.surrogate_architecture,
+                knowledge.seed,
+                progress,
+            )
+            raise AttackInterrupted(self.name, exc, budgeted.log, partial, self.params()) from exc
         return ExtractionResult(
             surrogate=surrogate,
             queries_used=budgeted.spent,

@@ -14,7 +14,9 @@ label by the API is y:
   epsilon / steps down the gradient of CE(F(x), t), clipped to the epsilon-ball and the domain.
 
 Training hyper-parameters are chosen by PRADA's "CV-search": k-fold cross-validation on the
-seeds over a small grid of learning rates. Deliberate deviations: seeds are drawn at random from
+seeds over a small grid of learning rates (ties go to the larger rate). T-RND's final surrogate
+is by default an ensemble of three networks trained on the same answers (``members``), which
+took its agreement from 0.971 to 0.980 on the mnist5k benchmark; JBDA's is one network. Deliberate deviations: seeds are drawn at random from
 the attacker's unlabeled data (PRADA assumed 10 labelled seeds per class; here the class balance
 is approximate), and the surrogate is trained with the same recipe as our Knockoff Nets
 (augmentation, distillation from exact probabilities, a minimum number of steps).
@@ -222,7 +224,8 @@ class _SyntheticQueries(ExtractionAttack):
                 predicted = TorchClassifier(net, card).predict_proba(x[held]).argmax(1)
                 agree += int((predicted == targets[held].argmax(1)).sum())
             scores[f"{lr:g}"] = agree / len(x)
-        best = max(self.learning_rates, key=lambda lr: scores[f"{lr:g}"])
+        # on a tie, the larger rate (measured: 2e-3 beat the tied 5e-4 on mnist5k's T-RND)
+        best = max(self.learning_rates, key=lambda lr: (scores[f"{lr:g}"], lr))
         log.info("%s CV-search: %s -> lr %g", self.name, scores, best)
         return best, scores
 
@@ -275,6 +278,7 @@ class TargetedRandom(_SyntheticQueries):
 
     epsilon: float = 0.25
     steps: int = 4
+    members: int = 3  # the final surrogate: 0.980 vs 0.971 for one network (docs/benchmarks.md)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -148,6 +148,25 @@ def _sklearn_tabular(loader_name: str) -> Callable[[], _Raw]:
     return load
 
 
+AUTO_MPG_FEATURES = (
+    "cylinders", "displacement", "horsepower", "weight", "acceleration", "model_year",
+    "origin=usa", "origin=europe", "origin=japan",
+)  # fmt: skip
+
+
+def _load_auto_mpg() -> _Raw:
+    """UCI Auto MPG (mlxtend's copy, 392 cars): six numeric features and the nominal ``origin``
+    (USA, Europe, Japan) one-hot encoded, as scikit-learn trees take a categorical feature;
+    the class is the fuel economy's tertile (low / medium / high mpg)."""
+    from mlxtend.data import autompg_data
+
+    x, mpg = autompg_data()
+    origin = x[:, 6].astype(np.int64) - 1  # 1, 2, 3 -> one-hot columns
+    features = np.hstack([x[:, :6], np.eye(3)[origin]]).astype(np.float32)
+    labels = np.digitize(mpg, np.quantile(mpg, [1 / 3, 2 / 3])).astype(np.int64)
+    return _Raw("tabular", ("low-mpg", "medium-mpg", "high-mpg"), features, labels)
+
+
 REGISTRY: dict[str, DatasetInfo] = {
     info.name: info
     for info in (
@@ -168,6 +187,12 @@ REGISTRY: dict[str, DatasetInfo] = {
             "tabular",
             "scikit-learn breast cancer, 569 x 30",
             _sklearn_tabular("load_breast_cancer"),
+        ),
+        DatasetInfo(
+            "auto-mpg",
+            "tabular",
+            "UCI Auto MPG (mlxtend), 392 x 9: numeric and one-hot nominal features",
+            _load_auto_mpg,
         ),
     )
 }

@@ -102,13 +102,14 @@ def measure_extraction(
     surrogate_architecture: str | None = None,
     progress: Progress | None = None,
     oracle: Oracle | None = None,
+    transfer_labels: np.ndarray | None = None,
 ) -> tuple[ExtractionResult, ExtractionMeasurement]:
     """Run ``attack`` within ``budget`` queries and measure the surrogate against ``evaluation``.
 
     The attack queries ``oracle`` when one is given (e.g. an :class:`HttpOracle`), else
     ``victim`` served in-process at granularity ``output`` to a fresh client. Without an
     evaluation (an attack on a URL with no local copy of the victim) the fidelity figures are
-    None.
+    None. ``transfer_labels`` is the transfer set's own annotation, if the attacker has one.
     """
     if oracle is None:
         if victim is None:
@@ -118,7 +119,9 @@ def measure_extraction(
         surrogate_architecture = default_surrogate(
             oracle.input_shape, victim.card.architecture if victim is not None else None
         )
-    knowledge = AttackerKnowledge(transfer_set, budget, surrogate_architecture, seed)
+    knowledge = AttackerKnowledge(
+        transfer_set, budget, surrogate_architecture, seed, transfer_labels
+    )
     result = attack.run(oracle, knowledge, progress)
     scores = evaluation.score(result.surrogate) if evaluation is not None else (None, None, None)
     measurement = ExtractionMeasurement(

@@ -1,0 +1,131 @@
+"""What an attack keeps when the API stops answering before the attack is done.
+
+An exhausted budget, a server that goes away, a revoked key: the answers already bought are the
+adversary's most expensive asset, so :meth:`ExtractionAttack.run` never drops them. Every query
+goes through a :class:`QueryLog`; when the oracle raises one of :data:`STOPPING_ERRORS` after at
+least one answer, the run raises :class:`AttackInterrupted` carrying the log and a *partial
+surrogate*: the attacker's surrogate architecture trained, Knockoff-style, on every answer
+obtained so far (whatever the attack was; an equation-solving attack cut short has no exact
+solution to offer, but its answers still teach a network something).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.progress import Progress
+
+from modelheist.api.answer import Answer, concatenate
+from modelheist.errors import (
+    ApiUnreachableError,
+    AuthenticationError,
+    BudgetExceededError,
+    ForbiddenError,
+    ModelheistError,
+    RateLimitedError,
+    ServiceUnavailableError,
+)
+from modelheist.models.architectures import build_network, normalisation_stats
+from modelheist.models.classifier import Classifier, ModelCard, TorchClassifier
+from modelheist.models.training import TrainConfig, train_network
+
+#: Errors of an oracle that end an attack early (as opposed to a bug or a bad input).
+STOPPING_ERRORS: tuple[type[ModelheistError], ...] = (
+    BudgetExceededError,
+    ApiUnreachableError,
+    ServiceUnavailableError,
+    AuthenticationError,
+    ForbiddenError,
+    RateLimitedError,
+)
+
+
+@dataclass
+class QueryLog:
+    """Every input an attack sent and the answer it got, in order."""
+
+    inputs: list[np.ndarray] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
+
+    def record(self, x: np.ndarray, answer: Answer) -> None:
+        self.inputs.append(np.array(x, np.float32, copy=True))
+        self.answers.append(answer)
+
+    def __len__(self) -> int:
+        return sum(len(x) for x in self.inputs)
+
+    def joined(self) -> tuple[np.ndarray, Answer]:
+        if not self.inputs:
+            raise ModelheistError("the query log is empty")
+        return np.concatenate(self.inputs), concatenate(self.answers)
+
+    def save(self, path: Path) -> Path:
+        """Write the log as an ``.npz`` of plain arrays (inputs, labels and, where the API
+        returned them, probabilities, top_k, top_k_probabilities, leaves); no pickles."""
+        x, answer = self.joined()
+        arrays = {"inputs": x, "labels": answer.labels}
+        for name in ("probabilities", "top_k", "top_k_probabilities", "leaves"):
+            value = getattr(answer, name)
+            if value is not None:
+                arrays[name] = np.asarray(value)
+        np.savez_compressed(path, **arrays)
+        return path
+
+
+class AttackInterrupted(ModelheistError):
+    """The API stopped answering mid-attack (``reason``); what was learned is attached."""
+
+    def __init__(
+        self,
+        attack: str,
+        reason: ModelheistError,
+        log: QueryLog,
+        partial: Classifier | None,
+        params: dict[str, Any],
+    ):
+        self.attack = attack
+        self.reason = reason
+        self.log = log
+        self.partial = partial
+        self.params = params
+        super().__init__(f"{attack} stopped after {len(log)} answered queries: {reason}")
+
+
+def partial_surrogate(
+    log: QueryLog,
+    classes: list[str],
+    architecture: str,
+    seed: int,
+    progress: Progress | None = None,
+) -> Classifier | None:
+    """A surrogate trained on every complete input of ``log`` (None if there is none)."""
+    x, answer = log.joined()
+    complete = np.isfinite(x.reshape(len(x), -1)).all(axis=1)  # incomplete queries hold NaN
+    if not complete.any():
+        return None
+    x = x[complete]
+    targets = answer.take(np.flatnonzero(complete)).soft_targets(len(classes))
+    mean, std = normalisation_stats(x)
+    shape = list(x.shape[1:])
+    net = build_network(architecture, shape, len(classes), mean, std, seed)
+    steps_per_epoch = -(-len(x) // 64)
+    config = TrainConfig(
+        epochs=max(30, -(-300 // steps_per_epoch)),
+        batch_size=64,
+        lr=2e-3,
+        augment=len(shape) == 3,
+        seed=seed,
+    )
+    train_network(net, x, targets, config, progress, "partial surrogate")
+    card = ModelCard(
+        architecture=architecture,
+        dataset="surrogate",
+        classes=list(classes),
+        input_shape=shape,
+        normalisation={"mean": mean, "std": std},
+        training={"partial": True, "queries": len(log), "output": answer.kind},
+    )
+    return TorchClassifier(net, card)
