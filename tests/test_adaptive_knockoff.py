@@ -23,6 +23,20 @@ def test_gradient_bandit_prefers_the_rewarding_arm():
     assert abs(bandit.preferences.sum()) < 1e-9  # the update moves preferences, not their sum
 
 
+def test_gradient_bandit_update_by_hand():
+    """Sutton & Barto §2.8 with r_bar_1 = r_1: the first reward moves nothing."""
+    bandit = GradientBandit(3, step=0.5)
+    bandit.update(0, 2.0)
+    np.testing.assert_array_equal(bandit.preferences, 0.0)
+    bandit.update(1, 5.0)  # advantage 5 - 2 = 3, pi = 1/3 each
+    np.testing.assert_allclose(bandit.preferences, [-0.5, 1.0, -0.5])
+    assert bandit.baseline == pytest.approx(3.5)
+    bandit.retire(2)
+    bandit.update(2, 100.0)  # drawn before it ran out: only the baseline moves
+    np.testing.assert_allclose(bandit.preferences, [-0.5, 1.0, -0.5])
+    assert bandit.baseline == pytest.approx(107 / 3)
+
+
 def test_gradient_bandit_retires_arms_and_refuses_bad_rewards():
     bandit = GradientBandit(2)
     bandit.retire(0)
@@ -112,3 +126,21 @@ def test_adaptive_draws_every_input_of_a_small_pool_once(digits_cnn, digits):
     attack = KnockoffNets(strategy="adaptive", epochs=1, min_steps=5, clusters=4)
     result = attack.run(oracle, AttackerKnowledge(pool, budget=100))
     assert result.queries_used == 40 and sorted(result.queried.tolist()) == list(range(40))
+
+
+def test_more_clusters_than_distinct_inputs(digits_cnn, digits):
+    """Duplicated inputs leave k-means clusters empty; their arms are never drawn."""
+    pool = np.repeat(digits.pool.x[:6], 5, axis=0)  # 30 inputs, 6 distinct
+    oracle = LocalOracle.for_new_client(PredictionService(digits_cnn), budget=None)
+    attack = KnockoffNets(strategy="adaptive", epochs=1, min_steps=5, clusters=12, round_size=4)
+    result = attack.run(oracle, AttackerKnowledge(pool, budget=30))
+    assert result.queries_used == 30 and sorted(result.queried.tolist()) == list(range(30))
+
+
+def test_transfer_labels_absent_from_the_pool_are_no_arms(digits_cnn, digits):
+    pool = digits.pool.x[:20]
+    labels = np.array([0] * 10 + [7] * 10)  # labels 1..6 name no input
+    oracle = LocalOracle.for_new_client(PredictionService(digits_cnn), budget=None)
+    attack = KnockoffNets(strategy="adaptive", epochs=1, min_steps=5, round_size=3)
+    result = attack.run(oracle, AttackerKnowledge(pool, budget=20, transfer_labels=labels))
+    assert result.details["queries_per_arm"] == [10, 10]

@@ -98,6 +98,10 @@ MISTAKES = [
         f"{ATTACK} breast-cancer --budget 5 --strategy adaptive --transfer-labels {{tmp}}/i.npy",
         "one per transfer-set input",
     ),  # fmt: skip
+    (
+        f"{ATTACK} breast-cancer --budget 5 --strategy adaptive --transfer-labels {{tmp}}/z.npz",
+        "an .npz archive",
+    ),  # fmt: skip
 ]
 
 
@@ -105,6 +109,7 @@ MISTAKES = [
 def test_user_mistakes_give_one_line_and_exit_2(tmp_path, victim_dir, command, needle):
     np.save(tmp_path / "f.npy", np.zeros(3, np.float32))
     np.save(tmp_path / "i.npy", np.zeros(3, np.int64))
+    np.savez(tmp_path / "z.npz", labels=np.zeros(3, np.int64))
     formatted = command.format(tmp=tmp_path, victim=victim_dir).split()
     before = sorted(p.name for p in victim_dir.iterdir())
     assert_one_line_error(run(*formatted), needle)

@@ -19,6 +19,7 @@ EXAMPLE_SPECS = {
 }
 FAST_ATTACK_PARAMS = {
     "knockoff": {"epochs": 2, "min_steps": 20, "rounds": 0},
+    "knockoff-adaptive": {"strategy": "adaptive", "epochs": 2, "min_steps": 20, "clusters": 5},
     "tramer-lr": {},
     "tramer-mlp": {"restarts": 1, "iterations": 50},
     "lowd-meek": {"steps": 8},
@@ -32,6 +33,7 @@ FAST_ATTACK_PARAMS = {
 #: given and its budget.
 ATTACK_SETTINGS = {
     "knockoff": ("cnn", "probs", 60),
+    "knockoff-adaptive": ("cnn", "top-k:3", 60),
     "tramer-lr": ("binary", "probs", 40),
     "tramer-mlp": ("binary", "probs", 80),
     "lowd-meek": ("binary", "labels", 1000),
@@ -42,8 +44,12 @@ ATTACK_SETTINGS = {
 }
 
 
+#: Each case's registered attack: the attack of that name, or a strategy of one.
+VARIANTS = {**{name: name for name in ATTACKS}, "knockoff-adaptive": "knockoff"}
+
+
 def test_every_attack_has_settings():
-    assert set(ATTACKS) == set(FAST_ATTACK_PARAMS) == set(ATTACK_SETTINGS)
+    assert set(VARIANTS) == set(FAST_ATTACK_PARAMS) == set(ATTACK_SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -96,15 +102,16 @@ def test_defense_contract(name, digits_cnn, digits):
         np.testing.assert_array_equal(getattr(answer, field), getattr(again, field))
 
 
-@pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_attack_contract(name, digits_cnn, digits, binary_lr, tree, breast_cancer):
-    kind, output, budget = ATTACK_SETTINGS[name]
+@pytest.mark.parametrize("case", sorted(VARIANTS))
+def test_attack_contract(case, digits_cnn, digits, binary_lr, tree, breast_cancer):
+    name = VARIANTS[case]
+    kind, output, budget = ATTACK_SETTINGS[case]
     victim, data = {
         "cnn": (digits_cnn, digits),
         "binary": (binary_lr, breast_cancer),
         "tree": (tree, breast_cancer),
     }[kind]
-    attack = ATTACKS[name](**FAST_ATTACK_PARAMS[name])
+    attack = ATTACKS[name](**FAST_ATTACK_PARAMS[case])
     service = PredictionService(victim, parse_output(output), leaves=kind == "tree")
     oracle = LocalOracle.for_new_client(service, budget=budget * 2)
     result = attack.run(oracle, AttackerKnowledge(data.pool.x, budget=budget, seed=1))

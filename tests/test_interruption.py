@@ -48,8 +48,9 @@ def test_exhausted_budget_keeps_the_answers_and_a_partial_surrogate(tmp_path, di
     assert len(stop.log) == 64 and "stopped after 64 answered queries" in str(stop)
     x, answer = stop.log.joined()
     np.testing.assert_array_equal(answer.labels, digits_cnn.predict_proba(x).argmax(1))
-    assert stop.partial is not None and stop.partial.card.training["partial"]
-    assert stop.partial.predict_proba(digits.test.x[:5]).shape == (5, 10)
+    partial = stop.partial_surrogate()
+    assert partial is not None and partial.card.training["partial"]
+    assert partial.predict_proba(digits.test.x[:5]).shape == (5, 10)
     saved = np.load(stop.log.save(tmp_path / "log.npz"), allow_pickle=False)
     assert set(saved.files) == {"inputs", "labels", "probabilities"}
     np.testing.assert_array_equal(saved["inputs"], x)
@@ -62,6 +63,24 @@ def test_a_refusal_before_any_answer_is_a_plain_error(digits_cnn, digits):
     with pytest.raises(BudgetExceededError) as caught:
         KnockoffNets().run(oracle, AttackerKnowledge(digits.pool.x, budget=10))
     assert not isinstance(caught.value, AttackInterrupted)
+
+
+def test_a_tabular_attack_cut_short_gets_a_network_that_fits(breast_cancer):
+    from modelheist.attacks import AdaptiveRetraining
+    from modelheist.defenses import parse_output
+    from modelheist.models import train_model
+
+    service = PredictionService(train_model(breast_cancer, "logreg"), parse_output("labels"))
+    service.register_client("attacker", 200)
+    oracle = SharedKeyOracle(service, "attacker")
+    oracle.spend_from = np.concatenate([breast_cancer.test.x] * 2)
+    with pytest.raises(AttackInterrupted) as caught:  # the knowledge's default "cnn" cannot fit
+        AdaptiveRetraining().run(oracle, AttackerKnowledge(breast_cancer.pool.x, budget=200))
+    stop = caught.value
+    assert len(stop.log) == 31 and stop.log.joined()[1].kind == "labels"  # d + 1 answers
+    partial = stop.partial_surrogate()
+    assert partial is not None and partial.card.architecture == "mlp"
+    assert partial.predict_proba(breast_cancer.test.x[:4]).shape == (4, 2)
 
 
 def test_killed_server_mid_attack_saves_partial_results(tmp_path, digits_cnn):

@@ -360,6 +360,9 @@ def _read_labels(path: Path) -> np.ndarray:
         labels = np.load(path, allow_pickle=False)
     except ValueError as exc:
         raise ModelheistError(f"{path} is not a .npy array of integers: {exc}") from None
+    if not isinstance(labels, np.ndarray):  # an .npz archive
+        labels.close()
+        raise ModelheistError(f"{path} is an .npz archive; give one .npy array of integers")
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise ModelheistError(
             f"{path} must hold a 1-D integer array, not {labels.dtype} of shape {labels.shape}"
@@ -424,28 +427,40 @@ def _run_attack(
 
 
 def _keep_partial(stop: AttackInterrupted, out: Path | None, json_path: Path | None, seed: int):
-    """Save an interrupted attack's query log and partial surrogate, say where, exit 3."""
+    """Save an interrupted attack's query log at once, then train and save its partial
+    surrogate; say where, and exit with status 3."""
     from modelheist.models import save_model
 
     folder = out or _unused_folder(Path(f"{stop.attack}-partial"))
     folder.mkdir(parents=True)
-    stop.log.save(folder / "query_log.npz")
-    if stop.partial is not None:
-        save_model(stop.partial, folder, overwrite=True)
+    stop.log.save(folder / "query_log.npz")  # first: training may be cut short too
     document = {
         "attack": stop.attack,
         "interrupted": str(stop.reason),
         "queries_used": len(stop.log),
-        "partial_surrogate": stop.partial is not None,
+        "folder": str(folder),
+        "partial_surrogate": False,
         "params": stop.params,
         "seed": seed,
     }
     (folder / "interrupted.json").write_text(json.dumps(document, indent=2) + "\n")
-    _write_json(json_path, document)
-    kept = "the partial surrogate and its query log" if stop.partial else "the query log"
     err_console.print(
-        f"[red]error:[/red] {stop}; {kept} were saved to {folder}", highlight=False, soft_wrap=True
+        f"[red]error:[/red] {stop}; its query log was saved to {folder}",
+        highlight=False,
+        soft_wrap=True,
     )
+    try:
+        with progress_bar() as progress:
+            partial = stop.partial_surrogate(progress)
+    except (ModelheistError, MemoryError, KeyboardInterrupt) as exc:
+        partial = None
+        err_console.print(f"no partial surrogate: {exc or 'interrupted'}", highlight=False)
+    if partial is not None:
+        save_model(partial, folder, overwrite=True)
+        document["partial_surrogate"] = True
+        (folder / "interrupted.json").write_text(json.dumps(document, indent=2) + "\n")
+        err_console.print(f"a partial surrogate trained on those answers is in {folder}")
+    _write_json(json_path, document)
     raise typer.Exit(3)
 
 

@@ -80,13 +80,13 @@ class GradientBandit:
         """The gradient-bandit step for one observed reward of ``arm``."""
         if not math.isfinite(reward):
             raise ModelheistError(f"bandit reward must be finite, got {reward}")
-        if not self.available.any():
-            return  # every input is queried: there is no policy left to improve
-        pi = self.policy()
         # r_bar_t averages the rewards before this one (Sutton & Barto, with r_bar_1 = r_1)
         advantage = reward - self.baseline if self.pulls else 0.0
         self.pulls += 1
         self.baseline += (reward - self.baseline) / self.pulls
+        if not self.available[arm]:
+            return  # the arm ran out of inputs since it was drawn: no preference to move
+        pi = self.policy()
         self.preferences[self.available] -= self.step * advantage * pi[self.available]
         self.preferences[arm] += self.step * advantage  # (1 - pi) for the pulled arm in total
 

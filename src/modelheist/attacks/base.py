@@ -19,12 +19,7 @@ from rich.progress import Progress
 
 from modelheist.api.answer import Answer, OutputKind
 from modelheist.api.oracle import Oracle
-from modelheist.attacks.interruption import (
-    STOPPING_ERRORS,
-    AttackInterrupted,
-    QueryLog,
-    partial_surrogate,
-)
+from modelheist.attacks.interruption import AttackInterrupted, QueryLog
 from modelheist.errors import BudgetExceededError, IncompatibleOutputError, ModelheistError
 from modelheist.models.classifier import Classifier
 
@@ -81,8 +76,7 @@ class BudgetedOracle(Oracle):
         self.limit = limit
         self.spent = 0
         self.max_batch = inner.max_batch
-        self.log = QueryLog()
-        self.stopped_by: ModelheistError | None = None  # the error that ended the queries
+        self.log = QueryLog()  # every answered query, kept if the attack is cut short
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -124,16 +118,12 @@ class BudgetedOracle(Oracle):
         return self.spent
 
     def _query_batch(self, x: np.ndarray) -> Answer:
-        try:
-            if self.spent + len(x) > self.limit:
-                raise BudgetExceededError(
-                    f"attack budget of {self.limit} queries would be exceeded "
-                    f"({self.spent} spent, {len(x)} asked)"
-                )
-            answer = self.inner._query_batch(x)
-        except STOPPING_ERRORS as exc:
-            self.stopped_by = exc
-            raise
+        if self.spent + len(x) > self.limit:
+            raise BudgetExceededError(
+                f"attack budget of {self.limit} queries would be exceeded "
+                f"({self.spent} spent, {len(x)} asked)"
+            )
+        answer = self.inner._query_batch(x)
         self.spent += len(x)
         self.log.record(x, answer)
         return answer
@@ -155,8 +145,9 @@ class ExtractionAttack(ABC):
     ) -> ExtractionResult:
         """Extract a surrogate from ``oracle`` within ``knowledge.budget`` queries.
 
-        Raises :class:`AttackInterrupted`, carrying the query log and a partial surrogate, when
-        the oracle stops answering (budget, connection, key) after some answers were bought.
+        Raises :class:`AttackInterrupted`, carrying the query log, when the oracle stops
+        answering (budget, connection, key) or the user interrupts after some answers were
+        bought; its ``partial_surrogate()`` trains a network on them.
         """
         if oracle.output_kind not in self.supported_outputs:
             raise IncompatibleOutputError(
@@ -169,17 +160,23 @@ class ExtractionAttack(ABC):
         start = time.perf_counter()
         try:
             surrogate, queried, details = self._extract(budgeted, knowledge, progress)
-        except ModelheistError as exc:
-            if exc is not budgeted.stopped_by or not len(budgeted.log):
+        except (ModelheistError, KeyboardInterrupt) as exc:
+            if not len(budgeted.log):
                 raise
-            partial = partial_surrogate(
+            reason = (
+                ModelheistError("interrupted by the user")
+                if isinstance(exc, KeyboardInterrupt)
+                else exc  # the API's refusal, or the attack's own error after it bought answers
+            )
+            raise AttackInterrupted(
+                self.name,
+                reason,
                 budgeted.log,
-                oracle.classes,
+                list(oracle.classes),
                 knowledge.surrogate_architecture,
                 knowledge.seed,
-                progress,
-            )
-            raise AttackInterrupted(self.name, exc, budgeted.log, partial, self.params()) from exc
+                self.params(),
+            ) from exc
         return ExtractionResult(
             surrogate=surrogate,
             queries_used=budgeted.spent,

@@ -1,12 +1,13 @@
 """What an attack keeps when the API stops answering before the attack is done.
 
-An exhausted budget, a server that goes away, a revoked key: the answers already bought are the
-adversary's most expensive asset, so :meth:`ExtractionAttack.run` never drops them. Every query
-goes through a :class:`QueryLog`; when the oracle raises one of :data:`STOPPING_ERRORS` after at
-least one answer, the run raises :class:`AttackInterrupted` carrying the log and a *partial
-surrogate*: the attacker's surrogate architecture trained, Knockoff-style, on every answer
-obtained so far (whatever the attack was; an equation-solving attack cut short has no exact
-solution to offer, but its answers still teach a network something).
+An exhausted budget, a server that goes away, a revoked key, a user's Ctrl-C: the answers already
+bought are the adversary's most expensive asset, so :meth:`ExtractionAttack.run` never drops
+them. Every answered query is kept in a :class:`QueryLog`; when a query fails (any
+:class:`ModelheistError` from the oracle, or an interrupt) after at least one answer, the run
+raises :class:`AttackInterrupted` carrying the log. Its :meth:`AttackInterrupted.partial_surrogate`
+then trains a network, Knockoff-style, on every answer obtained so far, whatever the attack was
+(an equation-solving attack cut short has no exact solution to offer, but its answers still
+teach a network something). The CLI writes the log to disk *before* that training starts.
 """
 
 from __future__ import annotations
@@ -19,28 +20,14 @@ import numpy as np
 from rich.progress import Progress
 
 from modelheist.api.answer import Answer, concatenate
-from modelheist.errors import (
-    ApiUnreachableError,
-    AuthenticationError,
-    BudgetExceededError,
-    ForbiddenError,
-    ModelheistError,
-    RateLimitedError,
-    ServiceUnavailableError,
+from modelheist.errors import ModelheistError
+from modelheist.models.architectures import (
+    TORCH_ARCHITECTURES,
+    build_network,
+    normalisation_stats,
 )
-from modelheist.models.architectures import build_network, normalisation_stats
 from modelheist.models.classifier import Classifier, ModelCard, TorchClassifier
 from modelheist.models.training import TrainConfig, train_network
-
-#: Errors of an oracle that end an attack early (as opposed to a bug or a bad input).
-STOPPING_ERRORS: tuple[type[ModelheistError], ...] = (
-    BudgetExceededError,
-    ApiUnreachableError,
-    ServiceUnavailableError,
-    AuthenticationError,
-    ForbiddenError,
-    RateLimitedError,
-)
 
 
 @dataclass
@@ -76,22 +63,30 @@ class QueryLog:
 
 
 class AttackInterrupted(ModelheistError):
-    """The API stopped answering mid-attack (``reason``); what was learned is attached."""
+    """The API stopped answering mid-attack (``reason``); the answers bought are in ``log``."""
 
     def __init__(
         self,
         attack: str,
         reason: ModelheistError,
         log: QueryLog,
-        partial: Classifier | None,
+        classes: list[str],
+        architecture: str,
+        seed: int,
         params: dict[str, Any],
     ):
         self.attack = attack
         self.reason = reason
         self.log = log
-        self.partial = partial
+        self.classes = classes
+        self.architecture = architecture
+        self.seed = seed
         self.params = params
         super().__init__(f"{attack} stopped after {len(log)} answered queries: {reason}")
+
+    def partial_surrogate(self, progress: Progress | None = None) -> Classifier | None:
+        """The attacker's network trained on every complete input of the log (None if none)."""
+        return partial_surrogate(self.log, self.classes, self.architecture, self.seed, progress)
 
 
 def partial_surrogate(
@@ -110,6 +105,8 @@ def partial_surrogate(
     targets = answer.take(np.flatnonzero(complete)).soft_targets(len(classes))
     mean, std = normalisation_stats(x)
     shape = list(x.shape[1:])
+    if architecture not in TORCH_ARCHITECTURES or (architecture == "cnn" and len(shape) != 3):
+        architecture = "cnn" if len(shape) == 3 else "mlp"  # a network that fits the inputs
     net = build_network(architecture, shape, len(classes), mean, std, seed)
     steps_per_epoch = -(-len(x) // 64)
     config = TrainConfig(

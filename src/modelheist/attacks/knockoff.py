@@ -37,9 +37,10 @@ Adaptive strategy (§4.1.2, ``strategy="adaptive"``): the queries are drawn by a
 over the transfer set's own labels (``AttackerKnowledge.transfer_labels``) or, when it has none,
 over k-means clusters of it (``clusters``), with the certainty, diversity and loss rewards of
 :mod:`modelheist.attacks.bandit`. Deliberate deviations from Alg. 1: the bandit draws
-``round_size`` arms at a time and the online surrogate that scores the loss reward takes
-``online_steps`` optimiser steps on everything answered after each round, instead of one step
-per query (the same policy updates, a fraction of the training cost); arms are flat, not the
+``round_size`` arms at a time from the policy of the round's start (the updates follow, one
+per answer) and the online surrogate that scores the loss reward takes ``online_steps``
+optimiser steps on everything answered after each round, instead of one step per query (a
+fraction of the training cost); arms are flat, not the
 paper's label hierarchy (our transfer sets have none); images are drawn without replacement;
 and the final surrogate is trained from scratch with the recipe above, exactly as for the
 random strategy, so that the two strategies differ only in which inputs they query.
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -229,10 +231,13 @@ class KnockoffNets(ExtractionAttack):
         if knowledge.transfer_labels is not None:
             return np.unique(knowledge.transfer_labels, return_inverse=True)[1]
         from sklearn.cluster import KMeans
+        from sklearn.exceptions import ConvergenceWarning
 
         k = min(self.clusters, len(pool))
         flat = pool.reshape(len(pool), -1).astype(np.float32)
-        return KMeans(k, n_init=1, random_state=knowledge.seed).fit_predict(flat)
+        with warnings.catch_warnings():  # fewer distinct inputs than clusters: empty arms,
+            warnings.simplefilter("ignore", ConvergenceWarning)  # which are retired
+            return KMeans(k, n_init=1, random_state=knowledge.seed).fit_predict(flat)
 
     def _adaptive_queries(self, oracle, pool, knowledge, n_query, rng, progress):
         """Orekondy et al.'s Alg. 1, ``round_size`` arms at a time (see the module docstring)."""
@@ -241,6 +246,8 @@ class KnockoffNets(ExtractionAttack):
             rng.permutation(np.flatnonzero(arms == a)).tolist() for a in range(arms.max() + 1)
         ]
         bandit = GradientBandit(len(members), self.bandit_step)
+        for arm in np.flatnonzero([not m for m in members]):
+            bandit.retire(int(arm))  # a label absent from the pool, or an empty k-means cluster
         rewards = KnockoffRewards(self.rewards, oracle.num_classes, self.diversity_window)
         mean, std = normalisation_stats(pool)
         online = build_network(
@@ -254,7 +261,8 @@ class KnockoffNets(ExtractionAttack):
         optimiser = torch.optim.AdamW(online.parameters(), lr=self.lr, weight_decay=1e-4)
         generator = torch.Generator().manual_seed(knowledge.seed)
         queried: list[int] = []
-        answers, targets = [], []
+        answers = []
+        targets = np.empty((n_query, oracle.num_classes), np.float32)  # filled round by round
         task = progress.add_task("adaptive queries", total=n_query) if progress else None
         while len(queried) < n_query:
             picks = []
@@ -273,12 +281,14 @@ class KnockoffNets(ExtractionAttack):
                 ).numpy()
             for (arm, _), y, lp in zip(picks, soft, log_probs, strict=True):
                 bandit.update(arm, rewards(y.astype(np.float64), lp.astype(np.float64)))
+            targets[len(queried) : len(queried) + len(index)] = soft
             queried.extend(index.tolist())
             answers.append(answer)
-            targets.append(soft)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(knowledge.seed + len(queried))  # dropout masks
-                self._online_steps(online, optimiser, pool, queried, targets, generator)
+                self._online_steps(
+                    online, optimiser, pool, np.asarray(queried), targets[: len(queried)], generator
+                )
             if task is not None:
                 progress.advance(task, len(index))
         if task is not None:
@@ -287,14 +297,13 @@ class KnockoffNets(ExtractionAttack):
         return np.array(queried), concatenate(answers), counts
 
     def _online_steps(self, net, optimiser, pool, queried, targets, generator) -> None:
-        """``online_steps`` optimiser steps of the online surrogate on random answered batches."""
+        """``online_steps`` optimiser steps of the online surrogate on random answered batches
+        (``queried``: indices into ``pool``; ``targets``: their answers)."""
         net.train()
-        answered = np.asarray(queried)
-        all_targets = np.concatenate(targets)
         for _ in range(self.online_steps):
-            rows = torch.randint(len(answered), (self.batch_size,), generator=generator).numpy()
-            xs = torch.from_numpy(np.ascontiguousarray(pool[answered[rows]], np.float32))
-            loss = soft_cross_entropy(net(xs), torch.from_numpy(all_targets[rows]))
+            rows = torch.randint(len(queried), (self.batch_size,), generator=generator).numpy()
+            xs = torch.from_numpy(np.ascontiguousarray(pool[queried[rows]], np.float32))
+            loss = soft_cross_entropy(net(xs), torch.from_numpy(targets[rows]))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

@@ -15,11 +15,12 @@ label by the API is y:
 
 Training hyper-parameters are chosen by PRADA's "CV-search": k-fold cross-validation on the
 seeds over a small grid of learning rates (ties go to the larger rate). T-RND's final surrogate
-is by default an ensemble of three networks trained on the same answers (``members``), which
-took its agreement from 0.971 to 0.980 on the mnist5k benchmark; JBDA's is one network. Deliberate deviations: seeds are drawn at random from
-the attacker's unlabeled data (PRADA assumed 10 labelled seeds per class; here the class balance
-is approximate), and the surrogate is trained with the same recipe as our Knockoff Nets
-(augmentation, distillation from exact probabilities, a minimum number of steps).
+is by default an ensemble of three networks trained on the same answers (``members``; see
+docs/benchmarks.md for what it buys); JBDA's is one network. Deliberate deviations: seeds are
+drawn at random from the attacker's unlabeled data (PRADA assumed 10 labelled seeds per class;
+here the class balance is approximate), and the surrogate is trained with the same recipe as
+our Knockoff Nets (augmentation, distillation from exact probabilities, a minimum number of
+steps).
 """
 
 from __future__ import annotations
@@ -278,7 +279,7 @@ class TargetedRandom(_SyntheticQueries):
 
     epsilon: float = 0.25
     steps: int = 4
-    members: int = 3  # the final surrogate: 0.980 vs 0.971 for one network (docs/benchmarks.md)
+    members: int = 3  # the final surrogate (docs/benchmarks.md: one network falls short)
 
     def __post_init__(self) -> None:
         super().__post_init__()

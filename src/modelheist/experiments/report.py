@@ -27,7 +27,9 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def plot_fidelity(runs: list[dict[str, Any]], path: Path, title: str) -> Path:
+def plot_fidelity(
+    runs: list[dict[str, Any]], path: Path, title: str, ylim: tuple[float, float] = (0.0, 1.0)
+) -> Path:
     """Fidelity on the test split against queries used, one line per (transfer set, output)."""
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for run in runs:
@@ -44,7 +46,7 @@ def plot_fidelity(runs: list[dict[str, Any]], path: Path, title: str) -> Path:
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("queries to the victim")
     ax.set_ylabel("fidelity (agreement on test split)")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(*ylim)
     ax.grid(True, alpha=0.3)
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
