@@ -1,4 +1,5 @@
-"""JBDA (Papernot et al. '17) and PRADA's T-RND (Juuti et al. '19) against an mnist5k CNN.
+"""JBDA (Papernot et al. '17), PRADA's T-RND and N I-FGSM (Juuti et al. '19) against an mnist5k
+CNN.
 
 The attacker holds 10 seeds per class (drawn from its pool) and spends the rest of the budget on
 synthetic queries in duplication rounds (100 seeds -> 25,600 queries after 8 rounds). Reports
@@ -17,7 +18,12 @@ import time
 from pathlib import Path
 
 from modelheist.api import LocalOracle, PredictionService
-from modelheist.attacks import AttackerKnowledge, JacobianAugmentation, TargetedRandom
+from modelheist.attacks import (
+    AttackerKnowledge,
+    JacobianAugmentation,
+    NonTargetedIfgsm,
+    TargetedRandom,
+)
 from modelheist.data import load_dataset
 from modelheist.defenses import parse_output
 from modelheist.experiments.extraction import Evaluation
@@ -40,7 +46,7 @@ def main() -> None:
         f"victim: cnn on mnist5k ({len(data.train)} training images), test accuracy {evaluation.victim_accuracy:.4f}",
         flush=True,
     )
-    attacks = {"jbda": JacobianAugmentation, "t-rnd": TargetedRandom}
+    attacks = {"jbda": JacobianAugmentation, "t-rnd": TargetedRandom, "n-ifgsm": NonTargetedIfgsm}
     rows = []
     for output in args.outputs.split(","):
         for name in args.attacks.split(","):

@@ -27,6 +27,7 @@ FAST_ATTACK_PARAMS = {
     "tree-path": {},
     "jbda": {"seeds_per_class": 2, "epochs": 1, "final_epochs": 1, "min_steps": 5, "folds": 2},
     "t-rnd": {"seeds_per_class": 2, "epochs": 1, "final_epochs": 1, "min_steps": 5, "folds": 2},
+    "n-ifgsm": {"seeds_per_class": 2, "epochs": 1, "final_epochs": 1, "min_steps": 5, "folds": 2},
 }
 #: The victim each attack is built for: "cnn" (digits CNN), "binary" (a breast-cancer logistic
 #: regression) or "tree" (a breast-cancer tree served with leaf identities), the output it is
@@ -41,6 +42,7 @@ ATTACK_SETTINGS = {
     "tree-path": ("tree", "labels", 3000),
     "jbda": ("cnn", "labels", 60),
     "t-rnd": ("cnn", "probs", 60),
+    "n-ifgsm": ("cnn", "labels", 60),
 }
 
 

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from modelheist.api import LocalOracle, PredictionService
-from modelheist.attacks import AttackerKnowledge, JacobianAugmentation, TargetedRandom
+from modelheist.attacks import (
+    AttackerKnowledge,
+    JacobianAugmentation,
+    NonTargetedIfgsm,
+    TargetedRandom,
+)
 from modelheist.defenses import parse_output
 from modelheist.errors import BudgetExceededError, ModelheistError
 from modelheist.experiments.extraction import Evaluation
@@ -19,7 +24,7 @@ FAST = {
 }
 
 
-@pytest.mark.parametrize("attack_class", [JacobianAugmentation, TargetedRandom])
+@pytest.mark.parametrize("attack_class", [JacobianAugmentation, TargetedRandom, NonTargetedIfgsm])
 def test_duplication_rounds_spend_the_budget_and_learn(attack_class, digits_cnn, digits):
     service = PredictionService(digits_cnn, parse_output("labels"))
     oracle = LocalOracle.for_new_client(service, None)
@@ -41,6 +46,25 @@ def test_t_rnd_moves_inputs_towards_random_other_classes(digits_cnn, digits):
         digits_cnn.predict_proba(np.clip(crafted, 0, 1).astype(np.float32)).argmax(1) != labels
     ).mean()
     assert moved >= 0.5, moved  # a targeted step flips the white-box model's label
+
+
+def test_n_ifgsm_moves_inputs_up_the_loss_of_their_label(digits_cnn, digits):
+    import torch
+    import torch.nn.functional as F
+
+    x = digits.test.x[:64].astype(np.float32)
+    labels = digits_cnn.predict_proba(x).argmax(1)
+    crafted = NonTargetedIfgsm(epsilon=0.2, steps=3)._craft(digits_cnn, x, labels, 0, None)
+    assert np.abs(crafted - x).max() <= 0.2 + 1e-6
+
+    def loss(inputs):
+        with torch.no_grad():
+            logits = digits_cnn.module(torch.from_numpy(inputs.astype(np.float32)))
+        return F.cross_entropy(logits, torch.from_numpy(labels), reduction="none").numpy()
+
+    assert (loss(crafted) > loss(x)).mean() >= 0.9  # away from the API's label, not towards one
+    one_step = NonTargetedIfgsm(epsilon=0.2, steps=1)._craft(digits_cnn, x, labels, 0, None)
+    np.testing.assert_allclose(np.abs(one_step - x)[one_step != x], 0.2, atol=1e-6)  # N FGSM
 
 
 def test_jbda_steps_follow_the_jacobian_sign(digits_cnn, digits):

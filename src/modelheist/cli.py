@@ -625,6 +625,38 @@ def attack_t_rnd(
     )  # fmt: skip
 
 
+@attack_app.command("n-ifgsm")
+@user_errors
+def attack_n_ifgsm(
+    budget: BudgetOption,
+    victim: VictimOption = None,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
+    output: OutputOption = None,
+    transfer_set: TransferOption = None,
+    out: OutOption = None,
+    json_path: JsonOption = None,
+    seed: SeedOption = 0,
+    seeds_per_class: Annotated[int, typer.Option(help="Natural seeds per class.")] = 10,
+    epsilon: Annotated[float, typer.Option(help="L-infinity size of each synthetic step.")] = 0.25,
+    steps: Annotated[int, typer.Option(help="I-FGSM iterations (1: N FGSM).")] = 4,
+    members: MembersOption = 1,
+) -> None:
+    """PRADA's N I-FGSM: synthetic queries by non-targeted I-FGSM away from the API's label."""
+    from modelheist.attacks import NonTargetedIfgsm
+
+    attack = NonTargetedIfgsm(
+        seeds_per_class=_positive("--seeds-per-class", seeds_per_class),
+        epsilon=epsilon,
+        steps=_positive("--steps", steps),
+        members=_positive("--members", members),
+    )
+    _run_attack(
+        attack, victim, target, api_key, output, transfer_set, budget, seed, out, json_path,
+        "N I-FGSM",
+    )  # fmt: skip
+
+
 @attack_app.command("tree-path")
 @user_errors
 def attack_tree_path(

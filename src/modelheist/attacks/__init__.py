@@ -9,7 +9,11 @@ from modelheist.attacks.base import (
 from modelheist.attacks.equation_solving import LogisticEquationSolving, MlpEquationSolving
 from modelheist.attacks.knockoff import KnockoffNets
 from modelheist.attacks.labels_only import AdaptiveRetraining, LowdMeek
-from modelheist.attacks.synthetic import JacobianAugmentation, TargetedRandom
+from modelheist.attacks.synthetic import (
+    JacobianAugmentation,
+    NonTargetedIfgsm,
+    TargetedRandom,
+)
 from modelheist.attacks.tree_path import TreePathFinding
 
 ATTACKS: dict[str, type[ExtractionAttack]] = {
@@ -23,6 +27,7 @@ ATTACKS: dict[str, type[ExtractionAttack]] = {
         TreePathFinding,
         JacobianAugmentation,
         TargetedRandom,
+        NonTargetedIfgsm,
     )
 }
 
@@ -37,6 +42,7 @@ __all__ = [
     "KnockoffNets",
     "LogisticEquationSolving",
     "MlpEquationSolving",
+    "NonTargetedIfgsm",
     "TargetedRandom",
     "TreePathFinding",
     "JacobianAugmentation",

@@ -1,8 +1,8 @@
 """Extraction from a few natural seeds and synthetic queries: Papernot et al.'s Jacobian-based
-dataset augmentation (JBDA, AsiaCCS '17) and PRADA's targeted-random variant (T-RND; Juuti et
-al., EuroS&P '19, §III).
+dataset augmentation (JBDA, AsiaCCS '17) and PRADA's I-FGSM crafters, targeted-random (T-RND)
+and non-targeted (N I-FGSM) (Juuti et al., EuroS&P '19, §III).
 
-Both start from ``seeds_per_class`` x (number of classes) natural inputs of the attacker, query
+All start from ``seeds_per_class`` x (number of classes) natural inputs of the attacker, query
 them, and then run duplication rounds: train the surrogate on everything answered so far, craft
 one synthetic input from each, query the new inputs, repeat until the budget is spent (100 seeds
 and 8 rounds make 25,600 queries). They differ in how a synthetic input is crafted from x, whose
@@ -11,7 +11,9 @@ label by the API is y:
 * JBDA: x' = clip(x + lambda_r * sign(dF_y(x)/dx)), F the surrogate's softmax, the step's sign
   flipping every ``tau`` rounds (Papernot's periodic step size), lambda = 0.1;
 * T-RND: a targeted iterative FGSM towards a class t != y drawn at random: ``steps`` steps of
-  epsilon / steps down the gradient of CE(F(x), t), clipped to the epsilon-ball and the domain.
+  epsilon / steps down the gradient of CE(F(x), t), clipped to the epsilon-ball and the domain;
+* N I-FGSM (PRADA's non-targeted variant): the same steps *up* the gradient of CE(F(x), y).
+  With ``steps=1`` the two are PRADA's T-RND FGSM and N FGSM.
 
 Training hyper-parameters are chosen by PRADA's "CV-search": k-fold cross-validation on the
 seeds over a small grid of learning rates (ties go to the larger rate). T-RND's final surrogate
@@ -271,9 +273,34 @@ class JacobianAugmentation(_SyntheticQueries):
         return x + sign * self.step * np.sign(_input_gradient(surrogate, x, loss))
 
 
+def _ifgsm(
+    surrogate: TorchClassifier,
+    x: np.ndarray,
+    classes: np.ndarray,
+    epsilon: float,
+    steps: int,
+    towards: bool,
+) -> np.ndarray:
+    """Iterative FGSM in the L-infinity ball of radius ``epsilon`` around ``x``: ``steps`` steps
+    of epsilon / steps down (``towards``: into ``classes``) or up (away from them) the gradient
+    of the surrogate's cross-entropy against ``classes``."""
+    classes_t = torch.from_numpy(classes)
+    sign = -1.0 if towards else 1.0
+
+    def loss(logits, rows):
+        return F.cross_entropy(logits, classes_t[rows], reduction="sum")
+
+    out = x.copy()
+    for _ in range(steps):
+        out = out + sign * epsilon / steps * np.sign(_input_gradient(surrogate, out, loss))
+        out = np.clip(out, x - epsilon, x + epsilon)
+    return out
+
+
 @dataclass
 class TargetedRandom(_SyntheticQueries):
-    """PRADA's T-RND: targeted I-FGSM towards a random other class (``t-rnd``)."""
+    """PRADA's T-RND: targeted I-FGSM towards a random other class (``t-rnd``; ``steps=1`` is
+    PRADA's T-RND FGSM)."""
 
     name: ClassVar[str] = "t-rnd"
 
@@ -285,19 +312,23 @@ class TargetedRandom(_SyntheticQueries):
         super().__post_init__()
         if not self.epsilon > 0 or self.steps < 1:
             raise ModelheistError(
-                f"t-rnd: epsilon must be > 0 and steps >= 1, got {self.epsilon}, {self.steps}"
+                f"{self.name}: epsilon must be > 0 and steps >= 1, got {self.epsilon}, {self.steps}"
             )
 
     def _craft(self, surrogate, x, labels, round_, rng):
         c = len(surrogate.card.classes)
         target = (labels + rng.integers(1, c, size=len(labels))) % c  # any class but the label
-        target_t = torch.from_numpy(target)
-        out = x.copy()
-        for _ in range(self.steps):
+        return _ifgsm(surrogate, x, target, self.epsilon, self.steps, towards=True)
 
-            def loss(logits, rows):
-                return F.cross_entropy(logits, target_t[rows], reduction="sum")
 
-            out = out - self.epsilon / self.steps * np.sign(_input_gradient(surrogate, out, loss))
-            out = np.clip(out, x - self.epsilon, x + self.epsilon)
-        return out
+@dataclass
+class NonTargetedIfgsm(TargetedRandom):
+    """PRADA's N I-FGSM: non-targeted I-FGSM, up the loss of the API's own label
+    (``n-ifgsm``; ``steps=1`` is PRADA's N FGSM)."""
+
+    name: ClassVar[str] = "n-ifgsm"
+
+    members: int = 1
+
+    def _craft(self, surrogate, x, labels, round_, rng):
+        return _ifgsm(surrogate, x, labels, self.epsilon, self.steps, towards=False)
