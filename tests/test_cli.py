@@ -187,3 +187,19 @@ def test_tree_path_finding_from_the_command_line(tmp_path, breast_cancer):
     assert "budget of 100 queries" in short.stderr and f"{tmp_path}/p" in short.stderr
     assert len(np.load(tmp_path / "p" / "query_log.npz")["labels"]) == 100
     assert (tmp_path / "p" / "card.json").exists()
+
+
+def test_synthetic_query_attacks_from_the_command_line(tmp_path, digits_cnn):
+    cnn_dir = save_model(digits_cnn, tmp_path / "cnn")
+    proc = run(  # t-rnd shares this command's code; jbda its attack base (test_synthetic.py)
+        *f"attack n-ifgsm --victim {cnn_dir} --budget 200 --seeds-per-class 5 --steps 1".split(),
+        *["--output", "labels", "--json", tmp_path / "n.json"],
+    )
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads((tmp_path / "n.json").read_text())
+    assert figures["queries_used"] == 200 and figures["details"]["seeds"] == 50
+    assert figures["output"] == "labels" and figures["params"]["steps"] == 1
+    assert figures["fidelity_test"] >= 0.6, figures  # from 200 queries
+    assert_one_line_error(
+        run(*f"attack t-rnd --victim {cnn_dir} --budget 10".split()), "needs 100 queries"
+    )

@@ -594,67 +594,56 @@ def attack_jbda(
     )  # fmt: skip
 
 
-@attack_app.command("t-rnd")
-@user_errors
-def attack_t_rnd(
-    budget: BudgetOption,
-    victim: VictimOption = None,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = None,
-    output: OutputOption = None,
-    transfer_set: TransferOption = None,
-    out: OutOption = None,
-    json_path: JsonOption = None,
-    seed: SeedOption = 0,
-    seeds_per_class: Annotated[int, typer.Option(help="Natural seeds per class.")] = 10,
-    epsilon: Annotated[float, typer.Option(help="L-infinity size of each synthetic step.")] = 0.25,
-    steps: Annotated[int, typer.Option(help="I-FGSM iterations per synthetic input.")] = 4,
-    members: MembersOption = 3,
-) -> None:
-    """PRADA's T-RND: synthetic queries by targeted I-FGSM towards random classes."""
-    from modelheist.attacks import TargetedRandom
+def _register_ifgsm(name: str, title: str, members_default: int, doc: str) -> None:
+    """``attack t-rnd`` and ``attack n-ifgsm``: PRADA's I-FGSM crafters share every option."""
 
-    attack = TargetedRandom(
-        seeds_per_class=_positive("--seeds-per-class", seeds_per_class),
-        epsilon=epsilon,
-        steps=_positive("--steps", steps),
-        members=_positive("--members", members),
-    )
-    _run_attack(
-        attack, victim, target, api_key, output, transfer_set, budget, seed, out, json_path, "T-RND"
-    )  # fmt: skip
+    def run_ifgsm(
+        budget: BudgetOption,
+        victim: VictimOption = None,
+        target: TargetOption = None,
+        api_key: ApiKeyOption = None,
+        output: OutputOption = None,
+        transfer_set: TransferOption = None,
+        out: OutOption = None,
+        json_path: JsonOption = None,
+        seed: SeedOption = 0,
+        seeds_per_class: SeedsPerClassOption = 10,
+        epsilon: EpsilonOption = 0.25,
+        steps: StepsOption = 4,
+        members: MembersOption = members_default,
+    ) -> None:
+        from modelheist.attacks import ATTACKS
+
+        attack = ATTACKS[name](
+            seeds_per_class=_positive("--seeds-per-class", seeds_per_class),
+            epsilon=epsilon,
+            steps=_positive("--steps", steps),
+            members=_positive("--members", members),
+        )
+        _run_attack(
+            attack, victim, target, api_key, output, transfer_set, budget, seed, out, json_path,
+            title,
+        )  # fmt: skip
+
+    run_ifgsm.__doc__ = doc
+    attack_app.command(name)(user_errors(run_ifgsm))
 
 
-@attack_app.command("n-ifgsm")
-@user_errors
-def attack_n_ifgsm(
-    budget: BudgetOption,
-    victim: VictimOption = None,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = None,
-    output: OutputOption = None,
-    transfer_set: TransferOption = None,
-    out: OutOption = None,
-    json_path: JsonOption = None,
-    seed: SeedOption = 0,
-    seeds_per_class: Annotated[int, typer.Option(help="Natural seeds per class.")] = 10,
-    epsilon: Annotated[float, typer.Option(help="L-infinity size of each synthetic step.")] = 0.25,
-    steps: Annotated[int, typer.Option(help="I-FGSM iterations (1: N FGSM).")] = 4,
-    members: MembersOption = 1,
-) -> None:
-    """PRADA's N I-FGSM: synthetic queries by non-targeted I-FGSM away from the API's label."""
-    from modelheist.attacks import NonTargetedIfgsm
-
-    attack = NonTargetedIfgsm(
-        seeds_per_class=_positive("--seeds-per-class", seeds_per_class),
-        epsilon=epsilon,
-        steps=_positive("--steps", steps),
-        members=_positive("--members", members),
-    )
-    _run_attack(
-        attack, victim, target, api_key, output, transfer_set, budget, seed, out, json_path,
-        "N I-FGSM",
-    )  # fmt: skip
+SeedsPerClassOption = Annotated[int, typer.Option(help="Natural seeds per class.")]
+EpsilonOption = Annotated[float, typer.Option(help="L-infinity size of each synthetic step.")]
+StepsOption = Annotated[int, typer.Option(help="I-FGSM iterations (1: a single FGSM step).")]
+_register_ifgsm(
+    "t-rnd",
+    "T-RND",
+    3,
+    "PRADA's T-RND: synthetic queries by targeted I-FGSM towards random classes.",
+)
+_register_ifgsm(
+    "n-ifgsm",
+    "N I-FGSM",
+    1,
+    "PRADA's N I-FGSM: synthetic queries by I-FGSM away from the API's label.",
+)
 
 
 @attack_app.command("tree-path")
