@@ -153,9 +153,10 @@ class KnockoffNets(ExtractionAttack):
                 n_query,
                 knowledge.budget,
             )
+        mean, std = normalisation_stats(pool)
         if self.strategy == "adaptive":
             queried, answer, arm_counts = self._adaptive_queries(
-                oracle, pool, knowledge, n_query, rng, progress
+                oracle, pool, (mean, std), knowledge, n_query, rng, progress
             )
             rest = np.setdiff1d(np.arange(len(pool)), queried)
             rest = rest[rng.permutation(len(rest))]
@@ -171,7 +172,6 @@ class KnockoffNets(ExtractionAttack):
         temperature = self.temperature if exact else 1.0
         x_lab = pool[queried]
 
-        mean, std = normalisation_stats(pool)
         card = ModelCard(
             architecture=knowledge.surrogate_architecture,
             dataset="surrogate",
@@ -239,7 +239,7 @@ class KnockoffNets(ExtractionAttack):
             warnings.simplefilter("ignore", ConvergenceWarning)  # which are retired
             return KMeans(k, n_init=1, random_state=knowledge.seed).fit_predict(flat)
 
-    def _adaptive_queries(self, oracle, pool, knowledge, n_query, rng, progress):
+    def _adaptive_queries(self, oracle, pool, stats, knowledge, n_query, rng, progress):
         """Orekondy et al.'s Alg. 1, ``round_size`` arms at a time (see the module docstring)."""
         arms = self._arms(pool, knowledge)
         members = [
@@ -249,7 +249,7 @@ class KnockoffNets(ExtractionAttack):
         for arm in np.flatnonzero([not m for m in members]):
             bandit.retire(int(arm))  # a label absent from the pool, or an empty k-means cluster
         rewards = KnockoffRewards(self.rewards, oracle.num_classes, self.diversity_window)
-        mean, std = normalisation_stats(pool)
+        mean, std = stats  # the pool's normalisation, as for the final surrogate
         online = build_network(
             knowledge.surrogate_architecture,
             oracle.input_shape,
