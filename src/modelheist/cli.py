@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -426,7 +426,9 @@ def _run_attack(
     )
 
 
-def _keep_partial(stop: AttackInterrupted, out: Path | None, json_path: Path | None, seed: int):
+def _keep_partial(
+    stop: AttackInterrupted, out: Path | None, json_path: Path | None, seed: int
+) -> NoReturn:
     """Save an interrupted attack's query log at once, then train and save its partial
     surrogate; say where, and exit with status 3."""
     from modelheist.models import save_model
@@ -443,7 +445,7 @@ def _keep_partial(stop: AttackInterrupted, out: Path | None, json_path: Path | N
         "params": stop.params,
         "seed": seed,
     }
-    (folder / "interrupted.json").write_text(json.dumps(document, indent=2) + "\n")
+    _write_json(folder / "interrupted.json", document)
     err_console.print(
         f"[red]error:[/red] {stop}; its query log was saved to {folder}",
         highlight=False,
@@ -458,7 +460,7 @@ def _keep_partial(stop: AttackInterrupted, out: Path | None, json_path: Path | N
     if partial is not None:
         save_model(partial, folder, overwrite=True)
         document["partial_surrogate"] = True
-        (folder / "interrupted.json").write_text(json.dumps(document, indent=2) + "\n")
+        _write_json(folder / "interrupted.json", document)
         err_console.print(f"a partial surrogate trained on those answers is in {folder}")
     _write_json(json_path, document)
     raise typer.Exit(3)

@@ -298,15 +298,11 @@ def _ifgsm(
 
 
 @dataclass
-class TargetedRandom(_SyntheticQueries):
-    """PRADA's T-RND: targeted I-FGSM towards a random other class (``t-rnd``; ``steps=1`` is
-    PRADA's T-RND FGSM)."""
-
-    name: ClassVar[str] = "t-rnd"
+class _IterativeFgsm(_SyntheticQueries):
+    """PRADA's I-FGSM crafters: ``steps`` steps inside an L-infinity ball of ``epsilon``."""
 
     epsilon: float = 0.25
     steps: int = 4
-    members: int = 3  # the final surrogate (docs/benchmarks.md: one network falls short)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -315,6 +311,16 @@ class TargetedRandom(_SyntheticQueries):
                 f"{self.name}: epsilon must be > 0 and steps >= 1, got {self.epsilon}, {self.steps}"
             )
 
+
+@dataclass
+class TargetedRandom(_IterativeFgsm):
+    """PRADA's T-RND: targeted I-FGSM towards a random other class (``t-rnd``; ``steps=1`` is
+    PRADA's T-RND FGSM)."""
+
+    name: ClassVar[str] = "t-rnd"
+
+    members: int = 3  # the final surrogate (docs/benchmarks.md: one network falls short)
+
     def _craft(self, surrogate, x, labels, round_, rng):
         c = len(surrogate.card.classes)
         target = (labels + rng.integers(1, c, size=len(labels))) % c  # any class but the label
@@ -322,13 +328,11 @@ class TargetedRandom(_SyntheticQueries):
 
 
 @dataclass
-class NonTargetedIfgsm(TargetedRandom):
+class NonTargetedIfgsm(_IterativeFgsm):
     """PRADA's N I-FGSM: non-targeted I-FGSM, up the loss of the API's own label
     (``n-ifgsm``; ``steps=1`` is PRADA's N FGSM)."""
 
     name: ClassVar[str] = "n-ifgsm"
-
-    members: int = 1
 
     def _craft(self, surrogate, x, labels, round_, rng):
         return _ifgsm(surrogate, x, labels, self.epsilon, self.steps, towards=False)
