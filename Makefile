@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test bench bench-serve bench-tramer bench-synthetic bench-adaptive lint data clean
+.PHONY: setup demo test bench bench-serve bench-tramer bench-synthetic bench-adaptive bench-state docs-bench lint data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -50,9 +50,18 @@ bench-serve: setup
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/serve_load.py
 
+bench-state: setup
+	for seed in 0 1 2; do $(BIN)/python benchmarks/state_scaling.py --seed $$seed || exit 1; done
+	$(BIN)/python benchmarks/docs_tables.py
+
+# docs/benchmarks.md's generated tables, rewritten from benchmarks/results/*.jsonl
+docs-bench: setup
+	$(BIN)/python benchmarks/docs_tables.py
+
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

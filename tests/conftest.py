@@ -20,6 +20,23 @@ def digits_cnn(digits):
 
 
 @pytest.fixture(scope="session")
+def triggers(digits):
+    """A backdoor watermark's trigger set for the digits CNN: 40 noise images."""
+    from modelheist.ownership import TriggerSet
+
+    return TriggerSet.generate(40, digits.input_shape, digits.num_classes, "noise", seed=3)
+
+
+@pytest.fixture(scope="session")
+def marked_cnn(digits, triggers):
+    """A digits CNN trained with the trigger set embedded (the Trainer's extra-data hook)."""
+    from modelheist.ownership import BackdoorWatermark
+
+    config = TrainConfig(epochs=15, seed=1)
+    return train_model(digits, "cnn", config, None, [BackdoorWatermark(triggers, 10)])
+
+
+@pytest.fixture(scope="session")
 def breast_cancer():
     return load_dataset("breast-cancer", seed=0)
 

@@ -203,3 +203,51 @@ def test_synthetic_query_attacks_from_the_command_line(tmp_path, digits_cnn):
     assert_one_line_error(
         run(*f"attack t-rnd --victim {cnn_dir} --budget 10".split()), "needs 100 queries"
     )
+
+
+def test_train_with_a_watermark_then_verify(tmp_path):
+    marked, secret = tmp_path / "marked", tmp_path / "secret"
+    proc = run(
+        *f"train --dataset digits --arch cnn --out {marked} --epochs 15 --watermark "
+        f"backdoor:triggers=40,repeats=10 --secret-out {secret}".split()
+    )
+    assert proc.returncode == 0, proc.stderr
+    card = json.loads((marked / "card.json").read_text())
+    assert card["protections"][0]["name"] == "backdoor-watermark"
+    assert not (marked / "triggers.safetensors").exists()  # the secret lives apart
+    verdicts = {}
+    plain = tmp_path / "plain"
+    assert (
+        run(*f"train --dataset digits --arch cnn --out {plain} --epochs 15".split()).returncode == 0
+    )
+    for suspect in (marked, plain):
+        proc = run(
+            *f"verify backdoor-watermark --triggers {secret} --suspect {suspect} "
+            f"--json {tmp_path}/{suspect.name}.json".split()
+        )
+        assert proc.returncode == 0, proc.stderr
+        verdicts[suspect.name] = json.loads((tmp_path / f"{suspect.name}.json").read_text())
+    assert verdicts["marked"]["decision"] == "stolen" and verdicts["marked"]["p_value"] < 1e-10
+    assert verdicts["plain"]["decision"] == "not stolen" and verdicts["plain"]["queries"] == 40
+    assert "not stolen: watermark accuracy" in proc.stdout  # the last suspect, the plain one
+    few = run(
+        *f"verify backdoor-watermark --triggers {secret} --suspect {marked} --budget 5".split()
+    )
+    assert few.returncode == 0 and "cannot verify" in few.stdout
+
+
+VERIFY_MISTAKES = [
+    ("verify backdoor-watermark --triggers {tmp}", "name one suspect"),
+    ("verify backdoor-watermark --triggers {tmp} --suspect {tmp} --target http://x", "one suspect"),
+    ("verify backdoor-watermark --triggers {tmp} --suspect {tmp}", "not a trigger-set folder"),
+    ("train --dataset digits --arch cnn --out {tmp}/m --watermark backdoor", "go together"),
+    (
+        "train --dataset digits --arch cnn --out {tmp}/m --watermark dawn --secret-out {tmp}/s",
+        "unknown watermark",
+    ),
+]
+
+
+@pytest.mark.parametrize(("command", "needle"), VERIFY_MISTAKES)
+def test_ownership_mistakes_give_one_line(tmp_path, command, needle):
+    assert_one_line_error(run(*command.format(tmp=tmp_path).split()), needle)

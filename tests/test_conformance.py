@@ -1,14 +1,24 @@
-"""Every registered defense and attack obeys its seam's contract (as Amulet's conformance test)."""
+"""Every registered defense, attack and ownership scheme obeys its seam's contract (as Amulet's
+conformance test)."""
 
 import json
 
-import numpy as np
 import pytest
 
-from modelheist.api import Answer, LocalOracle, PredictionService
+from modelheist.api import LocalOracle, PredictionService
 from modelheist.attacks import ATTACKS, AttackerKnowledge, ExtractionAttack
-from modelheist.defenses import DEFENSES, parse_defense, parse_output
+from modelheist.defenses import (
+    DEFENSES,
+    Capabilities,
+    Defense,
+    parse_defense,
+    parse_output,
+    register_defense,
+)
+from modelheist.defenses.checks import check_defense
 from modelheist.errors import IncompatibleOutputError
+from modelheist.oracle import Answer
+from modelheist.ownership import SCHEMES
 
 EXAMPLE_SPECS = {
     "round": "round:2",
@@ -16,6 +26,7 @@ EXAMPLE_SPECS = {
     "labels": "labels",
     "reverse-sigmoid": "reverse-sigmoid:beta=0.7,gamma=0.4",
     "noise": "noise:sigma=0.05,seed=3",
+    "history": "history:limit=5",
 }
 FAST_ATTACK_PARAMS = {
     "knockoff": {"epochs": 2, "min_steps": 20, "rounds": 0},
@@ -74,34 +85,96 @@ def test_every_defense_has_an_example():
 
 @pytest.mark.parametrize("name", sorted(DEFENSES))
 def test_defense_contract(name, digits_cnn, digits):
-    stage = parse_defense(EXAMPLE_SPECS[name])
-    assert parse_defense(stage.spec()).spec() == stage.spec()  # spec round trip
     x = digits.test.x[:7]
-    probs = digits_cnn.predict_proba(x).astype(np.float64)
-    state = stage.initial_state()
-    answer = stage.apply(x, Answer(probs.argmax(1), probs), state)
-    assert isinstance(answer, Answer) and len(answer) == 7
-    np.testing.assert_array_equal(answer.labels, probs.argmax(1))  # every stage keeps the label
-    if stage.output_kind is not None:
-        assert answer.kind == stage.output_kind
-    if answer.probabilities is not None:
-        assert (answer.probabilities >= 0).all()
-        np.testing.assert_allclose(answer.probabilities.sum(axis=1), 1.0, atol=0.03)  # rounding
-    json.dumps(state)  # per-client state is serialisable
-    if stage.rowwise:  # the service may apply it to several clients' rows at once
-        assert stage.initial_state() == {}
-        parts = [
-            stage.apply(x[s], Answer(probs[s].argmax(1), probs[s]), {})
-            for s in (slice(0, 3), slice(3, 7))
-        ]
-        for field in ("labels", "probabilities", "top_k", "top_k_probabilities"):
-            if getattr(answer, field) is not None:
-                np.testing.assert_array_equal(
-                    np.concatenate([getattr(p, field) for p in parts]), getattr(answer, field)
-                )
-    again = stage.apply(x, Answer(probs.argmax(1), probs), stage.initial_state())
-    for field in ("probabilities", "top_k", "top_k_probabilities"):  # same input, same answer
-        np.testing.assert_array_equal(getattr(answer, field), getattr(again, field))
+    check_defense(parse_defense(EXAMPLE_SPECS[name]), x, digits_cnn.predict_proba(x))
+
+
+class _Lying(Defense):
+    """Base of stages that break the capabilities they declare (the checker must catch each)."""
+
+    def spec(self):
+        return self.name
+
+
+class FlipsLabels(_Lying):
+    name = "flips-labels"
+    capabilities = Capabilities(rowwise=True)
+
+    def apply(self, context, inputs, answer, state):
+        return Answer((answer.labels + 1) % answer.probabilities.shape[1], answer.probabilities)
+
+
+class NormalisesOverTheBatch(_Lying):
+    name = "batch-normalised"
+    capabilities = Capabilities(rowwise=True, needs_probabilities=True)
+
+    def apply(self, context, inputs, answer, state):
+        p = answer.probabilities + answer.probabilities.mean(axis=0)
+        return Answer(answer.labels, p / p.sum(axis=1, keepdims=True))
+
+
+class SilentAlarm(_Lying):
+    name = "silent-alarm"
+    capabilities = Capabilities()
+
+    def apply(self, context, inputs, answer, state):
+        context.alarm("undeclared")
+        return answer
+
+
+class SecretlyStateful(_Lying):
+    name = "secretly-stateful"
+    capabilities = Capabilities()
+
+    def apply(self, context, inputs, answer, state):
+        state.append("x", inputs)
+        return answer
+
+
+class PerClientNoise(_Lying):
+    name = "per-client"
+    capabilities = Capabilities(rowwise=True, needs_probabilities=True)
+
+    def apply(self, context, inputs, answer, state):
+        shift = 0.1 if context.client_id == "alice" else 0.0
+        p = answer.probabilities + shift
+        return Answer(answer.labels, p / p.sum(axis=1, keepdims=True))
+
+
+class HidesStateInItself(_Lying):
+    """Keeps its state on the instance, not in the client's StageState: lost on a restart,
+    shared between clients."""
+
+    name = "hidden-state"
+    capabilities = Capabilities(stateful=True, needs_probabilities=True)
+    calls = 0
+
+    def apply(self, context, inputs, answer, state):
+        self.calls += 1
+        p = answer.probabilities + 0.01 * self.calls
+        return Answer(answer.labels, p / p.sum(axis=1, keepdims=True))
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        FlipsLabels(),
+        NormalisesOverTheBatch(),
+        SilentAlarm(),
+        SecretlyStateful(),
+        PerClientNoise(),
+        HidesStateInItself(),
+    ],
+    ids=lambda s: s.name,
+)
+def test_the_checker_catches_a_stage_that_breaks_its_declarations(stage, digits_cnn, digits):
+    register_defense(type(stage))
+    try:
+        x = digits.test.x[:6]
+        with pytest.raises((AssertionError, RuntimeError)):
+            check_defense(stage, x, digits_cnn.predict_proba(x))
+    finally:
+        DEFENSES.pop(stage.name)
 
 
 @pytest.mark.parametrize("case", sorted(VARIANTS))
@@ -141,3 +214,52 @@ def test_incompatible_output_is_refused_before_any_query(digits_cnn, digits):
     with pytest.raises(IncompatibleOutputError, match="cannot learn from labels"):
         ProbabilitiesOnly().run(oracle, AttackerKnowledge(digits.pool.x, budget=10))
     assert oracle.queries_used == 0
+
+
+def test_every_attack_parameter_has_help_and_a_cli_option():
+    import dataclasses
+
+    import typer.testing
+
+    from modelheist.cli import app
+
+    runner = typer.testing.CliRunner()
+    for name, cls in ATTACKS.items():
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert fields == set(cls.param_help), f"{name}: help for {fields ^ set(cls.param_help)}"
+        shown = runner.invoke(app, ["attack", name, "--help"], terminal_width=200)
+        assert shown.exit_code == 0, shown.output
+        for field in fields:
+            flag = cls.flag_names.get(field, "--" + field.replace("_", "-")).split("/")[0]
+            assert flag in shown.output, f"{name}: no {flag} option"
+
+
+#: For each ownership scheme: a builder of (scheme, a model carrying the owner's mark).
+SCHEME_SETTINGS = {
+    "backdoor-watermark": lambda triggers, marked: (
+        SCHEMES["backdoor-watermark"](triggers),
+        marked,
+    ),
+}
+
+
+def test_every_scheme_has_settings():
+    assert set(SCHEME_SETTINGS) == set(SCHEMES)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMES))
+def test_scheme_contract(name, triggers, marked_cnn, digits_cnn):
+    scheme, marked = SCHEME_SETTINGS[name](triggers, marked_cnn)
+    for model, decision in ((marked, "stolen"), (digits_cnn, "not stolen")):
+        oracle = LocalOracle.for_new_client(PredictionService(model), None)
+        evidence = scheme.verify(oracle, significance=0.01)
+        assert evidence.decision == decision and evidence.scheme == name
+        assert evidence.queries == oracle.queries_used > 0  # counted by the oracle
+        assert 0.0 <= evidence.p_value <= 1.0
+        json.dumps(evidence.to_json())
+    starved = LocalOracle.for_new_client(PredictionService(marked), 1)
+    evidence = scheme.verify(starved)
+    assert evidence.decision == "cannot verify" and evidence.reason  # never "stolen"
+    assert evidence.queries == starved.queries_used <= 1
+    with pytest.raises(TypeError):  # parameters are named and typed, no **kwargs bag
+        type(scheme)(no_such_parameter=1)

@@ -12,7 +12,7 @@ from modelheist.api import npy
 from modelheist.api.http_client import HttpOracle
 from modelheist.api.http_server import create_app, serve_in_thread
 from modelheist.api.ledger import Ledger
-from modelheist.api.oracle import LocalOracle
+from modelheist.api.local import LocalOracle
 from modelheist.api.service import PredictionService
 from modelheist.attacks import AttackerKnowledge, KnockoffNets
 from modelheist.defenses import parse_defense
@@ -303,10 +303,12 @@ def test_defense_stack_over_http(digits_cnn, digits, tmp_path):
         oracle = HttpOracle(url, key)
         assert oracle.output_kind == "top_k"
         answer = oracle.query(digits.test.x[:6])
-    expected = LocalOracle.for_new_client(local, None).query(digits.test.x[:6])
+    in_process = LocalOracle.for_new_client(local, None, "c")
+    expected = in_process.query(digits.test.x[:6])
     np.testing.assert_array_equal(answer.top_k, expected.top_k)
     np.testing.assert_array_equal(answer.top_k_probabilities, expected.top_k_probabilities)
-    assert [r.flags for r in ledger.audit("c")][0] == expected.flags  # flags stay server-side
+    assert ledger.audit("c")[0].flags == local.ledger.audit("c")[0].flags  # flags stay server-side
+    assert ledger.audit("c")[0].flags == ("reverse-sigmoid", "noise:0.02", "rounded:3")
 
 
 @pytest.mark.parametrize("encoding", ["npy", "json"])
@@ -326,6 +328,69 @@ def test_attack_over_http_gives_the_same_surrogate(digits_cnn, digits, tmp_path,
     np.testing.assert_array_equal(
         remote.surrogate.predict_proba(x), local.surrogate.predict_proba(x)
     )
+
+
+def test_stage_state_alarms_and_review_over_http(digits_cnn, digits, tmp_path):
+    import sqlite3
+
+    from modelheist.api.ledger import DATABASE_NAME
+
+    stages = [parse_defense("history:limit=10")]
+    ledger = Ledger.open(tmp_path)
+    keys = {name: ledger.add_client(name, admin=name == "root") for name in ("eve", "root")}
+    service = PredictionService(digits_cnn, stages, ledger=ledger, name="digits")
+    with serve_in_thread(create_app(service)) as url:
+        eve = HttpOracle(url, keys["eve"])
+        eve.query(digits.test.x[:4])
+        eve.query(digits.test.x[4:12])
+    ledger.close()
+
+    ledger = Ledger.open(tmp_path)  # a restarted server on the same state folder
+    service = PredictionService(digits_cnn, stages, ledger=ledger, name="digits")
+    with serve_in_thread(create_app(service)) as url:
+        HttpOracle(url, keys["eve"]).query(digits.test.x[12:15])
+        headers = {"Authorization": f"Bearer {keys['root']}"}
+        report = httpx.get(f"{url}/v1/admin/clients", headers=headers).json()
+        (state,) = next(c for c in report["clients"] if c["name"] == "eve")["defense_state"]
+        assert state["stage"] == "history:limit=10"
+        assert state["values"] == {"not_kept": 5} and state["arrays"]["inputs"]["rows"] == 10
+        kept = service.client("eve").stages[0].array("inputs")
+        np.testing.assert_array_equal(kept, digits.test.x[:10])  # survived the restart
+        raw = sqlite3.connect(tmp_path / DATABASE_NAME)
+        raw.execute("UPDATE stage_values SET doc='{broken' WHERE client='eve'")
+        raw.commit()
+        raw.close()
+        service.forget_client("eve")
+        held = httpx.post(
+            f"{url}/v1/models/digits/predict",
+            json={"inputs": digits.test.x[:1].tolist()},
+            headers={"Authorization": f"Bearer {keys['eve']}"},
+        )
+        assert held.status_code == 403 and held.json()["error"]["code"] == "under_review"
+        report = httpx.get(f"{url}/v1/admin/clients", headers=headers).json()
+        assert (
+            "cannot be read" in next(c for c in report["clients"] if c["name"] == "eve")["review"]
+        )
+
+
+def test_alarms_reach_the_admin_endpoint_and_metrics(digits_cnn, digits, tmp_path):
+    from test_service import CountingDetector
+
+    ledger = Ledger.open(tmp_path)
+    keys = {name: ledger.add_client(name, admin=name == "root") for name in ("eve", "root")}
+    service = PredictionService(digits_cnn, [CountingDetector(3)], ledger=ledger, name="digits")
+    with serve_in_thread(create_app(service)) as url:
+        eve = HttpOracle(url, keys["eve"])
+        for i in range(3):
+            eve.query(digits.test.x[2 * i : 2 * i + 2])
+        headers = {"Authorization": f"Bearer {keys['root']}"}
+        report = httpx.get(f"{url}/v1/admin/clients", headers=headers).json()
+        record = next(c for c in report["clients"] if c["name"] == "eve")
+        assert record["alarms_total"] == 2
+        assert [a["statistic"] for a in record["alarms"]] == [4, 6]
+        assert {a["stage"] for a in record["alarms"]} == {"counting"}
+        text = httpx.get(f"{url}/metrics").text
+        assert 'modelheist_alarms_total{client="eve",model="digits",stage="counting"} 2.0' in text
 
 
 def test_chunked_body_over_the_limit_is_413(served):

@@ -31,14 +31,13 @@ class SharedKeyOracle(LocalOracle):
         answer = super()._query_batch(x)
         left = self.remaining
         if left:
-            LocalOracle(self.service, self.client_id).query(self.spend_from[:left])
+            LocalOracle(self.service, self.api_key).query(self.spend_from[:left])
         return answer
 
 
 def test_exhausted_budget_keeps_the_answers_and_a_partial_surrogate(tmp_path, digits_cnn, digits):
     service = PredictionService(digits_cnn)
-    service.register_client("attacker", 300)
-    oracle = SharedKeyOracle(service, "attacker")
+    oracle = SharedKeyOracle(service, service.add_client("attacker", 300))
     oracle.spend_from = digits.test.x
     attack = KnockoffNets(epochs=2, min_steps=20, query_batch=64)
     with pytest.raises(AttackInterrupted) as caught:
@@ -59,7 +58,7 @@ def test_exhausted_budget_keeps_the_answers_and_a_partial_surrogate(tmp_path, di
 def test_a_refusal_before_any_answer_is_a_plain_error(digits_cnn, digits):
     service = PredictionService(digits_cnn)
     oracle = LocalOracle.for_new_client(service, 5)
-    LocalOracle(service, "attacker").query(digits.test.x[:5])  # the key's other user spends it
+    LocalOracle(service, oracle.api_key).query(digits.test.x[:5])  # the key's other user spends it
     with pytest.raises(BudgetExceededError) as caught:
         KnockoffNets().run(oracle, AttackerKnowledge(digits.pool.x, budget=10))
     assert not isinstance(caught.value, AttackInterrupted)
@@ -71,8 +70,7 @@ def test_a_tabular_attack_cut_short_gets_a_network_that_fits(breast_cancer):
     from modelheist.models import train_model
 
     service = PredictionService(train_model(breast_cancer, "logreg"), parse_output("labels"))
-    service.register_client("attacker", 200)
-    oracle = SharedKeyOracle(service, "attacker")
+    oracle = SharedKeyOracle(service, service.add_client("attacker", 200))
     oracle.spend_from = np.concatenate([breast_cancer.test.x] * 2)
     with pytest.raises(AttackInterrupted) as caught:  # the knowledge's default "cnn" cannot fit
         AdaptiveRetraining().run(oracle, AttackerKnowledge(breast_cancer.pool.x, budget=200))

@@ -3,9 +3,9 @@ import pytest
 
 from modelheist.api import LocalOracle, PredictionService
 from modelheist.attacks import AttackerKnowledge, KnockoffNets
-from modelheist.attacks.base import BudgetedOracle
 from modelheist.errors import BudgetExceededError, ModelheistError
 from modelheist.experiments.extraction import Evaluation, measure_extraction
+from modelheist.oracle import BudgetedOracle
 
 SMALL = {"epochs": 20, "min_steps": 300, "rounds": 0}
 

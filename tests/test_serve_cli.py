@@ -91,6 +91,8 @@ def test_keys_commands(tmp_path):
     assert_one_line_error(run("keys", "add", "bob", "--state", tmp_path, "--budget", 0), "budget")
     assert run("keys", "revoke", "alice", "--state", tmp_path).returncode == 0
     assert_one_line_error(run("keys", "revoke", "ghost", "--state", tmp_path), "unknown client")
+    assert run("keys", "reset", "alice", "--state", tmp_path).returncode == 0
+    assert_one_line_error(run("keys", "reset", "ghost", "--state", tmp_path), "unknown client")
     assert_one_line_error(run("keys", "list", "--state", tmp_path / "none"), "no state folder")
 
 
@@ -101,10 +103,48 @@ def test_keys_commands(tmp_path):
         (["--defense", "labels", "--output", "round:2"], "needs full probabilities"),
         (["--name", "bad name!"], "--name"),
         (["--port", "70000"], "--port"),
+        (["--defense", "noise:sigma=0.1,key=0123456789abcdef01234567"], "never given inline"),
+        (["--defense", "noise:sigma=0.1,key_file=no/such.key"], "does not exist"),
     ],
 )
 def test_serve_refuses_bad_options(tmp_path, cnn_dir, options, needle):
-    assert_one_line_error(run("serve", cnn_dir, "--state", tmp_path, *options), needle)
+    state = tmp_path / "state"
+    assert_one_line_error(run("serve", cnn_dir, "--state", state, *options), needle)
+    assert not state.exists()  # a refused start touches no state folder
+
+
+def test_key_files_and_a_keyed_stage(tmp_path, cnn_dir, digits):
+    key = tmp_path / "keys" / "noise.key"
+    made = run("keys", "secret", key)
+    assert made.returncode == 0 and key.read_text().strip() not in made.stdout + made.stderr
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert_one_line_error(run("keys", "secret", key), "already exists")
+    state = tmp_path / "state"
+    eve = add_key(state, "eve")
+    with serving(cnn_dir, state, "--defense", f"noise:sigma=0.05,key_file={key}") as (proc, url):
+        response = httpx.post(
+            f"{url}/v1/models/digits-cnn/predict",
+            json={"inputs": digits.test.x[:2].tolist()},
+            headers={"Authorization": f"Bearer {eve}"},
+        )
+        assert response.status_code == 200
+    database = (state / "modelheist.sqlite").read_bytes()
+    assert key.read_text().strip().encode() not in database  # only the path is stored
+
+
+def test_a_state_folder_of_a_newer_version_is_refused(tmp_path, cnn_dir):
+    import sqlite3
+
+    state = tmp_path / "state"
+    add_key(state, "eve")
+    raw = sqlite3.connect(state / "modelheist.sqlite")
+    raw.execute("UPDATE meta SET value='3' WHERE key='schema'")
+    raw.commit()
+    raw.close()
+    before = (state / "modelheist.sqlite").read_bytes()
+    assert_one_line_error(run("serve", cnn_dir, "--state", state), "schema 3")
+    assert_one_line_error(run("keys", "list", "--state", state), "nothing was changed")
+    assert (state / "modelheist.sqlite").read_bytes() == before
 
 
 def test_serve_on_a_taken_port_is_one_line(tmp_path, cnn_dir):
@@ -221,7 +261,8 @@ def test_kill_9_under_load_loses_no_answered_query(tmp_path, cnn_dir, digits):
                 with lock:
                     answered.extend(zip(input_digests(x), labels, strict=True))
 
-    with serving(cnn_dir, state) as (proc, url):
+    history = ("--defense", "history:limit=1000000")
+    with serving(cnn_dir, state, *history) as (proc, url):
         predict = f"{url}/v1/models/digits-cnn/predict"
         threads = [threading.Thread(target=hammer, args=(s,)) for s in range(4)]
         for t in threads:
@@ -236,12 +277,17 @@ def test_kill_9_under_load_loses_no_answered_query(tmp_path, cnn_dir, digits):
     ledger = Ledger.open(state)
     audit = ledger.audit("load")
     used = ledger.client("load").queries_used
+    (kept,) = ledger.stage_state("load", "history:limit=1000000").values()
     ledger.close()
     missing = Counter(answered) - Counter((r.input_sha256, r.label) for r in audit)
     assert not missing, f"{sum(missing.values())} answered queries have no audit record"
     assert used == len(audit) >= len(answered)  # usage and audit log committed together
+    inputs = np.concatenate(
+        [np.frombuffer(data, np.float32) for name, _, _, data in kept.records if name == "inputs"]
+    ).reshape(-1, 1, 8, 8)
+    assert input_digests(inputs) == [r.input_sha256 for r in audit]  # the stage's state too
 
-    with serving(cnn_dir, state) as (_, url):
+    with serving(cnn_dir, state, *history) as (_, url):
         headers = {"Authorization": f"Bearer {key}"}
         account = httpx.get(f"{url}/v1/account", headers=headers).json()
         assert account["queries_used"] == used

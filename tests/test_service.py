@@ -1,9 +1,23 @@
 import numpy as np
 import pytest
 
-from modelheist.api import Answer, LocalOracle, PredictionService
-from modelheist.defenses import Defense, LabelsOnly, Rounding, TopK, parse_defense, parse_output
-from modelheist.errors import BudgetExceededError, InvalidQueryError, ModelheistError
+from modelheist.api import LocalOracle, PredictionService
+from modelheist.defenses import (
+    Capabilities,
+    Defense,
+    LabelsOnly,
+    Rounding,
+    TopK,
+    parse_defense,
+    parse_output,
+)
+from modelheist.errors import (
+    BudgetExceededError,
+    InvalidQueryError,
+    ModelheistError,
+    QueryRefusedError,
+)
+from modelheist.oracle import Answer
 
 
 @pytest.fixture
@@ -50,7 +64,7 @@ def test_rounding(digits_cnn, digits):
     np.testing.assert_allclose(
         answer.probabilities * 100, np.round(answer.probabilities * 100), atol=1e-9
     )
-    assert "rounded:2" in answer.flags
+    assert service.ledger.audit("c")[0].flags == ("rounded:2",)
     soft = answer.soft_targets(10)
     np.testing.assert_allclose(soft.sum(axis=1), 1.0, atol=1e-6)
 
@@ -62,9 +76,8 @@ def test_rounding_after_labels_is_a_configuration_error(digits_cnn):
 
 def test_a_refusing_stage_answers_and_counts_nothing(digits_cnn, digits):
     class Refuse(Rounding):
-        def apply(self, inputs, answer, state):
-            state["seen"] = state.get("seen", 0) + len(inputs)
-            raise ModelheistError("refused by policy")
+        def apply(self, context, inputs, answer, state):
+            raise QueryRefusedError("refused by policy")
 
     service = PredictionService(digits_cnn, [Refuse(2)])
     service.register_client("c")
@@ -154,22 +167,45 @@ def test_soft_targets_of_each_kind():
 
 
 class CountingDetector(Defense):
-    """Flags a client once it has sent more than ``limit`` queries (a stateful stage)."""
+    """Alarms once a client has sent more than ``limit`` queries; keeps each input's norm (a
+    stateful stage with both kinds of state)."""
 
     name = "counting"
+    capabilities = Capabilities(stateful=True, raises_alarms=True)
 
     def __init__(self, limit: int):
         self.limit = limit
 
-    def initial_state(self):
+    def initial_values(self):
         return {"seen": 0}
 
-    def apply(self, inputs, answer, state):
-        state["seen"] += len(inputs)
-        return answer.with_flag("alarm:counting") if state["seen"] > self.limit else answer
+    def apply(self, context, inputs, answer, state):
+        state.values["seen"] += len(inputs)
+        state.append("norms", np.linalg.norm(inputs.reshape(len(inputs), -1), axis=1))
+        if state.values["seen"] > self.limit:
+            context.alarm(f"over {self.limit} queries", statistic=state.values["seen"])
+        return answer
 
     def spec(self):
         return f"counting:{self.limit}"
+
+
+class RefuseLarge(Defense):
+    """Refuses a batch of more than ``most`` inputs (a policy stage)."""
+
+    name = "refuse-large"
+    capabilities = Capabilities(refuses=True)
+
+    def __init__(self, most: int):
+        self.most = most
+
+    def apply(self, context, inputs, answer, state):
+        if len(inputs) > self.most:
+            raise QueryRefusedError(f"batches of more than {self.most} inputs are refused")
+        return answer
+
+    def spec(self):
+        return f"refuse-large:{self.most}"
 
 
 def test_micro_batched_pipeline_equals_one_request_at_a_time(digits_cnn, digits):
@@ -179,25 +215,161 @@ def test_micro_batched_pipeline_equals_one_request_at_a_time(digits_cnn, digits)
         service.register_client("a")
         service.register_client("b")
     batches = [("a", digits.test.x[:4]), ("b", digits.test.x[4:6]), ("a", digits.test.x[6:9])]
-    joint = [r.answer for r in together.answer_many(batches)]
-    single = [alone.query(client, x) for client, x in batches]
+    joint = together.answer_many(batches)
+    single = [alone.answer_many([batch])[0] for batch in batches]
     for got, expected in zip(joint, single, strict=True):
-        np.testing.assert_array_equal(got.top_k, expected.top_k)
-        np.testing.assert_array_equal(got.top_k_probabilities, expected.top_k_probabilities)
-        assert got.flags == expected.flags
-    assert "alarm:counting" in joint[2].flags and "alarm:counting" not in joint[1].flags
-    assert together.client("a").alarms == ["alarm:counting"] and together.client("b").alarms == []
+        np.testing.assert_array_equal(got.answer.top_k, expected.answer.top_k)
+        np.testing.assert_array_equal(
+            got.answer.top_k_probabilities, expected.answer.top_k_probabilities
+        )
+        assert got.flags == expected.flags == ("noise:0.05", "rounded:3")
+        assert [a.reason for a in got.alarms] == [a.reason for a in expected.alarms]
+    assert [a.reason for a in joint[2].alarms] == ["over 5 queries"] and joint[1].alarms == ()
+    assert [a.statistic for a in together.client("a").alarms] == [7]
+    assert together.client("b").alarms == []
+    np.testing.assert_array_equal(
+        together.client("a").stages[0].array("norms"), alone.client("a").stages[0].array("norms")
+    )
 
 
-def test_a_stage_can_raise_an_alarm_and_keep_per_client_state(digits_cnn, digits):
+def test_a_stage_keeps_per_client_state_and_raises_structured_alarms(digits_cnn, digits):
     service = PredictionService(digits_cnn, [CountingDetector(5), LabelsOnly()])
     service.register_client("a")
     service.register_client("b")
-    assert service.query("a", digits.test.x[:4]).flags == ()
-    assert "alarm:counting" in service.query("a", digits.test.x[:4]).flags
-    assert service.query("b", digits.test.x[:4]).flags == ()  # state is per client
-    assert service.client("a").alarms == ["alarm:counting"] and service.client("b").alarms == []
-    assert service.client("a").defense_state == [{"seen": 8}, {}]
+    service.query("a", digits.test.x[:4])
+    assert service.client("a").alarms == []
+    service.query("a", digits.test.x[:4])
+    service.query("b", digits.test.x[:4])  # state is per client
+    (alarm,) = service.client("a").alarms
+    assert (alarm.stage, alarm.reason, alarm.statistic) == ("counting", "over 5 queries", 8)
+    assert service.client("b").alarms == [] and service.client("a").alarms_total == 1
+    state = service.client("a").stages[0]
+    assert state.values == {"seen": 8} and state.rows("norms") == 8
+    assert service.ledger.alarms("a") == [alarm]  # committed with the answer
+
+
+def test_alarms_are_bounded_per_client_and_counted(digits_cnn, digits):
+    from modelheist.api.ledger import MAX_ALARMS_PER_CLIENT
+
+    service = PredictionService(digits_cnn, [CountingDetector(0)])
+    service.register_client("a")
+    for i in range(MAX_ALARMS_PER_CLIENT + 5):
+        service.query("a", digits.test.x[i : i + 1])
+    assert len(service.client("a").alarms) == MAX_ALARMS_PER_CLIENT
+    assert service.client("a").alarms[-1].statistic == MAX_ALARMS_PER_CLIENT + 5
+    assert len(service.ledger.alarms("a")) == MAX_ALARMS_PER_CLIENT
+    assert service.ledger.client("a").alarms_total == MAX_ALARMS_PER_CLIENT + 5
+
+
+def test_a_refused_request_teaches_no_stage_anything(digits_cnn, digits):
+    service = PredictionService(digits_cnn, [CountingDetector(3), RefuseLarge(4)])
+    service.register_client("a")
+    service.query("a", digits.test.x[:2])
+    results = service.answer_many(
+        [("a", digits.test.x[:6]), ("a", digits.test.x[6:8]), ("a", digits.test.x[8:20])]
+    )
+    assert isinstance(results[0], QueryRefusedError) and isinstance(results[2], QueryRefusedError)
+    assert results[1].queries_used == 4 and [a.statistic for a in results[1].alarms] == [4]
+    state = service.client("a").stages[0]
+    assert state.values == {"seen": 4} and state.rows("norms") == 4  # only answered inputs
+    assert service.client("a").queries_used == 4 and len(service.ledger.audit("a")) == 4
+    service.forget_client("a")  # what was committed says the same
+    reloaded = service.client("a")
+    assert reloaded.stages[0].values == {"seen": 4} and reloaded.stages[0].rows("norms") == 4
+    assert [a.statistic for a in reloaded.alarms] == [4]
+
+
+def test_stage_state_is_committed_with_the_answer_and_survives_reopening(
+    tmp_path, digits_cnn, digits
+):
+    from modelheist.api.ledger import Ledger
+
+    stages = [CountingDetector(100)]
+    ledger = Ledger.open(tmp_path)
+    service = PredictionService(digits_cnn, stages, ledger=ledger)
+    service.register_client("a")
+    for i in range(5):
+        service.query("a", digits.test.x[3 * i : 3 * i + 3])
+    ledger.close()
+    again = PredictionService(digits_cnn, stages, ledger=Ledger.open(tmp_path))
+    state = again.client("a").stages[0]
+    assert state.values == {"seen": 15}
+    np.testing.assert_allclose(
+        state.array("norms"), np.linalg.norm(digits.test.x[:15].reshape(15, -1), axis=1)
+    )
+    assert again.client("a").queries_used == 15
+
+
+def test_a_failed_commit_answers_nothing_and_keeps_the_last_state(tmp_path, digits_cnn, digits):
+    import sqlite3
+
+    from modelheist.api.ledger import DATABASE_NAME, Ledger
+    from modelheist.errors import ServiceUnavailableError
+
+    service = PredictionService(digits_cnn, [CountingDetector(0)], ledger=Ledger.open(tmp_path))
+    service.register_client("a")
+    service.query("a", digits.test.x[:2])
+    other = sqlite3.connect(tmp_path / DATABASE_NAME)
+    other.execute("ALTER TABLE audit RENAME TO audit_away")  # the next commit fails for real
+    other.commit()
+    with pytest.raises(ServiceUnavailableError, match="nothing was answered"):
+        service.query("a", digits.test.x[2:5])
+    client = service.client("a")
+    assert client.queries_used == 2 and client.stages[0].values == {"seen": 2}
+    assert client.stages[0].rows("norms") == 2 and len(client.alarms) == 1
+    other.execute("ALTER TABLE audit_away RENAME TO audit")
+    other.commit()
+    other.close()
+    service.query("a", digits.test.x[5:6])
+    assert service.client("a").stages[0].values == {"seen": 3}
+    assert len(service.ledger.audit("a")) == 3
+
+
+def test_unreadable_state_holds_the_client_for_review(tmp_path, digits_cnn, digits):
+    import sqlite3
+
+    from modelheist.api.ledger import DATABASE_NAME, Ledger
+    from modelheist.errors import UnderReviewError
+
+    stages = [CountingDetector(100)]
+    service = PredictionService(digits_cnn, stages, ledger=Ledger.open(tmp_path))
+    service.register_client("a")
+    service.query("a", digits.test.x[:3])
+    raw = sqlite3.connect(tmp_path / DATABASE_NAME)
+    raw.execute("UPDATE stage_rows SET data = x'0102'")  # 2 bytes cannot be float64 rows
+    raw.commit()
+    raw.close()
+    again = PredictionService(digits_cnn, stages, ledger=Ledger.open(tmp_path))
+    with pytest.raises(UnderReviewError, match="held for review.*cannot be read"):
+        again.query("a", digits.test.x[:1])
+    assert again.ledger.client("a").review is not None  # recorded, not silently reset
+    assert again.client("a").queries_used == 3
+    again.ledger.reset_state("a")  # an administrator's decision
+    record = again.ledger.client("a")
+    again.sync_limits(record)
+    again.query("a", digits.test.x[:1])
+    assert again.client("a").stages[0].values == {"seen": 1}
+
+
+def test_local_oracle_meets_the_same_policies_as_http(digits_cnn, digits):
+    from modelheist.errors import AuthenticationError, ForbiddenError, RateLimitedError
+
+    service = PredictionService(digits_cnn, [Rounding(2)])
+    oracle = LocalOracle.for_new_client(service, 100, rate=2.0)
+    answer = oracle.query(digits.test.x[:3])
+    assert not hasattr(answer, "flags")  # what stages noted stays on the server
+    assert service.ledger.audit(oracle.client_id)[0].flags == ("rounded:2",)
+    impatient = LocalOracle(service, oracle.api_key)
+    impatient.max_rate_wait = 0.0
+    with pytest.raises(RateLimitedError):
+        for _ in range(3):
+            impatient.query(digits.test.x[:1])
+    assert len(oracle.query(digits.test.x[:1])) == 1  # a patient client waits it out
+    with pytest.raises(AuthenticationError, match="unknown API key"):
+        LocalOracle(service, "mh-wrong").query(digits.test.x[:1])
+    service.ledger.revoke(oracle.client_id)
+    with pytest.raises(ForbiddenError, match="revoked"):
+        oracle.query(digits.test.x[:1])
 
 
 def test_inputs_outside_the_declared_range_are_refused(digits_cnn, digits):

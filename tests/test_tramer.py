@@ -118,8 +118,8 @@ def test_labels_only_attacks_need_a_binary_api(wine, wine_lr):
 
 
 def test_rounding_is_recognised_from_the_values_alone():
-    from modelheist.api import Answer
     from modelheist.attacks.base import exact_probabilities
+    from modelheist.oracle import Answer
 
     p = np.array([[0.123456789, 0.876543211]])
     assert exact_probabilities(Answer(np.array([1]), p))

@@ -1,8 +1,9 @@
 """modelheist: model stealing attacks, API-side defenses and model ownership resolution.
 
-The package is laid out by actor (see DESIGN.md): ``data`` (datasets), ``models`` (the model
-owner's victims), ``api`` (the inference API and the Oracle boundary), ``defenses`` (stages of the
-API's pipeline), ``attacks`` (the malicious client), ``experiments`` (the experimenter).
+The package is laid out by actor and layer (docs/architecture.md): ``data`` (datasets),
+``models`` (the model owner's victims and training), ``oracle`` (the black-box boundary),
+``api`` (the inference API), ``defenses`` (stages of the API's pipeline), ``attacks`` (the
+malicious client), ``ownership`` (the verifier), ``experiments`` (the experimenter), ``cli``.
 """
 
 from modelheist.errors import ModelheistError

@@ -53,3 +53,17 @@ class ApiUnreachableError(ModelheistError):
 class ServiceUnavailableError(ModelheistError):
     """The service could not record an answer (e.g. its state database failed): nothing was
     answered or counted (HTTP 503)."""
+
+
+class QueryRefusedError(ModelheistError):
+    """A defense stage refused a client's request by policy (HTTP 403 ``refused``); nothing was
+    answered, counted or learned."""
+
+
+class UnderReviewError(ForbiddenError):
+    """A client's saved defense state could not be read, so the client is held for an
+    administrator's review instead of being silently reset (HTTP 403)."""
+
+
+class StateCorruptError(ModelheistError):
+    """Saved per-client defense state does not decode (a damaged or foreign state database)."""

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from modelheist.models.classifier import Classifier, predict_labels
+from modelheist.models.classifier import Classifier, accuracy, predict_labels
 
-
-def accuracy(model: Classifier, x: np.ndarray, y: np.ndarray) -> float:
-    """Fraction of ``x`` that ``model`` labels as ``y``."""
-    return float((predict_labels(model, x) == y).mean()) if len(y) else float("nan")
+__all__ = ["accuracy", "fidelity", "uniform_fidelity", "uniform_inputs"]
 
 
 def fidelity(surrogate: Classifier, victim: Classifier, x: np.ndarray) -> float:

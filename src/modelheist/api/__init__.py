@@ -1,7 +1,21 @@
-"""The inference API: answers, the PredictionService and the Oracle boundary."""
+"""The inference API: the PredictionService, its ledger, and its in-process and HTTP
+transports. Names are imported on first use (:mod:`modelheist._lazy`)."""
 
-from modelheist.api.answer import Answer, OutputKind
-from modelheist.api.oracle import LocalOracle, Oracle
-from modelheist.api.service import ClientState, PredictionService
+from typing import TYPE_CHECKING
 
-__all__ = ["Answer", "ClientState", "LocalOracle", "Oracle", "OutputKind", "PredictionService"]
+from modelheist._lazy import lazy_exports
+
+_EXPORTS = {
+    "ClientState": "service",
+    "PredictionService": "service",
+    "Receipt": "service",
+    "LocalOracle": "local",
+    "Ledger": "ledger",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from modelheist.api.ledger import Ledger
+    from modelheist.api.local import LocalOracle
+    from modelheist.api.service import ClientState, PredictionService, Receipt

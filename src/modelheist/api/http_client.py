@@ -1,15 +1,14 @@
-"""``HttpOracle``: the :class:`~modelheist.api.oracle.Oracle` of a served model, over HTTP.
+"""``HttpOracle``: the :class:`~modelheist.oracle.Oracle` of a served model, over HTTP.
 
 An attack runs the same against a URL as in-process: the oracle learns the input shape, classes
 and output granularity from ``/v1/models`` and its budget from ``/v1/account``, sends batches of
 at most the server's batch limit (as ``.npy`` bytes by default, or JSON), and turns the JSON
-answers back into :class:`~modelheist.api.answer.Answer` objects. Floats travel as shortest
+answers back into :class:`~modelheist.oracle.Answer` objects. Floats travel as shortest
 round-trip decimals (orjson), so an answer is bit-identical to the in-process one.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 import httpx
@@ -17,8 +16,6 @@ import numpy as np
 import orjson
 
 from modelheist.api import npy
-from modelheist.api.answer import Answer, OutputKind
-from modelheist.api.oracle import Oracle
 from modelheist.errors import (
     ApiUnreachableError,
     AuthenticationError,
@@ -29,6 +26,8 @@ from modelheist.errors import (
     RateLimitedError,
     ServiceUnavailableError,
 )
+from modelheist.oracle.answer import Answer, OutputKind
+from modelheist.oracle.base import Oracle
 
 _KINDS: dict[str, OutputKind] = {
     "probabilities": "probabilities",
@@ -183,18 +182,7 @@ class HttpOracle(Oracle):
         else:
             body = orjson.dumps({"inputs": x}, option=orjson.OPT_SERIALIZE_NUMPY)
             content_type = "application/json"
-        waited = 0.0
-        while True:
-            try:
-                document = self._request(
-                    "POST", f"/v1/models/{self.name}/predict", body, content_type
-                )
-                break
-            except RateLimitedError as exc:  # a patient client waits out the rate limit
-                if waited + exc.retry_after > self.max_rate_wait:
-                    raise
-                time.sleep(exc.retry_after)
-                waited += exc.retry_after
+        document = self._request("POST", f"/v1/models/{self.name}/predict", body, content_type)
         self._used = int(document["queries_used"])
         return _answer(document["predictions"], len(self.classes))
 

@@ -1,14 +1,16 @@
-"""The HTTP prediction API (DESIGN.md, "Contracts"): a thin FastAPI transport over a
+"""The HTTP prediction API (the README's contract): a thin FastAPI transport over a
 :class:`~modelheist.api.service.PredictionService`.
 
 Endpoints: ``GET /healthz``, ``GET /v1/models``, ``POST /v1/models/{name}/predict``,
-``GET /v1/account`` (the caller's usage; an addition to DESIGN.md that an HTTP oracle needs to
+``GET /v1/account`` (the caller's usage; an HTTP oracle needs to
 know its budget before spending it), ``GET /metrics`` (Prometheus text) and
 ``GET /v1/admin/clients`` (admin key). Every error is ``{"error": {"code", "message"}}`` with a
 4xx status; nothing a client sends causes a 5xx. Requests are authenticated with
-``Authorization: Bearer <key>``, rate-limited per client, and answered through a
-:class:`~modelheist.api.batching.MicroBatcher`; the service commits each audit record before its
-answer is sent.
+``Authorization: Bearer <key>`` and rate-limited by the service's own policies
+(:meth:`PredictionService.authenticate`, :meth:`PredictionService.check_rate`, the same an
+in-process client meets), and answered through a :class:`~modelheist.api.batching.MicroBatcher`;
+the service commits each audit record before its answer is sent. :func:`prepare_server`
+assembles a server from a model folder and a state folder (what ``modelheist serve`` runs).
 
 The predict body is parsed with orjson and validated by the service (shape, dtype, finiteness,
 batch size), not by a pydantic model: validating a nested list of floats element by element
@@ -19,12 +21,14 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -45,10 +49,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelheist.api import npy
-from modelheist.api.answer import Answer
 from modelheist.api.batching import MicroBatcher
-from modelheist.api.ledger import ClientRecord
-from modelheist.api.ratelimit import RateLimiter
+from modelheist.api.ledger import ClientRecord, Ledger
 from modelheist.api.service import PredictionService
 from modelheist.errors import (
     AuthenticationError,
@@ -56,9 +58,12 @@ from modelheist.errors import (
     ForbiddenError,
     InvalidQueryError,
     ModelheistError,
+    QueryRefusedError,
     RateLimitedError,
     ServiceUnavailableError,
+    UnderReviewError,
 )
+from modelheist.oracle.answer import Answer
 
 log = logging.getLogger(__name__)
 
@@ -153,14 +158,23 @@ class Account(BaseModel):
     rate: float | None
 
 
+class AlarmReport(BaseModel):
+    stage: str
+    time: float
+    reason: str
+    statistic: float | None
+
+
 class ClientReport(BaseModel):
     name: str
     admin: bool
     revoked: bool
+    review: str | None
     budget: int | None
     rate: float | None
     queries_used: int
-    alarms: list[str]
+    alarms_total: int
+    alarms: list[AlarmReport]
     defense_state: list[dict[str, Any]]
 
 
@@ -226,6 +240,7 @@ class _Metrics:
     requests: Counter
     latency: Histogram
     answered: Counter
+    alarms: Counter
 
     @classmethod
     def create(cls) -> _Metrics:
@@ -249,6 +264,12 @@ class _Metrics:
                 "modelheist_queries_answered",
                 "Inputs answered, by model and client.",
                 ["model", "client"],
+                registry=registry,
+            ),
+            Counter(
+                "modelheist_alarms",
+                "Alarms raised by defense stages, by model, client and stage.",
+                ["model", "client", "stage"],
                 registry=registry,
             ),
         )
@@ -373,9 +394,13 @@ def _service_error(exc: ModelheistError, remaining: int | None) -> ApiError:
         return ApiError(401, "unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"})
     if isinstance(exc, ServiceUnavailableError):
         return ApiError(503, "unavailable", str(exc))
+    if isinstance(exc, UnderReviewError):
+        return ApiError(403, "under_review", str(exc))
     if isinstance(exc, ForbiddenError):
         return ApiError(403, "forbidden", str(exc))
-    return ApiError(403, "refused", str(exc))  # a defense stage refused the query
+    if isinstance(exc, QueryRefusedError):
+        return ApiError(403, "refused", str(exc))
+    return ApiError(403, "refused", str(exc))  # any other refusal by a defense stage
 
 
 def create_app(
@@ -387,7 +412,6 @@ def create_app(
 
     metrics = _Metrics.create()
     batcher = MicroBatcher(service, max_images=max(max_batch_images, service.max_batch))
-    limiter = RateLimiter()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -408,22 +432,10 @@ def create_app(
     app.add_middleware(_MetricsMiddleware, metrics=metrics)  # type: ignore[arg-type]
 
     def authenticate(credentials: HTTPAuthorizationCredentials | None) -> ClientRecord:
-        if credentials is None or not credentials.credentials:
-            raise ApiError(
-                401,
-                "unauthorized",
-                "missing API key: send Authorization: Bearer <key>",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        record = service.ledger.client_for_key(credentials.credentials)
-        if record is None:
-            raise ApiError(
-                401, "unauthorized", "unknown API key", headers={"WWW-Authenticate": "Bearer"}
-            )
-        if record.revoked:
-            raise ApiError(403, "forbidden", f"client {record.name!r} has been revoked")
-        service.sync_limits(record)
-        return record
+        try:
+            return service.authenticate(credentials.credentials if credentials else None)
+        except ModelheistError as exc:
+            raise _service_error(exc, None) from None
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> Response:
@@ -503,7 +515,7 @@ def create_app(
         if name != service.name:
             raise ApiError(404, "unknown_model", f"no model named {name!r}; see /v1/models")
         try:
-            limiter.allow(record.name, record.rate)
+            service.check_rate(record)
         except RateLimitedError as exc:
             raise _service_error(exc, None) from None
         body = await _read_body(request, max_body_bytes)
@@ -513,6 +525,8 @@ def create_app(
         except ModelheistError as exc:
             raise _service_error(exc, service.client(record.name).remaining) from None
         metrics.answered.labels(service.name, record.name).inc(len(x))
+        for alarm in receipt.alarms:
+            metrics.alarms.labels(service.name, record.name, alarm.stage).inc()
         return _json(
             {
                 "predictions": _prediction_rows(receipt.answer),
@@ -545,11 +559,17 @@ def create_app(
                     "name": client.name,
                     "admin": client.admin,
                     "revoked": client.revoked,
+                    "review": state.review,
                     "budget": client.budget,
                     "rate": client.rate,
                     "queries_used": state.queries_used,
-                    "alarms": state.alarms,
-                    "defense_state": state.defense_state,
+                    "alarms_total": state.alarms_total,
+                    "alarms": [alarm.to_json() for alarm in state.alarms],
+                    "defense_state": [
+                        {"stage": stage.spec(), **stage_state.summary()}
+                        for stage, stage_state in zip(service.defenses, state.stages, strict=False)
+                        if stage.capabilities.stateful
+                    ],
                 }
             )
         return _json({"clients": reports})
@@ -606,3 +626,82 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Ite
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+# -- assembling a server from folders (what `modelheist serve` runs) -----------------------------
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@dataclass
+class PreparedServer:
+    """A served model ready to run: its service, ledger, application and listening socket."""
+
+    service: PredictionService
+    ledger: Ledger
+    app: FastAPI
+    socket: socket.socket
+
+    @property
+    def url(self) -> str:
+        host, port = self.socket.getsockname()[:2]
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def run(self) -> None:
+        """Serve until interrupted, then release the socket and the ledger."""
+        try:
+            uvicorn_server(self.app).run(sockets=[self.socket])
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.socket.close()
+        self.ledger.close()
+
+
+def prepare_server(
+    model_dir: Path,
+    state: Path,
+    name: str | None = None,
+    defenses: Sequence[str] = (),
+    output: str = "probs",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 1024,
+    max_body_mb: float = DEFAULT_MAX_BODY_BYTES / 1024**2,
+    durable: bool = False,
+    leaves: bool = False,
+    incomplete_queries: bool = False,
+) -> PreparedServer:
+    """Check every option, load the model, open the state folder and the stages (their secret
+    files), and bind the socket: every problem is one ``ModelheistError`` before anything
+    listens, and nothing in the state folder is changed by a refused start."""
+    from modelheist.defenses.registry import parse_defense, parse_output
+    from modelheist.models.store import load_model
+
+    name = name or Path(model_dir).name
+    if not _NAME.fullmatch(name):
+        raise ModelheistError(f"--name must be 1-64 letters, digits, '.', '_' or '-', got {name!r}")
+    if max_batch < 1:
+        raise ModelheistError(f"--max-batch must be at least 1, got {max_batch}")
+    if not 0 < max_body_mb < 1024**2:
+        raise ModelheistError(f"--max-body-mb must be positive and finite, got {max_body_mb}")
+    if not 0 <= port <= 65535:
+        raise ModelheistError(f"--port must be between 0 and 65535, got {port}")
+    stages = [parse_defense(spec) for spec in defenses] + parse_output(output)
+    model = load_model(model_dir)
+    service = PredictionService(
+        model,
+        stages,
+        max_batch=max_batch,
+        name=name,
+        leaves=leaves,
+        incomplete_queries=incomplete_queries,
+    ).open()  # the pipeline and its secrets are sound before the state folder is touched
+    ledger = service.use_ledger(Ledger.open(state, durable=durable))
+    try:
+        sock = bind_socket(host, port)
+    except ModelheistError:
+        ledger.close()
+        raise
+    return PreparedServer(service, ledger, create_app(service, int(max_body_mb * 1024**2)), sock)

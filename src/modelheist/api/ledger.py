@@ -1,8 +1,14 @@
-"""The ledger: clients, API keys, budgets, defense state and the audit log, in one SQLite file.
+"""The ledger: clients, API keys, budgets, defense state, alarms and the audit log, in one
+SQLite file.
 
 A prediction service records every answered query here (client, time, input digest, returned
 label, defense flags) in the same transaction that counts it against the client's budget and
-saves the defense stages' state, and only then lets the answer leave. SQLite in WAL mode makes a
+saves the defense stages' state and alarms, and only then lets the answer leave. A stage's
+state is stored per stage: its small JSON document, rewritten when it changes, and its
+append-only arrays as binary rows, of which a commit inserts only the new ones (O(new data)).
+Alarms are structured and bounded per client (the newest :data:`MAX_ALARMS_PER_CLIENT`, with a
+running count). The schema carries a version; schema 1 (one JSON row of state per client) is
+migrated in place. SQLite in WAL mode makes a
 committed transaction survive a ``kill -9`` of the process, so no record of an answered query is
 lost and a restarted server continues from the same state. (``synchronous=NORMAL``: a power cut,
 unlike a process crash, may lose the last transactions; ``durable=True`` trades speed for that.)
@@ -21,18 +27,21 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelheist.defenses.base import Alarm
+from modelheist.defenses.state import StateChanges, encode_rows
 from modelheist.errors import ModelheistError
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = 2
 DATABASE_NAME = "modelheist.sqlite"
 KEY_PREFIX = "mh-"
+#: Alarms kept per client (the newest); older ones are dropped, their count kept.
+MAX_ALARMS_PER_CLIENT = 100
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+_TABLES = """
 CREATE TABLE IF NOT EXISTS clients (
     name TEXT PRIMARY KEY,
     key_sha256 TEXT UNIQUE,
@@ -41,14 +50,10 @@ CREATE TABLE IF NOT EXISTS clients (
     admin INTEGER NOT NULL DEFAULT 0,
     revoked INTEGER NOT NULL DEFAULT 0,
     queries_used INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS defense_state (
-    client TEXT NOT NULL,
-    pipeline TEXT NOT NULL,
-    state TEXT NOT NULL,
-    alarms TEXT NOT NULL,
-    PRIMARY KEY (client, pipeline)
+    created REAL NOT NULL,
+    review TEXT,
+    alarms_total INTEGER NOT NULL DEFAULT 0,
+    generation INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY,
@@ -61,6 +66,37 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_client ON audit (client);
 """
+# Added by schema 2: per-stage state (a JSON document and append-only binary rows) and
+# structured alarms, in place of schema 1's one JSON row per client and pipeline.
+_STATE_TABLES = """
+CREATE TABLE IF NOT EXISTS stage_values (
+    client TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    stage INTEGER NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (client, pipeline, stage)
+);
+CREATE TABLE IF NOT EXISTS stage_rows (
+    id INTEGER PRIMARY KEY,
+    client TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    stage INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    dtype TEXT NOT NULL,
+    shape TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS stage_rows_of ON stage_rows (client, pipeline, stage, id);
+CREATE TABLE IF NOT EXISTS alarms (
+    id INTEGER PRIMARY KEY,
+    client TEXT NOT NULL,
+    time REAL NOT NULL,
+    stage TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    statistic REAL
+);
+CREATE INDEX IF NOT EXISTS alarms_of ON alarms (client, id);
+"""
 
 
 def key_digest(key: str) -> str:
@@ -69,7 +105,9 @@ def key_digest(key: str) -> str:
 
 @dataclass(frozen=True)
 class ClientRecord:
-    """A client as stored: its limits and how many queries it has been answered."""
+    """A client as stored: its limits, how many queries it has been answered, how many alarms
+    it raised, why it is held for review (None: it is not), and the generation of its state
+    (raised by every reset, so that a running server reloads it)."""
 
     name: str
     budget: int | None
@@ -77,6 +115,9 @@ class ClientRecord:
     admin: bool
     revoked: bool
     queries_used: int
+    review: str | None = None
+    alarms_total: int = 0
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -93,12 +134,26 @@ class AuditRecord:
 
 @dataclass(frozen=True)
 class ClientUpdate:
-    """What one committed batch changes for a client."""
+    """What one committed batch changes for a client: its usage, the state changes of each
+    stage of ``pipeline`` (by position) and the alarms raised."""
 
     queries_used: int
     pipeline: str
-    defense_state: list[dict[str, Any]]
-    alarms: list[str]
+    stages: dict[int, StateChanges] = field(default_factory=dict)
+    alarms: tuple[Alarm, ...] = ()
+
+
+@dataclass(frozen=True)
+class SavedStage:
+    """One stage's committed state for a client, as stored."""
+
+    values: str | None
+    records: list[tuple[str, str, str, bytes]]  # (array name, dtype, row shape JSON, bytes)
+
+
+_CLIENT_COLUMNS = (
+    "name, budget, rate, admin, revoked, queries_used, review, alarms_total, generation"
+)
 
 
 class Ledger:
@@ -111,7 +166,11 @@ class Ledger:
 
     @classmethod
     def open(cls, state_dir: Path | None, durable: bool = False) -> Ledger:
-        """Open (creating if needed) the ledger of a state folder; None: a private in-memory one."""
+        """Open (creating if needed) the ledger of a state folder; None: a private in-memory one.
+
+        A schema-1 database is migrated to schema 2 in one transaction; a database written by a
+        newer modelheist, or one that is not a modelheist ledger, is refused unchanged.
+        """
         if state_dir is None:
             db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
             path = None
@@ -125,23 +184,93 @@ class Ledger:
                 db = sqlite3.connect(
                     path, check_same_thread=False, isolation_level=None, timeout=10.0
                 )
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             except sqlite3.DatabaseError as exc:
                 raise ModelheistError(f"cannot open the state database {path}: {exc}") from None
+        ledger = cls(db, path)
         try:
-            db.executescript(_SCHEMA)
-            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-            elif row[0] != SCHEMA_VERSION:
-                raise ModelheistError(
-                    f"state database {path} has schema {row[0]}, this modelheist reads "
-                    f"{SCHEMA_VERSION}"
-                )
+            with ledger._transaction():
+                ledger._prepare_schema()  # refuses before writing anything
+            if path is not None:  # WAL: a committed transaction survives a kill -9
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         except sqlite3.DatabaseError as exc:
+            db.close()
             raise ModelheistError(f"{path} is not a modelheist state database: {exc}") from None
-        return cls(db, path)
+        except ModelheistError:
+            db.close()
+            raise
+        return ledger
+
+    def _prepare_schema(self) -> None:
+        """Create a new ledger, migrate an old one, or refuse one this version cannot read."""
+        db = self._db
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" not in tables:
+            if tables:
+                raise ModelheistError(
+                    f"{self.path} is an SQLite database but not a modelheist state database"
+                )
+            db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            for statement in (_TABLES + _STATE_TABLES).split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            return
+        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        version = row[0] if row is not None else None
+        if version == str(SCHEMA_VERSION):
+            return
+        if version == "1":
+            self._migrate_from_1()
+            return
+        raise ModelheistError(
+            f"state database {self.path} has schema {version}, written by another modelheist; "
+            f"this one reads schemas 1 and {SCHEMA_VERSION} (nothing was changed)"
+        )
+
+    def _migrate_from_1(self) -> None:
+        """Schema 1 -> 2: each client's JSON list of stage states becomes one document per
+        stage, its alarm strings become structured alarms; a client whose state does not decode
+        is held for review, not reset."""
+        db = self._db
+        db.execute("ALTER TABLE clients ADD COLUMN review TEXT")
+        db.execute("ALTER TABLE clients ADD COLUMN alarms_total INTEGER NOT NULL DEFAULT 0")
+        db.execute("ALTER TABLE clients ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")
+        for statement in _STATE_TABLES.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        now = time.time()
+        rows = db.execute("SELECT client, pipeline, state, alarms FROM defense_state").fetchall()
+        for client, pipeline, state_text, alarms_text in rows:
+            try:
+                states, alarms = json.loads(state_text), json.loads(alarms_text)
+                if not isinstance(states, list) or not all(isinstance(d, dict) for d in states):
+                    raise ValueError("the stage states are not a list of objects")
+                if not isinstance(alarms, list):
+                    raise ValueError("the alarms are not a list")
+            except (ValueError, TypeError) as exc:
+                db.execute(
+                    "UPDATE clients SET review=? WHERE name=?",
+                    (f"its schema-1 defense state could not be read: {exc}", client),
+                )
+                continue
+            for index, document in enumerate(states):
+                db.execute(
+                    "INSERT INTO stage_values VALUES (?, ?, ?, ?)",
+                    (client, pipeline, index, json.dumps(document, sort_keys=True)),
+                )
+            for text in map(str, alarms[-MAX_ALARMS_PER_CLIENT:]):
+                stage = text.split(":")[1] if text.startswith("alarm:") else "unknown"
+                db.execute(
+                    "INSERT INTO alarms (client, time, stage, reason) VALUES (?, ?, ?, ?)",
+                    (client, now, stage, f"migrated from schema 1: {text}"),
+                )
+            db.execute(
+                "UPDATE clients SET alarms_total = alarms_total + ? WHERE name=?",
+                (len(alarms), client),
+            )
+        db.execute("DROP TABLE defense_state")
+        db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         with self._lock:
@@ -160,7 +289,8 @@ class Ledger:
     ) -> str | None:
         """Create a client and return its new API key (shown once), or None without a key.
 
-        ``replace`` resets an existing client of that name (usage, state) instead of refusing.
+        ``replace`` resets an existing client of that name (usage, state, alarms) instead of
+        refusing.
         """
         if not name or len(name) > 128 or not name.isprintable():
             raise ModelheistError("a client name must be 1 to 128 printable characters")
@@ -175,7 +305,7 @@ class Ledger:
             if exists and not replace:
                 raise ModelheistError(f"client {name!r} already exists")
             self._db.execute("DELETE FROM clients WHERE name=?", (name,))
-            self._db.execute("DELETE FROM defense_state WHERE client=?", (name,))
+            self._forget_state(name)
             self._db.execute(
                 "INSERT INTO clients (name, key_sha256, budget, rate, admin, created) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -183,11 +313,33 @@ class Ledger:
             )
         return key
 
+    def _forget_state(self, name: str) -> None:
+        for table in ("stage_values", "stage_rows", "alarms"):
+            self._db.execute(f"DELETE FROM {table} WHERE client=?", (name,))
+
     def revoke(self, name: str) -> None:
         with self._lock, self._transaction():
             cursor = self._db.execute("UPDATE clients SET revoked=1 WHERE name=?", (name,))
             if cursor.rowcount == 0:
                 raise ModelheistError(f"unknown client {name!r}")
+
+    def hold_for_review(self, name: str, reason: str) -> None:
+        """Refuse the client's requests until an administrator resets it (its state is kept)."""
+        with self._lock, self._transaction():
+            self._db.execute("UPDATE clients SET review=? WHERE name=?", (reason, name))
+
+    def reset_state(self, name: str) -> None:
+        """Drop a client's defense state and alarms and lift any review: an administrator's
+        decision, e.g. after a state that could not be read held the client for review."""
+        with self._lock, self._transaction():
+            cursor = self._db.execute(
+                "UPDATE clients SET review=NULL, alarms_total=0, generation=generation + 1 "
+                "WHERE name=?",
+                (name,),
+            )
+            if cursor.rowcount == 0:
+                raise ModelheistError(f"unknown client {name!r}")
+            self._forget_state(name)
 
     def client(self, name: str) -> ClientRecord | None:
         return self._one("WHERE name=?", (name,))
@@ -198,45 +350,82 @@ class Ledger:
     def clients(self) -> list[ClientRecord]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT name, budget, rate, admin, revoked, queries_used FROM clients ORDER BY name"
+                f"SELECT {_CLIENT_COLUMNS} FROM clients ORDER BY name"
             ).fetchall()
         return [_client(row) for row in rows]
 
     def _one(self, where: str, args: tuple[Any, ...]) -> ClientRecord | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT name, budget, rate, admin, revoked, queries_used FROM clients " + where,
+                f"SELECT {_CLIENT_COLUMNS} FROM clients " + where,
                 args,
             ).fetchone()
         return None if row is None else _client(row)
 
-    # -- defense state and the audit log -------------------------------------------------------
+    # -- defense state, alarms and the audit log -----------------------------------------------
 
-    def defense_state(self, client: str, pipeline: str) -> tuple[list[dict[str, Any]], list[str]]:
-        """The saved state of ``pipeline``'s stages for ``client`` (empty lists if none)."""
+    def stage_state(self, client: str, pipeline: str) -> dict[int, SavedStage]:
+        """The committed state of ``pipeline``'s stages for ``client``, by stage position."""
+        saved: dict[int, SavedStage] = {}
         with self._lock:
-            row = self._db.execute(
-                "SELECT state, alarms FROM defense_state WHERE client=? AND pipeline=?",
+            for stage, doc in self._db.execute(
+                "SELECT stage, doc FROM stage_values WHERE client=? AND pipeline=?",
                 (client, pipeline),
-            ).fetchone()
-        return ([], []) if row is None else (json.loads(row[0]), json.loads(row[1]))
+            ):
+                saved[stage] = SavedStage(doc, [])
+            for stage, name, dtype, shape, data in self._db.execute(
+                "SELECT stage, name, dtype, shape, data FROM stage_rows "
+                "WHERE client=? AND pipeline=? ORDER BY stage, id",
+                (client, pipeline),
+            ):
+                saved.setdefault(stage, SavedStage(None, [])).records.append(
+                    (name, dtype, shape, bytes(data))
+                )
+        return saved
+
+    def alarms(self, client: str) -> list[Alarm]:
+        """The client's kept alarms (at most :data:`MAX_ALARMS_PER_CLIENT`), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT stage, time, reason, statistic FROM alarms WHERE client=? ORDER BY id",
+                (client,),
+            ).fetchall()
+        return [Alarm(stage, t, reason, statistic) for stage, t, reason, statistic in rows]
 
     def commit(self, updates: dict[str, ClientUpdate], records: Sequence[AuditRecord]) -> None:
         """Record a batch of answered queries and the client updates, all or nothing."""
         with self._lock, self._transaction():
             for name, update in updates.items():
                 self._db.execute(
-                    "UPDATE clients SET queries_used=? WHERE name=?", (update.queries_used, name)
+                    "UPDATE clients SET queries_used=?, alarms_total = alarms_total + ? "
+                    "WHERE name=?",
+                    (update.queries_used, len(update.alarms), name),
                 )
-                self._db.execute(
-                    "INSERT OR REPLACE INTO defense_state VALUES (?, ?, ?, ?)",
-                    (
-                        name,
-                        update.pipeline,
-                        json.dumps(update.defense_state),
-                        json.dumps(update.alarms),
-                    ),
-                )
+                for stage, changes in update.stages.items():
+                    if changes.values is not None:
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO stage_values VALUES (?, ?, ?, ?)",
+                            (name, update.pipeline, stage, changes.values),
+                        )
+                    self._db.executemany(
+                        "INSERT INTO stage_rows (client, pipeline, stage, name, dtype, shape, "
+                        "data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            (name, update.pipeline, stage, new.name, *encode_rows(new.rows))
+                            for new in changes.rows
+                        ),
+                    )
+                if update.alarms:
+                    self._db.executemany(
+                        "INSERT INTO alarms (client, time, stage, reason, statistic) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        ((name, a.time, a.stage, a.reason, a.statistic) for a in update.alarms),
+                    )
+                    self._db.execute(
+                        "DELETE FROM alarms WHERE client=? AND id NOT IN (SELECT id FROM alarms "
+                        "WHERE client=? ORDER BY id DESC LIMIT ?)",
+                        (name, name, MAX_ALARMS_PER_CLIENT),
+                    )
             self._db.executemany(
                 "INSERT INTO audit (time, client, model, input_sha256, label, flags) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -290,5 +479,15 @@ class _Transaction:
 
 
 def _client(row: Iterable[Any]) -> ClientRecord:
-    name, budget, rate, admin, revoked, used = row
-    return ClientRecord(name, budget, rate, bool(admin), bool(revoked), int(used))
+    name, budget, rate, admin, revoked, used, review, alarms_total, generation = row
+    return ClientRecord(
+        name,
+        budget,
+        rate,
+        bool(admin),
+        bool(revoked),
+        int(used),
+        review,
+        int(alarms_total),
+        int(generation),
+    )

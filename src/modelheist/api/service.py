@@ -1,56 +1,75 @@
-"""``PredictionService``: a model behind an inference API (DESIGN.md, "The seams").
+"""``PredictionService``: a model behind an inference API (docs/architecture.md, "The
+PredictionService").
 
-The service validates each query batch, enforces the client's budget, computes the model's
-probabilities and passes them through the ordered defense pipeline (output granularity and any
-other stages). Clients, budgets, each stage's per-client state and the audit log live in a
+The service authenticates a client by its API key, applies its rate limit, validates the query
+batch, enforces the client's budget, computes the model's probabilities and passes them through
+the ordered defense pipeline (output granularity and any other stages). Clients, budgets, each
+stage's per-client state, alarms and the audit log live in a
 :class:`~modelheist.api.ledger.Ledger` (SQLite; a private in-memory one by default). An answer
-is returned only after its audit record, the client's usage and the stages' new state are
-committed together. The in-process :class:`~modelheist.api.oracle.LocalOracle` and the HTTP
-server are both thin transports over this class, so a defense behaves the same everywhere.
+is returned only after its audit record, the client's usage, the stages' new state and any
+alarms are committed together. The in-process :class:`~modelheist.api.local.LocalOracle` and
+the HTTP server are both thin transports over :meth:`PredictionService.predict`, so a defense,
+a key, a revocation and a rate limit behave the same everywhere.
 
 :meth:`PredictionService.answer_many` answers the batches of several clients with one forward
-pass (the HTTP server's micro-batching); each client's stages still see its own batches, in
-order, one at a time.
+pass (the HTTP server's micro-batching). The leading row-wise stages run once over all rows;
+the rest run request by request, in arrival order, each client's stages seeing its own batches
+one at a time. A request that any stage refuses is answered with nothing, counted nowhere and
+leaves every stage's state as it was.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 
-from modelheist.api.answer import Answer, OutputKind, concatenate
-from modelheist.api.ledger import AuditRecord, ClientRecord, ClientUpdate, Ledger
-from modelheist.defenses.base import Defense, check_pipeline
+from modelheist.api.ledger import (
+    MAX_ALARMS_PER_CLIENT,
+    AuditRecord,
+    ClientRecord,
+    ClientUpdate,
+    Ledger,
+)
+from modelheist.api.ratelimit import RateLimiter
+from modelheist.defenses.base import Alarm, Defense, StageContext, check_pipeline
+from modelheist.defenses.state import StageState
 from modelheist.errors import (
+    AuthenticationError,
     BudgetExceededError,
     ForbiddenError,
     InvalidQueryError,
     ModelheistError,
     ServiceUnavailableError,
+    StateCorruptError,
+    UnderReviewError,
 )
 from modelheist.models.classifier import Classifier
+from modelheist.oracle.answer import Answer, OutputKind, concatenate
+
+_STATELESS = StageState.read_only()
 
 
 @dataclass
 class ClientState:
-    """What the service remembers about one client (a cached view of its ledger row)."""
+    """What the service remembers about one client (a cached view of its ledger rows)."""
 
     client_id: str
     budget: int | None
     queries_used: int = 0
-    defense_state: list[dict[str, Any]] = field(default_factory=list)
-    alarms: list[str] = field(default_factory=list)
+    stages: list[StageState] = field(default_factory=list)  # one per stage of the pipeline
+    alarms: list[Alarm] = field(default_factory=list)  # the newest, oldest first
+    alarms_total: int = 0
     rate: float | None = None
     admin: bool = False
     revoked: bool = False
+    review: str | None = None
+    generation: int = 0
 
     @property
     def remaining(self) -> int | None:
@@ -59,11 +78,14 @@ class ClientState:
 
 @dataclass(frozen=True)
 class Receipt:
-    """An answered batch and the client's usage after it."""
+    """An answered batch and the client's usage after it. ``flags`` (what the stages noted)
+    and ``alarms`` (raised while answering it) stay on the server."""
 
     answer: Answer
     queries_used: int
     queries_remaining: int | None
+    flags: tuple[str, ...] = ()
+    alarms: tuple[Alarm, ...] = ()
 
 
 def _with_missing(x: np.ndarray) -> np.ndarray:
@@ -80,8 +102,19 @@ def input_digests(x: np.ndarray) -> list[str]:
     return [hashlib.sha256(row.tobytes()).hexdigest() for row in rows]
 
 
+@dataclass
+class _Pending:
+    """One admitted request while it goes through the pipeline."""
+
+    client: ClientState
+    x: np.ndarray
+    answer: Answer
+    notes: list[str] = field(default_factory=list)
+    alarms: list[Alarm] = field(default_factory=list)
+
+
 class PredictionService:
-    """Model + defense pipeline + per-client state, budgets and audit log."""
+    """Model + defense pipeline + per-client keys, limits, state, alarms and audit log."""
 
     def __init__(
         self,
@@ -105,12 +138,24 @@ class PredictionService:
         self.defenses = list(defenses)
         self.max_batch = max_batch
         self.name = name or f"{model.card.dataset}-{model.card.architecture}"
+        self.rate_limiter = RateLimiter()
         self._ledger = ledger
+        self._opened = False
         self._clients: dict[str, ClientState] = {}
         # _lock serialises answering (forward pass, stages, commit); _cache_lock only guards
         # the client cache, so that the HTTP event loop never waits for a forward pass.
         self._lock = threading.RLock()
         self._cache_lock = threading.RLock()
+
+    def open(self) -> PredictionService:
+        """Let every stage read what it needs (secret files); a server calls this at start-up
+        so that a problem is one line before it listens. Answering calls it if nobody did."""
+        with self._lock:
+            if not self._opened:
+                for stage in self.defenses:
+                    stage.open()
+                self._opened = True
+        return self
 
     @property
     def ledger(self) -> Ledger:
@@ -120,6 +165,14 @@ class PredictionService:
                 if self._ledger is None:
                     self._ledger = Ledger.open(None)
         return self._ledger
+
+    def use_ledger(self, ledger: Ledger) -> Ledger:
+        """Keep clients, state and the audit log in ``ledger`` (before the first request)."""
+        with self._cache_lock:
+            if self._clients:
+                raise ModelheistError("the service's ledger is set before any client is served")
+            self._ledger = ledger
+        return ledger
 
     @property
     def pipeline(self) -> str:
@@ -145,37 +198,73 @@ class PredictionService:
         """The granularity that leaves the pipeline (the last stage that sets one wins)."""
         kind: OutputKind = "probabilities"
         for stage in self.defenses:
-            kind = stage.output_kind or kind
+            kind = stage.capabilities.output_kind or kind
         return kind
 
+    # -- clients ---------------------------------------------------------------------------------
+
+    def add_client(
+        self, client_id: str, budget: int | None = None, rate: float | None = None
+    ) -> str:
+        """Create (or reset) a client with a query budget (None: unlimited) and an optional
+        rate limit; return its new API key."""
+        key = self.ledger.add_client(client_id, budget, rate, with_key=True, replace=True)
+        self.forget_client(client_id)
+        assert key is not None
+        return key
+
     def register_client(self, client_id: str, budget: int | None = None) -> ClientState:
-        """Create (or reset) a keyless in-process client with a query budget (None: unlimited)."""
+        """Create (or reset) a keyless client for the owner's own in-process use
+        (:meth:`query`); clients of the API get keys (:meth:`add_client`)."""
         self.ledger.add_client(client_id, budget, with_key=False, replace=True)
-        with self._cache_lock:
-            self._clients.pop(client_id, None)
+        self.forget_client(client_id)
         return self.client(client_id)
 
     def client(self, client_id: str) -> ClientState:
-        """The client's state, loaded from the ledger on first use."""
+        """The client's state, loaded from the ledger on first use. A saved stage state that
+        cannot be read holds the client for review (its requests are refused) instead of being
+        replaced by a fresh one."""
         with self._cache_lock:
             state = self._clients.get(client_id)
             if state is None:
                 record = self.ledger.client(client_id)
                 if record is None:
                     raise ModelheistError(f"unknown client {client_id!r}")
-                saved, alarms = self.ledger.defense_state(client_id, self.pipeline)
                 state = ClientState(
                     client_id,
                     record.budget,
                     record.queries_used,
-                    saved or [d.initial_state() for d in self.defenses],
-                    alarms,
-                    record.rate,
-                    record.admin,
-                    record.revoked,
+                    alarms=self.ledger.alarms(client_id),
+                    alarms_total=record.alarms_total,
+                    rate=record.rate,
+                    admin=record.admin,
+                    revoked=record.revoked,
+                    review=record.review,
+                    generation=record.generation,
                 )
+                if state.review is None:
+                    try:
+                        state.stages = self._load_stages(client_id)
+                    except StateCorruptError as exc:
+                        state.review = str(exc)
+                        self.ledger.hold_for_review(client_id, state.review)
                 self._clients[client_id] = state
             return state
+
+    def _load_stages(self, client_id: str) -> list[StageState]:
+        saved = self.ledger.stage_state(client_id, self.pipeline)
+        stages = []
+        for index, stage in enumerate(self.defenses):
+            if not stage.capabilities.stateful:
+                stages.append(_STATELESS)
+            elif index in saved:
+                where = f"client {client_id!r} in stage {index + 1} ({stage.name})"
+                stages.append(
+                    StageState.from_records(saved[index].values, saved[index].records, where)
+                )
+            else:
+                stages.append(StageState(stage.initial_values()))
+        return stages
 
     def sync_limits(self, record: ClientRecord) -> None:
         """Adopt a client's limits as the ledger now has them (changed by ``modelheist keys``).
@@ -185,11 +274,51 @@ class PredictionService:
         if state is not None:
             state.budget, state.rate = record.budget, record.rate
             state.admin, state.revoked = record.admin, record.revoked
+            if record.generation != state.generation:
+                self._clients.pop(record.name, None)  # reset by an administrator: reload
 
     def forget_client(self, client_id: str) -> None:
         """Drop the cached state so that the next use reloads it from the ledger."""
         with self._cache_lock:
             self._clients.pop(client_id, None)
+
+    # -- the policies every transport applies ----------------------------------------------------
+
+    def authenticate(self, api_key: str | None) -> ClientRecord:
+        """The client holding ``api_key``; refuses a missing or unknown key (401) and a revoked
+        client (403). Reads the ledger each time, so ``modelheist keys`` changes take effect at
+        the next request."""
+        if not api_key:
+            raise AuthenticationError("missing API key: send Authorization: Bearer <key>")
+        record = self.ledger.client_for_key(api_key)
+        if record is None:
+            raise AuthenticationError("unknown API key")
+        if record.revoked:
+            raise ForbiddenError(f"client {record.name!r} has been revoked")
+        self.sync_limits(record)
+        return record
+
+    def check_rate(self, record: ClientRecord) -> None:
+        """Refuse a request over the client's rate limit (429 with the wait)."""
+        self.rate_limiter.allow(record.name, record.rate)
+
+    def predict(self, api_key: str | None, inputs: object) -> Receipt:
+        """Answer a batch for the holder of ``api_key``, as the HTTP API does: authentication,
+        rate limit, validation, budget, pipeline, commit."""
+        record = self.authenticate(api_key)
+        self.check_rate(record)
+        result = self.answer_many([(record.name, self.validate(inputs))])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def query(self, client_id: str, inputs: object) -> Answer:
+        """The owner's own in-process call for ``client_id`` (no key, no rate limit); a batch
+        beyond the budget is refused whole."""
+        result = self.answer_many([(client_id, self.validate(inputs))])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result.answer
 
     def validate(self, inputs: object) -> np.ndarray:
         """Return ``inputs`` as a float32 batch of the model's input shape, or raise."""
@@ -232,130 +361,138 @@ class PredictionService:
                 )
         return x
 
-    def query(self, client_id: str, inputs: object) -> Answer:
-        """Answer a batch for ``client_id``; a batch beyond the budget is refused whole."""
-        result = self.answer_many([(client_id, self.validate(inputs))])[0]
-        if isinstance(result, Exception):
-            raise result
-        return result.answer
+    # -- answering -------------------------------------------------------------------------------
 
     def answer_many(
         self, requests: Sequence[tuple[str, np.ndarray]]
     ) -> list[Receipt | ModelheistError]:
         """Answer validated batches of (possibly different) clients with one forward pass.
 
-        Each request gets a :class:`Receipt` or the error that refused it (unknown or revoked
-        client, exhausted budget, a stage's refusal). Nothing is counted or logged for a refused
-        request; answered ones are committed to the ledger before this returns.
+        Each request gets a :class:`Receipt` or the error that refused it (unknown, revoked or
+        held client, exhausted budget, a stage's refusal). Nothing is counted, logged or learned
+        for a refused request; answered ones are committed to the ledger before this returns.
         """
         results: list[Receipt | ModelheistError | None] = [None] * len(requests)
         with self._lock:
-            accepted = self._admit(requests, results)
-            if not accepted:
+            self.open()
+            admitted = self._admit(requests, results)
+            if not admitted:
                 return results  # type: ignore[return-value]
-            x_all = np.concatenate([requests[i][1] for i in accepted])
-            probs_all = np.asarray(self.model.predict_proba(x_all), np.float64)
-            working: dict[str, list[dict[str, Any]]] = {}
-            new_alarms: dict[str, list[str]] = {}
-            used: dict[str, int] = {}
-            answered: list[tuple[int, Answer, int]] = []  # (request, answer, usage after it)
-            live: dict[int, Answer] = {}
-            offset = 0
-            for i in accepted:
-                client_id, x = requests[i]
-                probs = probs_all[offset : offset + len(x)]
-                offset += len(x)
-                if not np.isfinite(probs).all():  # e.g. activations overflowed on huge inputs
-                    results[i] = InvalidQueryError(
-                        "the model's output is not finite for these inputs; send values of the "
-                        "magnitude it was trained on"
-                    )
-                    continue
-                state = self._clients[client_id]
-                working.setdefault(client_id, copy.deepcopy(state.defense_state))
-                new_alarms.setdefault(client_id, list(state.alarms))
-                live[i] = Answer(probs.argmax(axis=1), probs)
-            for index, stage in enumerate(self.defenses):
-                if stage.rowwise and len(live) > 1:
-                    live = self._apply_rowwise(stage, requests, live)
-                    continue
-                for i in list(live):
-                    client_id, x = requests[i]
-                    try:
-                        live[i] = stage.apply(x, live[i], working[client_id][index])
-                    except ModelheistError as exc:  # a stage refused: seen, not answered
-                        results[i] = exc
-                        del live[i]
+            now = time.time()
+            live = self._forward(requests, admitted, results)
+            first_stateful = next(
+                (i for i, s in enumerate(self.defenses) if not s.capabilities.rowwise),
+                len(self.defenses),
+            )
+            for stage in self.defenses[:first_stateful]:
+                self._apply_jointly(stage, live, now)
+            for i in list(live):
+                try:
+                    self._apply_rest(live[i], first_stateful, now)
+                except ModelheistError as exc:  # a stage refused: seen, not answered
+                    results[i] = exc
+                    del live[i]
             if self.leaves:  # the node identities leave with the answer, untouched by stages
-                nodes = self.model.apply(x_all)  # type: ignore[attr-defined]
-                starts = np.cumsum([0, *(len(requests[i][1]) for i in accepted)])
-                where = dict(zip(accepted, starts[:-1], strict=True))
-                live = {
-                    i: replace(a, leaves=nodes[where[i] : where[i] + len(a)])
-                    for i, a in live.items()
-                }
-            for i, answer in live.items():
-                client_id, x = requests[i]
-                new_alarms[client_id].extend(f for f in answer.flags if f.startswith("alarm:"))
-                used[client_id] = used.get(client_id, self._clients[client_id].queries_used) + len(
-                    x
-                )
-                answered.append((i, answer, used[client_id]))
-            self._commit(requests, answered, working, new_alarms, used)
-            for i, answer, used_after in answered:
-                budget = self._clients[requests[i][0]].budget
-                results[i] = Receipt(
-                    answer, used_after, None if budget is None else budget - used_after
-                )
-            # A request refused after admission released the budget it had reserved: give the
-            # same clients' requests that were refused for lack of it another chance.
-            released = {requests[i][0] for i in accepted if not isinstance(results[i], Receipt)}
-            retry = [
-                i
-                for i, result in enumerate(results)
-                if isinstance(result, BudgetExceededError) and requests[i][0] in released
-            ]
-            if retry:
-                for i, result in zip(
-                    retry, self.answer_many([requests[i] for i in retry]), strict=True
-                ):
-                    results[i] = result
+                for pending in live.values():
+                    nodes = self.model.apply(pending.x)  # type: ignore[attr-defined]
+                    pending.answer = replace(pending.answer, leaves=nodes)
+            for i, receipt in self._commit(live, now).items():
+                results[i] = receipt
+            self._retry_released(requests, list(admitted), results)
         return results  # type: ignore[return-value]
 
-    @staticmethod
-    def _apply_rowwise(
-        stage: Defense, requests: Sequence[tuple[str, np.ndarray]], live: dict[int, Answer]
-    ) -> dict[int, Answer]:
-        """Apply a stateless, row-wise stage once to all live requests' rows, then split.
+    def _forward(
+        self,
+        requests: Sequence[tuple[str, np.ndarray]],
+        admitted: dict[int, ClientState],
+        results: list[Receipt | ModelheistError | None],
+    ) -> dict[int, _Pending]:
+        """One forward pass over the admitted requests; a request whose output is not finite
+        is refused alone."""
+        x_all = np.concatenate([requests[i][1] for i in admitted])
+        probs_all = np.asarray(self.model.predict_proba(x_all), np.float64)
+        live: dict[int, _Pending] = {}
+        offset = 0
+        for i, client in admitted.items():
+            x = requests[i][1]
+            probs = probs_all[offset : offset + len(x)]
+            offset += len(x)
+            if not np.isfinite(probs).all():  # e.g. activations overflowed on huge inputs
+                results[i] = InvalidQueryError(
+                    "the model's output is not finite for these inputs; send values of the "
+                    "magnitude it was trained on"
+                )
+                continue
+            live[i] = _Pending(client, x, Answer(probs.argmax(axis=1), probs))
+        return live
 
-        Each request keeps its own flags plus those the stage added (never another's alarms).
-        """
+    @staticmethod
+    def _apply_jointly(stage: Defense, live: dict[int, _Pending], now: float) -> None:
+        """Apply a row-wise stage once to all live requests' rows, then split its answer."""
+        if not live:
+            return
         order = list(live)
-        joined = concatenate([live[i] for i in order])
-        out = stage.apply(np.concatenate([requests[i][1] for i in order]), joined, {})
-        added = tuple(f for f in out.flags if f not in joined.flags)
-        split: dict[int, Answer] = {}
+        context = StageContext(None, now, stage=stage.name)
+        joined = concatenate([live[i].answer for i in order])
+        out = stage.apply(context, np.concatenate([live[i].x for i in order]), joined, _STATELESS)
         start = 0
         for i in order:
-            n = len(live[i])
-            part = out.take(slice(start, start + n))
-            split[i] = replace(part, flags=(*live[i].flags, *added))
+            n = len(live[i].x)
+            live[i].answer = out.take(slice(start, start + n))
+            live[i].notes.extend(context.notes)
             start += n
-        return split
+
+    def _apply_rest(self, pending: _Pending, first: int, now: float) -> None:
+        """Stages ``first`` onwards for one request; if one refuses, the client's stage state
+        and alarms are restored to what they were before this request."""
+        client = pending.client
+        savepoints = {
+            index: client.stages[index].savepoint()
+            for index in range(first, len(self.defenses))
+            if self.defenses[index].capabilities.stateful
+        }
+        alarms_before = len(pending.alarms)
+        notes_before = len(pending.notes)
+        try:
+            for index in range(first, len(self.defenses)):
+                stage = self.defenses[index]
+                context = StageContext(
+                    client.client_id,
+                    now,
+                    tuple(client.alarms) + tuple(pending.alarms),
+                    stage.name,
+                )
+                state = client.stages[index] if stage.capabilities.stateful else _STATELESS
+                pending.answer = stage.apply(context, pending.x, pending.answer, state)
+                pending.notes.extend(context.notes)
+                pending.alarms.extend(context.raised)
+        except ModelheistError:
+            for index, savepoint in savepoints.items():
+                client.stages[index].restore(savepoint)
+            del pending.alarms[alarms_before:]
+            del pending.notes[notes_before:]
+            raise
+        client.alarms.extend(pending.alarms)  # later requests of this client see them
 
     def _admit(
         self,
         requests: Sequence[tuple[str, np.ndarray]],
         results: list[Receipt | ModelheistError | None],
-    ) -> list[int]:
-        """Indices of the requests within their clients' budgets; errors for the others."""
-        accepted: list[int] = []
+    ) -> dict[int, ClientState]:
+        """The requests within their clients' budgets (index -> client); errors for the
+        others."""
+        accepted: dict[int, ClientState] = {}
         reserved: dict[str, int] = {}
         for i, (client_id, x) in enumerate(requests):
             try:
                 state = self.client(client_id)
                 if state.revoked:
                     raise ForbiddenError(f"client {client_id!r} has been revoked")
+                if state.review is not None:
+                    raise UnderReviewError(
+                        f"client {client_id!r} is held for review: {state.review}; an "
+                        "administrator resets it with `modelheist keys reset`"
+                    )
                 left = state.remaining
                 if left is not None:
                     left -= reserved.get(client_id, 0)
@@ -368,41 +505,86 @@ class PredictionService:
                 results[i] = exc
                 continue
             reserved[client_id] = reserved.get(client_id, 0) + len(x)
-            accepted.append(i)
+            accepted[i] = state
         return accepted
 
-    def _commit(
-        self,
-        requests: Sequence[tuple[str, np.ndarray]],
-        answered: list[tuple[int, Answer, int]],
-        working: dict[str, list[dict[str, Any]]],
-        alarms: dict[str, list[str]],
-        used: dict[str, int],
-    ) -> None:
-        """Write usage, stage state and audit records in one transaction, then adopt them."""
-        now = time.time()
+    def _commit(self, live: dict[int, _Pending], now: float) -> dict[int, Receipt]:
+        """Write usage, stage state, alarms and audit records in one transaction, then adopt
+        them; if the transaction fails, every touched client's state returns to its last
+        commit and nothing is answered."""
+        clients = {pending.client.client_id: pending.client for pending in live.values()}
+        used = {client_id: client.queries_used for client_id, client in clients.items()}
+        usage_after: dict[int, int] = {}
+        for i, pending in live.items():
+            used[pending.client.client_id] += len(pending.x)
+            usage_after[i] = used[pending.client.client_id]
         records = [
-            AuditRecord(now, requests[i][0], self.name, digest, int(label), answer.flags)
-            for i, answer, _ in answered
-            for digest, label in zip(input_digests(requests[i][1]), answer.labels, strict=True)
-        ]
-        updates = {
-            client_id: ClientUpdate(
-                used.get(client_id, self._clients[client_id].queries_used),
-                self.pipeline,
-                working[client_id],
-                alarms[client_id],
+            AuditRecord(
+                now, pending.client.client_id, self.name, digest, int(label), tuple(pending.notes)
             )
-            for client_id in working
-        }
+            for pending in live.values()
+            for digest, label in zip(input_digests(pending.x), pending.answer.labels, strict=True)
+        ]
+        raised: dict[str, list[Alarm]] = {client_id: [] for client_id in clients}
+        for pending in live.values():
+            raised[pending.client.client_id].extend(pending.alarms)
+        updates = {}
+        for client_id, client in clients.items():
+            changes = {
+                index: state.changes()
+                for index, state in enumerate(client.stages)
+                if self.defenses[index].capabilities.stateful
+            }
+            updates[client_id] = ClientUpdate(
+                used[client_id],
+                self.pipeline,
+                {index: c for index, c in changes.items() if c},
+                tuple(raised[client_id]),
+            )
         try:
             self.ledger.commit(updates, records)
         except sqlite3.Error as exc:
+            for client_id, client in clients.items():
+                for state in client.stages:
+                    state.rollback()
+                del client.alarms[len(client.alarms) - len(raised[client_id]) :]
             raise ServiceUnavailableError(
                 f"cannot record the answers, nothing was answered: {exc}"
             ) from None
-        for client_id, update in updates.items():
-            state = self._clients[client_id]
-            state.queries_used = update.queries_used
-            state.defense_state = update.defense_state
-            state.alarms = update.alarms
+        for client_id, client in clients.items():
+            client.queries_used = used[client_id]
+            client.alarms_total += len(raised[client_id])
+            del client.alarms[:-MAX_ALARMS_PER_CLIENT]
+            for state in client.stages:
+                state.mark_committed()
+        receipts = {}
+        for i, pending in live.items():
+            budget = pending.client.budget
+            receipts[i] = Receipt(
+                pending.answer,
+                usage_after[i],
+                None if budget is None else budget - usage_after[i],
+                tuple(dict.fromkeys(pending.notes)),
+                tuple(pending.alarms),
+            )
+        return receipts
+
+    def _retry_released(
+        self,
+        requests: Sequence[tuple[str, np.ndarray]],
+        accepted: list[int],
+        results: list[Receipt | ModelheistError | None],
+    ) -> None:
+        """A request refused after admission released the budget it had reserved: give the
+        same clients' requests that were refused for lack of it another chance."""
+        released = {requests[i][0] for i in accepted if not isinstance(results[i], Receipt)}
+        retry = [
+            i
+            for i, result in enumerate(results)
+            if isinstance(result, BudgetExceededError) and requests[i][0] in released
+        ]
+        if retry:
+            for i, result in zip(
+                retry, self.answer_many([requests[i] for i in retry]), strict=True
+            ):
+                results[i] = result

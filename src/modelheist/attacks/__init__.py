@@ -1,49 +1,39 @@
-"""The malicious client's side: extraction attacks through the Oracle."""
+"""The malicious client's side: extraction attacks through the Oracle. Names are imported on
+first use (:mod:`modelheist._lazy`)."""
 
-from modelheist.attacks.base import (
-    AttackerKnowledge,
-    BudgetedOracle,
-    ExtractionAttack,
-    ExtractionResult,
-)
-from modelheist.attacks.equation_solving import LogisticEquationSolving, MlpEquationSolving
-from modelheist.attacks.knockoff import KnockoffNets
-from modelheist.attacks.labels_only import AdaptiveRetraining, LowdMeek
-from modelheist.attacks.synthetic import (
-    JacobianAugmentation,
-    NonTargetedIfgsm,
-    TargetedRandom,
-)
-from modelheist.attacks.tree_path import TreePathFinding
+from typing import TYPE_CHECKING
 
-ATTACKS: dict[str, type[ExtractionAttack]] = {
-    cls.name: cls
-    for cls in (
-        KnockoffNets,
-        LogisticEquationSolving,
-        MlpEquationSolving,
-        LowdMeek,
-        AdaptiveRetraining,
-        TreePathFinding,
-        JacobianAugmentation,
-        TargetedRandom,
-        NonTargetedIfgsm,
-    )
+from modelheist._lazy import lazy_exports
+
+_EXPORTS = {
+    "ATTACKS": "registry",
+    "AttackerKnowledge": "base",
+    "ExtractionAttack": "base",
+    "ExtractionResult": "base",
+    "AttackInterrupted": "interruption",
+    "LogisticEquationSolving": "equation_solving",
+    "MlpEquationSolving": "equation_solving",
+    "KnockoffNets": "knockoff",
+    "AdaptiveRetraining": "labels_only",
+    "LowdMeek": "labels_only",
+    "JacobianAugmentation": "synthetic",
+    "NonTargetedIfgsm": "synthetic",
+    "TargetedRandom": "synthetic",
+    "TreePathFinding": "tree_path",
 }
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "ATTACKS",
-    "AdaptiveRetraining",
-    "LowdMeek",
-    "AttackerKnowledge",
-    "BudgetedOracle",
-    "ExtractionAttack",
-    "ExtractionResult",
-    "KnockoffNets",
-    "LogisticEquationSolving",
-    "MlpEquationSolving",
-    "NonTargetedIfgsm",
-    "TargetedRandom",
-    "TreePathFinding",
-    "JacobianAugmentation",
-]
+if TYPE_CHECKING:
+    from modelheist.attacks.base import AttackerKnowledge, ExtractionAttack, ExtractionResult
+    from modelheist.attacks.equation_solving import LogisticEquationSolving, MlpEquationSolving
+    from modelheist.attacks.interruption import AttackInterrupted
+    from modelheist.attacks.knockoff import KnockoffNets
+    from modelheist.attacks.labels_only import AdaptiveRetraining, LowdMeek
+    from modelheist.attacks.registry import ATTACKS
+    from modelheist.attacks.synthetic import (
+        JacobianAugmentation,
+        NonTargetedIfgsm,
+        TargetedRandom,
+    )
+    from modelheist.attacks.tree_path import TreePathFinding

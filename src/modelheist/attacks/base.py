@@ -3,7 +3,7 @@
 Following Foolbox 3's pattern, hyper-parameters go to the constructor and data to the call; the
 base class owns what every attack shares, as the final template method :meth:`run`: checking
 that the oracle's output granularity is usable *before* any query is spent, enforcing the
-budget as a hard limit (:class:`BudgetedOracle`), seeding, and packaging the result with its
+budget as a hard limit (:class:`~modelheist.oracle.BudgetedOracle`), seeding, and packaging the result with its
 metadata. Each attack implements :meth:`ExtractionAttack._extract`.
 """
 
@@ -17,16 +17,15 @@ from typing import Any, ClassVar, final
 import numpy as np
 from rich.progress import Progress
 
-from modelheist.api.answer import Answer, OutputKind
-from modelheist.api.oracle import Oracle
-from modelheist.attacks.interruption import AttackInterrupted, QueryLog
+from modelheist.attacks.interruption import AttackInterrupted
 from modelheist.errors import BudgetExceededError, IncompatibleOutputError, ModelheistError
 from modelheist.models.classifier import Classifier
+from modelheist.oracle import Answer, BudgetedOracle, Oracle, OutputKind
 
 
 @dataclass(frozen=True)
 class AttackerKnowledge:
-    """What the adversary has besides query access (DESIGN.md, "ExtractionAttack").
+    """What the adversary has besides query access (docs/architecture.md, "The ExtractionAttack seam").
 
     ``transfer_set`` holds natural inputs the attacker may query, already in the victim's input
     shape; ``surrogate_architecture`` names the network the attacker trains; ``budget`` is the
@@ -68,76 +67,36 @@ class ExtractionResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-class BudgetedOracle(Oracle):
-    """Wraps an oracle so that an attack can never spend more than ``limit`` queries."""
-
-    def __init__(self, inner: Oracle, limit: int):
-        self.inner = inner
-        self.limit = limit
-        self.spent = 0
-        self.max_batch = inner.max_batch
-        self.log = QueryLog()  # every answered query, kept if the attack is cut short
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self.inner.input_shape
-
-    @property
-    def classes(self) -> list[str]:
-        return self.inner.classes
-
-    @property
-    def output_kind(self) -> OutputKind:
-        return self.inner.output_kind
-
-    @property
-    def input_range(self) -> tuple[float, float] | None:
-        return self.inner.input_range
-
-    @property
-    def returns_leaves(self) -> bool:
-        return self.inner.returns_leaves
-
-    @property
-    def accepts_missing(self) -> bool:
-        return self.inner.accepts_missing
-
-    @property
-    def budget(self) -> int:
-        return self.limit
-
-    @property
-    def remaining(self) -> int:
-        """Queries left: the tighter of this limit and the wrapped oracle's own budget."""
-        inner_left = self.inner.remaining
-        own_left = self.limit - self.spent
-        return own_left if inner_left is None else min(own_left, inner_left)
-
-    @property
-    def queries_used(self) -> int:
-        return self.spent
-
-    def _query_batch(self, x: np.ndarray) -> Answer:
-        if self.spent + len(x) > self.limit:
-            raise BudgetExceededError(
-                f"attack budget of {self.limit} queries would be exceeded "
-                f"({self.spent} spent, {len(x)} asked)"
-            )
-        answer = self.inner._query_batch(x)
-        self.spent += len(x)
-        self.log.record(x, answer)
-        return answer
-
-
 class ExtractionAttack(ABC):
     """Base class of model-extraction attacks."""
 
     #: Registry name (``modelheist attack NAME``).
     name: ClassVar[str]
+    #: Its name in tables and reports.
+    title: ClassVar[str] = ""
     #: Output granularities the attack can learn from.
     supported_outputs: ClassVar[frozenset[OutputKind]] = frozenset(
         {"probabilities", "top_k", "labels"}
     )
+    #: One line of help per hyper-parameter (the CLI's options are made from them).
+    param_help: ClassVar[dict[str, str]] = {}
+    #: CLI flag names where the default ``--name`` / ``--name/--no-name`` does not read well.
+    flag_names: ClassVar[dict[str, str]] = {}
+    #: How a local victim is served to this attack unless the user says otherwise: the output
+    #: granularity, and service options (tree path-finding needs leaf identities, as BigML gave).
+    local_output: ClassVar[str] = "probs"
+    local_service: ClassVar[dict[str, bool]] = {}
+    #: Help for the attack's use of the transfer set's own labels (None: it uses none).
+    transfer_labels_help: ClassVar[str | None] = None
+
+    def display_name(self) -> str:
+        """The attack's name in tables (with its variant, where it has one)."""
+        return self.title or self.name
+
+    def check_transfer_labels(self) -> None:
+        """Refuse transfer labels this configuration of the attack would not use."""
+        if self.transfer_labels_help is None:
+            raise ModelheistError(f"{self.name} does not use transfer labels")
 
     @final
     def run(
@@ -154,6 +113,8 @@ class ExtractionAttack(ABC):
                 f"{self.name} cannot learn from {oracle.output_kind} answers; it needs one of: "
                 f"{', '.join(sorted(self.supported_outputs))}"
             )
+        if knowledge.transfer_labels is not None:
+            self.check_transfer_labels()
         if oracle.remaining is not None and oracle.remaining < 1:
             raise BudgetExceededError("the oracle has no queries left")
         budgeted = BudgetedOracle(oracle, knowledge.budget)

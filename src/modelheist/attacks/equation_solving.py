@@ -36,12 +36,12 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
-from modelheist.api.answer import Answer
-from modelheist.api.oracle import Oracle
 from modelheist.attacks.base import AttackerKnowledge, ExtractionAttack, rounding_decimals
 from modelheist.errors import BudgetExceededError, ModelheistError
 from modelheist.models.architectures import Standardize, mlp1, normalisation_stats
 from modelheist.models.classifier import Classifier, LinearModel, ModelCard, TorchClassifier
+from modelheist.oracle import Oracle
+from modelheist.oracle.answer import Answer
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,12 @@ class LogisticEquationSolving(ExtractionAttack):
     """
 
     name: ClassVar[str] = "tramer-lr"
+    title: ClassVar[str] = "Equation solving (LR)"
+    param_help: ClassVar[dict[str, str]] = {
+        "step": "Coordinate step, fraction of a feature's spread.",
+        "centre": "Index of the transfer-set input the steps start from (default: the one "
+        "nearest the median).",
+    }
     supported_outputs: ClassVar[frozenset] = frozenset({"probabilities"})
 
     step: float = 0.1
@@ -225,6 +231,15 @@ class MlpEquationSolving(ExtractionAttack):
     (``tramer-mlp``), with ``alpha`` x (unknown parameters) uniformly random queries."""
 
     name: ClassVar[str] = "tramer-mlp"
+    title: ClassVar[str] = "Equation solving (MLP)"
+    param_help: ClassVar[dict[str, str]] = {
+        "hidden": "Hidden units of the victim (known).",
+        "alpha": "Queries per unknown parameter.",
+        "iterations": "Most L-BFGS iterations per restart.",
+        "restarts": "Most random restarts of the solver.",
+        "tolerance": "Residual below which no further restart is tried.",
+        "natural_share": "Share of the queries drawn from the attacker's data (rest uniform).",
+    }
     supported_outputs: ClassVar[frozenset] = frozenset({"probabilities"})
 
     hidden: int = 20

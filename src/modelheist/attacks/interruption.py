@@ -2,7 +2,7 @@
 
 An exhausted budget, a server that goes away, a revoked key, a user's Ctrl-C: the answers already
 bought are the adversary's most expensive asset, so :meth:`ExtractionAttack.run` never drops
-them. Every answered query is kept in a :class:`QueryLog`; when a query fails (any
+them. Every answered query is kept in a :class:`~modelheist.oracle.QueryLog`; when a query fails (any
 :class:`ModelheistError` from the oracle, or an interrupt) after at least one answer, the run
 raises :class:`AttackInterrupted` carrying the log. Its :meth:`AttackInterrupted.partial_surrogate`
 then trains a network, Knockoff-style, on every answer obtained so far, whatever the attack was
@@ -12,54 +12,21 @@ teach a network something). The CLI writes the log to disk *before* that trainin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.progress import Progress
 
-from modelheist.api.answer import Answer, concatenate
 from modelheist.errors import ModelheistError
 from modelheist.models.architectures import (
+    IMAGE_ARCHITECTURES,
     TORCH_ARCHITECTURES,
     build_network,
     normalisation_stats,
 )
 from modelheist.models.classifier import Classifier, ModelCard, TorchClassifier
 from modelheist.models.training import TrainConfig, train_network
-
-
-@dataclass
-class QueryLog:
-    """Every input an attack sent and the answer it got, in order."""
-
-    inputs: list[np.ndarray] = field(default_factory=list)
-    answers: list[Answer] = field(default_factory=list)
-
-    def record(self, x: np.ndarray, answer: Answer) -> None:
-        self.inputs.append(np.array(x, np.float32, copy=True))
-        self.answers.append(answer)
-
-    def __len__(self) -> int:
-        return sum(len(x) for x in self.inputs)
-
-    def joined(self) -> tuple[np.ndarray, Answer]:
-        if not self.inputs:
-            raise ModelheistError("the query log is empty")
-        return np.concatenate(self.inputs), concatenate(self.answers)
-
-    def save(self, path: Path) -> Path:
-        """Write the log as an ``.npz`` of plain arrays (inputs, labels and, where the API
-        returned them, probabilities, top_k, top_k_probabilities, leaves); no pickles."""
-        x, answer = self.joined()
-        arrays = {"inputs": x, "labels": answer.labels}
-        for name in ("probabilities", "top_k", "top_k_probabilities", "leaves"):
-            value = getattr(answer, name)
-            if value is not None:
-                arrays[name] = np.asarray(value)
-        np.savez_compressed(path, **arrays)
-        return path
+from modelheist.oracle import QueryLog
 
 
 class AttackInterrupted(ModelheistError):
@@ -105,7 +72,9 @@ def partial_surrogate(
     targets = answer.take(np.flatnonzero(complete)).soft_targets(len(classes))
     mean, std = normalisation_stats(x)
     shape = list(x.shape[1:])
-    if architecture not in TORCH_ARCHITECTURES or (architecture == "cnn" and len(shape) != 3):
+    if architecture not in TORCH_ARCHITECTURES or (
+        architecture in IMAGE_ARCHITECTURES and len(shape) != 3
+    ):
         architecture = "cnn" if len(shape) == 3 else "mlp"  # a network that fits the inputs
     net = build_network(architecture, shape, len(classes), mean, std, seed)
     steps_per_epoch = -(-len(x) // 64)

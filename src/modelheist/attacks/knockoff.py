@@ -58,8 +58,6 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from modelheist.api.answer import concatenate
-from modelheist.api.oracle import Oracle
 from modelheist.attacks.bandit import REWARDS, GradientBandit, KnockoffRewards, RewardName
 from modelheist.attacks.base import (
     AttackerKnowledge,
@@ -76,6 +74,8 @@ from modelheist.models.training import (
     train_members,
     train_network,
 )
+from modelheist.oracle import Oracle
+from modelheist.oracle.answer import concatenate
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,33 @@ class KnockoffNets(ExtractionAttack):
     """Knockoff Nets with random or adaptive (gradient-bandit) sampling from the transfer set."""
 
     name: ClassVar[str] = "knockoff"
+    title: ClassVar[str] = "Knockoff Nets"
+    transfer_labels_help: ClassVar[str | None] = (
+        "Adaptive: .npy of one integer label per transfer-set input (the transfer set's own "
+        "annotation), the bandit's arms; default: k-means clusters."
+    )
+    param_help: ClassVar[dict[str, str]] = {
+        "strategy": "Sampling: random, or adaptive (gradient bandit, §4.1.2).",
+        "epochs": "Surrogate training epochs.",
+        "min_steps": "Fewest optimiser steps of the surrogate's training, whatever the budget.",
+        "batch_size": "Training batch size.",
+        "lr": "Peak learning rate (AdamW, warm-up and cosine decay).",
+        "augment": "Random-shift augmentation of the queried images.",
+        "temperature": "Distillation temperature (1: the paper's plain KL).",
+        "temperature_weight": "Weight of the tempered loss against plain KL (1: tempered only).",
+        "members": "Final surrogate: an ensemble of this many networks.",
+        "rounds": "Self-training rounds on the unqueried transfer inputs (0: off).",
+        "unlabeled": "Unqueried transfer inputs for self-training (default: all).",
+        "student_epochs": "Epochs of each self-training round.",
+        "answered_share": "Self-training: share of each batch drawn from the answered inputs.",
+        "query_batch": "Inputs sent per request.",
+        "rewards": "Adaptive: comma-separated rewards among cert, div, loss.",
+        "bandit_step": "Adaptive: the gradient bandit's step size.",
+        "clusters": "Adaptive: k-means clusters as arms (without transfer labels).",
+        "round_size": "Adaptive: queries drawn per bandit round.",
+        "online_steps": "Adaptive: optimiser steps of the online surrogate per round.",
+        "diversity_window": "Adaptive: answers the diversity reward compares with.",
+    }
 
     strategy: Literal["random", "adaptive"] = "random"
     epochs: int = 60
@@ -127,6 +154,15 @@ class KnockoffNets(ExtractionAttack):
             raise ModelheistError(f"members must be >= 1, got {self.members}")
         if not 0.0 < self.answered_share < 1.0 or self.temperature <= 0:
             raise ModelheistError("answered_share must lie in (0, 1) and temperature be > 0")
+
+    def display_name(self) -> str:
+        return f"{self.title} ({self.strategy})"
+
+    def check_transfer_labels(self) -> None:
+        if self.strategy != "adaptive":
+            raise ModelheistError(
+                "transfer labels (--transfer-labels) serve --strategy adaptive only"
+            )
 
     def _config(self, n: int, epochs: int, seed: int, temperature: float) -> TrainConfig:
         steps_per_epoch = -(-n // self.batch_size)

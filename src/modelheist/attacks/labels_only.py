@@ -24,11 +24,11 @@ from typing import Any, ClassVar
 import numpy as np
 from rich.progress import Progress
 
-from modelheist.api.oracle import Oracle
 from modelheist.attacks.base import AttackerKnowledge, ExtractionAttack
 from modelheist.attacks.equation_solving import attack_box, flat_features, surrogate_card
 from modelheist.errors import BudgetExceededError, ModelheistError
 from modelheist.models.classifier import Classifier, LinearModel
+from modelheist.oracle import Oracle
 
 
 def _require_binary(name: str, oracle: Oracle) -> None:
@@ -58,6 +58,12 @@ class LowdMeek(ExtractionAttack):
     """Lowd-Meek line search against a binary linear classifier (``lowd-meek``)."""
 
     name: ClassVar[str] = "lowd-meek"
+    title: ClassVar[str] = "Lowd-Meek"
+    param_help: ClassVar[dict[str, str]] = {
+        "steps": "Bisection steps per line search.",
+        "delta": "Step off the boundary, as a fraction of each feature's spread.",
+        "expansions": "Bracket doublings before a feature is declared unused.",
+    }
 
     steps: int = 24  # bisection steps per line search (precision 2^-steps of the bracket)
     delta: float = 0.5  # move off the boundary, as a fraction of each feature's spread
@@ -153,6 +159,11 @@ class AdaptiveRetraining(ExtractionAttack):
     """Tramèr '16 §6.1 adaptive retraining of a logistic regression (``retrain``)."""
 
     name: ClassVar[str] = "retrain"
+    title: ClassVar[str] = "Adaptive retraining"
+    param_help: ClassVar[dict[str, str]] = {
+        "rounds": "Adaptive rounds after the first d + 1 queries.",
+        "candidates": "Uniform candidates added to the attacker's unqueried inputs.",
+    }
 
     rounds: int = 9  # after the first d + 1 queries; the budget caps the total
     candidates: int = 5000  # uniform candidates added to the attacker's unqueried inputs

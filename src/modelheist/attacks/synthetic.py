@@ -37,8 +37,6 @@ import torch
 import torch.nn.functional as F
 from rich.progress import Progress
 
-from modelheist.api.answer import concatenate
-from modelheist.api.oracle import Oracle
 from modelheist.attacks.base import (
     AttackerKnowledge,
     ExtractionAttack,
@@ -46,9 +44,11 @@ from modelheist.attacks.base import (
     natural_inputs,
 )
 from modelheist.errors import BudgetExceededError, ModelheistError
+from modelheist.models.adversarial import input_gradient, sign_steps
 from modelheist.models.architectures import build_network, normalisation_stats
 from modelheist.models.classifier import ModelCard, TorchClassifier
 from modelheist.models.training import TrainConfig, train_members, train_network
+from modelheist.oracle import Oracle, concatenate
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,18 @@ class _SyntheticQueries(ExtractionAttack):
     folds: int = 5
     temperature: float = 4.0
     members: int = 1  # the final surrogate: an ensemble of this many networks (1: one)
+
+    param_help: ClassVar[dict[str, str]] = {
+        "seeds_per_class": "Natural seeds per class.",
+        "epochs": "Training epochs of each round's surrogate.",
+        "final_epochs": "Training epochs of the final surrogate.",
+        "min_steps": "Fewest optimiser steps of any training, whatever the data size.",
+        "batch_size": "Training batch size.",
+        "learning_rates": "Comma-separated learning rates the CV-search chooses from.",
+        "folds": "Folds of the CV-search.",
+        "temperature": "Distillation temperature on exact probabilities.",
+        "members": "Final surrogate: an ensemble of this many networks.",
+    }
 
     def __post_init__(self) -> None:
         if self.seeds_per_class < 1 or self.epochs < 1 or self.final_epochs < 1 or self.members < 1:
@@ -233,24 +245,17 @@ class _SyntheticQueries(ExtractionAttack):
         return best, scores
 
 
-def _input_gradient(surrogate: TorchClassifier, x: np.ndarray, loss_fn) -> np.ndarray:
-    """Gradient of ``loss_fn(logits, batch index)`` with respect to the inputs, in batches."""
-    module = surrogate.module
-    module.eval()
-    grads = []
-    for i in range(0, len(x), 256):
-        xs = torch.from_numpy(np.ascontiguousarray(x[i : i + 256], np.float32)).requires_grad_(True)
-        loss = loss_fn(module(xs), slice(i, i + 256))
-        (grad,) = torch.autograd.grad(loss, xs)
-        grads.append(grad.numpy())
-    return np.concatenate(grads)
-
-
 @dataclass
 class JacobianAugmentation(_SyntheticQueries):
     """Papernot et al. '17 Jacobian-based dataset augmentation (``jbda``)."""
 
     name: ClassVar[str] = "jbda"
+    title: ClassVar[str] = "JBDA"
+    param_help: ClassVar[dict[str, str]] = {
+        **_SyntheticQueries.param_help,
+        "step": "Jacobian step lambda.",
+        "tau": "The step's sign flips every tau rounds.",
+    }
 
     step: float = 0.1  # lambda
     tau: int = 3  # the step's sign flips every tau rounds
@@ -270,31 +275,7 @@ class JacobianAugmentation(_SyntheticQueries):
             probs = F.softmax(logits, dim=1)
             return probs.gather(1, label_t[rows, None]).sum()
 
-        return x + sign * self.step * np.sign(_input_gradient(surrogate, x, loss))
-
-
-def _ifgsm(
-    surrogate: TorchClassifier,
-    x: np.ndarray,
-    classes: np.ndarray,
-    epsilon: float,
-    steps: int,
-    towards: bool,
-) -> np.ndarray:
-    """Iterative FGSM in the L-infinity ball of radius ``epsilon`` around ``x``: ``steps`` steps
-    of epsilon / steps down (``towards``: into ``classes``) or up (away from them) the gradient
-    of the surrogate's cross-entropy against ``classes``."""
-    classes_t = torch.from_numpy(classes)
-    sign = -1.0 if towards else 1.0
-
-    def loss(logits, rows):
-        return F.cross_entropy(logits, classes_t[rows], reduction="sum")
-
-    out = x.copy()
-    for _ in range(steps):
-        out = out + sign * epsilon / steps * np.sign(_input_gradient(surrogate, out, loss))
-        out = np.clip(out, x - epsilon, x + epsilon)
-    return out
+        return x + sign * self.step * np.sign(input_gradient(surrogate.module, x, loss))
 
 
 @dataclass
@@ -303,6 +284,12 @@ class _IterativeFgsm(_SyntheticQueries):
 
     epsilon: float = 0.25
     steps: int = 4
+
+    param_help: ClassVar[dict[str, str]] = {
+        **_SyntheticQueries.param_help,
+        "epsilon": "L-infinity size of each synthetic step.",
+        "steps": "I-FGSM iterations (1: a single FGSM step).",
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -318,13 +305,14 @@ class TargetedRandom(_IterativeFgsm):
     PRADA's T-RND FGSM)."""
 
     name: ClassVar[str] = "t-rnd"
+    title: ClassVar[str] = "T-RND"
 
     members: int = 3  # the final surrogate (docs/benchmarks.md: one network falls short)
 
     def _craft(self, surrogate, x, labels, round_, rng):
         c = len(surrogate.card.classes)
         target = (labels + rng.integers(1, c, size=len(labels))) % c  # any class but the label
-        return _ifgsm(surrogate, x, target, self.epsilon, self.steps, towards=True)
+        return sign_steps(surrogate.module, x, target, self.epsilon, self.steps, targeted=True)
 
 
 @dataclass
@@ -333,6 +321,7 @@ class NonTargetedIfgsm(_IterativeFgsm):
     (``n-ifgsm``; ``steps=1`` is PRADA's N FGSM)."""
 
     name: ClassVar[str] = "n-ifgsm"
+    title: ClassVar[str] = "N I-FGSM"
 
     def _craft(self, surrogate, x, labels, round_, rng):
-        return _ifgsm(surrogate, x, labels, self.epsilon, self.steps, towards=False)
+        return sign_steps(surrogate.module, x, labels, self.epsilon, self.steps)

@@ -30,11 +30,11 @@ from typing import Any, ClassVar
 import numpy as np
 from rich.progress import Progress
 
-from modelheist.api.oracle import Oracle
 from modelheist.attacks.base import AttackerKnowledge, ExtractionAttack
 from modelheist.attacks.equation_solving import flat_features, surrogate_card
 from modelheist.errors import IncompatibleOutputError, ModelheistError
 from modelheist.models.classifier import Classifier, ModelCard, TreeModel
+from modelheist.oracle import Oracle
 
 
 class _Probe:
@@ -85,6 +85,16 @@ class TreePathFinding(ExtractionAttack):
     """Tramèr '16 path-finding against a tree API that returns node identities (``tree-path``)."""
 
     name: ClassVar[str] = "tree-path"
+    title: ClassVar[str] = "Tree path-finding"
+    local_output: ClassVar[str] = "labels"
+    local_service: ClassVar[dict[str, bool]] = {"leaves": True, "incomplete_queries": False}
+    param_help: ClassVar[dict[str, str]] = {
+        "incomplete": "Use incomplete queries (missing features); default: if the API accepts "
+        "them.",
+        "margin": "Widen the attacker's data range by this fraction on each side.",
+        "max_steps": "Most bisection steps per threshold.",
+    }
+    flag_names: ClassVar[dict[str, str]] = {"incomplete": "--incomplete/--complete"}
 
     incomplete: bool | None = None  # None: use incomplete queries if the API accepts them
     margin: float = 0.1  # widen the attacker's data range by this fraction on each side

@@ -1,6 +1,6 @@
 """Reader for CIFAR-10 in its *binary* distribution (``cifar-10-batches-bin``).
 
-Deliberate deviation from DESIGN.md: the "python batches" of CIFAR-10 are pickle files, and
+Deliberate deviation from the usual loaders: the "python batches" of CIFAR-10 are pickle files, and
 modelheist never unpickles a file a user hands over. The binary version holds the same images
 as fixed-size records (1 label byte + 3,072 pixel bytes, channel-major 3x32x32) and is read here
 without any code execution.

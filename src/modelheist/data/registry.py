@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from modelheist.data.cifar import CLASSES as CIFAR10_CLASSES
 from modelheist.data.cifar import read_cifar10_folder
@@ -226,6 +225,8 @@ def _load_raw(name: str) -> _Raw:
 
 def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> list[np.ndarray]:
     """Seeded split, stratified unless some class has fewer than two members."""
+    from sklearn.model_selection import train_test_split  # here: a wrong name fails fast
+
     stratify = y if np.bincount(y).min() >= 2 else None
     return train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify)
 

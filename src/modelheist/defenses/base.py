@@ -1,49 +1,146 @@
-"""The ``Defense`` seam: one stage of a prediction API's output pipeline.
+"""The ``Defense`` seam: one stage of a prediction API's pipeline (docs/architecture.md,
+"The Defense seam").
 
-A stage sees ``(client state, inputs, answer)`` and returns the answer it lets through: it may
-change it (granularity, rounding, perturbation, watermarking), flag it (detectors raise an alarm
-by adding a flag) or refuse by raising a ``ModelheistError``. Per-client state is an explicit,
-JSON-serialisable dict owned by the service, so that it can be saved and restored.
+A stage sees a :class:`StageContext` (the client, the time, the client's current alarms), the
+batch of inputs, the answer so far and the client's :class:`~modelheist.defenses.state.StageState`
+for this stage; it returns the answer it lets through. It may change the answer (granularity,
+rounding, perturbation, a watermark's wrong labels), observe and raise an alarm
+(:meth:`StageContext.alarm`: a detector), note what it did for the audit log
+(:meth:`StageContext.note`), or refuse the request by raising
+:class:`~modelheist.errors.QueryRefusedError`. What it may do is declared in its
+:class:`Capabilities`, which the service relies on (a row-wise stage runs once over several
+clients' rows; a stateless one gets no state) and the conformance test checks.
 
-Hyper-parameters go to the constructor; data goes to :meth:`Defense.apply`.
+Hyper-parameters go to the constructor, which does no work; secrets are files named in the spec
+(:class:`~modelheist.defenses.secrets.SecretFile`), read by :meth:`Defense.open` when the
+service starts; data goes to :meth:`Defense.apply`.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
-from modelheist.api.answer import Answer, OutputKind
+from modelheist.defenses.state import StageState
 from modelheist.errors import ModelheistError
+from modelheist.oracle.answer import Answer, OutputKind
+
+#: Longest alarm reason kept, in characters (alarms are bounded in number and in size).
+MAX_REASON = 300
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """A stage's structured alarm about one client: which stage, when, why, and the statistic
+    that crossed its threshold (e.g. PRADA's Shapiro-Wilk W), if any."""
+
+    stage: str
+    time: float
+    reason: str
+    statistic: float | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "stage": self.stage,
+            "time": self.time,
+            "reason": self.reason,
+            "statistic": self.statistic,
+        }
+
+
+@dataclass
+class StageContext:
+    """What a stage knows of a request besides its inputs, and where it reports.
+
+    ``client_id`` is None when a row-wise stage runs once over several clients' rows (row-wise
+    stages must not depend on the client). ``alarms`` are the client's current alarms, oldest
+    first. :meth:`note` adds a flag to the audit records of the request; :meth:`alarm` raises an
+    alarm about the client. Both are kept only if the request is answered.
+    """
+
+    client_id: str | None
+    time: float
+    alarms: tuple[Alarm, ...] = ()
+    stage: str = ""
+    notes: list[str] = field(default_factory=list)
+    raised: list[Alarm] = field(default_factory=list)
+
+    def note(self, flag: str) -> None:
+        """Record ``flag`` (e.g. ``"rounded:2"``) in the audit log of the answered inputs."""
+        self.notes.append(flag)
+
+    def alarm(self, reason: str, statistic: float | None = None) -> Alarm:
+        """Raise an alarm about this client (kept, bounded, in the ledger and /v1/admin)."""
+        if statistic is not None and not math.isfinite(statistic):
+            statistic = None
+        raised = Alarm(self.stage, self.time, reason[:MAX_REASON], statistic)
+        self.raised.append(raised)
+        return raised
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a stage may do; the service relies on it and the conformance test checks it.
+
+    * ``stateful`` — it keeps per-client state (else it gets a read-only empty one);
+    * ``rowwise`` — it treats each input alone and keeps no state, so the service may run it
+      once over the rows of several clients' batches;
+    * ``changes_labels`` — it may return labels other than the model's (a watermark);
+    * ``needs_probabilities`` — it reads full probability vectors, so must precede top-k and
+      labels-only stages;
+    * ``output_kind`` — the granularity it leaves behind (None: as it came);
+    * ``raises_alarms`` / ``refuses`` — it may raise alarms / refuse a request;
+    * ``notes`` — the prefixes of the audit flags it may note (``"rounded"`` for
+      ``"rounded:2"``).
+    """
+
+    stateful: bool = False
+    rowwise: bool = False
+    changes_labels: bool = False
+    needs_probabilities: bool = False
+    output_kind: OutputKind | None = None
+    raises_alarms: bool = False
+    refuses: bool = False
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.rowwise and (self.stateful or self.raises_alarms or self.refuses):
+            raise ValueError("a row-wise stage keeps no state, raises no alarm, refuses nothing")
 
 
 class Defense(ABC):
-    """A stage of the output pipeline of a :class:`~modelheist.api.service.PredictionService`."""
+    """A stage of the pipeline of a :class:`~modelheist.api.service.PredictionService`."""
 
     #: Registry name used in specs such as ``round:2``.
     name: ClassVar[str]
-    #: The output kind the stage leaves behind, or None if it keeps the incoming kind.
-    output_kind: ClassVar[OutputKind | None] = None
-    #: Whether the stage needs full probability vectors (so must precede top-k/labels stages).
-    requires_probabilities: ClassVar[bool] = False
-    #: Whether the stage keeps no state and treats each input independently, so that the service
-    #: may apply it once to the rows of several clients' batches (micro-batching).
-    rowwise: ClassVar[bool] = False
+    #: What the stage may do (see :class:`Capabilities`).
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
-    def initial_state(self) -> dict[str, Any]:
-        """Fresh per-client state (JSON-serialisable)."""
+    def open(self) -> None:
+        """Read what the stage needs from disk (its secret files, a detector's model) before
+        the service answers; raises a one-line ``ModelheistError`` if it cannot. Called once
+        by the service at start-up; the default has nothing to read."""
+        return None
+
+    def initial_values(self) -> dict[str, object]:
+        """The small, JSON part of a new client's state (stateful stages)."""
         return {}
 
     @abstractmethod
-    def apply(self, inputs: np.ndarray, answer: Answer, state: dict[str, Any]) -> Answer:
+    def apply(
+        self, context: StageContext, inputs: np.ndarray, answer: Answer, state: StageState
+    ) -> Answer:
         """Return the answer this stage lets through for ``inputs``; may update ``state``."""
 
     @abstractmethod
     def spec(self) -> str:
-        """The spec string that :func:`~modelheist.defenses.registry.parse_defense` reads back."""
+        """The spec string that :func:`~modelheist.defenses.registry.parse_defense` reads back
+        (secrets appear as the path of their file, never their content)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec()!r})"
@@ -53,12 +150,12 @@ def check_pipeline(stages: Sequence[Defense]) -> None:
     """Refuse a pipeline in which a stage needs probabilities that an earlier stage removed."""
     kind: OutputKind = "probabilities"
     for stage in stages:
-        if stage.requires_probabilities and kind != "probabilities":
+        if stage.capabilities.needs_probabilities and kind != "probabilities":
             raise ModelheistError(
                 f"stage {stage.spec()!r} needs full probabilities but follows a stage that "
                 f"returns {kind}; put it before the top-k/labels stage"
             )
-        kind = stage.output_kind or kind
+        kind = stage.capabilities.output_kind or kind
 
 
 def require_probabilities(stage: Defense, answer: Answer) -> np.ndarray:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from rich.progress import Progress
 
-from modelheist.api.oracle import LocalOracle, Oracle
+from modelheist.api.local import LocalOracle
 from modelheist.api.service import PredictionService
 from modelheist.attacks.base import AttackerKnowledge, ExtractionAttack, ExtractionResult
 from modelheist.data.registry import Split
@@ -19,6 +19,7 @@ from modelheist.defenses.registry import parse_output
 from modelheist.metrics import uniform_inputs
 from modelheist.models.architectures import TORCH_ARCHITECTURES
 from modelheist.models.classifier import Classifier, predict_labels
+from modelheist.oracle import Oracle
 
 
 @dataclass(frozen=True)

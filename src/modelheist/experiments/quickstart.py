@@ -1,4 +1,4 @@
-"""The quickstart: the main job of ``modelheist quickstart`` (DESIGN.md, "CLI").
+"""The quickstart: the main job of ``modelheist quickstart`` (docs/architecture.md, "The CLI").
 
 Trains a CNN victim on fashion-mnist (mnist5k when fashion-mnist is absent), then runs Knockoff
 Nets at three budgets in three settings: an in-distribution transfer set, an out-of-distribution

@@ -54,6 +54,22 @@ def cnn(input_shape: Sequence[int], num_classes: int, width: int = 32) -> nn.Seq
 
     Works for 28x28 (MNIST-like), 32x32 (CIFAR) and 8x8 (scikit-learn digits) inputs.
     """
+    return _conv_net(input_shape, num_classes, width, nn.BatchNorm2d)
+
+
+def cnn_gn(input_shape: Sequence[int], num_classes: int, width: int = 32) -> nn.Sequential:
+    """:func:`cnn` with GroupNorm in place of BatchNorm, the variant DP-SGD can train: BatchNorm
+    mixes the examples of a batch, so per-example gradients (Opacus) are undefined for it.
+    Groups as Opacus's ``ModuleValidator.fix`` would choose: min(32, channels)."""
+    return _conv_net(input_shape, num_classes, width, lambda c: nn.GroupNorm(min(32, c), c))
+
+
+def _conv_net(
+    input_shape: Sequence[int],
+    num_classes: int,
+    width: int,
+    norm: Callable[[int], nn.Module],
+) -> nn.Sequential:
     if len(input_shape) != 3:
         raise ModelheistError(f"cnn needs image inputs (C, H, W), got shape {tuple(input_shape)}")
     channels, height, wide = input_shape
@@ -61,11 +77,11 @@ def cnn(input_shape: Sequence[int], num_classes: int, width: int = 32) -> nn.Seq
         raise ModelheistError(f"cnn needs images of at least 4x4, got {height}x{wide}")
     return nn.Sequential(
         nn.Conv2d(channels, width, 3, padding=1),
-        nn.BatchNorm2d(width),
+        norm(width),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Conv2d(width, 2 * width, 3, padding=1),
-        nn.BatchNorm2d(2 * width),
+        norm(2 * width),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
@@ -100,8 +116,15 @@ def mlp1(input_shape: Sequence[int], num_classes: int, hidden: int = 20) -> nn.S
     )
 
 
-TORCH_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "mlp1": mlp1, "cnn": cnn}
+TORCH_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp,
+    "mlp1": mlp1,
+    "cnn": cnn,
+    "cnn-gn": cnn_gn,
+}
 CLASSICAL_ARCHITECTURES = ("logreg", "tree")
+#: The networks that take images (C, H, W) only.
+IMAGE_ARCHITECTURES = frozenset({"cnn", "cnn-gn"})
 
 
 def architecture_names() -> list[str]:

@@ -30,6 +30,7 @@ class ModelCard:
     metrics: dict[str, float] = field(default_factory=dict)
     input_range: list[float] | None = None
     members: int = 1  # > 1: an ensemble of that many networks of ``architecture``
+    protections: list[dict[str, Any]] = field(default_factory=list)  # what training added
 
     @property
     def num_classes(self) -> int:
@@ -48,6 +49,11 @@ class Classifier(Protocol):
 def predict_labels(model: Classifier, x: np.ndarray) -> np.ndarray:
     """Arg-max labels of ``model`` on ``x``."""
     return np.asarray(model.predict_proba(x)).argmax(axis=1)
+
+
+def accuracy(model: Classifier, x: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of ``x`` that ``model`` labels as ``y`` (NaN for no inputs)."""
+    return float((predict_labels(model, x) == y).mean()) if len(y) else float("nan")
 
 
 class TorchClassifier:

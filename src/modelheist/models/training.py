@@ -1,16 +1,20 @@
-"""Training loops: networks (PyTorch, hard or soft targets) and classical models (scikit-learn).
+"""Training: the :class:`Trainer` every network is trained with, the hooks through which
+training-time protections change it, and the training of classical models (scikit-learn).
 
-``train_network`` is the one loop every network in modelheist is trained with (victims and
-surrogates): AdamW with a warm-up + cosine learning-rate schedule, cross-entropy on integer labels or on
-probability vectors (soft labels, i.e. KL divergence up to a constant), optional random-shift
-augmentation, seeded shuffling, an optional Rich progress bar.
+A protection (DP-SGD, adversarial training, a backdoor watermark, radioactive marks) is a
+:class:`TrainingProtection`; :func:`train_model` trains a victim with any of them and records
+each on the model card (``ModelCard.protections``); :func:`fine_tune` continues the training of
+a saved network (an owner embedding a watermark late, or a suspect trying to remove one).
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -20,7 +24,6 @@ from torch import nn
 
 from modelheist.data.registry import Dataset
 from modelheist.errors import ModelheistError
-from modelheist.metrics import accuracy
 from modelheist.models.architectures import (
     CLASSICAL_ARCHITECTURES,
     TORCH_ARCHITECTURES,
@@ -35,6 +38,7 @@ from modelheist.models.classifier import (
     ModelCard,
     TorchClassifier,
     TreeModel,
+    accuracy,
 )
 
 
@@ -112,6 +116,231 @@ def distillation_loss(
     return loss + (1.0 - weight) * soft_cross_entropy(logits, targets) if weight < 1.0 else loss
 
 
+class BatchSource(ABC):
+    """Where a training run's mini-batches come from, one epoch at a time."""
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Optimiser steps per epoch."""
+
+    @abstractmethod
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The (inputs, targets) batches of one epoch."""
+
+
+class ShuffledBatches(BatchSource):
+    """Seeded reshuffling each epoch, then consecutive batches, each optionally shifted by a
+    random integer offset (:func:`random_shift`) drawn from the same generator."""
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor,
+        batch_size: int,
+        generator: torch.Generator,
+        shift: int = 0,
+    ):
+        self.x, self.targets = x, targets
+        self.batch_size, self.generator, self.shift = batch_size, generator, shift
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.x), generator=self.generator)
+        for start in range(0, len(self.x), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch = self.x[idx]
+            if self.shift:
+                batch = random_shift(batch, self.shift, self.generator)
+            yield batch, self.targets[idx]
+
+
+@dataclass
+class TrainingRun:
+    """One training run as its protections see it.
+
+    :meth:`TrainingProtection.prepare` may replace ``module``, ``optimizer`` or ``batches``
+    (DP-SGD wraps all three); ``x`` and ``targets`` hold the whole training set, extra data
+    included; ``notes`` keeps what a protection measures for its card entry.
+    """
+
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: BatchSource
+    config: TrainConfig
+    x: torch.Tensor
+    targets: torch.Tensor
+    generator: torch.Generator
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def soft(self) -> bool:
+        """Whether the targets are probability vectors (else integer labels)."""
+        return self.targets.ndim == 2
+
+
+class TrainingProtection(ABC):
+    """A training-time protection: hooks into the :class:`Trainer` (docs/architecture.md,
+    "The Trainer seam").
+
+    Hyper-parameters go to the constructor (which does no work); the Trainer calls, in order,
+    :meth:`extra_data` once, :meth:`prepare` once, :meth:`transform_batch` on every batch, and
+    :meth:`card_entry` when training is done. Every hook has a do-nothing default.
+    """
+
+    #: Registry name, written on the model card.
+    name: ClassVar[str]
+
+    def extra_data(
+        self, x: np.ndarray, targets: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Inputs and targets to train on besides the owner's data (e.g. a watermark's trigger
+        set, oversampled), in the training data's format; None for none."""
+        return None
+
+    def prepare(self, run: TrainingRun) -> None:
+        """Change the run before the first step (wrap the model, optimizer or batches)."""
+        return None
+
+    def transform_batch(
+        self, run: TrainingRun, x: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch the model is trained on in place of ``(x, targets)`` (e.g. adversarial
+        examples of ``x`` under the current ``run.module``)."""
+        return x, targets
+
+    def card_entry(self, run: TrainingRun) -> dict[str, Any]:
+        """What the model card records of this protection: its name, its parameters and what
+        it measured (e.g. the privacy budget spent)."""
+        return {"name": self.name, **self.params()}
+
+    def params(self) -> dict[str, Any]:
+        """The protection's hyper-parameters (JSON values)."""
+        return asdict(self) if is_dataclass(self) else {}
+
+
+class Trainer:
+    """The one training loop of every network in modelheist, victims and surrogates alike.
+
+    AdamW with a warm-up + cosine learning-rate schedule; cross-entropy on integer labels, or on
+    probability vectors (soft labels, i.e. KL divergence up to a constant) with Hinton et al.'s
+    ('15) distillation loss a * T^2 * CE(softmax(z / T), softmax(log p / T)) + (1 - a) * CE(z, p)
+    when ``config.temperature`` T != 1 (a = ``config.temperature_weight``); optional
+    random-shift augmentation; seeded shuffling; an optional Rich progress bar. Protections
+    (:class:`TrainingProtection`) change the run through their hooks. Deterministic for a given
+    ``config.seed``.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        protections: Sequence[TrainingProtection] = (),
+        progress: Progress | None = None,
+    ):
+        self.config = config
+        self.protections = list(protections)
+        self.progress = progress
+
+    def fit(
+        self,
+        module: nn.Module,
+        x: np.ndarray,
+        targets: np.ndarray,
+        description: str = "training",
+    ) -> TrainingRun:
+        """Train ``module`` on ``x`` against integer labels (1-D) or probability vectors (2-D);
+        return the finished run (its ``notes["loss"]`` holds each epoch's mean loss)."""
+        config = self.config
+        if len(x) == 0:
+            raise ModelheistError("cannot train on an empty set")
+        shift = default_shift(tuple(x.shape[1:])) if config.augment else 0
+        for protection in self.protections:
+            extra = protection.extra_data(x, targets)
+            if extra is not None:
+                x, targets = _appended(x, targets, *extra, protection.name)
+        soft = targets.ndim == 2
+        xs = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+        ts = torch.from_numpy(targets.astype(np.float32 if soft else np.int64))
+        optimiser = torch.optim.AdamW(
+            module.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        generator = torch.Generator().manual_seed(config.seed)
+        run = TrainingRun(
+            module,
+            optimiser,
+            ShuffledBatches(xs, ts, config.batch_size, generator, shift),
+            config,
+            xs,
+            ts,
+            generator,
+        )
+        for protection in self.protections:
+            protection.prepare(run)
+        steps_per_epoch = len(run.batches)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            run.optimizer, warmup_cosine(config.epochs * steps_per_epoch)
+        )
+        progress = self.progress
+        task = (
+            progress.add_task(description, total=config.epochs * steps_per_epoch)
+            if progress is not None
+            else None
+        )
+        history = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # dropout masks
+            run.module.train()
+            for _ in range(config.epochs):
+                total, seen = 0.0, 0
+                for batch, batch_targets in run.batches.epoch():
+                    for protection in self.protections:
+                        batch, batch_targets = protection.transform_batch(run, batch, batch_targets)
+                    loss = self._loss(run.module(batch), batch_targets, soft)
+                    run.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    run.optimizer.step()
+                    schedule.step()
+                    total += float(loss.detach()) * len(batch)
+                    seen += len(batch)
+                    if task is not None:
+                        progress.advance(task)
+                history.append(total / max(seen, 1))
+        run.module.eval()
+        if task is not None:
+            progress.remove_task(task)
+        run.notes["loss"] = history
+        return run
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor, soft: bool) -> torch.Tensor:
+        if soft:
+            return distillation_loss(
+                logits, targets, self.config.temperature, self.config.temperature_weight
+            )
+        return F.cross_entropy(logits, targets)
+
+    def card_entries(self, run: TrainingRun) -> list[dict[str, Any]]:
+        """The model card's record of the protections this run carried."""
+        return [protection.card_entry(run) for protection in self.protections]
+
+
+def _appended(
+    x: np.ndarray, targets: np.ndarray, x_extra: np.ndarray, t_extra: np.ndarray, source: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training data with a protection's extra data appended; a clear error on a mismatch."""
+    if x_extra.shape[1:] != x.shape[1:] or t_extra.shape[1:] != targets.shape[1:]:
+        raise ModelheistError(
+            f"{source}: extra data of shape {x_extra.shape[1:]} / targets {t_extra.shape[1:]} "
+            f"does not match the training data's {x.shape[1:]} / {targets.shape[1:]}"
+        )
+    if len(x_extra) != len(t_extra):
+        raise ModelheistError(f"{source}: {len(x_extra)} extra inputs but {len(t_extra)} targets")
+    return (
+        np.concatenate([x, x_extra.astype(x.dtype, copy=False)]),
+        np.concatenate([targets, t_extra.astype(targets.dtype, copy=False)]),
+    )
+
+
 def train_network(
     module: nn.Module,
     x: np.ndarray,
@@ -120,60 +349,9 @@ def train_network(
     progress: Progress | None = None,
     description: str = "training",
 ) -> list[float]:
-    """Train ``module`` on ``x`` against integer labels (1-D) or probability vectors (2-D).
-
-    With soft targets p and ``config.temperature`` T != 1 the loss is Hinton et al.'s ('15)
-    distillation loss, a * T^2 * CE(softmax(z / T), softmax(log p / T)) + (1 - a) * CE(z, p) with
-    a = ``config.temperature_weight``. Returns the mean loss of each epoch. Deterministic for a
-    given ``config.seed``.
-    """
-    if len(x) == 0:
-        raise ModelheistError("cannot train on an empty set")
-    soft = targets.ndim == 2
-    xs = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-    ts = torch.from_numpy(targets.astype(np.float32 if soft else np.int64))
-    shift = default_shift(tuple(x.shape[1:])) if config.augment else 0
-    steps_per_epoch = -(-len(xs) // config.batch_size)
-    optimiser = torch.optim.AdamW(
-        module.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, warmup_cosine(config.epochs * steps_per_epoch)
-    )
-    generator = torch.Generator().manual_seed(config.seed)
-
-    task = (
-        progress.add_task(description, total=config.epochs * steps_per_epoch) if progress else None
-    )
-    history = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)  # dropout masks
-        module.train()
-        for _ in range(config.epochs):
-            order = torch.randperm(len(xs), generator=generator)
-            total = 0.0
-            for start in range(0, len(xs), config.batch_size):
-                idx = order[start : start + config.batch_size]
-                batch = random_shift(xs[idx], shift, generator) if shift else xs[idx]
-                logits = module(batch)
-                if soft:
-                    loss = distillation_loss(
-                        logits, ts[idx], config.temperature, config.temperature_weight
-                    )
-                else:
-                    loss = F.cross_entropy(logits, ts[idx])
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                schedule.step()
-                total += float(loss.detach()) * len(idx)
-                if task is not None:
-                    progress.advance(task)
-            history.append(total / len(xs))
-    module.eval()
-    if task is not None:
-        progress.remove_task(task)
-    return history
+    """Train ``module`` with a plain :class:`Trainer` (no protection); return the mean loss of
+    each epoch."""
+    return Trainer(config, progress=progress).fit(module, x, targets, description).notes["loss"]
 
 
 def _classical(arch: str, dataset: Dataset, card: ModelCard, seed: int) -> Classifier:
@@ -203,13 +381,17 @@ def train_model(
     arch: str,
     config: TrainConfig | None = None,
     progress: Progress | None = None,
+    protections: Sequence[TrainingProtection] = (),
 ) -> Classifier:
-    """Train a victim of architecture ``arch`` on ``dataset.train``; record test accuracy."""
+    """Train a victim of architecture ``arch`` on ``dataset.train`` with ``protections``;
+    record its test accuracy and the protections it carries on its card."""
     config = config or TrainConfig()
     if arch not in architecture_names():
         raise ModelheistError(
             f"unknown architecture {arch!r}; choose one of: {', '.join(architecture_names())}"
         )
+    if protections and arch in CLASSICAL_ARCHITECTURES:
+        raise ModelheistError(f"training protections need a network, not {arch}")
     mean, std = normalisation_stats(dataset.train.x)
     card = ModelCard(
         architecture=arch,
@@ -228,11 +410,38 @@ def train_model(
         model = _classical(arch, dataset, card, config.seed)
     else:
         net = build_network(arch, dataset.input_shape, dataset.num_classes, mean, std, config.seed)
-        train_network(net, dataset.train.x, dataset.train.y, config, progress, f"train {arch}")
-        model = TorchClassifier(net, card)
+        trainer = Trainer(config, protections, progress)
+        run = trainer.fit(net, dataset.train.x, dataset.train.y, f"train {arch}")
+        card.protections = trainer.card_entries(run)
+        model = TorchClassifier(run.module, card)
     card.metrics["test_accuracy"] = accuracy(model, dataset.test.x, dataset.test.y)
     card.metrics["train_accuracy"] = accuracy(model, dataset.train.x, dataset.train.y)
     return model
+
+
+def fine_tune(
+    model: TorchClassifier,
+    x: np.ndarray,
+    targets: np.ndarray,
+    config: TrainConfig,
+    protections: Sequence[TrainingProtection] = (),
+    progress: Progress | None = None,
+) -> TorchClassifier:
+    """A copy of ``model`` trained further on ``x`` (the original is left as it was); its card
+    appends the fine-tuning configuration and any protections added."""
+    if not isinstance(model, TorchClassifier):
+        raise ModelheistError(f"only networks can be fine-tuned, not {model.card.architecture}")
+    module = copy.deepcopy(model.module)
+    trainer = Trainer(config, protections, progress)
+    run = trainer.fit(module, x, targets, "fine-tune")
+    history = [*model.card.training.get("fine_tuning", []), {**asdict(config), "inputs": len(x)}]
+    card = replace(
+        copy.deepcopy(model.card),
+        training={**model.card.training, "fine_tuning": history},
+        protections=[*model.card.protections, *trainer.card_entries(run)],
+        metrics={},
+    )
+    return TorchClassifier(run.module, card)
 
 
 def train_members(

@@ -1,8 +1,13 @@
-"""What an inference API returns for a batch of queries."""
+"""What an inference API returns for a batch of queries: the answer a client sees.
+
+An :class:`Answer` holds exactly what leaves the API, nothing more: what the defense stages
+noticed (flags, alarms) stays on the server, in the audit log (docs/architecture.md, "The
+Defense seam").
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -16,16 +21,15 @@ class Answer:
 
     ``labels`` is always present. ``probabilities`` (n, c) is present when the API returns full
     (possibly rounded or perturbed) probability vectors; ``top_k``/``top_k_probabilities``
-    (n, k) when it returns the k most likely classes. ``flags`` lists what defense stages did or
-    noticed (e.g. ``"rounded:2"``).
+    (n, k) when it returns the k most likely classes; ``leaves`` the tree node reached, where a
+    tree API returns it (as BigML did).
     """
 
     labels: np.ndarray
     probabilities: np.ndarray | None = None
     top_k: np.ndarray | None = None
     top_k_probabilities: np.ndarray | None = None
-    flags: tuple[str, ...] = ()
-    leaves: np.ndarray | None = None  # node identities, where a tree API returns them (BigML)
+    leaves: np.ndarray | None = None
 
     @property
     def kind(self) -> OutputKind:
@@ -35,9 +39,6 @@ class Answer:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-    def with_flag(self, flag: str) -> Answer:
-        return replace(self, flags=(*self.flags, flag))
 
     def soft_targets(self, num_classes: int) -> np.ndarray:
         """Best probability-vector reading of the answer for training a surrogate.
@@ -73,7 +74,6 @@ class Answer:
             pick(self.probabilities),
             pick(self.top_k),
             pick(self.top_k_probabilities),
-            self.flags,
             pick(self.leaves),
         )
 
@@ -87,12 +87,10 @@ def concatenate(answers: list[Answer]) -> Answer:
         parts = [getattr(a, name) for a in answers]
         return None if parts[0] is None else np.concatenate(parts)
 
-    flags = tuple(dict.fromkeys(f for a in answers for f in a.flags))
     return Answer(
         cat("labels"),
         cat("probabilities"),
         cat("top_k"),
         cat("top_k_probabilities"),
-        flags,
         cat("leaves"),
     )

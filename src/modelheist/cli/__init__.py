@@ -1,0 +1,16 @@
+"""The ``modelheist`` command: one module per actor (docs/architecture.md, "The CLI").
+
+* :mod:`~modelheist.cli.owner` — ``train``, ``serve``, ``keys``;
+* :mod:`~modelheist.cli.adversary` — ``attack NAME`` (generated from the attack registry),
+  ``query``;
+* :mod:`~modelheist.cli.verifier` — ``verify SCHEME``;
+* :mod:`~modelheist.cli.experimenter` — ``datasets``, ``quickstart``.
+
+Commands import the library when they run, so that ``modelheist keys ...`` does not load
+PyTorch.
+"""
+
+from modelheist.cli import adversary, experimenter, owner, verifier
+from modelheist.cli.common import app
+
+__all__ = ["adversary", "app", "experimenter", "owner", "verifier"]

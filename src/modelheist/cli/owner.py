@@ -1,0 +1,269 @@
+"""The model owner's commands: ``train``, ``serve`` and ``keys``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from modelheist.cli.common import (
+    DEFAULT_STATE,
+    StateOption,
+    app,
+    console,
+    err_console,
+    fresh_folder,
+    positive,
+    progress_bar,
+    user_errors,
+    write_json,
+)
+from modelheist.errors import ModelheistError
+
+if TYPE_CHECKING:
+    from modelheist.api.ledger import Ledger
+
+keys_app = typer.Typer(
+    help="Manage the API keys of a served model's clients.", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
+
+
+@app.command()
+@user_errors
+def train(
+    dataset: Annotated[str, typer.Option(help="Dataset name (see `modelheist datasets`).")],
+    arch: Annotated[
+        str, typer.Option(help="Architecture: mlp, mlp1, cnn, cnn-gn, logreg or tree.")
+    ],
+    out: Annotated[Path, typer.Option(help="New folder for the model (weights + card).")],
+    epochs: Annotated[int, typer.Option(help="Training epochs (networks).")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the data split and the training.")] = 0,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the model card as JSON.")
+    ] = None,
+    watermark: Annotated[
+        str | None,
+        typer.Option(
+            help="Embed a backdoor watermark: backdoor[:triggers=N,source=noise|DATASET,"
+            "repeats=R]; its secret trigger set goes to --secret-out."
+        ),
+    ] = None,
+    secret_out: Annotated[
+        Path | None, typer.Option(help="New folder for the watermark's trigger set (secret).")
+    ] = None,
+) -> None:
+    """Train a victim model and save it (safetensors weights + JSON card)."""
+    fresh_folder(out, "output folder")
+    if (watermark is None) != (secret_out is None):
+        raise ModelheistError("--watermark and --secret-out go together")
+    fresh_folder(secret_out, "secret folder")
+    positive("--epochs", epochs)
+    from modelheist.data.registry import load_dataset
+
+    data = load_dataset(dataset, seed=seed)  # an unknown name fails before PyTorch loads
+    from modelheist.models.store import save_model
+    from modelheist.models.training import TrainConfig, train_model
+    from modelheist.ownership.watermark import parse_watermark
+
+    config = TrainConfig(epochs=epochs, seed=seed)
+    protections = [parse_watermark(watermark, data, seed)] if watermark else []
+    with progress_bar() as progress:
+        model = train_model(data, arch, config, progress, protections)
+    if secret_out is not None:
+        protections[0].triggers.save(secret_out)
+    save_model(model, out)
+    write_json(json_path, asdict(model.card))
+    metrics = model.card.metrics
+    console.print(
+        f"trained {arch} on {dataset}: test accuracy {metrics['test_accuracy']:.4f} "
+        f"(train {metrics['train_accuracy']:.4f}); saved to {out}"
+        + (f"; watermark trigger set (keep it secret) in {secret_out}" if secret_out else "")
+    )
+
+
+def _rate(value: str | None) -> float | None:
+    if value is None:
+        return None
+    text = value.strip().removesuffix("/s")
+    try:
+        rate = float(text)
+    except ValueError:
+        raise ModelheistError(
+            f"--rate must be requests per second such as 5 or 5/s, got {value!r}"
+        ) from None
+    if not rate > 0 or rate == float("inf"):
+        raise ModelheistError(f"--rate must be a positive number, got {value!r}")
+    return rate
+
+
+@app.command()
+@user_errors
+def serve(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder to serve.", show_default=False)],
+    name: Annotated[
+        str | None, typer.Option(help="Name in the URL (default: the folder's name).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 8000,
+    state: StateOption = DEFAULT_STATE,
+    output: Annotated[
+        str, typer.Option(help="Output granularity: probs, labels, top-k:K, round:N.")
+    ] = "probs",
+    defense: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--defense",
+            help="Defense stage, repeatable, applied in order before --output: round:N, "
+            "top-k:K, labels, reverse-sigmoid:beta=B,gamma=G, noise:sigma=S[,key_file=PATH], "
+            "history[:limit=N].",
+        ),
+    ] = None,
+    max_batch: Annotated[int, typer.Option(help="Most inputs in one request.")] = 1024,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body, in MiB.")] = 32.0,
+    durable: Annotated[
+        bool, typer.Option(help="fsync every commit (survives power loss, not only crashes).")
+    ] = False,
+    leaves: Annotated[
+        bool, typer.Option(help="Tree models: answer with the leaf reached, as BigML did.")
+    ] = False,
+    incomplete_queries: Annotated[
+        bool, typer.Option(help="Tree models: accept missing features (null / NaN), as BigML did.")
+    ] = False,
+) -> None:
+    """Serve a model over HTTP with API keys, budgets, an audit log and defenses."""
+    from modelheist.api.http_server import prepare_server
+
+    server = prepare_server(
+        model_dir,
+        state,
+        name=name,
+        defenses=defense or [],
+        output=output,
+        host=host,
+        port=port,
+        max_batch=max_batch,
+        max_body_mb=max_body_mb,
+        durable=durable,
+        leaves=leaves,
+        incomplete_queries=incomplete_queries,
+    )
+    card = server.service.model.card
+    err_console.print(
+        f"serving {server.service.name} ({card.architecture} on {card.dataset}; pipeline: "
+        f"{server.service.pipeline}) at {server.url}; state in {state}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if not server.ledger.clients():
+        err_console.print(
+            f"no clients yet: add one with `modelheist keys add NAME --state {state}`",
+            highlight=False,
+        )
+    server.run()
+
+
+@contextmanager
+def _ledger(state: Path, must_exist: bool = True) -> Iterator[Ledger]:
+    """The state folder's ledger, closed afterwards."""
+    from modelheist.api.ledger import Ledger
+
+    if must_exist and not state.is_dir():
+        raise ModelheistError(f"no state folder {state}")
+    ledger = Ledger.open(state)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+@keys_app.command("add")
+@user_errors
+def keys_add(
+    name: Annotated[str, typer.Argument(help="Client name.", show_default=False)],
+    state: StateOption = DEFAULT_STATE,
+    budget: Annotated[
+        int | None, typer.Option(help="Query budget (inputs answered); default unlimited.")
+    ] = None,
+    rate: Annotated[
+        str | None, typer.Option(help="Rate limit in requests per second, e.g. 5 or 5/s.")
+    ] = None,
+    admin: Annotated[bool, typer.Option(help="May read /v1/admin/clients.")] = False,
+) -> None:
+    """Create a client and print its API key (shown once; only its hash is stored)."""
+    with _ledger(state, must_exist=False) as ledger:
+        key = ledger.add_client(name, budget, _rate(rate), admin)
+    err_console.print(
+        f"client {name!r} added to {state}"
+        + (f", budget {budget}" if budget else "")
+        + (f", rate {rate}" if rate else "")
+        + (", admin" if admin else "")
+        + "; its key (shown once):",
+        highlight=False,
+    )
+    console.print(key, highlight=False, soft_wrap=True)
+
+
+@keys_app.command("list")
+@user_errors
+def keys_list(state: StateOption = DEFAULT_STATE) -> None:
+    """List the clients of a state folder, their usage, alarms and review status."""
+    with _ledger(state) as ledger:
+        clients = ledger.clients()
+    table = Table(title=f"clients in {state}")
+    for column in ("name", "budget", "used", "rate/s", "admin", "revoked", "alarms", "review"):
+        table.add_column(column)
+    for c in clients:
+        table.add_row(
+            c.name,
+            "-" if c.budget is None else str(c.budget),
+            str(c.queries_used),
+            "-" if c.rate is None else f"{c.rate:g}",
+            "yes" if c.admin else "",
+            "yes" if c.revoked else "",
+            str(c.alarms_total) if c.alarms_total else "",
+            c.review or "",
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+@user_errors
+def keys_revoke(
+    name: Annotated[str, typer.Argument(help="Client name.", show_default=False)],
+    state: StateOption = DEFAULT_STATE,
+) -> None:
+    """Revoke a client's key (a running server refuses it from its next request)."""
+    with _ledger(state) as ledger:
+        ledger.revoke(name)
+    err_console.print(f"client {name!r} revoked", highlight=False)
+
+
+@keys_app.command("reset")
+@user_errors
+def keys_reset(
+    name: Annotated[str, typer.Argument(help="Client name.", show_default=False)],
+    state: StateOption = DEFAULT_STATE,
+) -> None:
+    """Drop a client's defense state and alarms and lift a review (a running server reloads
+    the client at its next request). Usage and the audit log are kept."""
+    with _ledger(state) as ledger:
+        ledger.reset_state(name)
+    err_console.print(f"client {name!r}: defense state and alarms reset", highlight=False)
+
+
+@keys_app.command("secret")
+@user_errors
+def keys_secret(
+    path: Annotated[Path, typer.Argument(help="New key file.", show_default=False)],
+) -> None:
+    """Create a key file for a defense stage's secret (``key_file=PATH`` in its spec): 256
+    random bits, readable by its owner only. The key is never printed."""
+    from modelheist.defenses.secrets import create_secret_file
+
+    err_console.print(f"key file {create_secret_file(path)} created", highlight=False)

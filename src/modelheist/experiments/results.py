@@ -1,0 +1,95 @@
+"""The results store: one JSON Lines file per benchmark, one row per run.
+
+Every number in the documentation comes from a row here. A row records what was run and where:
+the command, the commit, the date, the machine, the versions of Python and the libraries that
+shape the numbers, the seed, and the metrics (including the queries the oracle counted).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from modelheist.errors import ModelheistError
+
+#: Libraries whose versions a row records.
+PACKAGES = ("modelheist", "torch", "numpy", "scipy", "scikit-learn", "fastapi", "uvicorn")
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=root, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _commit(root: Path) -> str:
+    """The checkout's commit, marked ``+dirty`` when tracked files have changed since."""
+    head = _git(root, "rev-parse", "--short", "HEAD")
+    if head is None:
+        return "unknown"
+    return head + ("+dirty" if _git(root, "status", "--porcelain", "--untracked-files=no") else "")
+
+
+def environment(root: Path | None = None) -> dict[str, Any]:
+    """Where and with what a run happens: commit, date, machine and package versions."""
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return {
+        "commit": _commit(root or Path.cwd()),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "
+            f"Python {platform.python_version()}"
+        ),
+        "versions": versions,
+    }
+
+
+class ResultsStore:
+    """Rows appended to ``path`` (JSON Lines), each written whole and flushed to disk."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def append(self, row: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
+        """Append ``row`` (its metrics and parameters) with the command and environment."""
+        record = {
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            **environment(self.path.resolve().parent),
+            "seed": seed,
+            **row,
+        }
+        line = json.dumps(record, sort_keys=False, allow_nan=False)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        return record
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every row, oldest first; a line that does not parse is a clear error."""
+        if not self.path.exists():
+            return []
+        rows = []
+        for number, line in enumerate(self.path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ModelheistError(f"{self.path}:{number} is not a JSON row: {exc}") from None
+        return rows

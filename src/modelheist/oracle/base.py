@@ -1,0 +1,93 @@
+"""The ``Oracle``: the black-box boundary an attack or a verifier sees (docs/architecture.md,
+"The Oracle seam").
+
+An oracle knows only what an API client would: the input shape, the class names, the output
+granularity, its budget, and the answers to its queries. Two transports implement it over the
+same :class:`~modelheist.api.service.PredictionService`: in-process
+(:class:`~modelheist.api.local.LocalOracle`) and HTTP
+(:class:`~modelheist.api.http_client.HttpOracle`); both wait out a rate limit the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from modelheist.errors import RateLimitedError
+from modelheist.oracle.answer import Answer, OutputKind, concatenate
+
+
+class Oracle(ABC):
+    """Query access to a victim for one client."""
+
+    #: Largest batch sent in one call; larger queries are split.
+    max_batch: int = 1024
+    #: Longest total wait, in seconds, for a rate limit to allow a batch before giving up.
+    max_rate_wait: float = 600.0
+
+    @property
+    @abstractmethod
+    def input_shape(self) -> tuple[int, ...]: ...
+
+    @property
+    @abstractmethod
+    def classes(self) -> list[str]: ...
+
+    @property
+    @abstractmethod
+    def output_kind(self) -> OutputKind: ...
+
+    @property
+    @abstractmethod
+    def budget(self) -> int | None: ...
+
+    @property
+    @abstractmethod
+    def queries_used(self) -> int: ...
+
+    @abstractmethod
+    def _query_batch(self, x: np.ndarray) -> Answer:
+        """Send one batch of at most :attr:`max_batch` inputs (no waiting on rate limits)."""
+
+    @property
+    def input_range(self) -> tuple[float, float] | None:
+        """The inputs' declared domain (e.g. [0, 1] for images), if the API publishes one."""
+        return None
+
+    @property
+    def returns_leaves(self) -> bool:
+        """Whether answers carry the tree node reached (``Answer.leaves``), as BigML's did."""
+        return False
+
+    @property
+    def accepts_missing(self) -> bool:
+        """Whether inputs may leave features missing (NaN): BigML's incomplete queries."""
+        return False
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.budget is None else self.budget - self.queries_used
+
+    def query(self, x: np.ndarray) -> Answer:
+        """Answers for ``x`` (split into batches the API accepts)."""
+        x = np.asarray(x, np.float32)  # NaN (a missing feature) passes through
+        step = self.max_batch
+        return concatenate([self._patient_query(x[i : i + step]) for i in range(0, len(x), step)])
+
+    def _patient_query(self, x: np.ndarray) -> Answer:
+        """One batch; a rate limit is waited out, up to :attr:`max_rate_wait` seconds in all."""
+        waited = 0.0
+        while True:
+            try:
+                return self._query_batch(x)
+            except RateLimitedError as exc:
+                if waited + exc.retry_after > self.max_rate_wait:
+                    raise
+                time.sleep(exc.retry_after)
+                waited += exc.retry_after

@@ -1,0 +1,8 @@
+"""Every ownership scheme by its registry name (``modelheist verify NAME``)."""
+
+from __future__ import annotations
+
+from modelheist.ownership.base import OwnershipScheme
+from modelheist.ownership.watermark import BackdoorWatermarkScheme
+
+SCHEMES: dict[str, type[OwnershipScheme]] = {cls.name: cls for cls in (BackdoorWatermarkScheme,)}

@@ -1,0 +1,87 @@
+"""The ownership seam: a backdoor watermark embedded through the Trainer's hooks, verified
+through any oracle with an exact test, and "cannot verify" whenever no decision can be made."""
+
+import json
+
+import numpy as np
+import pytest
+
+from modelheist.api import LocalOracle, PredictionService
+from modelheist.defenses import parse_output
+from modelheist.errors import ModelheistError
+from modelheist.models import train_model
+from modelheist.ownership import SCHEMES, BackdoorWatermarkScheme, TriggerSet
+
+
+def oracle_of(model, output="probs", budget=None):
+    return LocalOracle.for_new_client(PredictionService(model, parse_output(output)), budget)
+
+
+def test_the_watermark_is_learned_and_recorded_on_the_card(marked_cnn, triggers, digits):
+    assert marked_cnn.card.metrics["test_accuracy"] > 0.9
+    matches = (marked_cnn.predict_proba(triggers.inputs).argmax(1) == triggers.labels).mean()
+    assert matches > 0.9
+    (entry,) = marked_cnn.card.protections
+    assert entry == {
+        "name": "backdoor-watermark",
+        "triggers": 40,
+        "source": "noise",
+        "repeats": 10,
+        "sha256": triggers.digest,
+    }  # the card names the set, never holds it
+
+
+@pytest.mark.parametrize("output", ["probs", "labels", "top-k:2"])
+def test_a_marked_model_is_found_stolen(marked_cnn, triggers, output):
+    oracle = oracle_of(marked_cnn, output)
+    evidence = BackdoorWatermarkScheme(triggers).verify(oracle, significance=0.01)
+    assert evidence.decision == "stolen" and evidence.p_value < 1e-20
+    assert evidence.statistic > 0.9 and evidence.queries == 40 == oracle.queries_used
+    json.dumps(evidence.to_json())
+
+
+def test_an_independent_model_is_not_accused(digits_cnn, triggers):
+    evidence = BackdoorWatermarkScheme(triggers).verify(oracle_of(digits_cnn))
+    assert evidence.decision == "not stolen" and evidence.p_value > 0.01
+    assert evidence.details["chance"] == 0.1
+
+
+def test_what_prevents_a_decision_is_cannot_verify(marked_cnn, triggers, breast_cancer):
+    scheme = BackdoorWatermarkScheme(triggers)
+    short = scheme.verify(oracle_of(marked_cnn), budget=10)
+    assert short.decision == "cannot verify" and "budget" in short.reason and short.queries == 0
+    spent = scheme.verify(oracle_of(marked_cnn, budget=5))
+    assert spent.decision == "cannot verify" and "not answered" in spent.reason
+    other = scheme.verify(oracle_of(train_model(breast_cancer, "logreg")))
+    assert other.decision == "cannot verify" and "shape" in other.reason and other.queries == 0
+    few = TriggerSet(triggers.inputs[:1], triggers.labels[:1], 10, "noise", 0)
+    weak = BackdoorWatermarkScheme(few).verify(oracle_of(marked_cnn))
+    assert weak.decision == "cannot verify" and "cannot reach significance" in weak.reason
+    revoked = oracle_of(marked_cnn)
+    revoked.service.ledger.revoke(revoked.client_id)
+    gone = scheme.verify(revoked)
+    assert gone.decision == "cannot verify" and "revoked" in gone.reason
+    with pytest.raises(ModelheistError, match="significance"):
+        scheme.verify(oracle_of(marked_cnn), significance=1.5)
+
+
+def test_trigger_sets_save_apart_and_refuse_tampering(tmp_path, triggers):
+    folder = triggers.save(tmp_path / "secret")
+    again = TriggerSet.load(folder)
+    np.testing.assert_array_equal(again.inputs, triggers.inputs)
+    assert again.digest == triggers.digest
+    card = json.loads((folder / "trigger-set.json").read_text())
+    card["sha256"] = "0" * 64
+    (folder / "trigger-set.json").write_text(json.dumps(card))
+    with pytest.raises(ModelheistError, match="digest"):
+        TriggerSet.load(folder)
+    with pytest.raises(ModelheistError, match="not a trigger-set folder"):
+        TriggerSet.load(tmp_path)
+    with pytest.raises(ModelheistError, match="already exists"):
+        triggers.save(folder)
+    with pytest.raises(ModelheistError, match="unknown trigger source"):
+        TriggerSet.generate(5, (1, 8, 8), 10, "pictures")
+
+
+def test_every_scheme_is_registered_with_a_name():
+    assert {"backdoor-watermark": BackdoorWatermarkScheme} == SCHEMES
