@@ -59,7 +59,7 @@ class JsonHistory(Defense):
 class TimedLedger(Ledger):
     """The real ledger, timing each commit."""
 
-    commit_seconds: list[float]
+    commit_seconds: list[float] = []  # replaced by each measurement
 
     def commit(self, updates, records):  # noqa: ANN001, ANN201
         start = time.perf_counter()

@@ -58,6 +58,14 @@ def environment(root: Path | None = None) -> dict[str, Any]:
     }
 
 
+def _shown(script: Path) -> str:
+    """The script as the user would type it: relative to the working folder where it can be."""
+    try:
+        return str(script.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
 class ResultsStore:
     """Rows appended to ``path`` (JSON Lines), each written whole and flushed to disk."""
 
@@ -67,7 +75,7 @@ class ResultsStore:
     def append(self, row: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
         """Append ``row`` (its metrics and parameters) with the command and environment."""
         record = {
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": " ".join(["python", _shown(Path(sys.argv[0])), *sys.argv[1:]]),
             **environment(self.path.resolve().parent),
             "seed": seed,
             **row,
