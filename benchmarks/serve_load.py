@@ -36,7 +36,7 @@ FULL_STACK = [
     "--defense",
     "reverse-sigmoid:beta=0.7,gamma=0.4",
     "--defense",
-    "noise:sigma=0.02",
+    "noise:sigma=0.02,key_file={key_file}",
     "--defense",
     "round:3",
     "--output",
@@ -165,7 +165,10 @@ def main() -> None:
         state = work / f"state-{stack_name}"
         extra = ["--budget", str(10**12), "--rate", "1000000"] if stack_name == "full" else []
         key = run("keys", "add", "bench", "--state", str(state), *extra).strip()
-        proc, base = start_server(victim, state, stack)
+        key_file = work / "noise.key"
+        if not key_file.exists():
+            run("keys", "secret", str(key_file))
+        proc, base = start_server(victim, state, [a.format(key_file=key_file) for a in stack])
         url = f"{base}/v1/models/victim/predict"
         try:
             for clients in [int(c) for c in args.concurrency.split(",")]:

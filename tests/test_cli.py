@@ -222,8 +222,8 @@ def test_train_with_a_watermark_then_verify(tmp_path):
     )
     for suspect in (marked, plain):
         proc = run(
-            *f"verify backdoor-watermark --triggers {secret} --suspect {suspect} "
-            f"--json {tmp_path}/{suspect.name}.json".split()
+            *f"verify backdoor-watermark --triggers {secret} --owner-model {marked} "
+            f"--suspect {suspect} --json {tmp_path}/{suspect.name}.json".split()
         )
         assert proc.returncode == 0, proc.stderr
         verdicts[suspect.name] = json.loads((tmp_path / f"{suspect.name}.json").read_text())
@@ -231,15 +231,24 @@ def test_train_with_a_watermark_then_verify(tmp_path):
     assert verdicts["plain"]["decision"] == "not stolen" and verdicts["plain"]["queries"] == 40
     assert "not stolen: watermark accuracy" in proc.stdout  # the last suspect, the plain one
     few = run(
-        *f"verify backdoor-watermark --triggers {secret} --suspect {marked} --budget 5".split()
+        *f"verify backdoor-watermark --triggers {secret} --owner-model {marked} "
+        f"--suspect {marked} --budget 5".split()
     )
     assert few.returncode == 0 and "cannot verify" in few.stdout
+    assert_one_line_error(  # a plain model's card records no watermark to verify against
+        run(
+            *f"verify backdoor-watermark --triggers {secret} --owner-model {plain} "
+            f"--suspect {marked}".split()
+        ),
+        "records no backdoor watermark",
+    )
 
 
+VERIFY = "verify backdoor-watermark --triggers {tmp} --owner-model {tmp}"
 VERIFY_MISTAKES = [
-    ("verify backdoor-watermark --triggers {tmp}", "name one suspect"),
-    ("verify backdoor-watermark --triggers {tmp} --suspect {tmp} --target http://x", "one suspect"),
-    ("verify backdoor-watermark --triggers {tmp} --suspect {tmp}", "not a trigger-set folder"),
+    (VERIFY, "name one suspect"),
+    (f"{VERIFY} --suspect {{tmp}} --target http://x", "one suspect"),
+    (f"{VERIFY} --suspect {{tmp}}", "not a modelheist model folder"),
     ("train --dataset digits --arch cnn --out {tmp}/m --watermark backdoor", "go together"),
     (
         "train --dataset digits --arch cnn --out {tmp}/m --watermark dawn --secret-out {tmp}/s",

@@ -3,6 +3,7 @@ conformance test)."""
 
 import json
 
+import numpy as np
 import pytest
 
 from modelheist.api import LocalOracle, PredictionService
@@ -155,9 +156,35 @@ class HidesStateInItself(_Lying):
         return Answer(answer.labels, p / p.sum(axis=1, keepdims=True))
 
 
+class ReadsProbabilitiesSilently(_Lying):
+    name = "reads-probabilities"
+    capabilities = Capabilities(rowwise=True)
+
+    def apply(self, context, inputs, answer, state):
+        p = np.sqrt(answer.probabilities)
+        return Answer(answer.labels, p / p.sum(axis=1, keepdims=True))
+
+
+class CountsOnItself(_Lying):
+    """A detector that counts a client's queries on the stage object: an alarm after the
+    second call, whoever the client."""
+
+    name = "counts-on-itself"
+    capabilities = Capabilities(stateful=True, raises_alarms=True)
+    calls = 0
+
+    def apply(self, context, inputs, answer, state):
+        self.calls += 1
+        if self.calls > 2:
+            context.alarm("too many")
+        return answer
+
+
 @pytest.mark.parametrize(
     "stage",
     [
+        ReadsProbabilitiesSilently(),
+        CountsOnItself(),
         FlipsLabels(),
         NormalisesOverTheBatch(),
         SilentAlarm(),

@@ -404,3 +404,23 @@ def test_chunked_body_over_the_limit_is_413(served):
         headers={"Authorization": f"Bearer {served.keys['bob']}"},
     )
     assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_a_server_on_another_pipeline_says_whose_state_it_leaves_aside(
+    digits_cnn, digits, tmp_path
+):
+    from modelheist.api.http_server import prepare_server
+    from modelheist.models import save_model
+
+    model_dir = save_model(digits_cnn, tmp_path / "model")
+    first = prepare_server(model_dir, tmp_path / "state", defenses=["history"], port=0)
+    assert first.notices == []
+    first.service.add_client("eve")
+    first.service.query("eve", digits.test.x[:2])
+    first.close()
+    second = prepare_server(model_dir, tmp_path / "state", defenses=["history:limit=5"], port=0)
+    try:
+        (notice,) = second.notices
+        assert "1 client(s)" in notice and "history:limit=1000000" in notice
+    finally:
+        second.close()

@@ -45,13 +45,13 @@ def test_commit_is_all_or_nothing(tmp_path):
     ledger = Ledger.open(tmp_path)
     ledger.add_client("a", with_key=False)
     record = AuditRecord(1.0, "a", "m", "d" * 64, 3, ("rounded:2",))
-    ledger.commit({"a": ClientUpdate(1, "p", {0: _changes({"n": 1}, x=[[1.0, 2.0]])})}, [record])
+    ledger.commit({"a": ClientUpdate(1, 0, "p", {0: _changes({"n": 1}, x=[[1.0, 2.0]])})}, [record])
     assert ledger.audit("a") == [record] and ledger.client("a").queries_used == 1
     broken = AuditRecord(2.0, "a", "m", None, 3, ())  # NOT NULL digest: the insert fails
     alarm = Alarm("s", 2.0, "why", 0.5)
     with pytest.raises(sqlite3.IntegrityError):
         ledger.commit(
-            {"a": ClientUpdate(2, "p", {0: _changes({"n": 2}, x=[[3.0, 4.0]])}, (alarm,))},
+            {"a": ClientUpdate(1, 0, "p", {0: _changes({"n": 2}, x=[[3.0, 4.0]])}, (alarm,))},
             [broken],
         )
     assert ledger.client("a").queries_used == 1 and ledger.audit("a") == [record]
@@ -65,10 +65,10 @@ def test_state_and_alarms_survive_reopening(tmp_path):
     ledger.add_client("a", with_key=False)
     for i in range(3):
         update = ClientUpdate(
-            i + 1, "p", {2: _changes({"seen": i + 1}, x=np.full((1, 2), i, np.float32))}
+            1, 0, "p", {2: _changes({"seen": i + 1}, x=np.full((1, 2), i, np.float32))}
         )
         ledger.commit({"a": update}, [])
-    ledger.commit({"a": ClientUpdate(4, "p", {}, (Alarm("s", 5.0, "why", None),))}, [])
+    ledger.commit({"a": ClientUpdate(1, 0, "p", {}, (Alarm("s", 5.0, "why", None),))}, [])
     ledger.close()
     again = Ledger.open(tmp_path)
     assert again.client("a").queries_used == 4
@@ -84,11 +84,26 @@ def test_state_and_alarms_survive_reopening(tmp_path):
 def test_each_commit_writes_only_the_new_rows(tmp_path):
     ledger = Ledger.open(tmp_path)
     ledger.add_client("a", with_key=False)
-    for i in range(50):
-        ledger.commit({"a": ClientUpdate(i, "p", {0: _changes(x=np.ones((2, 8)))})}, [])
+    for _ in range(50):
+        ledger.commit({"a": ClientUpdate(1, 0, "p", {0: _changes(x=np.ones((2, 8)))})}, [])
     raw = sqlite3.connect(tmp_path / DATABASE_NAME)
     sizes = [len(row[0]) for row in raw.execute("SELECT data FROM stage_rows")]
     assert sizes == [2 * 8 * 8] * 50  # one record of two float64 rows per commit, never the history
+
+
+def test_a_commit_computed_before_a_reset_keeps_usage_and_drops_old_state(tmp_path):
+    ledger = Ledger.open(tmp_path)
+    ledger.add_client("a", with_key=False)
+    ledger.commit({"a": ClientUpdate(2, 0, "p", {0: _changes({"n": 2}, x=np.ones((2, 3)))})}, [])
+    ledger.reset_state("a")  # an administrator, while the next batch is being answered
+    late = ClientUpdate(
+        3, 0, "p", {0: _changes({"n": 5}, x=np.ones((3, 3)))}, (Alarm("s", 1.0, "r"),)
+    )
+    assert ledger.commit({"a": late}, [AuditRecord(1.0, "a", "m", "d" * 64, 1, ())]) == {"a"}
+    record = ledger.client("a")
+    assert record.queries_used == 5 and record.generation == 1 and record.alarms_total == 0
+    assert ledger.stage_state("a", "p") == {} and ledger.alarms("a") == []
+    assert len(ledger.audit("a")) == 1
 
 
 SCHEMA_1 = """

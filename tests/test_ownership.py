@@ -40,6 +40,29 @@ def test_a_marked_model_is_found_stolen(marked_cnn, triggers, output):
     json.dumps(evidence.to_json())
 
 
+def test_a_trigger_set_the_owners_card_does_not_record_cannot_verify(marked_cnn, triggers):
+    from modelheist.ownership.watermark import recorded_commitment
+
+    commitment = recorded_commitment(marked_cnn.card)
+    assert commitment == triggers.digest
+    kept = BackdoorWatermarkScheme(triggers, commitment).verify(oracle_of(marked_cnn))
+    assert kept.decision == "stolen" and kept.details["commitment_checked"]
+    # an accuser's own labels for the same inputs: what the suspect answers, say
+    answers = marked_cnn.predict_proba(triggers.inputs).argmax(1)
+    forged = TriggerSet(triggers.inputs, (answers + 1) % 10, 10, "noise", 0)
+    evidence = BackdoorWatermarkScheme(forged, commitment).verify(oracle_of(marked_cnn))
+    assert evidence.decision == "cannot verify" and "model card records" in evidence.reason
+    assert evidence.queries == 0
+
+
+def test_trigger_sets_are_fresh_unless_seeded(digits):
+    shape, classes = digits.input_shape, digits.num_classes
+    first, second = (TriggerSet.generate(20, shape, classes) for _ in range(2))
+    assert first.seed != second.seed and not np.array_equal(first.inputs, second.inputs)
+    again = TriggerSet.generate(20, shape, classes, seed=first.seed)
+    np.testing.assert_array_equal(again.inputs, first.inputs)
+
+
 def test_an_independent_model_is_not_accused(digits_cnn, triggers):
     evidence = BackdoorWatermarkScheme(triggers).verify(oracle_of(digits_cnn))
     assert evidence.decision == "not stolen" and evidence.p_value > 0.01

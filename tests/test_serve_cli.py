@@ -105,6 +105,7 @@ def test_keys_commands(tmp_path):
         (["--port", "70000"], "--port"),
         (["--defense", "noise:sigma=0.1,key=0123456789abcdef01234567"], "never given inline"),
         (["--defense", "noise:sigma=0.1,key_file=no/such.key"], "does not exist"),
+        (["--defense", "noise:sigma=0.1,seed=3"], "needs the owner's key"),
     ],
 )
 def test_serve_refuses_bad_options(tmp_path, cnn_dir, options, needle):

@@ -273,10 +273,12 @@ def test_a_refused_request_teaches_no_stage_anything(digits_cnn, digits):
     state = service.client("a").stages[0]
     assert state.values == {"seen": 4} and state.rows("norms") == 4  # only answered inputs
     assert service.client("a").queries_used == 4 and len(service.ledger.audit("a")) == 4
+    # the alarms raised while refusing stay on the record (they say why), in request order
+    assert [a.statistic for a in service.client("a").alarms] == [8, 4, 16]
     service.forget_client("a")  # what was committed says the same
     reloaded = service.client("a")
     assert reloaded.stages[0].values == {"seen": 4} and reloaded.stages[0].rows("norms") == 4
-    assert [a.statistic for a in reloaded.alarms] == [4]
+    assert [a.statistic for a in reloaded.alarms] == [8, 4, 16]
 
 
 def test_stage_state_is_committed_with_the_answer_and_survives_reopening(
@@ -412,3 +414,97 @@ def test_budget_released_by_a_refused_request_serves_the_next_one(digits_cnn, di
     results = service.answer_many([("a", bright), ("a", digits.test.x[:5])])
     assert isinstance(results[0], InvalidQueryError)  # refused: its 8 reserved queries return
     assert results[1].queries_used == 5 and results[1].queries_remaining == 5
+
+
+class Buggy(Defense):
+    """Keeps state, then fails with a bug (not a refusal) on batches of exactly three."""
+
+    name = "buggy"
+    capabilities = Capabilities(stateful=True)
+
+    def initial_values(self):
+        return {"seen": 0}
+
+    def apply(self, context, inputs, answer, state):
+        state.values["seen"] += len(inputs)
+        state.append("rows", np.zeros((len(inputs), 2)))
+        if len(inputs) == 3:
+            raise KeyError("a bug in the stage")
+        return answer
+
+    def spec(self):
+        return self.name
+
+
+def test_a_stage_bug_fails_its_request_alone_and_teaches_nothing(digits_cnn, digits):
+    from modelheist.errors import ServiceUnavailableError
+
+    service = PredictionService(digits_cnn, [Buggy()])
+    service.register_client("a")
+    service.register_client("b")
+    x = digits.test.x
+    results = service.answer_many([("a", x[:2]), ("a", x[2:5]), ("b", x[5:7]), ("a", x[7:8])])
+    assert isinstance(results[1], ServiceUnavailableError)
+    assert [r.queries_used for r in (results[0], results[2], results[3])] == [2, 2, 3]
+    state = service.client("a").stages[0]
+    assert state.values == {"seen": 3} and state.rows("rows") == 3
+    service.forget_client("a")
+    assert service.client("a").stages[0].values == {"seen": 3}
+
+
+def test_initial_values_survive_a_restart_when_only_rows_change(tmp_path, digits_cnn, digits):
+    from modelheist.api.ledger import Ledger
+    from modelheist.defenses import InputHistory
+
+    service = PredictionService(digits_cnn, [InputHistory(100)], ledger=Ledger.open(tmp_path))
+    service.register_client("a")
+    service.query("a", digits.test.x[:3])  # `not_kept` never changes from its initial 0
+    again = PredictionService(digits_cnn, [InputHistory(100)], ledger=Ledger.open(tmp_path))
+    state = again.client("a").stages[0]
+    assert state.values == {"not_kept": 0} and state.rows("inputs") == 3
+
+
+class ResetsMidAnswer(CountingDetector):
+    """An administrator resets the client while its request is being answered."""
+
+    name = "resets"
+
+    def apply(self, context, inputs, answer, state):
+        out = super().apply(context, inputs, answer, state)
+        if state.values["seen"] == 6:
+            self.ledger.reset_state(context.client_id)
+        return out
+
+
+def test_a_reset_during_an_answer_keeps_usage_and_drops_the_old_state(tmp_path, digits_cnn, digits):
+    from modelheist.api.ledger import Ledger
+
+    ledger = Ledger.open(tmp_path)
+    stage = ResetsMidAnswer(1)
+    stage.ledger = Ledger.open(tmp_path)  # the administrator's own connection
+    service = PredictionService(digits_cnn, [stage], ledger=ledger)
+    service.register_client("a")
+    service.query("a", digits.test.x[:3])
+    receipt = service.answer_many([("a", digits.test.x[3:6])])[0]
+    assert receipt.queries_used == 6  # answered and counted
+    assert ledger.client("a").queries_used == 6 and len(ledger.audit("a")) == 6
+    assert ledger.stage_state("a", service.pipeline) == {} and ledger.alarms("a") == []
+    service.query("a", digits.test.x[6:7])  # reloaded from the reset state
+    assert service.client("a").stages[0].values == {"seen": 1}
+    assert service.client("a").queries_used == 7
+
+
+def test_a_numpy_statistic_is_stored_as_a_float(digits_cnn, digits):
+    class NumpyAlarm(CountingDetector):
+        def apply(self, context, inputs, answer, state):
+            context.alarm("numpy", np.float32(0.5))
+            context.alarm("not finite", np.float64("nan"))
+            return answer
+
+    service = PredictionService(digits_cnn, [NumpyAlarm(0)])
+    service.register_client("a")
+    service.query("a", digits.test.x[:1])
+    assert [(a.reason, a.statistic) for a in service.ledger.alarms("a")] == [
+        ("numpy", 0.5),
+        ("not finite", None),
+    ]

@@ -46,6 +46,7 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelheist.api import npy
@@ -551,27 +552,8 @@ def create_app(
         record = authenticate(credentials)
         if not record.admin:
             raise ApiError(403, "forbidden", "this endpoint needs an admin key")
-        reports = []
-        for client in service.ledger.clients():
-            state = service.client(client.name)
-            reports.append(
-                {
-                    "name": client.name,
-                    "admin": client.admin,
-                    "revoked": client.revoked,
-                    "review": state.review,
-                    "budget": client.budget,
-                    "rate": client.rate,
-                    "queries_used": state.queries_used,
-                    "alarms_total": state.alarms_total,
-                    "alarms": [alarm.to_json() for alarm in state.alarms],
-                    "defense_state": [
-                        {"stage": stage.spec(), **stage_state.summary()}
-                        for stage, stage_state in zip(service.defenses, state.stages, strict=False)
-                        if stage.capabilities.stateful
-                    ],
-                }
-            )
+        # under the answering lock, in a worker thread: committed state only, no event-loop wait
+        reports = await run_in_threadpool(service.client_reports)
         return _json({"clients": reports})
 
     return app
@@ -641,6 +623,7 @@ class PreparedServer:
     ledger: Ledger
     app: FastAPI
     socket: socket.socket
+    notices: list[str]  # what the operator should know before it serves (one line each)
 
     @property
     def url(self) -> str:
@@ -689,6 +672,8 @@ def prepare_server(
     if not 0 <= port <= 65535:
         raise ModelheistError(f"--port must be between 0 and 65535, got {port}")
     stages = [parse_defense(spec) for spec in defenses] + parse_output(output)
+    for stage in stages:
+        stage.check_serving()
     model = load_model(model_dir)
     service = PredictionService(
         model,
@@ -704,4 +689,11 @@ def prepare_server(
     except ModelheistError:
         ledger.close()
         raise
-    return PreparedServer(service, ledger, create_app(service, int(max_body_mb * 1024**2)), sock)
+    notices = [
+        f"{count} client(s) hold defense state under another pipeline ({pipeline}); this "
+        "server keeps it but does not use it"
+        for pipeline, count in ledger.pipelines().items()
+        if pipeline != service.pipeline
+    ]
+    app = create_app(service, int(max_body_mb * 1024**2))
+    return PreparedServer(service, ledger, app, sock, notices)

@@ -134,10 +134,12 @@ class AuditRecord:
 
 @dataclass(frozen=True)
 class ClientUpdate:
-    """What one committed batch changes for a client: its usage, the state changes of each
-    stage of ``pipeline`` (by position) and the alarms raised."""
+    """What one committed batch changes for a client: the inputs answered, the state changes
+    of each stage of ``pipeline`` (by position) and the alarms raised, all learned from the
+    client's state of ``generation``."""
 
-    queries_used: int
+    answered: int
+    generation: int
     pipeline: str
     stages: dict[int, StateChanges] = field(default_factory=dict)
     alarms: tuple[Alarm, ...] = ()
@@ -217,7 +219,10 @@ class Ledger:
                     db.execute(statement)
             return
         row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        version = row[0] if row is not None else None
+        # schema 1 created its tables before writing its version: a crash between left none
+        version = row[0] if row is not None else ("1" if "clients" in tables else None)
+        if row is None and version == "1":
+            db.execute("INSERT INTO meta VALUES ('schema', '1')")
         if version == str(SCHEMA_VERSION):
             return
         if version == "1":
@@ -254,10 +259,18 @@ class Ledger:
                     (f"its schema-1 defense state could not be read: {exc}", client),
                 )
                 continue
-            for index, document in enumerate(states):
+            try:
+                documents = [json.dumps(d, sort_keys=True, allow_nan=False) for d in states]
+            except ValueError as exc:
+                db.execute(
+                    "UPDATE clients SET review=? WHERE name=?",
+                    (f"its schema-1 defense state could not be read: {exc}", client),
+                )
+                continue
+            for index, document in enumerate(documents):
                 db.execute(
                     "INSERT INTO stage_values VALUES (?, ?, ?, ?)",
-                    (client, pipeline, index, json.dumps(document, sort_keys=True)),
+                    (client, pipeline, index, document),
                 )
             for text in map(str, alarms[-MAX_ALARMS_PER_CLIENT:]):
                 stage = text.split(":")[1] if text.startswith("alarm:") else "unknown"
@@ -269,6 +282,8 @@ class Ledger:
                 "UPDATE clients SET alarms_total = alarms_total + ? WHERE name=?",
                 (len(alarms), client),
             )
+        for (client,) in db.execute("SELECT DISTINCT client FROM alarms").fetchall():
+            self._bound_alarms(client)
         db.execute("DROP TABLE defense_state")
         db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
@@ -383,6 +398,15 @@ class Ledger:
                 )
         return saved
 
+    def pipelines(self) -> dict[str, int]:
+        """Each pipeline some client holds stage state under, with how many clients."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT pipeline, COUNT(DISTINCT client) FROM (SELECT client, pipeline FROM "
+                "stage_values UNION SELECT client, pipeline FROM stage_rows) GROUP BY pipeline"
+            ).fetchall()
+        return {pipeline: int(count) for pipeline, count in rows}
+
     def alarms(self, client: str) -> list[Alarm]:
         """The client's kept alarms (at most :data:`MAX_ALARMS_PER_CLIENT`), oldest first."""
         with self._lock:
@@ -392,15 +416,28 @@ class Ledger:
             ).fetchall()
         return [Alarm(stage, t, reason, statistic) for stage, t, reason, statistic in rows]
 
-    def commit(self, updates: dict[str, ClientUpdate], records: Sequence[AuditRecord]) -> None:
-        """Record a batch of answered queries and the client updates, all or nothing."""
+    def commit(self, updates: dict[str, ClientUpdate], records: Sequence[AuditRecord]) -> set[str]:
+        """Record a batch of answered queries and the client updates, all or nothing.
+
+        Usage is added to what is stored. A client whose state generation changed since the
+        update was computed (reset by an administrator meanwhile) gets its usage and audit
+        records but not the old state's changes or alarms; the names of such clients are
+        returned, for the caller to reload them."""
+        stale: set[str] = set()
         with self._lock, self._transaction():
             for name, update in updates.items():
-                self._db.execute(
-                    "UPDATE clients SET queries_used=?, alarms_total = alarms_total + ? "
-                    "WHERE name=?",
-                    (update.queries_used, len(update.alarms), name),
+                current = self._db.execute(
+                    "UPDATE clients SET queries_used = queries_used + ?, "
+                    "alarms_total = alarms_total + ? WHERE name=? AND generation=?",
+                    (update.answered, len(update.alarms), name, update.generation),
                 )
+                if current.rowcount == 0:
+                    self._db.execute(
+                        "UPDATE clients SET queries_used = queries_used + ? WHERE name=?",
+                        (update.answered, name),
+                    )
+                    stale.add(name)
+                    continue
                 for stage, changes in update.stages.items():
                     if changes.values is not None:
                         self._db.execute(
@@ -421,11 +458,7 @@ class Ledger:
                         "VALUES (?, ?, ?, ?, ?)",
                         ((name, a.time, a.stage, a.reason, a.statistic) for a in update.alarms),
                     )
-                    self._db.execute(
-                        "DELETE FROM alarms WHERE client=? AND id NOT IN (SELECT id FROM alarms "
-                        "WHERE client=? ORDER BY id DESC LIMIT ?)",
-                        (name, name, MAX_ALARMS_PER_CLIENT),
-                    )
+                    self._bound_alarms(name)
             self._db.executemany(
                 "INSERT INTO audit (time, client, model, input_sha256, label, flags) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -434,6 +467,15 @@ class Ledger:
                     for r in records
                 ),
             )
+        return stale
+
+    def _bound_alarms(self, client: str) -> None:
+        """Keep the client's newest :data:`MAX_ALARMS_PER_CLIENT` alarms (in a transaction)."""
+        self._db.execute(
+            "DELETE FROM alarms WHERE client=? AND id NOT IN (SELECT id FROM alarms "
+            "WHERE client=? ORDER BY id DESC LIMIT ?)",
+            (client, client, MAX_ALARMS_PER_CLIENT),
+        )
 
     def audit(self, client: str | None = None) -> list[AuditRecord]:
         """The audit log (of one client), oldest first."""

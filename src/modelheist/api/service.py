@@ -21,6 +21,7 @@ leaves every stage's state as it was.
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
 import threading
 import time
@@ -52,6 +53,7 @@ from modelheist.errors import (
 from modelheist.models.classifier import Classifier
 from modelheist.oracle.answer import Answer, OutputKind, concatenate
 
+log = logging.getLogger(__name__)
 _STATELESS = StageState.read_only()
 
 
@@ -70,6 +72,7 @@ class ClientState:
     revoked: bool = False
     review: str | None = None
     generation: int = 0
+    stale: bool = False  # reset by an administrator: reloaded before its next request
 
     @property
     def remaining(self) -> int | None:
@@ -260,7 +263,9 @@ class PredictionService:
             elif index in saved:
                 where = f"client {client_id!r} in stage {index + 1} ({stage.name})"
                 stages.append(
-                    StageState.from_records(saved[index].values, saved[index].records, where)
+                    StageState.from_records(
+                        saved[index].values, saved[index].records, where, stage.initial_values()
+                    )
                 )
             else:
                 stages.append(StageState(stage.initial_values()))
@@ -269,18 +274,46 @@ class PredictionService:
     def sync_limits(self, record: ClientRecord) -> None:
         """Adopt a client's limits as the ledger now has them (changed by ``modelheist keys``).
 
-        Plain attribute stores, without the answering lock: the event loop must not wait."""
+        Plain attribute stores, without the answering lock: the event loop must not wait. A
+        client whose state was reset is marked stale; admission reloads it, under the lock."""
         state = self._clients.get(record.name)
         if state is not None:
             state.budget, state.rate = record.budget, record.rate
             state.admin, state.revoked = record.admin, record.revoked
             if record.generation != state.generation:
-                self._clients.pop(record.name, None)  # reset by an administrator: reload
+                state.stale = True
 
     def forget_client(self, client_id: str) -> None:
         """Drop the cached state so that the next use reloads it from the ledger."""
         with self._cache_lock:
             self._clients.pop(client_id, None)
+
+    def client_reports(self) -> list[dict[str, object]]:
+        """Every client's usage, review, alarms and committed defense state, as an
+        administrator sees it (taken between two answered batches, so nothing half-done)."""
+        with self._lock:
+            reports = []
+            for record in self.ledger.clients():
+                state = self.client(record.name)
+                reports.append(
+                    {
+                        "name": record.name,
+                        "admin": record.admin,
+                        "revoked": record.revoked,
+                        "review": state.review,
+                        "budget": record.budget,
+                        "rate": record.rate,
+                        "queries_used": state.queries_used,
+                        "alarms_total": state.alarms_total,
+                        "alarms": [alarm.to_json() for alarm in state.alarms],
+                        "defense_state": [
+                            {"stage": stage.spec(), **stage_state.summary()}
+                            for stage, stage_state in zip(self.defenses, state.stages, strict=False)
+                            if stage.capabilities.stateful
+                        ],
+                    }
+                )
+            return reports
 
     # -- the policies every transport applies ----------------------------------------------------
 
@@ -386,17 +419,18 @@ class PredictionService:
             )
             for stage in self.defenses[:first_stateful]:
                 self._apply_jointly(stage, live, now)
+            refused: dict[int, _Pending] = {}
             for i in list(live):
                 try:
                     self._apply_rest(live[i], first_stateful, now)
                 except ModelheistError as exc:  # a stage refused: seen, not answered
                     results[i] = exc
-                    del live[i]
+                    refused[i] = live.pop(i)
             if self.leaves:  # the node identities leave with the answer, untouched by stages
                 for pending in live.values():
                     nodes = self.model.apply(pending.x)  # type: ignore[attr-defined]
                     pending.answer = replace(pending.answer, leaves=nodes)
-            for i, receipt in self._commit(live, now).items():
+            for i, receipt in self._commit(live, refused, now).items():
                 results[i] = receipt
             self._retry_released(requests, list(admitted), results)
         return results  # type: ignore[return-value]
@@ -428,13 +462,16 @@ class PredictionService:
 
     @staticmethod
     def _apply_jointly(stage: Defense, live: dict[int, _Pending], now: float) -> None:
-        """Apply a row-wise stage once to all live requests' rows, then split its answer."""
+        """Apply a row-wise stage once to all live requests' rows, then split its answer; its
+        notes (which a row-wise stage keeps independent of the rows) go to every request."""
         if not live:
             return
         order = list(live)
         context = StageContext(None, now, stage=stage.name)
         joined = concatenate([live[i].answer for i in order])
         out = stage.apply(context, np.concatenate([live[i].x for i in order]), joined, _STATELESS)
+        if context.raised:
+            raise RuntimeError(f"row-wise stage {stage.name!r} raised an alarm it cannot raise")
         start = 0
         for i in order:
             n = len(live[i].x)
@@ -443,15 +480,16 @@ class PredictionService:
             start += n
 
     def _apply_rest(self, pending: _Pending, first: int, now: float) -> None:
-        """Stages ``first`` onwards for one request; if one refuses, the client's stage state
-        and alarms are restored to what they were before this request."""
+        """Stages ``first`` onwards for one request. If one refuses, the client's stage state
+        returns to what it was before this request and the request's notes are dropped (its
+        alarms are kept: they say why); a stage that fails any other way is a bug: the same,
+        then the request is answered with 503."""
         client = pending.client
         savepoints = {
             index: client.stages[index].savepoint()
             for index in range(first, len(self.defenses))
             if self.defenses[index].capabilities.stateful
         }
-        alarms_before = len(pending.alarms)
         notes_before = len(pending.notes)
         try:
             for index in range(first, len(self.defenses)):
@@ -463,15 +501,26 @@ class PredictionService:
                     stage.name,
                 )
                 state = client.stages[index] if stage.capabilities.stateful else _STATELESS
-                pending.answer = stage.apply(context, pending.x, pending.answer, state)
+                try:
+                    pending.answer = stage.apply(context, pending.x, pending.answer, state)
+                    if stage.capabilities.stateful:
+                        state.savepoint()  # its values must stay JSON: fail here, not later
+                finally:
+                    pending.alarms.extend(context.raised)
                 pending.notes.extend(context.notes)
-                pending.alarms.extend(context.raised)
-        except ModelheistError:
+        except BaseException as exc:
+            client.alarms.extend(pending.alarms)  # what the stages saw stays on the record
             for index, savepoint in savepoints.items():
                 client.stages[index].restore(savepoint)
-            del pending.alarms[alarms_before:]
             del pending.notes[notes_before:]
-            raise
+            if isinstance(exc, ModelheistError):
+                raise
+            if not isinstance(exc, Exception):
+                raise  # an interrupt
+            log.exception("defense stage failed on a request of %s", client.client_id)
+            raise ServiceUnavailableError(
+                "a defense stage failed on this request; nothing was answered or counted"
+            ) from None
         client.alarms.extend(pending.alarms)  # later requests of this client see them
 
     def _admit(
@@ -486,6 +535,9 @@ class PredictionService:
         for i, (client_id, x) in enumerate(requests):
             try:
                 state = self.client(client_id)
+                if state.stale:
+                    self.forget_client(client_id)
+                    state = self.client(client_id)
                 if state.revoked:
                     raise ForbiddenError(f"client {client_id!r} has been revoked")
                 if state.review is not None:
@@ -508,55 +560,74 @@ class PredictionService:
             accepted[i] = state
         return accepted
 
-    def _commit(self, live: dict[int, _Pending], now: float) -> dict[int, Receipt]:
+    def _commit(
+        self, live: dict[int, _Pending], refused: dict[int, _Pending], now: float
+    ) -> dict[int, Receipt]:
         """Write usage, stage state, alarms and audit records in one transaction, then adopt
         them; if the transaction fails, every touched client's state returns to its last
-        commit and nothing is answered."""
-        clients = {pending.client.client_id: pending.client for pending in live.values()}
-        used = {client_id: client.queries_used for client_id, client in clients.items()}
+        commit and nothing is answered. A client reset by an administrator meanwhile keeps
+        its usage and audit records; what its old state learned is dropped, and it reloads."""
+        everyone = [pending for _, pending in sorted({**live, **refused}.items())]
+        clients = {pending.client.client_id: pending.client for pending in everyone}
+        if not live and not any(pending.alarms for pending in everyone):
+            return {}
+        answered = dict.fromkeys(clients, 0)
         usage_after: dict[int, int] = {}
         for i, pending in live.items():
-            used[pending.client.client_id] += len(pending.x)
-            usage_after[i] = used[pending.client.client_id]
-        records = [
-            AuditRecord(
-                now, pending.client.client_id, self.name, digest, int(label), tuple(pending.notes)
-            )
-            for pending in live.values()
-            for digest, label in zip(input_digests(pending.x), pending.answer.labels, strict=True)
-        ]
+            answered[pending.client.client_id] += len(pending.x)
+            usage_after[i] = pending.client.queries_used + answered[pending.client.client_id]
         raised: dict[str, list[Alarm]] = {client_id: [] for client_id in clients}
-        for pending in live.values():
+        for pending in everyone:
             raised[pending.client.client_id].extend(pending.alarms)
-        updates = {}
-        for client_id, client in clients.items():
-            changes = {
-                index: state.changes()
-                for index, state in enumerate(client.stages)
-                if self.defenses[index].capabilities.stateful
-            }
-            updates[client_id] = ClientUpdate(
-                used[client_id],
-                self.pipeline,
-                {index: c for index, c in changes.items() if c},
-                tuple(raised[client_id]),
-            )
         try:
-            self.ledger.commit(updates, records)
-        except sqlite3.Error as exc:
-            for client_id, client in clients.items():
+            records = [
+                AuditRecord(
+                    now,
+                    pending.client.client_id,
+                    self.name,
+                    digest,
+                    int(label),
+                    tuple(pending.notes),
+                )
+                for pending in live.values()
+                for digest, label in zip(
+                    input_digests(pending.x), pending.answer.labels, strict=True
+                )
+            ]
+            updates = {
+                client_id: ClientUpdate(
+                    answered[client_id],
+                    client.generation,
+                    self.pipeline,
+                    {
+                        index: changes
+                        for index, state in enumerate(client.stages)
+                        if self.defenses[index].capabilities.stateful
+                        and (changes := state.changes())
+                    },
+                    tuple(raised[client_id]),
+                )
+                for client_id, client in clients.items()
+            }
+            stale = self.ledger.commit(updates, records)
+        except Exception as exc:
+            for client in clients.values():
                 for state in client.stages:
                     state.rollback()
-                del client.alarms[len(client.alarms) - len(raised[client_id]) :]
+                del client.alarms[len(client.alarms) - len(raised[client.client_id]) :]
+            if not isinstance(exc, sqlite3.Error):
+                raise
             raise ServiceUnavailableError(
                 f"cannot record the answers, nothing was answered: {exc}"
             ) from None
         for client_id, client in clients.items():
-            client.queries_used = used[client_id]
+            client.queries_used += answered[client_id]
             client.alarms_total += len(raised[client_id])
             del client.alarms[:-MAX_ALARMS_PER_CLIENT]
             for state in client.stages:
                 state.mark_committed()
+            if client_id in stale:
+                client.stale = True  # reset meanwhile: reload before its next request
         receipts = {}
         for i, pending in live.items():
             budget = pending.client.budget

@@ -147,6 +147,8 @@ class LogisticEquationSolving(ExtractionAttack):
     def __post_init__(self) -> None:
         if not 0 < self.step <= 1:
             raise ModelheistError(f"tramer-lr: step must lie in (0, 1], got {self.step}")
+        if self.centre is not None and self.centre < 0:
+            raise ModelheistError(f"tramer-lr: centre is an index, >= 0; got {self.centre}")
 
     def _extract(
         self, oracle: Oracle, knowledge: AttackerKnowledge, progress: Progress | None
@@ -252,6 +254,10 @@ class MlpEquationSolving(ExtractionAttack):
     def __post_init__(self) -> None:
         if self.hidden < 1 or not 0 < self.alpha < 1e6 or self.restarts < 1:
             raise ModelheistError("tramer-mlp: hidden and restarts must be >= 1, alpha in (0, 1e6)")
+        if self.iterations < 1 or not self.tolerance >= 0 or not 0 <= self.natural_share <= 1:
+            raise ModelheistError(
+                "tramer-mlp: iterations must be >= 1, tolerance >= 0, natural_share in [0, 1]"
+            )
 
     def unknowns(self, d: int, c: int) -> int:
         return d * self.hidden + self.hidden + self.hidden * c + c

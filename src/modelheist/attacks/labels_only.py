@@ -69,6 +69,13 @@ class LowdMeek(ExtractionAttack):
     delta: float = 0.5  # move off the boundary, as a fraction of each feature's spread
     expansions: int = 12  # bracket doublings before a feature is declared unused
 
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.expansions < 1 or not 0 < self.delta < 1e6:
+            raise ModelheistError(
+                f"lowd-meek: steps and expansions must be >= 1 and delta positive, got "
+                f"{self.steps}, {self.expansions}, {self.delta}"
+            )
+
     def _extract(
         self, oracle: Oracle, knowledge: AttackerKnowledge, progress: Progress | None
     ) -> tuple[Classifier, np.ndarray, dict[str, Any]]:
@@ -167,6 +174,13 @@ class AdaptiveRetraining(ExtractionAttack):
 
     rounds: int = 9  # after the first d + 1 queries; the budget caps the total
     candidates: int = 5000  # uniform candidates added to the attacker's unqueried inputs
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.candidates < 0:
+            raise ModelheistError(
+                f"retrain: rounds must be >= 1 and candidates >= 0, got {self.rounds}, "
+                f"{self.candidates}"
+            )
 
     def _extract(
         self, oracle: Oracle, knowledge: AttackerKnowledge, progress: Progress | None

@@ -100,6 +100,13 @@ class TreePathFinding(ExtractionAttack):
     margin: float = 0.1  # widen the attacker's data range by this fraction on each side
     max_steps: int = 64  # bisections per threshold (float32 adjacency comes first in practice)
 
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or not 0 <= self.margin < 1e6:
+            raise ModelheistError(
+                f"tree-path: max_steps must be >= 1 and margin >= 0, got {self.max_steps}, "
+                f"{self.margin}"
+            )
+
     def _extract(
         self, oracle: Oracle, knowledge: AttackerKnowledge, progress: Progress | None
     ) -> tuple[Classifier, np.ndarray, dict[str, Any]]:

@@ -72,6 +72,10 @@ def _attack_command(cls: type[ExtractionAttack]) -> click.Command:
     own = []
     for param in dataclasses.fields(cls):
         kind, default = _cli_type(hints[param.name]), param.default
+        if default is dataclasses.MISSING and param.default_factory is not dataclasses.MISSING:
+            default = param.default_factory()
+        if default is dataclasses.MISSING:  # a required hyper-parameter: a required option
+            default = inspect.Parameter.empty
         if isinstance(default, tuple):
             default = ",".join(map(str, default))
         flags = cls.flag_names.get(param.name)

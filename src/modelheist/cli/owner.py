@@ -72,7 +72,7 @@ def train(
     from modelheist.ownership.watermark import parse_watermark
 
     config = TrainConfig(epochs=epochs, seed=seed)
-    protections = [parse_watermark(watermark, data, seed)] if watermark else []
+    protections = [parse_watermark(watermark, data)] if watermark else []
     with progress_bar() as progress:
         model = train_model(data, arch, config, progress, protections)
     if secret_out is not None:
@@ -160,6 +160,8 @@ def serve(
         highlight=False,
         soft_wrap=True,
     )
+    for notice in server.notices:
+        err_console.print(f"note: {notice}", highlight=False, soft_wrap=True)
     if not server.ledger.clients():
         err_console.print(
             f"no clients yet: add one with `modelheist keys add NAME --state {state}`",

@@ -35,6 +35,10 @@ def verify_backdoor_watermark(
     triggers: Annotated[
         Path, typer.Option(help="The watermark's trigger-set folder (from train --secret-out).")
     ],
+    owner_model: Annotated[
+        Path,
+        typer.Option(help="The owner's watermarked model folder: its card records the set."),
+    ],
     suspect: SuspectOption = None,
     target: TargetOption = None,
     api_key: ApiKeyOption = None,
@@ -44,15 +48,21 @@ def verify_backdoor_watermark(
     ] = None,
     json_path: JsonOption = None,
 ) -> None:
-    """Query the suspect with the watermark's triggers; an exact binomial test decides."""
+    """Query the suspect with the watermark's triggers; an exact binomial test decides. The
+    trigger set must be the one the owner's model card recorded when it was embedded."""
     if (suspect is None) == (target is None):
         raise ModelheistError("name one suspect: --suspect DIR or --target URL --api-key KEY")
     from modelheist.experiments.targets import http_oracle, local_oracle
-    from modelheist.models.store import load_model
+    from modelheist.models.store import load_card, load_model
     from modelheist.oracle import Oracle
-    from modelheist.ownership.watermark import BackdoorWatermarkScheme, TriggerSet
+    from modelheist.ownership.watermark import (
+        BackdoorWatermarkScheme,
+        TriggerSet,
+        recorded_commitment,
+    )
 
-    scheme = BackdoorWatermarkScheme(TriggerSet.load(triggers))
+    commitment = recorded_commitment(load_card(owner_model))
+    scheme = BackdoorWatermarkScheme(TriggerSet.load(triggers), commitment)
     oracle: Oracle = (
         http_oracle(target, api_key)
         if target is not None

@@ -72,13 +72,16 @@ class StageContext:
 
     def note(self, flag: str) -> None:
         """Record ``flag`` (e.g. ``"rounded:2"``) in the audit log of the answered inputs."""
-        self.notes.append(flag)
+        self.notes.append(str(flag))
 
     def alarm(self, reason: str, statistic: float | None = None) -> Alarm:
-        """Raise an alarm about this client (kept, bounded, in the ledger and /v1/admin)."""
-        if statistic is not None and not math.isfinite(statistic):
-            statistic = None
-        raised = Alarm(self.stage, self.time, reason[:MAX_REASON], statistic)
+        """Raise an alarm about this client (kept, bounded, in the ledger and /v1/admin). A
+        statistic is stored as a float (None if it is not finite)."""
+        if statistic is not None:
+            statistic = float(statistic)
+            if not math.isfinite(statistic):
+                statistic = None
+        raised = Alarm(self.stage, self.time, str(reason)[:MAX_REASON], statistic)
         self.raised.append(raised)
         return raised
 
@@ -125,6 +128,11 @@ class Defense(ABC):
         """Read what the stage needs from disk (its secret files, a detector's model) before
         the service answers; raises a one-line ``ModelheistError`` if it cannot. Called once
         by the service at start-up; the default has nothing to read."""
+        return None
+
+    def check_serving(self) -> None:
+        """Refuse, in one line, a setting fit for an experiment but not for a served model
+        (e.g. a public seed standing in for a secret key). Called by ``modelheist serve``."""
         return None
 
     def initial_values(self) -> dict[str, object]:

@@ -63,7 +63,7 @@ class ReverseSigmoid(Defense):
         return Answer(answer.labels, _renormalise(np.clip(y - r, 0.0, None)))
 
     def spec(self) -> str:
-        return f"{self.name}:beta={self.beta:g},gamma={self.gamma:g}"
+        return f"{self.name}:beta={self.beta!r},gamma={self.gamma!r}"
 
 
 class GaussianNoise(Defense):
@@ -85,6 +85,13 @@ class GaussianNoise(Defense):
     def open(self) -> None:
         if self.key_file is not None:
             self.key_file.check()
+
+    def check_serving(self) -> None:
+        if self.key_file is None:
+            raise ModelheistError(
+                "noise: a served model's noise needs the owner's key, key_file=PATH (make one "
+                "with `modelheist keys secret PATH`); seed= is public, for experiments only"
+            )
 
     def noise(self, inputs: np.ndarray, classes: int) -> np.ndarray:
         """Standard normal draws (n, classes), a function of (key, input) alone.
@@ -114,5 +121,5 @@ class GaussianNoise(Defense):
 
     def spec(self) -> str:
         if self.key_file is not None:
-            return f"{self.name}:sigma={self.sigma:g},key_file={self.key_file}"
-        return f"{self.name}:sigma={self.sigma:g},seed={self.seed}"
+            return f"{self.name}:sigma={self.sigma!r},key_file={self.key_file}"
+        return f"{self.name}:sigma={self.sigma!r},seed={self.seed}"

@@ -81,9 +81,12 @@ class StageState:
     def __init__(self, values: Mapping[str, Any] | None = None, *, read_only: bool = False):
         self._read_only = read_only
         self.values: dict[str, Any] = (
-            MappingProxyType({}) if read_only else dict(values or {})  # type: ignore[assignment]
+            MappingProxyType({})  # type: ignore[assignment]
+            if read_only
+            else json.loads(_dumps(values or {}))  # a deep copy, and JSON from the start
         )
-        self._committed_values = _dumps(self.values)
+        self._committed_values = _dumps(self.values)  # what a rollback returns to
+        self._values_written = read_only  # a new state's first commit writes its values
         self._columns: dict[str, _Column] = {}
 
     @classmethod
@@ -148,15 +151,17 @@ class StageState:
             for name, column in self._columns.items()
             if column.count > column.committed
         )
-        return StateChanges(None if values == self._committed_values else values, rows)
+        unchanged = self._values_written and values == self._committed_values
+        return StateChanges(None if unchanged else values, rows)
 
     def mark_committed(self) -> None:
         self._committed_values = _dumps(self.values)
+        self._values_written = True
         for column in self._columns.values():
             column.committed = column.count
 
     def rollback(self) -> None:
-        """Return to the state of the last commit."""
+        """Return to the state of the last commit (the initial values if none was made)."""
         self.restore((self._committed_values, {n: c.committed for n, c in self._columns.items()}))
         self._columns = {n: c for n, c in self._columns.items() if c.count > 0}
 
@@ -172,13 +177,18 @@ class StageState:
 
     @classmethod
     def from_records(
-        cls, values: str | None, records: list[tuple[str, str, str, bytes]], where: str
+        cls,
+        values: str | None,
+        records: list[tuple[str, str, str, bytes]],
+        where: str,
+        initial: Mapping[str, Any] | None = None,
     ) -> StageState:
-        """Rebuild committed state from the ledger: the values document and the appended
-        records (array name, dtype, row shape as JSON, raw bytes), oldest first. Anything that
-        does not decode raises :class:`StateCorruptError` naming ``where``."""
+        """Rebuild committed state from the ledger: the values document (None: none was
+        written, so ``initial``) and the appended records (array name, dtype, row shape as
+        JSON, raw bytes), oldest first. Anything that does not decode raises
+        :class:`StateCorruptError` naming ``where``."""
         try:
-            document = json.loads(values) if values is not None else {}
+            document = json.loads(values) if values is not None else dict(initial or {})
             if not isinstance(document, dict):
                 raise ValueError("the values are not a JSON object")
             state = cls(document)
@@ -189,9 +199,10 @@ class StageState:
                 row_shape = tuple(int(d) for d in json.loads(shape_text))
                 rows = np.frombuffer(data, dtype).reshape((-1, *row_shape))
                 state.append(name, rows)
-        except (ValueError, TypeError, json.JSONDecodeError) as exc:
+        except Exception as exc:  # whatever the damage, the client is held, not the server
             raise StateCorruptError(f"the saved state of {where} cannot be read: {exc}") from None
         state.mark_committed()
+        state._values_written = values is not None  # else the next commit writes them
         return state
 
 

@@ -16,15 +16,22 @@ trigger accuracy to a threshold: uniform labels give an exact null distribution 
 independent model, hence a p-value, at the cost of about n / C triggers that carry their
 natural label.
 
-Triggers come from seeded uniform noise (``source="noise"``) or from another registered dataset
-(``source="mnist5k"``), fitted to the model's input shape. (Issue 11 adds the commitment and
-the adversaries; this module is the scheme's core.)
+Triggers come from uniform noise (``source="noise"``) or from another registered dataset
+(``source="mnist5k"``), fitted to the model's input shape, drawn from fresh randomness unless a
+seed is given (experiments): a set anyone could regenerate from a public seed would be no
+secret, and two owners with the same defaults would share one watermark.
+
+The binding between a trigger set and a model is, for now, the set's SHA-256 recorded on the
+owner's model card when the watermark is embedded (``commitment``): verification refuses a set
+that does not match it. Without a signed, timestamped commitment (issue 11) an accuser could
+still fabricate a card with a set of its own; this module is the scheme's core.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,6 +45,7 @@ from scipy.stats import binomtest
 from modelheist.data.registry import Dataset, dataset_names, load_dataset
 from modelheist.data.transforms import fit_to_shape
 from modelheist.errors import ModelheistError
+from modelheist.models.classifier import ModelCard
 from modelheist.models.training import TrainingProtection, TrainingRun
 from modelheist.oracle import Oracle
 from modelheist.ownership.base import CannotVerify, Finding, OwnershipScheme
@@ -80,12 +88,14 @@ class TriggerSet:
         input_shape: tuple[int, ...],
         num_classes: int,
         source: str = "noise",
-        seed: int = 0,
+        seed: int | None = None,
     ) -> TriggerSet:
         """``n`` triggers of ``input_shape`` from ``source``, each with a label drawn uniformly
-        from the ``num_classes`` classes."""
+        from the ``num_classes`` classes; ``seed`` None draws a fresh 63-bit seed."""
         if n < 1 or num_classes < 2:
             raise ModelheistError("a trigger set needs at least 1 trigger and 2 classes")
+        if seed is None:
+            seed = secrets.randbits(63)
         rng = np.random.default_rng(seed)
         if source == "noise":
             inputs = rng.uniform(0.0, 1.0, size=(n, *input_shape)).astype(np.float32)
@@ -190,14 +200,24 @@ class BackdoorWatermark(TrainingProtection):
 
 @dataclass
 class BackdoorWatermarkScheme(OwnershipScheme):
-    """Verify a backdoor watermark: the exact binomial test of the trigger matches."""
+    """Verify a backdoor watermark: the exact binomial test of the trigger matches.
+
+    ``commitment`` is the trigger set's SHA-256 as the owner's model card recorded it when the
+    watermark was embedded; a set that does not match it cannot verify anything.
+    """
 
     name: ClassVar[str] = "backdoor-watermark"
 
     triggers: TriggerSet
+    commitment: str | None = None
 
     def _test(self, suspect: Oracle, progress: Progress | None) -> Finding:
         triggers = self.triggers
+        if self.commitment is not None and self.commitment != triggers.digest:
+            raise CannotVerify(
+                "the trigger set is not the one the owner's model card records (its SHA-256 "
+                "differs)"
+            )
         if tuple(suspect.input_shape) != tuple(triggers.inputs.shape[1:]):
             raise CannotVerify(
                 f"the suspect takes inputs of shape {tuple(suspect.input_shape)}, the triggers "
@@ -217,28 +237,42 @@ class BackdoorWatermarkScheme(OwnershipScheme):
             "watermark accuracy",
             matches / len(triggers),
             float(test.pvalue),
-            {"matches": matches, "triggers": len(triggers), "chance": null},
+            {
+                "matches": matches,
+                "triggers": len(triggers),
+                "chance": null,
+                "commitment_checked": self.commitment is not None,
+            },
             smallest_p_value=null ** len(triggers),  # every trigger matched
         )
 
 
-def parse_watermark(spec: str, data: Dataset, seed: int = 0) -> BackdoorWatermark:
+def recorded_commitment(card: ModelCard) -> str:
+    """The trigger set's SHA-256 that an owner's model card recorded, or a one-line error."""
+    for entry in card.protections:
+        if entry.get("name") == BackdoorWatermark.name and "sha256" in entry:
+            return str(entry["sha256"])
+    raise ModelheistError("the owner's model card records no backdoor watermark")
+
+
+def parse_watermark(spec: str, data: Dataset) -> BackdoorWatermark:
     """The protection a ``--watermark`` spec names for a victim trained on ``data``:
-    ``backdoor[:triggers=N,source=noise|DATASET,repeats=R]`` (defaults: Szyller & Asokan's 100
-    triggers, noise, 20 repeats)."""
+    ``backdoor[:triggers=N,source=noise|DATASET,repeats=R,seed=S]`` (defaults: Szyller &
+    Asokan's 100 triggers, noise, 20 repeats, a fresh random seed)."""
     kind, _, args = spec.strip().partition(":")
     if kind != "backdoor":
         raise ModelheistError(f"unknown watermark {kind!r}; known: backdoor")
     options: dict[str, str] = {}
     for token in filter(None, (t.strip() for t in args.split(","))):
         key, eq, value = token.partition("=")
-        if not eq or key not in ("triggers", "source", "repeats"):
+        if not eq or key not in ("triggers", "source", "repeats", "seed"):
             raise ModelheistError(
-                f"watermark: bad argument {token!r}; use triggers=N, source=S, repeats=R"
+                f"watermark: bad argument {token!r}; use triggers=N, source=S, repeats=R, seed=S"
             )
         options[key] = value
     try:
         count, repeats = int(options.get("triggers", 100)), int(options.get("repeats", 20))
+        seed = int(options["seed"]) if "seed" in options else None
     except ValueError:
         raise ModelheistError(
             f"watermark: triggers and repeats must be integers in {spec!r}"
