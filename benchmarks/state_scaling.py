@@ -63,8 +63,9 @@ class TimedLedger(Ledger):
 
     def commit(self, updates, records):  # noqa: ANN001, ANN201
         start = time.perf_counter()
-        super().commit(updates, records)
+        stale = super().commit(updates, records)
         self.commit_seconds.append(time.perf_counter() - start)
+        return stale
 
 
 def grow(service: PredictionService, x: np.ndarray, to: int, batch: int = 1000) -> None:
