@@ -58,10 +58,14 @@ def state_scaling(rows: list[dict]) -> str:
             f"| {_spread([r['metrics']['median_answer_ms'] for r in group])} "
             f"| {_spread(ratios, 2)}x | {commits} |"
         )
-    machines = sorted({r["machine"] for r in rows})
-    lines.append("")
-    lines.append(f"Machine: {'; '.join(machines)}. Command: `{rows[-1]['command']}`.")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", provenance(rows)])
+
+
+def provenance(rows: list[dict]) -> str:
+    """The machines and commands behind a table's rows."""
+    machines = "; ".join(sorted({r["machine"] for r in rows}))
+    commands = ", ".join(f"`{c}`" for c in sorted({r["command"] for r in rows}))
+    return f"Machine: {machines}. Commands: {commands}."
 
 
 #: Each generated table: its results store and the function that renders it.
