@@ -68,21 +68,125 @@ def provenance(rows: list[dict]) -> str:
     return f"Machine: {machines}. Commands: {commands}."
 
 
-#: Each generated table: its results store and the function that renders it.
-TABLES: dict[str, tuple[str, Callable[[list[dict]], str]]] = {
-    "state_scaling": ("state_scaling.jsonl", state_scaling),
+def _mean_std(values: list[float], digits: int = 4) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f} (1 seed)"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def comparison(
+    series: list[tuple[str, str, str]],
+    keys: tuple[str, ...] = ("transfer_set", "output", "budget"),
+    metric: str = "fidelity_test",
+) -> Callable[[list[dict]], str]:
+    """A table with one row per grid point (``keys``) and one column per series
+    (scenario, variant, heading): ``metric``'s mean ± standard deviation over seeds, the seed
+    count in the heading, and the queries the API counted."""
+
+    def build(rows: list[dict]) -> str:
+        cells: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+        for row in rows:
+            for scenario, variant, heading in series:
+                if row.get("scenario") == scenario and row.get("variant") == variant:
+                    cells[tuple(row[k] for k in keys)][heading].append(row)
+        seeds = {h: sorted({r["seed"] for c in cells.values() for r in c[h]}) for *_, h in series}
+        head = [k.replace("_", " ") for k in keys] + [
+            f"{h} ({len(seeds[h])} seeds)" for *_, h in series
+        ]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(keys) + "---:|" * len(series)]
+        for point in sorted(cells, key=lambda p: tuple(str(v).zfill(8) for v in p)):
+            values = []
+            for *_, heading in series:
+                found = cells[point][heading]
+                values.append(
+                    _mean_std([r["metrics"][metric] for r in found if metric in r["metrics"]])
+                )
+            lines.append(
+                "| "
+                + " | ".join(
+                    [*(f"{v:,}" if isinstance(v, int) else str(v) for v in point), *values]
+                )
+                + " |"
+            )
+        queries = sorted(
+            {r["queries_counted"] for c in cells.values() for g in c.values() for r in g}
+        )
+        used = [r for c in cells.values() for g in c.values() for r in g]
+        victims = [r["metrics"]["victim_accuracy"] for r in used]
+        notes = [f"Metric: {metric}, mean ± standard deviation over seeds."]
+        if victims:
+            notes.append(f"Victim test accuracy {_mean_std(victims)} over the runs.")
+        if queries:
+            notes.append(
+                f"Queries counted by the API per run: {', '.join(f'{q:,}' for q in queries)}."
+            )
+        return (
+            "\n".join([*lines, "", " ".join(notes), "", provenance(used)])
+            if used
+            else "(no results yet)"
+        )
+
+    return build
+
+
+#: Each generated table: its results stores and the function that renders it.
+TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
+    "state_scaling": (("state_scaling.jsonl",), state_scaling),
+    "knockoff_vs_art": (
+        ("knockoff-fmnist.jsonl", "knockoff-fmnist-art.jsonl"),
+        comparison(
+            [
+                ("knockoff-fmnist", "default", "modelheist"),
+                ("knockoff-fmnist-art", "art-same-budget", "ART, same budget"),
+                ("knockoff-fmnist-art", "art-defaults", "ART, its defaults"),
+            ]
+        ),
+    ),
+    "knockoff_tuning": (
+        ("knockoff-tuning.jsonl",),
+        comparison(
+            [("knockoff-tuning", v, v) for v in ("default", "t1", "no-augment", "t1-no-augment")],
+            keys=("transfer_set", "budget"),
+            metric="fidelity_validation",
+        ),
+    ),
+    "adaptive": (
+        ("adaptive-knockoff.jsonl", "adaptive-knockoff-art.jsonl"),
+        comparison(
+            [
+                ("adaptive-knockoff", "random", "modelheist random"),
+                ("adaptive-knockoff", "adaptive", "modelheist adaptive"),
+                ("adaptive-knockoff-art", "art-random", "ART random"),
+                ("adaptive-knockoff-art", "art-adaptive", "ART adaptive"),
+            ],
+            keys=("budget",),
+        ),
+    ),
+    "synthetic": (
+        ("synthetic-jbda.jsonl", "synthetic-t-rnd.jsonl", "synthetic-n-ifgsm.jsonl"),
+        comparison(
+            [
+                ("synthetic-jbda", "default", "JBDA"),
+                ("synthetic-t-rnd", "default", "T-RND"),
+                ("synthetic-n-ifgsm", "default", "N I-FGSM"),
+            ],
+            keys=("output", "budget"),
+        ),
+    ),
 }
 
 
 def render(document: str) -> str:
     """``document`` with every generated table rewritten from its store."""
-    for name, (store, build) in TABLES.items():
+    for name, (stores, build) in TABLES.items():
         pattern = re.compile(
             rf"(<!-- generated: {name} -->\n).*?(\n<!-- end: {name} -->)", re.DOTALL
         )
         if not pattern.search(document):
-            raise SystemExit(f"{DOC} has no generated block for {name}")
-        rows = ResultsStore(RESULTS / store).rows()
+            continue  # a table not (yet) in the document
+        rows = [row for store in stores for row in ResultsStore(RESULTS / store).rows()]
         table = build(rows) if rows else "(no results yet)"
         document = pattern.sub(lambda m, t=table: m.group(1) + t + m.group(2), document)
     return document

@@ -54,7 +54,8 @@ def test_idx_folder_dataset(tmp_path, rng):
     data = load_dataset(f"idx:{tmp_path / 'mine'}")
     assert data.input_shape == (1, 10, 10)
     assert data.classes == ("0", "1", "2")
-    assert len(data.test) == 20 and len(data.train) + len(data.pool) == 60
+    assert len(data.test) == 20 and len(data.validation) == 6
+    assert len(data.train) + len(data.pool) == 54
     assert data.train.x.min() >= 0.0 and data.train.x.max() <= 1.0
 
 
@@ -114,10 +115,24 @@ def test_splits_are_seeded_disjoint_and_stratified(digits):
     rows = {tuple(r) for r in digits.train.x.reshape(len(digits.train), -1).round(4)}
     pool_rows = [tuple(r) for r in digits.pool.x.reshape(len(digits.pool), -1).round(4)]
     test_rows = [tuple(r) for r in digits.test.x.reshape(len(digits.test), -1).round(4)]
+    validation = digits.validation
+    held = [tuple(r) for r in validation.x.reshape(len(validation), -1).round(4)]
     # scikit-learn's digits has a handful of duplicate images; the splits themselves are disjoint
-    assert sum(r in rows for r in pool_rows) < 5 and sum(r in rows for r in test_rows) < 5
-    assert len(digits.train) + len(digits.pool) + len(digits.test) == 1797
-    assert set(np.unique(digits.test.y)) == set(range(10))
+    for other_rows in (pool_rows, test_rows, held):
+        assert sum(r in rows for r in other_rows) < 5
+    assert sum(r in set(pool_rows) | set(test_rows) for r in held) < 5
+    sizes = (len(digits.train), len(digits.pool), len(validation), len(digits.test))
+    assert sum(sizes) == 1797 and abs(len(validation) - 0.1 * (1797 - len(digits.test))) < 2
+    for split in (digits.test, validation):
+        assert set(np.unique(split.y)) == set(range(10))
+
+
+def test_a_victim_from_before_the_validation_split_rebuilds_its_split(digits):
+    old = load_dataset("digits", seed=0, validation_fraction=0.0)
+    assert old.validation is None and len(old.train) + len(old.pool) == len(digits.train) + len(
+        digits.pool
+    ) + len(digits.validation)
+    np.testing.assert_array_equal(old.test.x, digits.test.x)  # the evaluation split is unchanged
 
 
 def test_fit_to_shape_resizes_and_converts_channels(rng):

@@ -29,7 +29,11 @@ def test_save_load_round_trip_cnn(tmp_path, digits, digits_cnn):
     )
     card = json.loads((tmp_path / "cnn" / CARD).read_text())
     assert card["input_shape"] == [1, 8, 8] and card["normalisation"]["mean"]
-    assert card["training"]["split"] == {"seed": 0, "pool_fraction": 0.5}
+    assert card["training"]["split"] == {
+        "seed": 0,
+        "pool_fraction": 0.5,
+        "validation_fraction": 0.1,
+    }
 
 
 def test_digits_cnn_is_a_reasonable_victim(digits_cnn):

@@ -144,7 +144,7 @@ def test_dp_sgd_fits_the_prepare_hook_with_the_group_norm_cnn(digits):
         == []
     )
     assert ModuleValidator.validate(build_network("cnn", (1, 8, 8), 10, mean, std), strict=False)
-    config = TrainConfig(epochs=3, batch_size=64, lr=5e-3, seed=0)
+    config = TrainConfig(epochs=6, batch_size=64, lr=5e-3, seed=0)
     model = train_model(digits, "cnn-gn", config, None, [OpacusDpSgd()])
     (entry,) = model.card.protections
     assert entry["name"] == "dp-sgd" and 0 < entry["epsilon"] < 100

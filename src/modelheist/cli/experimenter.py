@@ -1,4 +1,4 @@
-"""The experimenter's commands: ``datasets`` and ``quickstart``."""
+"""The experimenter's commands: ``datasets``, ``quickstart`` and ``experiment run``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from modelheist.cli.common import (
     user_errors,
     write_json,
 )
+from modelheist.errors import ModelheistError
 
 
 @app.command()
@@ -75,3 +76,84 @@ def quickstart(
     path = write_quickstart_report(document, report)
     write_json(json_path, document)
     console.print(f"report: {path}" + (f"; JSON: {json_path}" if json_path else ""))
+
+
+experiment_app = typer.Typer(help="Run scenarios into results stores.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+
+def _seeds(count: int | None) -> list[int] | None:
+    """``--seeds N``: seeds 0 .. N-1 in place of the file's list."""
+    if count is None:
+        return None
+    if count < 1:
+        raise ModelheistError(f"--seeds must be at least 1, got {count}")
+    return list(range(count))
+
+
+@experiment_app.command("run")
+@user_errors
+def experiment_run(
+    scenario_path: Annotated[
+        Path, typer.Argument(help="A scenario file (TOML; see examples/).", show_default=False)
+    ],
+    store: Annotated[
+        Path | None,
+        typer.Option(help="Results store (JSON Lines); default: results/SCENARIO-NAME.jsonl."),
+    ] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option(help="Run seeds 0 .. N-1 instead of the file's list (e.g. 3: 0, 1, 2)."),
+    ] = None,
+    victims: Annotated[
+        Path | None,
+        typer.Option(help="Folder caching the trained victims (default: beside the store)."),
+    ] = None,
+) -> None:
+    """Run every grid point of a scenario not yet in its results store, one row per run."""
+    import sys
+
+    from modelheist.experiments.results import ResultsStore
+    from modelheist.experiments.runner import ScenarioRunner
+    from modelheist.experiments.scenario import Scenario
+
+    scenario = Scenario.load(scenario_path)
+    chosen = _seeds(seeds)
+    path = store or Path("results") / f"{scenario.name}.jsonl"
+    command = " ".join(["modelheist", *sys.argv[1:]])
+    with progress_bar() as progress:
+        runner = ScenarioRunner(
+            ResultsStore(path, command),
+            victims or path.with_name(f"{path.stem}-victims"),
+            progress=progress,
+        )
+
+        def show(row: dict) -> None:
+            m = row["metrics"]
+            progress.console.print(
+                f"  seed {row['seed']} {row['variant']:>8} {row['transfer_set']:>13} "
+                f"{row['output']:>6} {row['budget']:>6}: fidelity {m['fidelity_test']:.4f} "
+                f"(validation {m.get('fidelity_validation', float('nan')):.4f}), "
+                f"{row['queries_counted']} queries",
+                highlight=False,
+            )
+
+        rows = runner.run(scenario, chosen, on_row=show)
+    table = Table(title=f"{len(rows)} new runs of {scenario.name} (stored in {path})")
+    for column in ("seed", "variant", "transfer set", "output", "budget", "queries"):
+        table.add_column(column)
+    for column in ("fidelity (validation)", "fidelity (test)"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        m = row["metrics"]
+        table.add_row(
+            str(row["seed"]),
+            row["variant"],
+            row["transfer_set"],
+            row["output"],
+            str(row["budget"]),
+            str(row["queries_counted"]),
+            f"{m.get('fidelity_validation', float('nan')):.4f}",
+            f"{m['fidelity_test']:.4f}",
+        )
+    console.print(table)

@@ -1,10 +1,13 @@
 """Named datasets with deterministic, seeded splits.
 
-Every dataset is split three ways: ``train`` (the model owner's training data), ``test`` (the
-evaluation split, never seen by owner or attacker) and ``pool`` (natural data the attacker
-holds, disjoint from both). Where a dataset has an official test split it is used as ``test``;
-otherwise ``test_fraction`` of the data is held out. The remainder is divided between owner and
-attacker by ``pool_fraction``. Splits are stratified and depend only on ``seed``.
+Every dataset is split four ways, all disjoint: ``train`` (the model owner's training data),
+``validation`` (where every hyper-parameter is chosen), ``test`` (the evaluation split, touched
+only for reported numbers) and ``pool`` (natural data the attacker holds). Where a dataset has
+an official test split it is used as ``test``; otherwise ``test_fraction`` of the data is held
+out. ``validation_fraction`` of the rest is held out next, and the remainder is divided between
+owner and attacker by ``pool_fraction``. Splits are stratified and depend only on ``seed``.
+A victim's card records its split; ``validation_fraction=0`` rebuilds the three-way split of
+victims saved before the validation split existed.
 
 Images are float32 in [0, 1], shaped (n, C, H, W); tabular features are float32 (n, d), raw
 (models carry their own normalisation).
@@ -59,6 +62,17 @@ class Dataset:
     pool: Split
     split_seed: int = 0
     pool_fraction: float = 0.5
+    validation: Split | None = None
+    validation_fraction: float = 0.0
+
+    @property
+    def split(self) -> dict[str, float | int]:
+        """How to rebuild this split (what a model card records)."""
+        return {
+            "seed": self.split_seed,
+            "pool_fraction": self.pool_fraction,
+            "validation_fraction": self.validation_fraction,
+        }
 
     @property
     def num_classes(self) -> int:
@@ -231,17 +245,32 @@ def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> list[np.
     return train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify)
 
 
+#: The share of the non-evaluation data held out for validation by default.
+VALIDATION_FRACTION = 0.1
+
+
 def load_dataset(
-    name: str, seed: int = 0, pool_fraction: float = 0.5, test_fraction: float = 0.2
+    name: str,
+    seed: int = 0,
+    pool_fraction: float = 0.5,
+    test_fraction: float = 0.2,
+    validation_fraction: float = VALIDATION_FRACTION,
 ) -> Dataset:
-    """Load dataset ``name`` and split it into owner train / evaluation test / attacker pool."""
+    """Load dataset ``name`` and split it into owner train / validation / evaluation test /
+    attacker pool."""
     if not 0.0 < pool_fraction < 1.0 or not 0.0 < test_fraction < 1.0:
         raise ValueError("pool_fraction and test_fraction must lie strictly between 0 and 1")
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError("validation_fraction must lie in [0, 1)")
     raw = _load_raw(name)
     if raw.test is None:
         x, x_test, y, y_test = _split(raw.x, raw.y, test_fraction, seed)
     else:
         (x, y), (x_test, y_test) = (raw.x, raw.y), raw.test
+    validation = None
+    if validation_fraction > 0:
+        x, x_val, y, y_val = _split(x, y, validation_fraction, seed + 2)
+        validation = Split(x_val, y_val)
     x_train, x_pool, y_train, y_pool = _split(x, y, pool_fraction, seed + 1)
     return Dataset(
         name=name,
@@ -253,6 +282,8 @@ def load_dataset(
         pool=Split(x_pool, y_pool),
         split_seed=seed,
         pool_fraction=pool_fraction,
+        validation=validation,
+        validation_fraction=validation_fraction,
     )
 
 
@@ -260,17 +291,24 @@ def attacker_transfer_set(name: str, victim_data: Dataset) -> np.ndarray:
     """The natural inputs an attacker holds when its transfer set is dataset ``name``.
 
     Against a victim trained on ``victim_data`` itself, that is its attacker pool (disjoint from
-    the owner's training data and the evaluation split). Any other dataset is
+    the owner's training data, the validation and the evaluation splits). Any other dataset is
     out-of-distribution for the victim and is used whole. Inputs are fitted to the victim's
     input shape.
     """
+    return attacker_transfer(name, victim_data)[0]
+
+
+def attacker_transfer(name: str, victim_data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`attacker_transfer_set` with the transfer set's own labels (its dataset's
+    annotation, which an attacker may have; not the victim's answers)."""
     from modelheist.data.transforms import fit_to_shape
 
     if name == victim_data.name:
-        return victim_data.pool.x
+        return victim_data.pool.x, victim_data.pool.y
     raw = _load_raw(name)
     x = raw.x if raw.test is None else np.concatenate([raw.x, raw.test[0]])
-    return fit_to_shape(x, victim_data.input_shape)
+    y = raw.y if raw.test is None else np.concatenate([raw.y, raw.test[1]])
+    return fit_to_shape(x, victim_data.input_shape), y
 
 
 def dataset_available(name: str) -> bool:

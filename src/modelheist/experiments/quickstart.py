@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 import platform
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from rich.progress import Progress
@@ -71,17 +71,7 @@ def _subsample(data: Dataset, size: int | None, seed: int) -> Dataset:
     if size is None or size >= len(data.train):
         return data
     idx = np.random.default_rng(seed).permutation(len(data.train))[:size]
-    return Dataset(
-        data.name,
-        data.kind,
-        data.classes,
-        data.input_shape,
-        Split(data.train.x[idx], data.train.y[idx]),
-        data.test,
-        data.pool,
-        data.split_seed,
-        data.pool_fraction,
-    )
+    return replace(data, train=Split(data.train.x[idx], data.train.y[idx]))
 
 
 def run_quickstart(

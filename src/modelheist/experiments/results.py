@@ -69,13 +69,15 @@ def _shown(script: Path) -> str:
 class ResultsStore:
     """Rows appended to ``path`` (JSON Lines), each written whole and flushed to disk."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, command: str | None = None):
         self.path = Path(path)
+        self.command = command  # None: the running script and its arguments
 
     def append(self, row: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
         """Append ``row`` (its metrics and parameters) with the command and environment."""
         record = {
-            "command": " ".join(["python", _shown(Path(sys.argv[0])), *sys.argv[1:]]),
+            "command": self.command
+            or " ".join(["python", _shown(Path(sys.argv[0])), *sys.argv[1:]]),
             **environment(self.path.resolve().parent),
             "seed": seed,
             **row,

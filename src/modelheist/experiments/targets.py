@@ -38,10 +38,14 @@ def http_oracle(target: str, api_key: str | None, output: str | None = None) -> 
 
 
 def victim_split(victim: Classifier) -> Dataset:
-    """The data split a saved victim was trained on (recorded on its card)."""
+    """The data split a saved victim was trained on (recorded on its card; a card from before
+    the validation split has none)."""
     split = victim.card.training.get("split", {"seed": 0, "pool_fraction": 0.5})
     return load_dataset(
-        victim.card.dataset, seed=split["seed"], pool_fraction=split["pool_fraction"]
+        victim.card.dataset,
+        seed=split["seed"],
+        pool_fraction=split["pool_fraction"],
+        validation_fraction=split.get("validation_fraction", 0.0),
     )
 
 

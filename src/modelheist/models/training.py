@@ -401,7 +401,7 @@ def train_model(
         normalisation={"mean": mean, "std": std} if arch in TORCH_ARCHITECTURES else {},
         training={
             **(asdict(config) if arch in TORCH_ARCHITECTURES else {"seed": config.seed}),
-            "split": {"seed": dataset.split_seed, "pool_fraction": dataset.pool_fraction},
+            "split": dataset.split,
         },
         input_range=[0.0, 1.0] if dataset.kind == "image" else None,
     )

@@ -1,0 +1,125 @@
+"""Scenarios and the runner: a grid into a results store, resumed, never silently mixed."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from modelheist.errors import ModelheistError
+from modelheist.experiments.results import ResultsStore
+from modelheist.experiments.runner import ScenarioRunner
+from modelheist.experiments.scenario import Scenario
+
+TINY = """
+name = "tiny"
+seeds = [0, 1]
+budgets = [60, 120]
+outputs = ["probs", "labels"]
+
+[victim]
+dataset = "digits"
+arch = "mlp"
+epochs = 3
+
+[attack]
+name = "knockoff"
+params = { epochs = 2, min_steps = 10 }
+"""
+
+
+def write(tmp_path, text, name="scenario.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def runner(tmp_path):
+    return ScenarioRunner(ResultsStore(tmp_path / "runs.jsonl"), tmp_path / "victims")
+
+
+def test_a_grid_runs_into_the_store_and_resumes(tmp_path, runner):
+    scenario = Scenario.load(write(tmp_path, TINY))
+    rows = runner.run(scenario)
+    assert len(rows) == 2 * 2 * 2
+    for row in rows:
+        assert {"command", "commit", "date", "machine", "versions", "seed"} <= set(row)
+        assert row["queries_counted"] == row["budget"]  # counted by the API, not copied
+        metrics = row["metrics"]
+        assert 0 <= metrics["fidelity_validation"] <= 1 and 0 <= metrics["fidelity_test"] <= 1
+        assert metrics["victim_accuracy"] > 0.6  # three epochs of an MLP on 8x8 digits
+    assert {row["seed"] for row in rows} == {0, 1}
+    victims = sorted(p.name for p in (tmp_path / "victims").iterdir())
+    assert len(victims) == 2  # one victim per seed, shared by the grid
+    assert runner.run(scenario) == []  # everything is stored: nothing reruns
+    more = Scenario.load(write(tmp_path, TINY.replace("seeds = [0, 1]", "seeds = [0, 1, 2]")))
+    assert {row["seed"] for row in runner.run(more)} == {2}
+    assert len(runner.store.rows()) == 12
+
+
+def test_a_changed_scenario_under_the_same_name_is_refused(tmp_path, runner):
+    runner.run(Scenario.load(write(tmp_path, TINY)), seeds=[0])
+    changed = Scenario.load(write(tmp_path, TINY.replace("epochs = 2", "epochs = 4")))
+    with pytest.raises(ModelheistError, match=r"params\.epochs: 2 -> 4"):
+        runner.run(changed)
+    deeper = Scenario.load(write(tmp_path, TINY.replace('arch = "mlp"', 'arch = "cnn"')))
+    with pytest.raises(ModelheistError, match=r"victim\.arch: 'mlp' -> 'cnn'"):
+        runner.run(deeper)
+
+
+def test_variants_are_runs_of_their_own(tmp_path, runner):
+    text = TINY + "\n[attack.variants]\ndefault = {}\nplain = { temperature = 1.0 }\n"
+    rows = runner.run(Scenario.load(write(tmp_path, text)), seeds=[0])
+    assert {row["variant"] for row in rows} == {"default", "plain"} and len(rows) == 8
+    assert {row["config"]["params"].get("temperature") for row in rows} == {None, 1.0}
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (TINY.replace("[victim]", "[victim]\ncolour = 1"), "victim.colour: Extra inputs"),
+        (TINY.replace("budgets = [60, 120]", "budgets = [0]"), "budgets"),
+        (TINY + "\n[[", "not a TOML scenario"),
+        (TINY.replace('name = "tiny"', 'name = "a b"'), "name"),
+    ],
+)
+def test_bad_scenario_files_are_one_line(tmp_path, text, needle):
+    with pytest.raises(ModelheistError, match=needle):
+        Scenario.load(write(tmp_path, text))
+
+
+def test_bad_attacks_are_refused_before_any_run(tmp_path, runner):
+    unknown = Scenario.load(write(tmp_path, TINY.replace('name = "knockoff"', 'name = "nope"')))
+    with pytest.raises(ModelheistError, match="unknown attack 'nope'"):
+        runner.run(unknown)
+    wrong = Scenario.load(write(tmp_path, TINY.replace("min_steps = 10", "min_stepz = 10")))
+    with pytest.raises(ModelheistError, match="min_stepz"):
+        runner.run(wrong)
+    assert not runner.store.path.exists()
+
+
+def test_experiment_run_from_the_command_line(tmp_path):
+    scenario = write(tmp_path, TINY.replace("budgets = [60, 120]", "budgets = [60]"))
+    store = tmp_path / "cli.jsonl"
+    command = [sys.executable, "-m", "modelheist.cli", "experiment", "run", str(scenario)]
+    proc = subprocess.run(
+        [*command, "--store", str(store), "--seeds", "1", "--victims", str(tmp_path / "v")],
+        capture_output=True,
+        text=True,
+        env=os.environ,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in store.read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["command"].startswith("modelheist experiment run")
+    assert "fidelity" in proc.stdout
+    bad = subprocess.run(
+        [*command[:-1], str(tmp_path / "none.toml"), "--store", str(store)],
+        capture_output=True,
+        text=True,
+        env=os.environ,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "no scenario file" in bad.stderr
