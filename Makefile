@@ -33,22 +33,34 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: setup
+# Every benchmark appends rows to benchmarks/results/*.jsonl (runs already stored are skipped)
+# and ends by regenerating docs/benchmarks.md's tables from them.
+RUN_SCENARIOS := $(BIN)/python benchmarks/run_scenarios.py
+
+bench: setup data
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
-	$(BIN)/python benchmarks/knockoff_vs_art.py
+	$(RUN_SCENARIOS) examples/knockoff-tuning.toml examples/knockoff-fashion-mnist.toml \
+		examples/knockoff-fashion-mnist-art.toml
+	$(BIN)/python benchmarks/docs_tables.py
 
 bench-tramer: setup
 	$(BIN)/python benchmarks/tramer.py
+	$(BIN)/python benchmarks/docs_tables.py
 
 bench-synthetic: setup
-	$(BIN)/python benchmarks/synthetic.py
+	$(RUN_SCENARIOS) examples/synthetic-jbda.toml examples/synthetic-t-rnd.toml \
+		examples/synthetic-n-ifgsm.toml
+	$(BIN)/python benchmarks/docs_tables.py
 
 bench-adaptive: setup data
-	$(BIN)/python benchmarks/adaptive_knockoff.py
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(RUN_SCENARIOS) examples/adaptive-knockoff.toml examples/adaptive-knockoff-art.toml
+	$(BIN)/python benchmarks/docs_tables.py
 
 bench-serve: setup
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/serve_load.py
+	$(BIN)/python benchmarks/docs_tables.py
 
 bench-state: setup
 	for seed in 0 1 2; do $(BIN)/python benchmarks/state_scaling.py --seed $$seed || exit 1; done

@@ -65,7 +65,10 @@ def provenance(rows: list[dict]) -> str:
     """The machines and commands behind a table's rows."""
     machines = "; ".join(sorted({r["machine"] for r in rows}))
     commands = ", ".join(f"`{c}`" for c in sorted({r["command"] for r in rows}))
-    return f"Machine: {machines}. Commands: {commands}."
+    commits = ", ".join(sorted({r["commit"] for r in rows}))
+    dates = sorted(r["date"][:10] for r in rows)
+    when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+    return f"Machine: {machines}. Commits: {commits}; {when}. Commands: {commands}."
 
 
 def _mean_std(values: list[float], digits: int = 4) -> str:
@@ -93,7 +96,7 @@ def comparison(
                     cells[tuple(row[k] for k in keys)][heading].append(row)
         seeds = {h: sorted({r["seed"] for c in cells.values() for r in c[h]}) for *_, h in series}
         head = [k.replace("_", " ") for k in keys] + [
-            f"{h} ({len(seeds[h])} seeds)" for *_, h in series
+            f"{h} ({len(seeds[h])} seed{'s' if len(seeds[h]) != 1 else ''})" for *_, h in series
         ]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(keys) + "---:|" * len(series)]
         for point in sorted(cells, key=lambda p: tuple(str(v).zfill(8) for v in p)):
@@ -131,9 +134,72 @@ def comparison(
     return build
 
 
+def tramer(rows: list[dict]) -> str:
+    """Tramèr et al.'s attacks: the latest run of each (attack, dataset, output), one seed
+    (the attacks are exact or nearly; their queries as the API counted them)."""
+    latest: dict[tuple, dict] = {}
+    for row in rows:
+        latest[(row["dataset"], row["attack"], row["output"])] = row
+    lines = [
+        "| attack | dataset (test size) | victim | output | queries | 1-R_test | 1-R_unif "
+        "| max abs p gap | target |",
+        "|---|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for row in latest.values():
+        m = row["metrics"]
+        lines.append(
+            f"| {row['attack']} | {row['dataset']} ({row['test_size']}) | {row['victim']} "
+            f"| {row['output']} | {row['queries_counted']:,} | {m['fidelity_test']:.4f} "
+            f"| {m['fidelity_uniform']:.4f} | {m['max_probability_gap']:.1e} | {row['target']} |"
+        )
+    return "\n".join([*lines, "", provenance(list(latest.values()))])
+
+
+def serve_load(rows: list[dict]) -> str:
+    """Throughput and latency per (pipeline, request, clients), mean ± std over repetitions,
+    and the defended / undefended throughput ratio taken within each repetition."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["stack"], row["request"], row["clients"])].append(row)
+    lines = [
+        "| pipeline | request | clients | repetitions | requests/s | images/s | p50 ms | p99 ms "
+        "| errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (stack, request, clients), group in sorted(groups.items()):
+        m = [r["metrics"] for r in group]
+        lines.append(
+            f"| {stack} | {request} | {clients} | {len(group)} "
+            f"| {_spread([x['requests_per_s'] for x in m], 0)} "
+            f"| {_spread([x['images_per_s'] for x in m], 0)} "
+            f"| {_spread([x['p50_ms'] for x in m], 1)} | {_spread([x['p99_ms'] for x in m], 1)} "
+            f"| {sum(x['errors'] for x in m)} |"
+        )
+    ratios = []
+    for (stack, request, clients), group in sorted(groups.items()):
+        if stack != "full":
+            continue
+        base = {(r["commit"], r["repeat"]): r for r in groups.get(("none", request, clients), [])}
+        per_run = [
+            r["metrics"]["requests_per_s"]
+            / base[(r["commit"], r["repeat"])]["metrics"]["requests_per_s"]
+            for r in group
+            if (r["commit"], r["repeat"]) in base
+        ]
+        if per_run:
+            ratios.append(f"| {request} | {clients} | {_spread(per_run, 2)} |")
+    table = "\n".join(lines)
+    if ratios:
+        table += "\n\n| request | clients | defended / undefended throughput |\n|---|---:|---:|\n"
+        table += "\n".join(ratios)
+    return "\n".join([table, "", provenance(rows)])
+
+
 #: Each generated table: its results stores and the function that renders it.
 TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "state_scaling": (("state_scaling.jsonl",), state_scaling),
+    "tramer": (("tramer.jsonl",), tramer),
+    "serve_load": (("serve_load.jsonl",), serve_load),
     "knockoff_vs_art": (
         ("knockoff-fmnist.jsonl", "knockoff-fmnist-art.jsonl"),
         comparison(
@@ -192,6 +258,73 @@ def render(document: str) -> str:
     return document
 
 
+def plot(
+    path: Path,
+    rows: list[dict],
+    series: list[tuple[str, str, str]],
+    where: dict[str, object],
+    title: str,
+) -> None:
+    """Fidelity (test) against queries, mean ± standard deviation over seeds, one line per
+    series (scenario, variant, label), over the rows matching ``where``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for scenario, variant, label in series:
+        points: dict[int, list[float]] = defaultdict(list)
+        for row in rows:
+            if (
+                row.get("scenario") == scenario
+                and row.get("variant") == variant
+                and all(row.get(k) == v for k, v in where.items())
+            ):
+                points[row["budget"]].append(row["metrics"]["fidelity_test"])
+        if not points:
+            continue
+        budgets = sorted(points)
+        means = [statistics.fmean(points[b]) for b in budgets]
+        spreads = [statistics.stdev(points[b]) if len(points[b]) > 1 else 0 for b in budgets]
+        ax.errorbar(budgets, means, yerr=spreads, marker="o", capsize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("queries to the victim")
+    ax.set_ylabel("fidelity (agreement on the test split)")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+#: Plots written beside the document (not checked: a plot's bytes vary with matplotlib).
+PLOTS = {
+    "knockoff_vs_art.png": (
+        ("knockoff-fmnist.jsonl", "knockoff-fmnist-art.jsonl"),
+        [
+            ("knockoff-fmnist", "default", "modelheist"),
+            ("knockoff-fmnist-art", "art-same-budget", "ART, same budget"),
+            ("knockoff-fmnist-art", "art-defaults", "ART, its defaults"),
+        ],
+        {"transfer_set": "fashion-mnist", "output": "probs"},
+        "Knockoff Nets, Fashion-MNIST CNN, in-distribution, probabilities",
+    ),
+    "adaptive_knockoff.png": (
+        ("adaptive-knockoff.jsonl", "adaptive-knockoff-art.jsonl"),
+        [
+            ("adaptive-knockoff", "random", "modelheist random"),
+            ("adaptive-knockoff", "adaptive", "modelheist adaptive"),
+            ("adaptive-knockoff-art", "art-random", "ART random"),
+            ("adaptive-knockoff-art", "art-adaptive", "ART adaptive"),
+        ],
+        {},
+        "Knockoff Nets on a 25% in-distribution transfer set",
+    ),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="Fail if the document is stale.")
@@ -204,6 +337,10 @@ def main() -> None:
             sys.exit(1)
         return
     DOC.write_text(wanted)
+    for name, (stores, series, where, title) in PLOTS.items():
+        rows = [row for store in stores for row in ResultsStore(RESULTS / store).rows()]
+        if rows:
+            plot(DOC.parent / name, rows, series, where, title)
 
 
 if __name__ == "__main__":

@@ -7,16 +7,18 @@ clients: each of C concurrent clients sends its next request as soon as the prev
 arrives. Reports requests/s, images/s and p50/p99 latency; single-image requests at 1, 8 and 32
 clients, and 256-image batches.
 
-    python benchmarks/serve_load.py [--victim DIR] [--duration 10] [--json PATH]
+Each repetition measures both pipelines, one after the other, so that the defended/undefended
+ratio is taken within one run; every row goes to benchmarks/results/serve_load.jsonl, from
+which docs/benchmarks.md's table is generated (mean ± standard deviation over repetitions).
+
+    python benchmarks/serve_load.py [--victim DIR] [--duration 10] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
+import itertools
 import re
 import subprocess
 import sys
@@ -29,6 +31,7 @@ import numpy as np
 import orjson
 
 from modelheist.api import npy
+from modelheist.experiments.results import ResultsStore
 
 ROOT = Path(__file__).resolve().parent
 MODELHEIST = [sys.executable, "-m", "modelheist.cli"]
@@ -119,6 +122,31 @@ async def load(
     }
 
 
+def record(
+    store: ResultsStore,
+    repeat: int,
+    stack: str,
+    request: str,
+    clients: int,
+    figures: dict,
+    images: int,
+) -> dict:
+    """Append one measurement to the results store and print it."""
+    metrics = {**figures, "images_per_s": figures["requests_per_s"] * images}
+    row = store.append(
+        {
+            "benchmark": "serve_load",
+            "repeat": repeat,
+            "stack": stack,
+            "request": request,
+            "clients": clients,
+            "metrics": metrics,
+        }
+    )
+    print({k: row[k] for k in ("repeat", "stack", "request", "clients")}, metrics, flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -128,8 +156,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--batch", type=int, default=256, help="images per batch request")
-    parser.add_argument("--json", type=Path, default=ROOT / "results" / "serve_load.json")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    store = ResultsStore(ROOT / "results" / "serve_load.jsonl")
+    store.freeze_environment()
 
     work = Path(tempfile.mkdtemp(prefix="serve_load_"))
     victim = args.victim
@@ -161,8 +191,10 @@ def main() -> None:
     ]
     npy_batches = [npy.encode(b) for b in batch_inputs]
     rows = []
-    for stack_name, stack in (("none", []), ("full", FULL_STACK)):
-        state = work / f"state-{stack_name}"
+    for repeat, (stack_name, stack) in itertools.product(
+        range(args.repeats), (("none", []), ("full", FULL_STACK))
+    ):
+        state = work / f"state-{stack_name}-{repeat}"
         extra = ["--budget", str(10**12), "--rate", "1000000"] if stack_name == "full" else []
         key = run("keys", "add", "bench", "--state", str(state), *extra).strip()
         key_file = work / "noise.key"
@@ -173,78 +205,17 @@ def main() -> None:
         try:
             for clients in [int(c) for c in args.concurrency.split(",")]:
                 r = asyncio.run(load(url, key, singles, clients, args.duration, args.warmup))
-                rows.append(
-                    {
-                        "stack": stack_name,
-                        "request": "1 image",
-                        "clients": clients,
-                        **r,
-                        "images_per_s": r["requests_per_s"],
-                    }
-                )
-                print(rows[-1], flush=True)
+                rows.append(record(store, repeat, stack_name, "1 image", clients, r, 1))
             for encoding, bodies, content_type in (
                 ("json", json_batches, "application/json"),
                 ("npy", npy_batches, npy.MEDIA_TYPE),
             ):
                 r = asyncio.run(load(url, key, bodies, 8, args.duration, args.warmup, content_type))
                 request = f"{args.batch} images ({encoding})"
-                rows.append(
-                    {
-                        "stack": stack_name,
-                        "request": request,
-                        "clients": 8,
-                        **r,
-                        "images_per_s": r["requests_per_s"] * args.batch,
-                    }
-                )
-                print(rows[-1], flush=True)
+                rows.append(record(store, repeat, stack_name, request, 8, r, args.batch))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-
-    print()
-    print("| stack | request | clients | requests/s | images/s | p50 ms | p99 ms | errors |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['stack']} | {r['request']} | {r['clients']} | {r['requests_per_s']:.0f} | "
-            f"{r['images_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |"
-        )
-    by = {(r["stack"], r["request"], r["clients"]): r for r in rows}
-    ratio = {
-        c: by[("full", "1 image", c)]["requests_per_s"]
-        / by[("none", "1 image", c)]["requests_per_s"]
-        for c in (1, 8, 32)
-        if ("full", "1 image", c) in by
-    }
-    print()
-    for c, v in ratio.items():
-        print(f"full/none throughput at {c} clients: {v:.2f} (target >= 0.8)")
-    for stack_name in ("none", "full"):
-        single = max(
-            r["images_per_s"]
-            for r in rows
-            if r["stack"] == stack_name and r["request"] == "1 image"
-        )
-        for encoding in ("json", "npy"):
-            batch = by[(stack_name, f"{args.batch} images ({encoding})", 8)]["images_per_s"]
-            print(
-                f"{stack_name}: {encoding} batch images/s / best single-image images/s = {batch / single:.1f} (target >= 10)"
-            )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
-        json.dumps(
-            {
-                "date": time.strftime("%Y-%m-%d"),
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                "duration_s": args.duration,
-                "rows": rows,
-                "full_over_none": ratio,
-            },
-            indent=2,
-        )
-    )
 
 
 if __name__ == "__main__":

@@ -105,6 +105,7 @@ def main() -> None:
     model = train_model(data, "logreg", TrainConfig(seed=args.seed))
     x = np.concatenate([data.train.x, data.test.x, data.pool.x])
     store = ResultsStore(STORE)
+    store.freeze_environment()
     plans = [("history", InputHistory(limit=10_000_000), (1_000, 100_000)),
              ("json-values", JsonHistory(), (1_000, 10_000))]  # fmt: skip
     for variant, stage, sizes in plans:

@@ -3,17 +3,16 @@
 Victims: scikit-learn-trained logistic/softmax regressions and one-hidden-layer (20 tanh units)
 networks on the offline tabular sets and digits; the attacker holds its pool of the same task.
 For each: queries used, 1-R_test, 1-R_unif (5,000 uniform inputs in the data's range) and the
-largest probability gap max |p - p_hat| over both.
+largest probability gap max |p - p_hat| over both. The attacks are exact or nearly so: one run
+each (seed 0), every query counted by the API. Each run appends a row to
+benchmarks/results/tramer.jsonl; docs/benchmarks.md's table is generated from it.
 
-    python benchmarks/tramer.py [--json benchmarks/results/tramer.json]
+    python benchmarks/tramer.py [--datasets breast-cancer,wine,iris,digits,auto-mpg]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from modelheist.attacks import (
 from modelheist.data import load_dataset
 from modelheist.defenses import parse_output
 from modelheist.experiments.extraction import Evaluation
+from modelheist.experiments.results import ResultsStore
 from modelheist.models import TrainConfig, train_model
 
 ROOT = Path(__file__).resolve().parent
@@ -42,12 +42,13 @@ def measure(attack, victim, data, budget, output="probs", **service_options):
     start = time.perf_counter()
     result = attack.run(oracle, AttackerKnowledge(data.pool.x, budget, seed=0))
     seconds = time.perf_counter() - start
+    counted = service.client("attacker").queries_used
     evaluation = Evaluation.of(victim, data.test)
     _, fidelity_test, fidelity_uniform = evaluation.score(result.surrogate)
     inputs = np.concatenate([data.test.x, evaluation.uniform_inputs])
     gap = float(np.abs(victim.predict_proba(inputs) - result.surrogate.predict_proba(inputs)).max())
     return {
-        "queries": result.queries_used,
+        "queries_counted": counted,
         "fidelity_test": fidelity_test,
         "fidelity_uniform": fidelity_uniform,
         "max_probability_gap": gap,
@@ -64,17 +65,21 @@ SPLIT_SEEDS = {"auto-mpg": 1}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, default=ROOT / "results" / "tramer.json")
     parser.add_argument("--datasets", default="breast-cancer,wine,iris,digits,auto-mpg")
     args = parser.parse_args()
-    rows = []
+    store = ResultsStore(ROOT / "results" / "tramer.jsonl")
+    store.freeze_environment()
 
     def add(attack_name, dataset, victim_arch, output, target, budget, row):
-        rows.append({"attack": attack_name, "dataset": dataset, "victim": victim_arch, "output": output,
-                     "budget": budget, "target": target, **row})  # fmt: skip
-        r = rows[-1]
+        metrics = {
+            k: row.pop(k)
+            for k in ("fidelity_test", "fidelity_uniform", "max_probability_gap", "seconds")
+        }
+        r = store.append({"benchmark": "tramer", "attack": attack_name, "dataset": dataset, "victim": victim_arch,
+                          "output": output, "budget": budget, "target": target, "metrics": metrics, **row}, seed=0)  # fmt: skip
+        r = {**r, **r["metrics"]}
         print(
-            f"{attack_name:10} {dataset:13} {victim_arch:6} {output:8} queries {r['queries']:6} "
+            f"{attack_name:10} {dataset:13} {victim_arch:6} {output:8} queries {r['queries_counted']:6} "
             f"1-R_test {r['fidelity_test']:.4f} 1-R_unif {r['fidelity_uniform']:.4f} "
             f"max|p-p^| {r['max_probability_gap']:.2e}  (target: {target}) {r['seconds']}s",
             flush=True,
@@ -116,29 +121,6 @@ def main() -> None:
             for factor in (10, 30):
                 add(f"retrain {factor}(d+1)", name, "logreg", "labels", ">= 99% with <= 10(d+1)",
                     factor * (d + 1), measure(AdaptiveRetraining(rounds=factor - 1), victim, data, factor * (d + 1), "labels"))  # fmt: skip
-
-    print()
-    print(
-        "| attack | dataset | victim | output | queries | 1-R_test | 1-R_unif | max abs p gap | target |"
-    )
-    print("|---|---|---|---|---:|---:|---:|---:|---|")
-    for r in rows:
-        print(
-            f"| {r['attack']} | {r['dataset']} ({r['test_size']} test) | {r['victim']} | {r['output']} | "
-            f"{r['queries']} | {r['fidelity_test']:.4f} | {r['fidelity_uniform']:.4f} | "
-            f"{r['max_probability_gap']:.1e} | {r['target']} |"
-        )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
-        json.dumps(
-            {
-                "date": time.strftime("%Y-%m-%d"),
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                "rows": rows,
-            },
-            indent=2,
-        )
-    )
 
 
 if __name__ == "__main__":

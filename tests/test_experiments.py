@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from modelheist.errors import ModelheistError
@@ -123,3 +124,20 @@ def test_experiment_run_from_the_command_line(tmp_path):
         timeout=300,
     )
     assert bad.returncode == 2 and "no scenario file" in bad.stderr
+
+
+def test_named_transfer_sets(digits):
+    from modelheist.experiments.transfers import transfer_set
+
+    own = transfer_set("digits", digits, 0)
+    assert own.in_distribution.all() and (own.labels == digits.pool.y).all()
+    other = transfer_set("mnist5k", digits, 0)
+    assert other.x.shape[1:] == (1, 8, 8) and not other.in_distribution.any()
+    assert len(other.labels) == len(other.x) == 5000
+    mixed = transfer_set("mixed:in=100,noise=20", digits, 0)
+    # against a digits victim, the other source is mnist5k (digits is the victim's own data)
+    assert mixed.in_distribution.sum() == 100 and len(mixed.x) == 100 + 5000 + 20
+    assert len(np.unique(mixed.labels)) == 10 + 10 + 1  # each source keeps its classes
+    for spec in ("mixed:in=0", "mixed:colour=3", "mixed:in=x"):
+        with pytest.raises(ModelheistError, match="transfer set"):
+            transfer_set(spec, digits, 0)

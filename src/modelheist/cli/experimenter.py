@@ -72,7 +72,10 @@ def quickstart(
         f"victim: {victim['architecture']} on {victim['dataset']}, "
         f"test accuracy {victim['test_accuracy']:.4f}"
     )
-    console.print(measurement_table(document["runs"], "Knockoff Nets (random)"))
+    console.print(
+        measurement_table(document["runs"], "Knockoff Nets (random), shortened: see below")
+    )
+    console.print(f"This is {document['note']}.", highlight=False, soft_wrap=True)
     path = write_quickstart_report(document, report)
     write_json(json_path, document)
     console.print(f"report: {path}" + (f"; JSON: {json_path}" if json_path else ""))

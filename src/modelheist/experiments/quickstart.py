@@ -48,6 +48,17 @@ class QuickstartConfig:
     def full(cls, seed: int = 0) -> QuickstartConfig:
         return cls(seed=seed)
 
+    def shortened(self) -> str:
+        """What this run cuts short of the attack as users run it, in one sentence."""
+        defaults = KnockoffNets()
+        return (
+            f"a shortened run: the attack trains its surrogate {self.attack_epochs} epochs (at "
+            f"least {self.attack_min_steps} steps) instead of its defaults ({defaults.epochs} "
+            f"epochs, at least {defaults.min_steps} steps), so a real attack does better; "
+            "`modelheist experiment run examples/knockoff-fashion-mnist.toml` runs it in full "
+            "(docs/benchmarks.md gives its figures over three seeds)"
+        )
+
     @classmethod
     def fast(cls, seed: int = 0) -> QuickstartConfig:
         return cls(
@@ -123,6 +134,7 @@ def run_quickstart(
             "train_size": len(train_data.train),
         },
         "attack": {"name": attack.name, "params": attack.params()},
+        "note": config.shortened(),
         "runs": [asdict(m) for m in runs],
     }
     return victim, document

@@ -87,6 +87,8 @@ out-of-distribution dataset; the API answers with full probabilities or labels o
 Fidelity is agreement with the victim's labels on the test split (1-R_test) and on uniformly
 random inputs (1-R_unif).
 
+This is {document["note"]}.
+
 {markdown_table(document["runs"])}
 
 ![fidelity against queries]({plot.name})

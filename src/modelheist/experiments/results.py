@@ -31,12 +31,15 @@ def _git(root: Path, *args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def _commit(root: Path) -> str:
-    """The checkout's commit, marked ``+dirty`` when tracked files have changed since."""
+def _commit(root: Path) -> tuple[str, list[str]]:
+    """The checkout's commit, marked ``+dirty`` when tracked files have changed since, and the
+    changed files."""
     head = _git(root, "rev-parse", "--short", "HEAD")
     if head is None:
-        return "unknown"
-    return head + ("+dirty" if _git(root, "status", "--porcelain", "--untracked-files=no") else "")
+        return "unknown", []
+    status = _git(root, "status", "--porcelain", "--untracked-files=no") or ""
+    changed = sorted(line[3:] for line in status.splitlines() if line.strip())
+    return head + ("+dirty" if changed else ""), changed
 
 
 def environment(root: Path | None = None) -> dict[str, Any]:
@@ -47,8 +50,10 @@ def environment(root: Path | None = None) -> dict[str, Any]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
+    commit, changed = _commit(root or Path.cwd())
     return {
-        "commit": _commit(root or Path.cwd()),
+        "commit": commit,
+        **({"changed_files": changed} if changed else {}),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": (
             f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "
@@ -72,13 +77,19 @@ class ResultsStore:
     def __init__(self, path: str | Path, command: str | None = None):
         self.path = Path(path)
         self.command = command  # None: the running script and its arguments
+        self._environment: dict[str, Any] | None = None
+
+    def freeze_environment(self) -> None:
+        """Record the commit and versions now, when the code that will run is loaded, rather
+        than at each row (a checkout edited during a long run would misreport it)."""
+        self._environment = environment(self.path.resolve().parent)
 
     def append(self, row: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
         """Append ``row`` (its metrics and parameters) with the command and environment."""
         record = {
             "command": self.command
             or " ".join(["python", _shown(Path(sys.argv[0])), *sys.argv[1:]]),
-            **environment(self.path.resolve().parent),
+            **(self._environment or environment(self.path.resolve().parent)),
             "seed": seed,
             **row,
         }

@@ -110,11 +110,12 @@ class ScenarioRunner:
     def check(self, scenario: Scenario) -> None:
         """Refuse a store whose runs of this scenario's name were made with another identity,
         and attack parameters the attack does not take, before any run."""
+        stored = [row for row in self.store.rows() if row.get("scenario") == scenario.name]
         for variant in scenario.attack.variants:
             self._attack(scenario, variant)
             current = scenario.identity(variant)
-            for row in self.store.rows():
-                if row.get("scenario") != scenario.name or row.get("variant") != variant:
+            for row in stored:
+                if row.get("variant") != variant:
                     continue
                 difference = first_difference(row.get("config"), current)
                 if difference:
@@ -123,8 +124,10 @@ class ScenarioRunner:
                         f"{variant}) made with other settings ({difference}); rename the "
                         "scenario or use another store"
                     )
-        for spec in [*scenario.defenses, *scenario.outputs]:
-            parse_defense(spec) if spec in scenario.defenses else parse_output(spec)
+        for spec in scenario.defenses:
+            parse_defense(spec)
+        for spec in scenario.outputs:
+            parse_output(spec)
 
     def run(
         self,
@@ -134,6 +137,7 @@ class ScenarioRunner:
     ) -> list[dict[str, Any]]:
         """Run every grid point not yet in the store; return the rows appended."""
         self.check(scenario)
+        self.store.freeze_environment()
         done = {_row_key(row) for row in self.store.rows()}
         todo = [p for p in grid(scenario, seeds) if p.key(scenario.name) not in done]
         rows: list[dict[str, Any]] = []

@@ -5,7 +5,8 @@
   labels as the transfer set's own annotation;
 * ``mixed:in=N,noise=M``: a set that is mostly out-of-distribution, as in Orekondy et al.'s
   adaptive experiments: N images of the attacker's in-distribution pool, every mnist5k and
-  scikit-learn digits image fitted to the victim's shape, and M uniform-noise images; each
+  scikit-learn digits image (but the victim's own dataset) fitted to the victim's shape, and M
+  uniform-noise images; each
   keeps its source's own label (its class, offset per source; one label for the noise).
 """
 
@@ -59,6 +60,8 @@ def _mixed(spec: str, data: Dataset, seed: int) -> TransferSet:
     parts, labels = [data.pool.x[pick]], [data.pool.y[pick]]
     offset = data.num_classes
     for name in MIXED_SOURCES:
+        if name == data.name:  # the victim's own data is the in-distribution part already
+            continue
         x, y = attacker_transfer(name, data)  # the whole dataset, fitted to the victim
         parts.append(x)
         labels.append(y + offset)
