@@ -195,6 +195,13 @@ def serve_load(rows: list[dict]) -> str:
     return "\n".join([table, "", provenance(rows)])
 
 
+SYNTHETIC_STORES = ("synthetic-jbda.jsonl", "synthetic-t-rnd.jsonl", "synthetic-n-ifgsm.jsonl")
+SYNTHETIC_SERIES = [
+    (f"synthetic-{attack}", variant, f"{title}, {short}")
+    for attack, title in (("jbda", "JBDA"), ("t-rnd", "T-RND"), ("n-ifgsm", "N I-FGSM"))
+    for variant, short in (("one-network", "1 net"), ("three-members", "3 nets"))
+]
+
 #: Each generated table: its results stores and the function that renders it.
 TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "state_scaling": (("state_scaling.jsonl",), state_scaling),
@@ -218,6 +225,14 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
             metric="fidelity_validation",
         ),
     ),
+    "knockoff_augmentation": (
+        ("knockoff-augmentation.jsonl",),
+        comparison(
+            [("knockoff-augmentation", v, v) for v in ("augment", "no-augment")],
+            keys=("transfer_set", "budget"),
+            metric="fidelity_validation",
+        ),
+    ),
     "adaptive": (
         ("adaptive-knockoff.jsonl", "adaptive-knockoff-art.jsonl"),
         comparison(
@@ -231,15 +246,12 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
         ),
     ),
     "synthetic": (
-        ("synthetic-jbda.jsonl", "synthetic-t-rnd.jsonl", "synthetic-n-ifgsm.jsonl"),
-        comparison(
-            [
-                ("synthetic-jbda", "default", "JBDA"),
-                ("synthetic-t-rnd", "default", "T-RND"),
-                ("synthetic-n-ifgsm", "default", "N I-FGSM"),
-            ],
-            keys=("output", "budget"),
-        ),
+        SYNTHETIC_STORES,
+        comparison(SYNTHETIC_SERIES, keys=("output", "budget")),
+    ),
+    "synthetic_validation": (
+        SYNTHETIC_STORES,
+        comparison(SYNTHETIC_SERIES, keys=("output", "budget"), metric="fidelity_validation"),
     ),
 }
 

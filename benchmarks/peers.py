@@ -5,7 +5,8 @@ ART ``BlackBoxClassifier`` whose predict function is our Oracle, so every query 
 counted by the API, as ours are, and it sees exactly the answers ours sees (probabilities,
 top-k spread over the other classes, or one-hot labels). Its thieved classifier is the same
 surrogate network as ours, trained by ART's own ``fit`` (Adam at a constant rate, no
-augmentation: ART's KnockoffNets passes nothing else through).
+augmentation: ART's KnockoffNets passes nothing else through), on the device ours trains on
+(``MODELHEIST_DEVICE``).
 
 Two things it is fed as it expects, which a careless configuration gets wrong:
 
@@ -31,6 +32,7 @@ import torch
 from modelheist.attacks.base import AttackerKnowledge, ExtractionAttack, natural_inputs
 from modelheist.models.architectures import build_network, normalisation_stats
 from modelheist.models.classifier import ModelCard, TorchClassifier
+from modelheist.models.device import training_device
 from modelheist.oracle import Oracle
 
 
@@ -101,6 +103,7 @@ class ArtKnockoffNets(ExtractionAttack):
             input_shape=shape,
             nb_classes=classes,
             clip_values=(0.0, 1.0),
+            device_type="gpu" if training_device().type == "cuda" else "cpu",
         )
         epochs = self.epochs_for(budget)
         np.random.seed(knowledge.seed)  # ART samples with NumPy's global generator
@@ -128,7 +131,11 @@ class ArtKnockoffNets(ExtractionAttack):
             {"mean": mean, "std": std},
             training={"attack": self.name, "epochs": epochs},
         )
-        return TorchClassifier(stolen.model.eval(), card), np.arange(0), {"epochs": epochs}
+        return (
+            TorchClassifier(stolen.model.to("cpu").eval(), card),
+            np.arange(0),
+            {"epochs": epochs},
+        )
 
 
 PEERS = {ArtKnockoffNets.name: ArtKnockoffNets}

@@ -13,7 +13,7 @@ from modelheist.errors import ModelheistError
 from modelheist.models import TrainConfig, TrainingProtection, fine_tune, train_model
 from modelheist.models.adversarial import sign_steps
 from modelheist.models.architectures import build_network, normalisation_stats
-from modelheist.models.training import BatchSource, train_network
+from modelheist.models.training import BatchSource, Trainer, train_network
 
 
 @dataclass
@@ -207,3 +207,23 @@ def test_sign_steps_stay_in_the_ball_and_the_domain(digits, digits_cnn):
     towards = sign_steps(digits_cnn.module, x, (y + 1) % 10, 0.3, 10, targeted=True)
     hit = (digits_cnn.predict_proba(towards).argmax(1) == (y + 1) % 10).mean()
     assert hit > 0.5
+
+
+def test_training_device_defaults_to_the_cpu_and_refuses_what_it_cannot_use(monkeypatch):
+    from modelheist.models.device import DEVICE_VARIABLE, training_device
+
+    monkeypatch.delenv(DEVICE_VARIABLE, raising=False)
+    assert training_device().type == "cpu"
+    monkeypatch.setenv(DEVICE_VARIABLE, "auto")
+    assert training_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv(DEVICE_VARIABLE, "toaster")
+    with pytest.raises(ModelheistError, match="not a device"):
+        training_device()
+    if not torch.cuda.is_available():
+        monkeypatch.setenv(DEVICE_VARIABLE, "cuda")
+        with pytest.raises(ModelheistError, match="no CUDA GPU"):
+            training_device()
+        with pytest.raises(ModelheistError, match="no CUDA GPU"):
+            Trainer(TrainConfig(epochs=1)).fit(
+                torch.nn.Linear(2, 2), np.zeros((4, 2), np.float32), np.zeros(4, np.int64)
+            )

@@ -51,6 +51,8 @@ def environment(root: Path | None = None) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             continue
     commit, changed = _commit(root or Path.cwd())
+    if commit == "unknown":  # a copy without git history, e.g. a remote machine's
+        commit = os.environ.get("MODELHEIST_COMMIT", "unknown")
     return {
         "commit": commit,
         **({"changed_files": changed} if changed else {}),
@@ -59,8 +61,19 @@ def environment(root: Path | None = None) -> dict[str, Any]:
             f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "
             f"Python {platform.python_version()}"
         ),
+        "device": _device_name(),
         "versions": versions,
     }
+
+
+def _device_name() -> str:
+    """Where networks are trained (``MODELHEIST_DEVICE``), with the GPU's model if any."""
+    import torch
+
+    from modelheist.models.device import training_device
+
+    device = training_device()
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
 
 
 def _shown(script: Path) -> str:
@@ -93,12 +106,18 @@ class ResultsStore:
             "seed": seed,
             **row,
         }
-        line = json.dumps(record, sort_keys=False, allow_nan=False)
+        line = (json.dumps(record, sort_keys=False, allow_nan=False) + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as handle:
-            handle.write(line + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        # One write on an O_APPEND descriptor: processes appending to one store at once (a
+        # benchmark run with --jobs) never interleave their rows.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(f"short write to {self.path}: {written} of {len(line)} bytes")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         return record
 
     def rows(self) -> list[dict[str, Any]]:

@@ -151,7 +151,7 @@ class ScenarioRunner:
         for point in todo:
             if point.seed != current_seed:
                 transfers = {}
-                data, victim = self._victim(scenario, point.seed)
+                data, victim = self.victim(scenario, point.seed)
                 test = Evaluation.of(victim, data.test, seed=point.seed)
                 validation = (
                     Evaluation.of(victim, data.validation, seed=point.seed)
@@ -171,7 +171,8 @@ class ScenarioRunner:
                 self.progress.advance(task)
         return rows
 
-    def _victim(self, scenario: Scenario, seed: int) -> tuple[Dataset, Classifier]:
+    def victim(self, scenario: Scenario, seed: int) -> tuple[Dataset, Classifier]:
+        """The seed's data split and victim: trained once, then loaded from the cache."""
         recipe = scenario.victim
         data = load_dataset(
             recipe.dataset, seed=seed, validation_fraction=recipe.validation_fraction

@@ -40,6 +40,7 @@ from modelheist.models.classifier import (
     TreeModel,
     accuracy,
 )
+from modelheist.models.device import training_device
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,8 @@ class Trainer:
     when ``config.temperature`` T != 1 (a = ``config.temperature_weight``); optional
     random-shift augmentation; seeded shuffling; an optional Rich progress bar. Protections
     (:class:`TrainingProtection`) change the run through their hooks. Deterministic for a given
-    ``config.seed``.
+    ``config.seed`` on a given device: the steps run on :func:`training_device`
+    (``MODELHEIST_DEVICE``; the CPU by default) and the network is back on the CPU afterwards.
     """
 
     def __init__(
@@ -260,6 +262,8 @@ class Trainer:
             if extra is not None:
                 x, targets = _appended(x, targets, *extra, protection.name)
         soft = targets.ndim == 2
+        device = training_device()
+        module.to(device)
         xs = torch.from_numpy(np.ascontiguousarray(x, np.float32))
         ts = torch.from_numpy(targets.astype(np.float32 if soft else np.int64))
         optimiser = torch.optim.AdamW(
@@ -294,6 +298,7 @@ class Trainer:
             for _ in range(config.epochs):
                 total, seen = 0.0, 0
                 for batch, batch_targets in run.batches.epoch():
+                    batch, batch_targets = batch.to(device), batch_targets.to(device)
                     for protection in self.protections:
                         batch, batch_targets = protection.transform_batch(run, batch, batch_targets)
                     loss = self._loss(run.module(batch), batch_targets, soft)
@@ -307,6 +312,8 @@ class Trainer:
                         progress.advance(task)
                 history.append(total / max(seen, 1))
         run.module.eval()
+        run.module.to("cpu")
+        module.to("cpu")
         if task is not None:
             progress.remove_task(task)
         run.notes["loss"] = history

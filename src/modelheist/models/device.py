@@ -1,0 +1,38 @@
+"""Where networks are trained: the CPU by default, a CUDA GPU on request.
+
+``MODELHEIST_DEVICE`` names the device the :class:`~modelheist.models.training.Trainer` moves a
+network to for its optimiser steps (``cpu``, ``cuda``, ``cuda:1``, or ``auto`` for a GPU when one
+is present); the trained network comes back to the CPU, where models are saved, served and
+evaluated. A GPU changes the arithmetic's order (cuDNN's kernels), so runs on it are
+reproducible on the same machine but not bit-identical to CPU runs; results rows record the
+device next to the machine.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from modelheist.errors import ModelheistError
+
+DEVICE_VARIABLE = "MODELHEIST_DEVICE"
+
+
+def training_device() -> torch.device:
+    """The device named by ``MODELHEIST_DEVICE`` (default ``cpu``); a clear error when it names
+    a GPU this machine does not have."""
+    name = os.environ.get(DEVICE_VARIABLE, "cpu").strip().lower() or "cpu"
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ModelheistError(
+            f"{DEVICE_VARIABLE}={name!r} is not a device; use cpu, cuda, cuda:N or auto"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelheistError(f"{DEVICE_VARIABLE}={name!r}, but this machine has no CUDA GPU")
+    if device.type not in ("cpu", "cuda"):
+        raise ModelheistError(f"{DEVICE_VARIABLE}={name!r}: only cpu and cuda are supported")
+    return device
