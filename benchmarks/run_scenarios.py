@@ -6,15 +6,17 @@ git); rows are skipped when already stored, so an interrupted run resumes.
 
     python benchmarks/run_scenarios.py examples/knockoff-fashion-mnist.toml [...] [--seeds 3]
 
-``--jobs N`` runs (scenario, seed) pairs in N processes at once, each with its share of the
-CPU threads, after training every victim once in this process; for a machine with many cores
-or a GPU (``MODELHEIST_DEVICE=cuda``). Never on a 2-core machine: torch jobs side by side slow
+``--jobs N`` runs the grid in N processes at once, a unit being one scenario's runs of one
+seed, variant, transfer set and output (its budgets in turn), each process with its share of
+the CPU threads, after training every victim once in this process; units start in the order
+of the files given. For a machine with many cores or a GPU (``MODELHEIST_DEVICE=cuda``). Never on a 2-core machine: torch jobs side by side slow
 each other down far more than they gain.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -50,12 +52,27 @@ def runner_for(scenario: Scenario, progress: Progress | None = None) -> Scenario
     return ScenarioRunner(store, RESULTS / "victims", PEERS, progress)
 
 
-def run_one(path: Path, seed: int, threads: int) -> int:
-    """A worker process: one scenario's runs of one seed; the number of rows added."""
+def unit_of(scenario: Scenario, variant: str, transfer: str | None, output: str) -> Scenario:
+    """``scenario`` cut down to one variant, transfer set and output (each run's identity, and
+    so its place in the store, is unchanged)."""
+    attack = scenario.attack.model_copy(
+        update={"variants": {variant: scenario.attack.variants[variant]}}
+    )
+    return scenario.model_copy(
+        update={
+            "attack": attack,
+            "outputs": [output],
+            "transfer_sets": [transfer] if transfer is not None else [],
+        }
+    )
+
+
+def run_one(path: Path, seed: int, cut: tuple[str, str | None, str], threads: int) -> int:
+    """A worker process: one unit's runs; the number of rows added."""
     import torch
 
     torch.set_num_threads(threads)
-    scenario = Scenario.load(path)
+    scenario = unit_of(Scenario.load(path), *cut)
     rows = runner_for(scenario).run(
         scenario,
         [seed],
@@ -72,13 +89,20 @@ def run_parallel(paths: list[Path], seeds: list[int] | None, jobs: int, console:
         runner.check(scenario)
         for seed in seeds if seeds is not None else scenario.seeds:
             runner.victim(scenario, seed)  # trained once here, loaded by the workers
-            units.append((path, seed))
+            for variant, transfer, output in itertools.product(
+                scenario.attack.variants, scenario.transfer_sets or [None], scenario.outputs
+            ):
+                units.append((path, seed, (variant, transfer, output)))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, path, seed, threads): (path, seed) for path, seed in units}
+        futures = {pool.submit(run_one, *unit, threads): unit for unit in units}
         for future in as_completed(futures):
-            path, seed = futures[future]
-            console.print(f"{path.stem} seed {seed}: {future.result()} runs added", highlight=False)
+            path, seed, cut = futures[future]
+            console.print(
+                f"{path.stem} seed {seed} {' '.join(str(c) for c in cut)}: "
+                f"{future.result()} runs added",
+                highlight=False,
+            )
 
 
 def main() -> None:
