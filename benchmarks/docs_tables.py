@@ -220,7 +220,10 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "knockoff_tuning": (
         ("knockoff-tuning.jsonl",),
         comparison(
-            [("knockoff-tuning", v, v) for v in ("default", "t1", "no-augment", "t1-no-augment")],
+            [
+                ("knockoff-tuning", v, v)
+                for v in ("augment", "t1-augment", "no-augment", "t1-no-augment")
+            ],
             keys=("transfer_set", "budget"),
             metric="fidelity_validation",
         ),

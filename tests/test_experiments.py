@@ -70,6 +70,27 @@ def test_a_changed_scenario_under_the_same_name_is_refused(tmp_path, runner):
         runner.run(deeper)
 
 
+def test_a_changed_attack_default_is_refused(tmp_path, runner, monkeypatch):
+    from modelheist.attacks.knockoff import KnockoffNets
+
+    scenario = Scenario.load(write(tmp_path, TINY))
+    rows = runner.run(scenario, seeds=[0])
+    assert rows[0]["attack_params"]["temperature"] == KnockoffNets.temperature
+    monkeypatch.setattr(KnockoffNets, "__init__", _with_default(KnockoffNets, temperature=2.5))
+    with pytest.raises(ModelheistError, match=r"attack default temperature: 4\.0 -> 2\.5"):
+        runner.run(scenario)
+
+
+def _with_default(cls, **defaults):
+    """``cls.__init__`` with other defaults, as if a later release had changed them."""
+    original = cls.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **{**defaults, **kwargs})
+
+    return init
+
+
 def test_variants_are_runs_of_their_own(tmp_path, runner):
     text = TINY + "\n[attack.variants]\ndefault = {}\nplain = { temperature = 1.0 }\n"
     rows = runner.run(Scenario.load(write(tmp_path, text)), seeds=[0])

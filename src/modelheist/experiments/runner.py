@@ -12,6 +12,7 @@ field that differs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -68,6 +69,14 @@ def _row_key(row: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def resolved_params(attack: ExtractionAttack) -> dict[str, Any]:
+    """Every parameter the attack runs with, defaults included, as JSON values: a row records
+    them so that a later change of a default cannot mix unlike runs under one name."""
+    if not dataclasses.is_dataclass(attack):
+        return {}
+    return json.loads(json.dumps(dataclasses.asdict(attack), default=str))
+
+
 def grid(scenario: Scenario, seeds: list[int] | None = None) -> Iterator[RunPoint]:
     """The runs of ``scenario`` (seed-major, so that each seed's victim is trained once)."""
     transfers = scenario.transfer_sets or [scenario.victim.dataset]
@@ -112,12 +121,16 @@ class ScenarioRunner:
         and attack parameters the attack does not take, before any run."""
         stored = [row for row in self.store.rows() if row.get("scenario") == scenario.name]
         for variant in scenario.attack.variants:
-            self._attack(scenario, variant)
+            resolved = resolved_params(self._attack(scenario, variant))
             current = scenario.identity(variant)
             for row in stored:
                 if row.get("variant") != variant:
                     continue
                 difference = first_difference(row.get("config"), current)
+                if not difference and "attack_params" in row:
+                    # the same scenario file, but an attack default may have changed since
+                    found = first_difference(row["attack_params"], resolved)
+                    difference = found and f"attack default {found}; pin it in the scenario"
                 if difference:
                     raise ModelheistError(
                         f"{self.store.path} holds runs of scenario {scenario.name!r} (variant "
@@ -235,6 +248,7 @@ class ScenarioRunner:
             "variant": point.variant,
             "fingerprint": scenario.fingerprint(point.variant),
             "config": scenario.identity(point.variant),
+            "attack_params": resolved_params(attack),
             "transfer_set": point.transfer_set,
             "output": point.output,
             "budget": point.budget,
