@@ -96,13 +96,17 @@ def run_parallel(paths: list[Path], seeds: list[int] | None, jobs: int, console:
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(run_one, *unit, threads): unit for unit in units}
+        failed = 0
         for future in as_completed(futures):
             path, seed, cut = futures[future]
-            console.print(
-                f"{path.stem} seed {seed} {' '.join(str(c) for c in cut)}: "
-                f"{future.result()} runs added",
-                highlight=False,
-            )
+            where = f"{path.stem} seed {seed} {' '.join(str(c) for c in cut)}"
+            try:
+                console.print(f"{where}: {future.result()} runs added", highlight=False)
+            except Exception as exc:  # one unit's failure must not stop the others
+                failed += 1
+                console.print(f"{where}: failed: {exc!r}", highlight=False)
+    if failed:
+        raise ModelheistError(f"{failed} of {len(units)} units failed (see above)")
 
 
 def main() -> None:
