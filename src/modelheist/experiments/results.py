@@ -28,13 +28,13 @@ def _git(root: Path, *args: str) -> str | None:
         out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=root, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return out.stdout.rstrip() if out.returncode == 0 else None
 
 
 def _commit(root: Path) -> tuple[str, list[str]]:
     """The checkout's commit, marked ``+dirty`` when tracked files have changed since, and the
     changed files."""
-    head = _git(root, "rev-parse", "--short", "HEAD")
+    head = (_git(root, "rev-parse", "--short", "HEAD") or "").strip() or None
     if head is None:
         return "unknown", []
     status = _git(root, "status", "--porcelain", "--untracked-files=no") or ""
@@ -50,9 +50,11 @@ def environment(root: Path | None = None) -> dict[str, Any]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
-    commit, changed = _commit(root or Path.cwd())
-    if commit == "unknown":  # a copy without git history, e.g. a remote machine's
-        commit = os.environ.get("MODELHEIST_COMMIT", "unknown")
+    # MODELHEIST_COMMIT: the commit a copy of the checkout on another machine was made from,
+    # when that copy carries no git history or a stale one
+    commit, changed = os.environ.get("MODELHEIST_COMMIT", ""), []
+    if not commit:
+        commit, changed = _commit(root or Path.cwd())
     return {
         "commit": commit,
         **({"changed_files": changed} if changed else {}),
