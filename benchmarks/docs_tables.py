@@ -63,7 +63,14 @@ def state_scaling(rows: list[dict]) -> str:
 
 def provenance(rows: list[dict]) -> str:
     """The machines and commands behind a table's rows."""
-    machines = "; ".join(sorted({r["machine"] for r in rows}))
+    machines = "; ".join(
+        sorted(
+            {
+                r["machine"] + (f", training on {r['device']}" if r.get("device") else "")
+                for r in rows
+            }
+        )
+    )
     commands = ", ".join(f"`{c}`" for c in sorted({r["command"] for r in rows}))
     commits = ", ".join(sorted({r["commit"] for r in rows}))
     dates = sorted(r["date"][:10] for r in rows)
@@ -102,10 +109,11 @@ def comparison(
         for point in sorted(cells, key=lambda p: tuple(str(v).zfill(8) for v in p)):
             values = []
             for *_, heading in series:
-                found = cells[point][heading]
-                values.append(
-                    _mean_std([r["metrics"][metric] for r in found if metric in r["metrics"]])
-                )
+                found = [r for r in cells[point][heading] if metric in r["metrics"]]
+                cell = _mean_std([r["metrics"][metric] for r in found])
+                if 1 < len(found) < len(seeds[heading]):
+                    cell += f" ({len(found)} seeds)"  # fewer than the column's
+                values.append(cell)
             lines.append(
                 "| "
                 + " | ".join(

@@ -28,6 +28,7 @@ EXAMPLE_SPECS = {
     "reverse-sigmoid": "reverse-sigmoid:beta=0.7,gamma=0.4",
     "noise": "noise:sigma=0.05,seed=3",
     "history": "history:limit=5",
+    "prada": "prada:delta=0.9,min_distances=3,test_every=1,min_class_distances=1",
 }
 FAST_ATTACK_PARAMS = {
     "knockoff": {"epochs": 2, "min_steps": 20, "rounds": 0},

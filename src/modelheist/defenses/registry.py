@@ -17,6 +17,7 @@ from modelheist.defenses.base import Defense
 from modelheist.defenses.granularity import LabelsOnly, Rounding, TopK
 from modelheist.defenses.history import InputHistory
 from modelheist.defenses.perturbation import GaussianNoise, ReverseSigmoid
+from modelheist.defenses.prada import Prada
 from modelheist.defenses.secrets import INLINE_SECRET_NAMES, SecretFile
 from modelheist.errors import ModelheistError
 
@@ -36,7 +37,7 @@ def register_defense(cls: type[Defense]) -> type[Defense]:
     return cls
 
 
-for _stage in (Rounding, TopK, LabelsOnly, ReverseSigmoid, GaussianNoise, InputHistory):
+for _stage in (Rounding, TopK, LabelsOnly, ReverseSigmoid, GaussianNoise, InputHistory, Prada):
     register_defense(_stage)
 
 
