@@ -163,6 +163,65 @@ def tramer(rows: list[dict]) -> str:
     return "\n".join([*lines, "", provenance(list(latest.values()))])
 
 
+def _first_alarms(group: list[dict]) -> str:
+    """First-alarm query counts over seeds: mean ± std when every seed raised one, else how
+    many seeds raised none."""
+    found = [r["metrics"]["first_alarm"] for r in group if r["metrics"]["first_alarm"]]
+    missing = len(group) - len(found)
+    if not found:
+        return f"none ({missing} of {missing})"
+    text = _spread([float(v) for v in found], 0) if len(found) > 1 else f"{found[0]:.0f}"
+    return text + (f"; none in {missing}" if missing else "")
+
+
+def prada(rows: list[dict]) -> str:
+    """PRADA's first alarm per stream and delta, over seeds."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["kind"], row["stream"], row["delta"])].append(row)
+    lines = [
+        "| stream | kind | delta | seeds | queries | first alarm (query) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for (kind, stream, delta), group in sorted(groups.items()):
+        queries = sorted({r["queries_counted"] for r in group})
+        lines.append(
+            f"| {stream} | {kind} | {delta} | {len(group)} "
+            f"| {'/'.join(f'{q:,}' for q in queries)} | {_first_alarms(group)} |"
+        )
+    costs = [r["metrics"]["seconds_per_query"] * 1000 for r in rows]
+    note = f"Time per replayed query (model, PRADA, ledger): {_spread(costs, 2)} ms."
+    return "\n".join([*lines, "", note, "", provenance(rows)])
+
+
+def ood(rows: list[dict]) -> str:
+    """OOD detectors: per-query rates and per-client first alarms, over seeds."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["measure"], row["stream"], row["detector"])].append(row)
+    detectors = sorted({r["detector"] for r in rows})
+    head = "| measure | stream | " + " | ".join(detectors) + " |"
+    lines = [head, "|---|---|" + "---:|" * len(detectors)]
+    for measure, stream in sorted({(m, s) for m, s, _ in groups}):
+        cells = []
+        for detector in detectors:
+            group = groups.get((measure, stream, detector), [])
+            if not group:
+                cells.append("-")
+            elif measure == "per-query":
+                cells.append(_spread([r["metrics"]["rate"] for r in group], 4))
+            else:
+                cells.append(_first_alarms(group))
+        lines.append(f"| {measure} | {stream} | " + " | ".join(cells) + " |")
+    seeds = len({r["seed"] for r in rows})
+    note = (
+        f"Per-query: the share of inputs judged correctly (TNR on the evaluation split, TPR on "
+        f"each outside pool's evaluation half); client: the query count at the first alarm. "
+        f"{seeds} seeds."
+    )
+    return "\n".join([*lines, "", note, "", provenance(rows)])
+
+
 def serve_load(rows: list[dict]) -> str:
     """Throughput and latency per (pipeline, request, clients), mean ± std over repetitions,
     and the defended / undefended throughput ratio taken within each repetition."""
@@ -215,6 +274,8 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "state_scaling": (("state_scaling.jsonl",), state_scaling),
     "tramer": (("tramer.jsonl",), tramer),
     "serve_load": (("serve_load.jsonl",), serve_load),
+    "prada": (("prada.jsonl",), prada),
+    "ood": (("ood.jsonl",), ood),
     "knockoff_vs_art": (
         ("knockoff-fmnist.jsonl", "knockoff-fmnist-art.jsonl"),
         comparison(

@@ -105,15 +105,17 @@ def main() -> None:
                 row = {
                     "benchmark": "prada",
                     "victim": "mnist5k-cnn",
-                    "victim_accuracy": victim.card.metrics["test_accuracy"],
                     "stream": stream,
                     "kind": kind,
                     "delta": delta,
                     "queries_counted": result.queries,
-                    "first_alarm": result.first_alarm,
-                    "alarms": len(result.alarms),
-                    "final_statistic": result.trace[-1][1] if result.trace else None,
-                    "seconds_per_query": seconds / max(result.queries, 1),
+                    "metrics": {
+                        "first_alarm": result.first_alarm,
+                        "alarms": len(result.alarms),
+                        "victim_accuracy": victim.card.metrics["test_accuracy"],
+                        "final_statistic": result.trace[-1][1] if result.trace else None,
+                        "seconds_per_query": seconds / max(result.queries, 1),
+                    },
                 }
                 store.append(row, seed=seed)
                 console.print(

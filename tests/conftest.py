@@ -37,6 +37,19 @@ def marked_cnn(digits, triggers):
 
 
 @pytest.fixture(scope="session")
+def ood_model(digits, tmp_path_factory):
+    """A saved binary OOD classifier for digits (in) against uniform noise (out)."""
+    from modelheist.defenses.ood_training import train_ood_classifier
+    from modelheist.models import save_model
+
+    noise = np.random.default_rng(5).random((300, *digits.input_shape), dtype=np.float32)
+    detector = train_ood_classifier(digits.train.x, {"noise": noise}, "mlp", TrainConfig(epochs=3))
+    folder = tmp_path_factory.mktemp("ood") / "detector"
+    save_model(detector, folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
 def breast_cancer():
     return load_dataset("breast-cancer", seed=0)
 

@@ -29,6 +29,8 @@ EXAMPLE_SPECS = {
     "noise": "noise:sigma=0.05,seed=3",
     "history": "history:limit=5",
     "prada": "prada:delta=0.9,min_distances=3,test_every=1,min_class_distances=1",
+    "ood-msp": "ood-msp:threshold=0.9,window=2,share=0.5",
+    "ood-classifier": "ood-classifier:model={ood_model},threshold=0.5,window=2",
 }
 FAST_ATTACK_PARAMS = {
     "knockoff": {"epochs": 2, "min_steps": 20, "rounds": 0},
@@ -86,9 +88,10 @@ def test_every_defense_has_an_example():
 
 
 @pytest.mark.parametrize("name", sorted(DEFENSES))
-def test_defense_contract(name, digits_cnn, digits):
+def test_defense_contract(name, digits_cnn, digits, ood_model):
     x = digits.test.x[:7]
-    check_defense(parse_defense(EXAMPLE_SPECS[name]), x, digits_cnn.predict_proba(x))
+    spec = EXAMPLE_SPECS[name].format(ood_model=ood_model)
+    check_defense(parse_defense(spec), x, digits_cnn.predict_proba(x))
 
 
 class _Lying(Defense):

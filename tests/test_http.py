@@ -424,3 +424,41 @@ def test_a_server_on_another_pipeline_says_whose_state_it_leaves_aside(
         assert "1 client(s)" in notice and "history:limit=1000000" in notice
     finally:
         second.close()
+
+
+def test_a_blocking_detector_refuses_the_client_until_an_admin_clears_it(
+    digits_cnn, digits, tmp_path
+):
+    import subprocess
+    import sys
+
+    from modelheist.defenses.ood import MaxSoftmaxOod
+
+    stage = MaxSoftmaxOod(threshold=0.999, window=4, share=0.5, policy="block")
+    ledger = Ledger.open(tmp_path)
+    keys = {name: ledger.add_client(name, admin=name == "root") for name in ("eve", "root")}
+    service = PredictionService(digits_cnn, [stage], ledger=ledger, name="digits")
+    noise = np.random.default_rng(0).random((8, *digits.input_shape), dtype=np.float32)
+    with serve_in_thread(create_app(service)) as url:
+        eve = HttpOracle(url, keys["eve"])
+        eve.query(noise[:4])  # answered; its alarm blocks eve from the next request on
+        refused = httpx.post(
+            f"{url}/v1/models/digits/predict",
+            json={"inputs": noise[4:5].tolist()},
+            headers={"Authorization": f"Bearer {keys['eve']}"},
+        )
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "blocked"
+        assert "keys clear" in refused.json()["error"]["message"]
+        assert service.client("eve").queries_used == 4  # nothing answered, nothing counted
+        headers = {"Authorization": f"Bearer {keys['root']}"}
+        report = httpx.get(f"{url}/v1/admin/clients", headers=headers).json()
+        record = next(c for c in report["clients"] if c["name"] == "eve")
+        assert record["blocked"].startswith("ood-msp") and record["alarms"][0]["action"] == "block"
+        cleared = subprocess.run(
+            [sys.executable, "-m", "modelheist.cli", "keys", "clear", "eve", "--state", tmp_path],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert cleared.returncode == 0, cleared.stderr
+        assert len(eve.query(digits.test.x[:1])) == 1  # the running server answers again

@@ -147,7 +147,31 @@ def test_a_schema_1_state_folder_is_migrated(tmp_path):
     assert "could not be read" in ledger.client("bob").review  # held, not reset
     assert len(ledger.audit("alice")) == 1
     ledger.close()
-    assert Ledger.open(tmp_path).client("alice").queries_used == 7  # opens as schema 2 now
+    again = Ledger.open(tmp_path)  # opens as the current schema now
+    assert again.client("alice").queries_used == 7 and again.client("alice").blocked is None
+
+
+def test_a_schema_2_state_folder_gains_blocks_and_alarm_actions(tmp_path):
+    ledger = Ledger.open(tmp_path)
+    ledger.add_client("eve")
+    ledger.commit({"eve": ClientUpdate(3, 0, "p", {}, (Alarm("prada", 1.0, "old", 0.5),))}, [])
+    ledger.close()
+    raw = sqlite3.connect(tmp_path / DATABASE_NAME)  # back to schema 2's tables
+    raw.execute("ALTER TABLE clients DROP COLUMN blocked")
+    raw.execute("ALTER TABLE alarms DROP COLUMN action")
+    raw.execute("UPDATE meta SET value='2' WHERE key='schema'")
+    raw.commit()
+    raw.close()
+    ledger = Ledger.open(tmp_path)
+    assert ledger.client("eve").queries_used == 3 and ledger.client("eve").blocked is None
+    assert [a.action for a in ledger.alarms("eve")] == ["flag"]
+    block = Alarm("ood-msp", 2.0, "mostly noise", 0.9, "block")
+    ledger.commit({"eve": ClientUpdate(1, 0, "p", {}, (block,))}, [])
+    assert ledger.client("eve").blocked == "ood-msp: mostly noise"
+    ledger.clear_block("eve")
+    assert ledger.client("eve").blocked is None and len(ledger.alarms("eve")) == 2
+    with pytest.raises(ModelheistError, match="unknown client"):
+        ledger.clear_block("nobody")
 
 
 def test_a_newer_schema_is_refused_unchanged(tmp_path):

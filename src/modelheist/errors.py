@@ -60,6 +60,11 @@ class QueryRefusedError(ModelheistError):
     answered, counted or learned."""
 
 
+class BlockedError(ForbiddenError):
+    """A detector whose alarm policy is ``block`` raised an alarm about the client: its
+    requests are refused until an administrator clears it (HTTP 403)."""
+
+
 class UnderReviewError(ForbiddenError):
     """A client's saved defense state could not be read, so the client is held for an
     administrator's review instead of being silently reset (HTTP 403)."""

@@ -55,6 +55,7 @@ from modelheist.api.ledger import ClientRecord, Ledger
 from modelheist.api.service import PredictionService
 from modelheist.errors import (
     AuthenticationError,
+    BlockedError,
     BudgetExceededError,
     ForbiddenError,
     InvalidQueryError,
@@ -164,6 +165,7 @@ class AlarmReport(BaseModel):
     time: float
     reason: str
     statistic: float | None
+    action: str = "flag"
 
 
 class ClientReport(BaseModel):
@@ -171,6 +173,7 @@ class ClientReport(BaseModel):
     admin: bool
     revoked: bool
     review: str | None
+    blocked: str | None = None
     budget: int | None
     rate: float | None
     queries_used: int
@@ -397,6 +400,8 @@ def _service_error(exc: ModelheistError, remaining: int | None) -> ApiError:
         return ApiError(503, "unavailable", str(exc))
     if isinstance(exc, UnderReviewError):
         return ApiError(403, "under_review", str(exc))
+    if isinstance(exc, BlockedError):
+        return ApiError(403, "blocked", str(exc))
     if isinstance(exc, ForbiddenError):
         return ApiError(403, "forbidden", str(exc))
     if isinstance(exc, QueryRefusedError):

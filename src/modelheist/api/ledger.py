@@ -35,7 +35,7 @@ from modelheist.defenses.base import Alarm
 from modelheist.defenses.state import StateChanges, encode_rows
 from modelheist.errors import ModelheistError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DATABASE_NAME = "modelheist.sqlite"
 KEY_PREFIX = "mh-"
 #: Alarms kept per client (the newest); older ones are dropped, their count kept.
@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS clients (
     created REAL NOT NULL,
     review TEXT,
     alarms_total INTEGER NOT NULL DEFAULT 0,
-    generation INTEGER NOT NULL DEFAULT 0
+    generation INTEGER NOT NULL DEFAULT 0,
+    blocked TEXT
 );
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY,
@@ -93,7 +94,8 @@ CREATE TABLE IF NOT EXISTS alarms (
     time REAL NOT NULL,
     stage TEXT NOT NULL,
     reason TEXT NOT NULL,
-    statistic REAL
+    statistic REAL,
+    action TEXT NOT NULL DEFAULT 'flag'
 );
 CREATE INDEX IF NOT EXISTS alarms_of ON alarms (client, id);
 """
@@ -118,6 +120,7 @@ class ClientRecord:
     review: str | None = None
     alarms_total: int = 0
     generation: int = 0
+    blocked: str | None = None
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ class SavedStage:
 
 
 _CLIENT_COLUMNS = (
-    "name, budget, rate, admin, revoked, queries_used, review, alarms_total, generation"
+    "name, budget, rate, admin, revoked, queries_used, review, alarms_total, generation, blocked"
 )
 
 
@@ -227,11 +230,28 @@ class Ledger:
             return
         if version == "1":
             self._migrate_from_1()
+            self._migrate_from_2()
+            return
+        if version == "2":
+            self._migrate_from_2()
             return
         raise ModelheistError(
             f"state database {self.path} has schema {version}, written by another modelheist; "
-            f"this one reads schemas 1 and {SCHEMA_VERSION} (nothing was changed)"
+            f"this one reads schemas 1 to {SCHEMA_VERSION} (nothing was changed)"
         )
+
+    def _migrate_from_2(self) -> None:
+        """Schema 2 -> 3: a client may be blocked by a detector (``clients.blocked``, the
+        reason), and each alarm records the action its stage's policy took (``flag`` for every
+        earlier alarm). Both are new columns; nothing stored changes."""
+        db = self._db
+        columns = {r[1] for r in db.execute("PRAGMA table_info(clients)")}
+        if "blocked" not in columns:
+            db.execute("ALTER TABLE clients ADD COLUMN blocked TEXT")
+        columns = {r[1] for r in db.execute("PRAGMA table_info(alarms)")}
+        if "action" not in columns:
+            db.execute("ALTER TABLE alarms ADD COLUMN action TEXT NOT NULL DEFAULT 'flag'")
+        db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
     def _migrate_from_1(self) -> None:
         """Schema 1 -> 2: each client's JSON list of stage states becomes one document per
@@ -343,6 +363,17 @@ class Ledger:
         with self._lock, self._transaction():
             self._db.execute("UPDATE clients SET review=? WHERE name=?", (reason, name))
 
+    def clear_block(self, name: str) -> None:
+        """Lift a detector's block on a client (its state and alarms are kept): an
+        administrator's decision. A running server reloads the client before its next request."""
+        with self._lock, self._transaction():
+            cursor = self._db.execute(
+                "UPDATE clients SET blocked=NULL, generation=generation + 1 WHERE name=?",
+                (name,),
+            )
+            if cursor.rowcount == 0:
+                raise ModelheistError(f"unknown client {name!r}")
+
     def reset_state(self, name: str) -> None:
         """Drop a client's defense state and alarms and lift any review: an administrator's
         decision, e.g. after a state that could not be read held the client for review."""
@@ -411,10 +442,11 @@ class Ledger:
         """The client's kept alarms (at most :data:`MAX_ALARMS_PER_CLIENT`), oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT stage, time, reason, statistic FROM alarms WHERE client=? ORDER BY id",
+                "SELECT stage, time, reason, statistic, action FROM alarms WHERE client=? "
+                "ORDER BY id",
                 (client,),
             ).fetchall()
-        return [Alarm(stage, t, reason, statistic) for stage, t, reason, statistic in rows]
+        return [Alarm(*row) for row in rows]
 
     def commit(self, updates: dict[str, ClientUpdate], records: Sequence[AuditRecord]) -> set[str]:
         """Record a batch of answered queries and the client updates, all or nothing.
@@ -454,11 +486,20 @@ class Ledger:
                     )
                 if update.alarms:
                     self._db.executemany(
-                        "INSERT INTO alarms (client, time, stage, reason, statistic) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        ((name, a.time, a.stage, a.reason, a.statistic) for a in update.alarms),
+                        "INSERT INTO alarms (client, time, stage, reason, statistic, action) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            (name, a.time, a.stage, a.reason, a.statistic, a.action)
+                            for a in update.alarms
+                        ),
                     )
                     self._bound_alarms(name)
+                    blocking = next((a for a in update.alarms if a.action == "block"), None)
+                    if blocking is not None:  # with the alarm, in the same transaction
+                        self._db.execute(
+                            "UPDATE clients SET blocked=? WHERE name=? AND blocked IS NULL",
+                            (f"{blocking.stage}: {blocking.reason}", name),
+                        )
             self._db.executemany(
                 "INSERT INTO audit (time, client, model, input_sha256, label, flags) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -521,7 +562,7 @@ class _Transaction:
 
 
 def _client(row: Iterable[Any]) -> ClientRecord:
-    name, budget, rate, admin, revoked, used, review, alarms_total, generation = row
+    name, budget, rate, admin, revoked, used, review, alarms_total, generation, blocked = row
     return ClientRecord(
         name,
         budget,
@@ -532,4 +573,5 @@ def _client(row: Iterable[Any]) -> ClientRecord:
         review,
         int(alarms_total),
         int(generation),
+        blocked,
     )

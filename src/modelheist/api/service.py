@@ -42,6 +42,7 @@ from modelheist.defenses.base import Alarm, Defense, StageContext, check_pipelin
 from modelheist.defenses.state import StageState
 from modelheist.errors import (
     AuthenticationError,
+    BlockedError,
     BudgetExceededError,
     ForbiddenError,
     InvalidQueryError,
@@ -71,6 +72,7 @@ class ClientState:
     admin: bool = False
     revoked: bool = False
     review: str | None = None
+    blocked: str | None = None  # why a detector blocked it (None: it is not blocked)
     generation: int = 0
     stale: bool = False  # reset by an administrator: reloaded before its next request
 
@@ -155,8 +157,10 @@ class PredictionService:
         so that a problem is one line before it listens. Answering calls it if nobody did."""
         with self._lock:
             if not self._opened:
+                card = self.model.card
                 for stage in self.defenses:
                     stage.open()
+                    stage.check_model(tuple(card.input_shape), card.num_classes)
                 self._opened = True
         return self
 
@@ -243,6 +247,7 @@ class PredictionService:
                     admin=record.admin,
                     revoked=record.revoked,
                     review=record.review,
+                    blocked=record.blocked,
                     generation=record.generation,
                 )
                 if state.review is None:
@@ -301,6 +306,7 @@ class PredictionService:
                         "admin": record.admin,
                         "revoked": record.revoked,
                         "review": state.review,
+                        "blocked": state.blocked,
                         "budget": record.budget,
                         "rate": record.rate,
                         "queries_used": state.queries_used,
@@ -499,6 +505,7 @@ class PredictionService:
                     now,
                     tuple(client.alarms) + tuple(pending.alarms),
                     stage.name,
+                    stage.policy,
                 )
                 state = client.stages[index] if stage.capabilities.stateful else _STATELESS
                 try:
@@ -535,6 +542,10 @@ class PredictionService:
         for i, (client_id, x) in enumerate(requests):
             try:
                 state = self.client(client_id)
+                if state.blocked is not None or state.review is not None:
+                    # refused until an administrator acts, which another process may have done
+                    record = self.ledger.client(client_id)
+                    state.stale |= record is not None and record.generation != state.generation
                 if state.stale:
                     self.forget_client(client_id)
                     state = self.client(client_id)
@@ -544,6 +555,11 @@ class PredictionService:
                     raise UnderReviewError(
                         f"client {client_id!r} is held for review: {state.review}; an "
                         "administrator resets it with `modelheist keys reset`"
+                    )
+                if state.blocked is not None:
+                    raise BlockedError(
+                        f"client {client_id!r} is blocked ({state.blocked}); an administrator "
+                        "clears it with `modelheist keys clear`"
                     )
                 left = state.remaining
                 if left is not None:
@@ -623,6 +639,9 @@ class PredictionService:
         for client_id, client in clients.items():
             client.queries_used += answered[client_id]
             client.alarms_total += len(raised[client_id])
+            blocking = next((a for a in raised[client_id] if a.action == "block"), None)
+            if blocking is not None and client.blocked is None and client_id not in stale:
+                client.blocked = f"{blocking.stage}: {blocking.reason}"
             del client.alarms[:-MAX_ALARMS_PER_CLIENT]
             for state in client.stages:
                 state.mark_committed()

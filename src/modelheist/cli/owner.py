@@ -218,7 +218,18 @@ def keys_list(state: StateOption = DEFAULT_STATE) -> None:
     with _ledger(state) as ledger:
         clients = ledger.clients()
     table = Table(title=f"clients in {state}")
-    for column in ("name", "budget", "used", "rate/s", "admin", "revoked", "alarms", "review"):
+    columns = (
+        "name",
+        "budget",
+        "used",
+        "rate/s",
+        "admin",
+        "revoked",
+        "alarms",
+        "review",
+        "blocked",
+    )
+    for column in columns:
         table.add_column(column)
     for c in clients:
         table.add_row(
@@ -230,6 +241,7 @@ def keys_list(state: StateOption = DEFAULT_STATE) -> None:
             "yes" if c.revoked else "",
             str(c.alarms_total) if c.alarms_total else "",
             c.review or "",
+            c.blocked or "",
         )
     console.print(table)
 
@@ -257,6 +269,19 @@ def keys_reset(
     with _ledger(state) as ledger:
         ledger.reset_state(name)
     err_console.print(f"client {name!r}: defense state and alarms reset", highlight=False)
+
+
+@keys_app.command("clear")
+@user_errors
+def keys_clear(
+    name: Annotated[str, typer.Argument(help="Client name.", show_default=False)],
+    state: StateOption = DEFAULT_STATE,
+) -> None:
+    """Lift a detector's block on a client (a running server answers it again from its next
+    request). Its defense state and alarms are kept."""
+    with _ledger(state) as ledger:
+        ledger.clear_block(name)
+    err_console.print(f"client {name!r}: block cleared", highlight=False)
 
 
 @keys_app.command("secret")

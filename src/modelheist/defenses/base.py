@@ -43,6 +43,7 @@ class Alarm:
     time: float
     reason: str
     statistic: float | None = None
+    action: str = "flag"  # what the stage's alarm policy did: flag, or block the client
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -50,6 +51,7 @@ class Alarm:
             "time": self.time,
             "reason": self.reason,
             "statistic": self.statistic,
+            "action": self.action,
         }
 
 
@@ -67,6 +69,7 @@ class StageContext:
     time: float
     alarms: tuple[Alarm, ...] = ()
     stage: str = ""
+    policy: str = "flag"
     notes: list[str] = field(default_factory=list)
     raised: list[Alarm] = field(default_factory=list)
 
@@ -81,7 +84,7 @@ class StageContext:
             statistic = float(statistic)
             if not math.isfinite(statistic):
                 statistic = None
-        raised = Alarm(self.stage, self.time, str(reason)[:MAX_REASON], statistic)
+        raised = Alarm(self.stage, self.time, str(reason)[:MAX_REASON], statistic, self.policy)
         self.raised.append(raised)
         return raised
 
@@ -123,11 +126,20 @@ class Defense(ABC):
     name: ClassVar[str]
     #: What the stage may do (see :class:`Capabilities`).
     capabilities: ClassVar[Capabilities] = Capabilities()
+    #: What the service does when this stage raises an alarm: ``flag`` (record it) or
+    #: ``block`` (refuse the client's requests until an administrator clears it). Detectors
+    #: take it as a ``policy`` argument (:func:`check_policy`).
+    policy: str = "flag"
 
     def open(self) -> None:
         """Read what the stage needs from disk (its secret files, a detector's model) before
         the service answers; raises a one-line ``ModelheistError`` if it cannot. Called once
         by the service at start-up; the default has nothing to read."""
+        return None
+
+    def check_model(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        """Refuse, in one line, a model this stage cannot serve (e.g. a detector trained for
+        other inputs). Called by the service at start-up, after :meth:`open`."""
         return None
 
     def check_serving(self) -> None:
@@ -152,6 +164,19 @@ class Defense(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec()!r})"
+
+
+#: The alarm policies a detector may take.
+ALARM_POLICIES = ("flag", "block")
+
+
+def check_policy(stage: str, policy: str) -> str:
+    """``policy`` if it is one of :data:`ALARM_POLICIES`, else a one-line error."""
+    if policy not in ALARM_POLICIES:
+        raise ModelheistError(
+            f"{stage}: policy must be one of {', '.join(ALARM_POLICIES)}, got {policy!r}"
+        )
+    return policy
 
 
 def check_pipeline(stages: Sequence[Defense]) -> None:

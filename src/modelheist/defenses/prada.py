@@ -10,7 +10,9 @@ synthetic queries of JBDA, T-RND or Tramèr-style attacks, each a small step fro
 query or uniformly random, do not. Every ``test_every`` queries the Shapiro-Wilk statistic W is
 computed over D, restricted to the classes with at least ``min_class_distances`` distances and
 with the distances farther than ``outlier_std`` standard deviations from the mean dropped, once
-D holds more than ``min_distances`` of them; W < ``delta`` raises an alarm about the client.
+D holds more than ``min_distances`` of them; W < ``delta`` raises an alarm about the client,
+which the service records (``policy=flag``) or also answers by refusing the client from then on
+(``policy=block``).
 
 Faithful to the authors' ``growing_set.py`` (SSG Aalto, 2019) in the rules above, which the
 paper leaves implicit: the founder's distance 0 in D_Gc, the per-class minimum of 10 distances,
@@ -33,7 +35,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from modelheist.defenses.base import Capabilities, Defense, StageContext
+from modelheist.defenses.base import Capabilities, Defense, StageContext, check_policy
 from modelheist.defenses.state import StageState
 from modelheist.errors import ModelheistError
 from modelheist.oracle.answer import Answer
@@ -83,6 +85,7 @@ class Prada(Defense):
         test_every: int = 10,
         min_class_distances: int = 10,
         outlier_std: float = 3.0,
+        policy: str = "flag",
     ):
         if not 0.0 < delta < 1.0:
             raise ModelheistError(f"prada: delta must lie in (0, 1), got {delta}")
@@ -96,6 +99,7 @@ class Prada(Defense):
         self.test_every = test_every
         self.min_class_distances = min_class_distances
         self.outlier_std = outlier_std
+        self.policy = check_policy(self.name, policy)
 
     def initial_values(self) -> dict[str, object]:
         return {"thresholds": {}, "processed": 0, "alarmed": False, "statistic": None}
@@ -154,5 +158,5 @@ class Prada(Defense):
         return (
             f"{self.name}:delta={self.delta},min_distances={self.min_distances},"
             f"test_every={self.test_every},min_class_distances={self.min_class_distances},"
-            f"outlier_std={self.outlier_std}"
+            f"outlier_std={self.outlier_std},policy={self.policy}"
         )

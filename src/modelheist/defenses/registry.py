@@ -16,6 +16,7 @@ from typing import Any
 from modelheist.defenses.base import Defense
 from modelheist.defenses.granularity import LabelsOnly, Rounding, TopK
 from modelheist.defenses.history import InputHistory
+from modelheist.defenses.ood import MaxSoftmaxOod, OodClassifier
 from modelheist.defenses.perturbation import GaussianNoise, ReverseSigmoid
 from modelheist.defenses.prada import Prada
 from modelheist.defenses.secrets import INLINE_SECRET_NAMES, SecretFile
@@ -37,7 +38,17 @@ def register_defense(cls: type[Defense]) -> type[Defense]:
     return cls
 
 
-for _stage in (Rounding, TopK, LabelsOnly, ReverseSigmoid, GaussianNoise, InputHistory, Prada):
+for _stage in (
+    Rounding,
+    TopK,
+    LabelsOnly,
+    ReverseSigmoid,
+    GaussianNoise,
+    InputHistory,
+    Prada,
+    MaxSoftmaxOod,
+    OodClassifier,
+):
     register_defense(_stage)
 
 
