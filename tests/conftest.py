@@ -50,6 +50,18 @@ def ood_model(digits, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def misinformation_model(digits, tmp_path_factory):
+    """A saved digits model trained to be wrong (adaptive misinformation's f_hat)."""
+    from modelheist.defenses.misinformation_training import train_misinformation_model
+    from modelheist.models import save_model
+
+    model = train_misinformation_model(digits, "mlp", TrainConfig(epochs=3))
+    folder = tmp_path_factory.mktemp("misinformation") / "model"
+    save_model(model, folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
 def breast_cancer():
     return load_dataset("breast-cancer", seed=0)
 

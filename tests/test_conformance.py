@@ -31,6 +31,7 @@ EXAMPLE_SPECS = {
     "prada": "prada:delta=0.9,min_distances=3,test_every=1,min_class_distances=1",
     "ood-msp": "ood-msp:threshold=0.9,window=2,share=0.5",
     "ood-classifier": "ood-classifier:model={ood_model},threshold=0.5,window=2",
+    "misinform": "misinform:model={misinformation_model},tau=0.999",
 }
 FAST_ATTACK_PARAMS = {
     "knockoff": {"epochs": 2, "min_steps": 20, "rounds": 0},
@@ -88,9 +89,11 @@ def test_every_defense_has_an_example():
 
 
 @pytest.mark.parametrize("name", sorted(DEFENSES))
-def test_defense_contract(name, digits_cnn, digits, ood_model):
+def test_defense_contract(name, digits_cnn, digits, ood_model, misinformation_model):
     x = digits.test.x[:7]
-    spec = EXAMPLE_SPECS[name].format(ood_model=ood_model)
+    spec = EXAMPLE_SPECS[name].format(
+        ood_model=ood_model, misinformation_model=misinformation_model
+    )
     check_defense(parse_defense(spec), x, digits_cnn.predict_proba(x))
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from modelheist.defenses.base import Defense
 from modelheist.defenses.granularity import LabelsOnly, Rounding, TopK
 from modelheist.defenses.history import InputHistory
+from modelheist.defenses.misinformation import AdaptiveMisinformation
 from modelheist.defenses.ood import MaxSoftmaxOod, OodClassifier
 from modelheist.defenses.perturbation import GaussianNoise, ReverseSigmoid
 from modelheist.defenses.prada import Prada
@@ -48,6 +49,7 @@ for _stage in (
     Prada,
     MaxSoftmaxOod,
     OodClassifier,
+    AdaptiveMisinformation,
 ):
     register_defense(_stage)
 

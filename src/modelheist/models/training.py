@@ -230,7 +230,8 @@ class Trainer:
     when ``config.temperature`` T != 1 (a = ``config.temperature_weight``); optional
     random-shift augmentation; seeded shuffling; an optional Rich progress bar. Protections
     (:class:`TrainingProtection`) change the run through their hooks. Deterministic for a given
-    ``config.seed`` on a given device: the steps run on :func:`training_device`
+    ``config.seed`` on a given device; ``loss`` replaces the loss for a network trained to
+    another end (e.g. a misinformation model, trained to be wrong): the steps run on :func:`training_device`
     (``MODELHEIST_DEVICE``; the CPU by default) and the network is back on the CPU afterwards.
     """
 
@@ -239,10 +240,12 @@ class Trainer:
         config: TrainConfig,
         protections: Sequence[TrainingProtection] = (),
         progress: Progress | None = None,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ):
         self.config = config
         self.protections = list(protections)
         self.progress = progress
+        self.loss = loss  # None: cross-entropy, or distillation against probability vectors
 
     def fit(
         self,
@@ -320,6 +323,8 @@ class Trainer:
         return run
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor, soft: bool) -> torch.Tensor:
+        if self.loss is not None:
+            return self.loss(logits, targets)
         if soft:
             return distillation_loss(
                 logits, targets, self.config.temperature, self.config.temperature_weight
