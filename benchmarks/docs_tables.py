@@ -244,7 +244,7 @@ def serve_load(rows: list[dict]) -> str:
         )
     ratios = []
     for (stack, request, clients), group in sorted(groups.items()):
-        if stack != "full":
+        if stack == "none":
             continue
         base = {(r["commit"], r["repeat"]): r for r in groups.get(("none", request, clients), [])}
         per_run = [
@@ -254,10 +254,12 @@ def serve_load(rows: list[dict]) -> str:
             if (r["commit"], r["repeat"]) in base
         ]
         if per_run:
-            ratios.append(f"| {request} | {clients} | {_spread(per_run, 2)} |")
+            ratios.append(f"| {stack} | {request} | {clients} | {_spread(per_run, 2)} |")
     table = "\n".join(lines)
     if ratios:
-        table += "\n\n| request | clients | defended / undefended throughput |\n|---|---:|---:|\n"
+        table += (
+            "\n\n| pipeline | request | clients | throughput / undefended |\n|---|---|---:|---:|\n"
+        )
         table += "\n".join(ratios)
     return "\n".join([table, "", provenance(rows)])
 

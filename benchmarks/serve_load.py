@@ -1,13 +1,14 @@
 """Throughput and latency of `modelheist serve` on loopback (issue 3's targets).
 
 Starts the real server (`modelheist serve`, a separate process) on a Fashion-MNIST CNN, once
-without defenses and once with the full stack (reverse sigmoid, Gaussian noise, rounding, top-k,
-plus a rate limit and a budget that never trigger), and drives it with closed-loop aiohttp
+without defenses, once with the full stack (reverse sigmoid, Gaussian noise, rounding, top-k,
+plus a rate limit and a budget that never trigger) and once with the detectors (PRADA and the
+maximum-softmax OOD detector), and drives it with closed-loop aiohttp
 clients: each of C concurrent clients sends its next request as soon as the previous answer
 arrives. Reports requests/s, images/s and p50/p99 latency; single-image requests at 1, 8 and 32
 clients, and 256-image batches.
 
-Each repetition measures both pipelines, one after the other, so that the defended/undefended
+Each repetition measures the pipelines one after the other, so that the defended/undefended
 ratio is taken within one run; every row goes to benchmarks/results/serve_load.jsonl, from
 which docs/benchmarks.md's table is generated (mean ± standard deviation over repetitions).
 
@@ -45,6 +46,11 @@ FULL_STACK = [
     "--output",
     "top-k:3",
 ]
+
+
+# Issue 10: the detectors in front of an otherwise undefended model (PRADA over every input
+# of each client, the maximum-softmax OOD detector with its windowed decision).
+DETECTOR_STACK = ["--defense", "prada:delta=0.95", "--defense", "ood-msp:threshold=0.9"]
 
 
 def run(*args: str) -> str:
@@ -192,7 +198,7 @@ def main() -> None:
     npy_batches = [npy.encode(b) for b in batch_inputs]
     rows = []
     for repeat, (stack_name, stack) in itertools.product(
-        range(args.repeats), (("none", []), ("full", FULL_STACK))
+        range(args.repeats), (("none", []), ("full", FULL_STACK), ("detectors", DETECTOR_STACK))
     ):
         state = work / f"state-{stack_name}-{repeat}"
         extra = ["--budget", str(10**12), "--rate", "1000000"] if stack_name == "full" else []
