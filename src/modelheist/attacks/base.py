@@ -21,6 +21,7 @@ from modelheist.attacks.interruption import AttackInterrupted
 from modelheist.errors import BudgetExceededError, IncompatibleOutputError, ModelheistError
 from modelheist.models.classifier import Classifier
 from modelheist.oracle import Answer, BudgetedOracle, Oracle, OutputKind
+from modelheist.oracle.budgeted import QueryLog
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class ExtractionResult:
     seconds: float
     queried: np.ndarray = field(repr=False)  # indices into the transfer set, in query order
     details: dict[str, Any] = field(default_factory=dict)
+    log: QueryLog | None = field(default=None, repr=False)  # every input sent and its answer
 
 
 class ExtractionAttack(ABC):
@@ -147,6 +149,7 @@ class ExtractionAttack(ABC):
             seconds=time.perf_counter() - start,
             queried=queried,
             details=details,
+            log=budgeted.log,
         )
 
     def params(self) -> dict[str, Any]:

@@ -249,6 +249,10 @@ def run_attack(
         _keep_partial(stop, out, json_path, seed)
     if out is not None:
         save_model(result.surrogate, out)
+        if result.log is not None and len(result.log):
+            from modelheist.experiments.partial import LOG
+
+            result.log.save(out / LOG)  # what was asked, for `modelheist detect-eval`
     row = asdict(measured)
     console.print(measurement_table([row], f"{attack.display_name()} against {target or victim}"))
     write_json(json_path, {**row, "params": result.params, "seed": seed, "details": result.details})

@@ -1,4 +1,4 @@
-"""The model owner's commands: ``train``, ``serve`` and ``keys``."""
+"""The model owner's commands: ``train``, ``serve``, ``keys`` and ``detect-eval``."""
 
 from __future__ import annotations
 
@@ -294,3 +294,94 @@ def keys_secret(
     from modelheist.defenses.secrets import create_secret_file
 
     err_console.print(f"key file {create_secret_file(path)} created", highlight=False)
+
+
+@app.command("detect-eval")
+@user_errors
+def detect_eval(
+    victim: Annotated[Path, typer.Option(help="The served model's folder.", show_default=False)],
+    detector: Annotated[
+        list[str],
+        typer.Option(
+            help="A detector stage spec, e.g. prada:delta=0.95 or ood-msp:threshold=0.9 "
+            "(repeat for a pipeline).",
+            show_default=False,
+        ),
+    ],
+    stream: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Streams to replay (repeat): evaluation, evaluation-shuffled, "
+            "evaluation-sorted, validation, jbda, t-rnd, n-ifgsm, uniform, knockoff. "
+            "Default: all.",
+            show_default=False,
+        ),
+    ] = None,
+    query_log: Annotated[
+        list[Path] | None,
+        typer.Option(help="A query_log.npz written by `modelheist attack --out` (repeat)."),
+    ] = None,
+    budget: Annotated[int, typer.Option(help="Queries of each recorded attack stream.")] = 1600,
+    batch: Annotated[int, typer.Option(help="Queries per request when replaying.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the streams and attacks.")] = 0,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the results as JSON.")
+    ] = None,
+    markdown: Annotated[Path | None, typer.Option(help="Write the table as Markdown.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Plot each stream's statistic (PNG).")] = None,
+) -> None:
+    """Replay benign and attack query streams through detectors; report when each alarms."""
+    from modelheist.defenses import parse_defense
+    from modelheist.experiments.detection import (
+        ATTACK_STREAMS,
+        BENIGN_STREAMS,
+        detection_markdown,
+        load_query_log,
+        named_stream,
+        plot_statistics,
+        replay,
+    )
+    from modelheist.experiments.targets import victim_split
+    from modelheist.models import load_model
+
+    positive("--budget", budget)
+    positive("--batch", batch)
+    specs = [parse_defense(spec).spec() for spec in detector]  # bad specs fail before any work
+    logs = {str(path): load_query_log(path) for path in query_log or []}
+    names = list(stream) if stream else [*BENIGN_STREAMS, *ATTACK_STREAMS]
+    unknown = [name for name in names if name not in (*BENIGN_STREAMS, *ATTACK_STREAMS)]
+    if unknown:
+        known = ", ".join((*BENIGN_STREAMS, *ATTACK_STREAMS))
+        raise ModelheistError(f"unknown stream {unknown[0]!r}; known: {known}")
+    model = load_model(victim)
+    data = victim_split(model)
+    document: dict[str, object] = {
+        "victim": str(victim),
+        "detectors": specs,
+        "batch": batch,
+        "budget": budget,
+        "seed": seed,
+        "streams": [],
+    }
+    rows: list[dict[str, object]] = document["streams"]  # type: ignore[assignment]
+    with progress_bar() as progress:
+        inputs = {name: ("query log", x) for name, x in logs.items()}
+        for name in names:
+            progress.console.print(f"stream {name}...", highlight=False)
+            kind = "benign" if name in BENIGN_STREAMS else "attack"
+            inputs[name] = (kind, named_stream(name, model, data, budget, seed))
+        for name, (kind, x) in inputs.items():
+            result = replay(model, [parse_defense(spec) for spec in specs], x, batch)
+            rows.append({"stream": name, "kind": kind, **asdict(result)})
+            progress.console.print(
+                f"  {name}: {result.queries} queries, first alarm "
+                f"{result.first_alarm if result.first_alarm is not None else 'none'}",
+                highlight=False,
+            )
+    text = detection_markdown(document)
+    console.print(text, highlight=False)
+    if markdown is not None:
+        markdown.write_text(text)
+    if plot is not None:
+        plot_statistics(document, plot)
+    write_json(json_path, document)

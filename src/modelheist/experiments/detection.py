@@ -2,8 +2,8 @@
 
 A stream is the ordered inputs one client sends: a benign one (natural images of the task, in
 order, shuffled, sorted by class) or an attack's, recorded while the attack ran against the
-undefended model (:func:`record_attack`, through the ``history`` stage, so the attack sees the
-answers it would see anyway). :func:`replay` sends a stream through a service whose pipeline
+undefended model (:func:`record_attack`, from the attack's own query log), or read from the
+``query_log.npz`` a real attack run wrote (:func:`load_query_log`). :func:`replay` sends a stream through a service whose pipeline
 holds the detectors, ``batch`` inputs per request, and reports the number of queries answered
 when the first alarm came (None: never) and the detector's statistic along the way.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,6 @@ from modelheist.api.local import LocalOracle
 from modelheist.api.service import PredictionService, Receipt
 from modelheist.attacks.base import AttackerKnowledge, ExtractionAttack
 from modelheist.defenses.base import Defense
-from modelheist.defenses.history import InputHistory
 from modelheist.errors import ModelheistError
 from modelheist.models.classifier import Classifier
 
@@ -86,14 +86,25 @@ def record_attack(
 ) -> np.ndarray:
     """The inputs ``attack`` sends, in order, when it runs against ``model`` behind ``stages``
     (e.g. an output granularity), within ``knowledge.budget`` queries."""
-    history = InputHistory()
-    service = PredictionService(model, [history, *stages])
+    service = PredictionService(model, list(stages))
     oracle = LocalOracle.for_new_client(service, knowledge.budget)
-    attack.run(oracle, knowledge)
-    recorded = service.client(oracle.client_id).stages[0].array("inputs")
-    if recorded is None:
+    result = attack.run(oracle, knowledge)
+    if result.log is None or not len(result.log):
         raise ModelheistError(f"{attack.name} sent no query")
-    return np.array(recorded)
+    return result.log.joined()[0]
+
+
+def load_query_log(path: str | Path) -> np.ndarray:
+    """The inputs of a query log written by ``modelheist attack --out`` (``query_log.npz``,
+    plain arrays, read without pickles)."""
+    try:
+        with np.load(path, allow_pickle=False) as log:
+            inputs = np.asarray(log["inputs"], np.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelheistError(f"{path} is not a query log with inputs: {exc}") from None
+    if len(inputs) == 0:
+        raise ModelheistError(f"{path} holds no queries")
+    return inputs
 
 
 def benign_streams(
@@ -107,3 +118,97 @@ def benign_streams(
         "shuffled": lambda: x[rng.permutation(len(x))],
         "sorted by class": lambda: x[np.argsort(labels, kind="stable")],
     }
+
+
+#: Attack streams ``detect-eval`` can record by name (each within the given budget).
+ATTACK_STREAMS = ("jbda", "t-rnd", "n-ifgsm", "uniform", "knockoff")
+#: Benign streams ``detect-eval`` builds from the victim's own data splits.
+BENIGN_STREAMS = ("evaluation", "evaluation-shuffled", "evaluation-sorted", "validation")
+
+
+def named_stream(name: str, victim: Classifier, data: Any, budget: int, seed: int) -> np.ndarray:
+    """The stream ``name`` (one of :data:`BENIGN_STREAMS` or :data:`ATTACK_STREAMS`) against
+    ``victim`` trained on ``data``. Attack streams draw from the attacker's pool (``data.pool``):
+    JBDA, T-RND and N I-FGSM run for real (PRADA's settings, 10 seeds per class);
+    ``uniform`` is Tramèr et al.'s uniformly random inputs; ``knockoff`` is what a random
+    Knockoff Nets client sends, a uniform draw without replacement from the pool."""
+    rng = np.random.default_rng(seed)
+    test, validation = data.test, data.validation
+    benign = {
+        "evaluation": lambda: test.x,
+        "evaluation-shuffled": lambda: test.x[rng.permutation(len(test.x))],
+        "evaluation-sorted": lambda: test.x[np.argsort(test.y, kind="stable")],
+        "validation": lambda: validation.x if validation is not None else None,
+    }
+    if name in benign:
+        stream = benign[name]()
+        if stream is None or len(stream) == 0:
+            raise ModelheistError(f"stream {name!r}: {data.name} has no such split")
+        return stream
+    if name == "uniform":
+        low, high = victim.card.input_range or (float(data.pool.x.min()), float(data.pool.x.max()))
+        return rng.uniform(low, high, (budget, *data.input_shape)).astype(np.float32)
+    if name == "knockoff":
+        pool = data.pool.x
+        return pool[rng.choice(len(pool), min(budget, len(pool)), replace=False)]
+    from modelheist.attacks.synthetic import (
+        JacobianAugmentation,
+        NonTargetedIfgsm,
+        TargetedRandom,
+    )
+
+    synthetic = {
+        "jbda": JacobianAugmentation,
+        "t-rnd": lambda: TargetedRandom(members=1),
+        "n-ifgsm": NonTargetedIfgsm,
+    }
+    if name not in synthetic:
+        known = ", ".join((*BENIGN_STREAMS, *ATTACK_STREAMS))
+        raise ModelheistError(f"unknown stream {name!r}; known: {known}")
+    return record_attack(
+        victim, synthetic[name](), AttackerKnowledge(data.pool.x, budget, seed=seed)
+    )
+
+
+def detection_markdown(document: dict[str, Any]) -> str:
+    """The detect-eval table: one row per stream, the first alarm (query) or none."""
+    lines = [
+        f"# Detectors against query streams: {document['victim']}",
+        "",
+        f"Pipeline: `{' '.join(document['detectors'])}`; {document['batch']} queries per request.",
+        "",
+        "| stream | kind | queries | first alarm (query) | alarms | last statistic |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in document["streams"]:
+        last = row["trace"][-1][1] if row["trace"] else None
+        lines.append(
+            f"| {row['stream']} | {row['kind']} | {row['queries']:,} "
+            f"| {row['first_alarm'] if row['first_alarm'] is not None else 'none'} "
+            f"| {len(row['alarms'])} | {'-' if last is None else f'{last:.4f}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_statistics(document: dict[str, Any], path: Path) -> Path:
+    """Each stream's detector statistic over its queries, benign solid, attacks dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for row in document["streams"]:
+        if row["trace"]:
+            queries, values = zip(*row["trace"], strict=True)
+            style = "-" if row["kind"] == "benign" else "--"
+            ax.plot(queries, values, style, label=row["stream"])
+    ax.set_xlabel("queries")
+    ax.set_ylabel("detector statistic")
+    ax.set_xscale("log")
+    ax.legend(fontsize=7)
+    ax.set_title(" ".join(document["detectors"]), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
