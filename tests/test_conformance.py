@@ -32,6 +32,7 @@ EXAMPLE_SPECS = {
     "ood-msp": "ood-msp:threshold=0.9,window=2,share=0.5",
     "ood-classifier": "ood-classifier:model={ood_model},threshold=0.5,window=2",
     "misinform": "misinform:model={misinformation_model},tau=0.999",
+    "pow": "pow:benign_mean=0.1,benign_std=0.05",
 }
 FAST_ATTACK_PARAMS = {
     "knockoff": {"epochs": 2, "min_steps": 20, "rounds": 0},

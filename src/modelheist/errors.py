@@ -65,6 +65,20 @@ class BlockedError(ForbiddenError):
     requests are refused until an administrator clears it (HTTP 403)."""
 
 
+class ProofOfWorkRequired(ModelheistError):
+    """The request must carry a proof of work for ``challenge`` (HTTP 428); nothing was
+    answered or counted."""
+
+    def __init__(self, message: str, challenge: dict[str, object]):
+        super().__init__(message)
+        self.challenge = challenge
+
+
+class InvalidProofError(ForbiddenError):
+    """A proof of work that is wrong, for other inputs, expired or already used (HTTP 403);
+    nothing was answered or counted."""
+
+
 class UnderReviewError(ForbiddenError):
     """A client's saved defense state could not be read, so the client is held for an
     administrator's review instead of being silently reset (HTTP 403)."""

@@ -9,6 +9,7 @@ round-trip decimals (orjson), so an answer is bit-identical to the in-process on
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 import httpx
@@ -16,6 +17,7 @@ import numpy as np
 import orjson
 
 from modelheist.api import npy
+from modelheist.defenses.proof_of_work import PROOF_HEADER, solve_challenge
 from modelheist.errors import (
     ApiUnreachableError,
     AuthenticationError,
@@ -23,6 +25,7 @@ from modelheist.errors import (
     ForbiddenError,
     InvalidQueryError,
     ModelheistError,
+    ProofOfWorkRequired,
     RateLimitedError,
     ServiceUnavailableError,
 )
@@ -64,6 +67,7 @@ class HttpOracle(Oracle):
         self._info: dict[str, Any] | None = None
         self._budget: int | None = None
         self._used = 0
+        self.proof_seconds = 0.0  # time spent solving the server's proofs of work
 
     # -- transport -----------------------------------------------------------------------------
 
@@ -82,8 +86,10 @@ class HttpOracle(Oracle):
         path: str,
         body: bytes | None = None,
         content_type: str = "application/json",
+        extra_headers: dict[str, str] | None = None,
     ) -> Any:
-        headers = {"Content-Type": content_type} if body is not None else None
+        headers = {"Content-Type": content_type} if body is not None else {}
+        headers.update(extra_headers or {})
         try:
             response = self._http().request(method, path, content=body, headers=headers)
         except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
@@ -182,7 +188,18 @@ class HttpOracle(Oracle):
         else:
             body = orjson.dumps({"inputs": x}, option=orjson.OPT_SERIALIZE_NUMPY)
             content_type = "application/json"
-        document = self._request("POST", f"/v1/models/{self.name}/predict", body, content_type)
+        path = f"/v1/models/{self.name}/predict"
+        proof: dict[str, str] = {}
+        for _ in range(3):  # a challenge can expire or change between two tries
+            try:
+                document = self._request("POST", path, body, content_type, proof)
+                break
+            except ProofOfWorkRequired as needed:
+                start = time.perf_counter()
+                proof = {PROOF_HEADER: solve_challenge(needed.challenge, x)}
+                self.proof_seconds += time.perf_counter() - start
+        else:
+            document = self._request("POST", path, body, content_type, proof)
         self._used = int(document["queries_used"])
         return _answer(document["predictions"], len(self.classes))
 
@@ -206,6 +223,8 @@ def _error_for(status: int, document: Any, where: str) -> ModelheistError:
     error = document.get("error", {}) if isinstance(document, dict) else {}
     message = f"{where}: {error.get('message', f'HTTP {status}')}"
     code = error.get("code")
+    if status == 428 and isinstance(error.get("challenge"), dict):
+        return ProofOfWorkRequired(message, error["challenge"])
     if status == 401:
         return AuthenticationError(message)
     if status == 403:

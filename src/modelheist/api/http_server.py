@@ -34,7 +34,7 @@ from typing import Annotated, Any
 import numpy as np
 import orjson
 import uvicorn
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -53,13 +53,16 @@ from modelheist.api import npy
 from modelheist.api.batching import MicroBatcher
 from modelheist.api.ledger import ClientRecord, Ledger
 from modelheist.api.service import PredictionService
+from modelheist.defenses.proof_of_work import PROOF_HEADER
 from modelheist.errors import (
     AuthenticationError,
     BlockedError,
     BudgetExceededError,
     ForbiddenError,
+    InvalidProofError,
     InvalidQueryError,
     ModelheistError,
+    ProofOfWorkRequired,
     QueryRefusedError,
     RateLimitedError,
     ServiceUnavailableError,
@@ -117,6 +120,28 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class ChallengeBody(BaseModel):
+    """A proof-of-work challenge: find COUNTER such that
+    sha256(nonce || sha256(repr(shape) || float32 bytes of the inputs) || COUNTER as 8 bytes
+    big-endian) starts with ``bits`` zero bits, then resend the same inputs with the header
+    ``X-Proof-Of-Work: NONCE:COUNTER`` before ``expires`` (Unix time). Each challenge is
+    single-use and bound to the inputs it was issued for."""
+
+    nonce: str
+    bits: int
+    expires: float
+    algorithm: str
+    header: str
+
+
+class ChallengeErrorBody(ErrorBody):
+    challenge: ChallengeBody
+
+
+class ChallengeResponse(BaseModel):
+    error: ChallengeErrorBody
 
 
 class TopKEntry(BaseModel):
@@ -398,6 +423,10 @@ def _service_error(exc: ModelheistError, remaining: int | None) -> ApiError:
         return ApiError(401, "unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"})
     if isinstance(exc, ServiceUnavailableError):
         return ApiError(503, "unavailable", str(exc))
+    if isinstance(exc, ProofOfWorkRequired):
+        return ApiError(428, "proof_of_work_required", str(exc), {"challenge": exc.challenge})
+    if isinstance(exc, InvalidProofError):
+        return ApiError(403, "proof_invalid", str(exc))
     if isinstance(exc, UnderReviewError):
         return ApiError(403, "under_review", str(exc))
     if isinstance(exc, BlockedError):
@@ -508,7 +537,15 @@ def create_app(
     @app.post(
         "/v1/models/{name}/predict",
         response_model=PredictResponse,
-        responses=_errors(400, 401, 403, 404, 413, 422, 429, 503),
+        responses={
+            **_errors(400, 401, 403, 404, 413, 422, 429, 503),
+            428: {
+                "model": ChallengeResponse,
+                "description": "A proof of work is needed first (a `pow` stage): solve the "
+                "challenge and resend the same inputs with the X-Proof-Of-Work header. "
+                "Nothing was answered or counted.",
+            },
+        },
         openapi_extra=_predict_body(service),
         summary="Answer a batch of queries",
     )
@@ -516,6 +553,14 @@ def create_app(
         name: str,
         request: Request,
         credentials: Credentials,
+        proof: Annotated[
+            str | None,
+            Header(
+                alias=PROOF_HEADER,
+                description="NONCE:COUNTER solving the challenge of a 428 answer for these "
+                "inputs (single use).",
+            ),
+        ] = None,
     ) -> Response:
         record = authenticate(credentials)
         if name != service.name:
@@ -527,6 +572,8 @@ def create_app(
         body = await _read_body(request, max_body_bytes)
         try:
             x = service.validate(_parse_inputs(body, request.headers.get("content-type", "")))
+            if service.requires_proofs:  # reads client state under the answering lock
+                await run_in_threadpool(service.check_proof, record.name, x, proof)
             receipt = await batcher.submit(record.name, x)
         except ModelheistError as exc:
             raise _service_error(exc, service.client(record.name).remaining) from None

@@ -3,14 +3,19 @@ same process, holding an API key like any HTTP client.
 
 It answers exactly what the HTTP API answers (:meth:`PredictionService.predict` is what both
 call): the same authentication, revocation, rate limit, budget and pipeline, and the same
-:class:`~modelheist.oracle.Answer`, with nothing of what the stages noted.
+:class:`~modelheist.oracle.Answer`, with nothing of what the stages noted. It solves the
+proofs of work a ``pow`` stage asks for, as an HTTP client does, and counts the time.
 """
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from modelheist.api.service import PredictionService
+from modelheist.defenses.proof_of_work import solve_challenge
+from modelheist.errors import ProofOfWorkRequired
 from modelheist.oracle.answer import Answer, OutputKind
 from modelheist.oracle.base import Oracle
 
@@ -22,6 +27,7 @@ class LocalOracle(Oracle):
         self.service = service
         self.api_key = api_key
         self.max_batch = min(Oracle.max_batch, service.max_batch)
+        self.proof_seconds = 0.0  # time spent solving the service's proofs of work
 
     @classmethod
     def for_new_client(
@@ -72,4 +78,12 @@ class LocalOracle(Oracle):
         return self.service.client(self.client_id).queries_used
 
     def _query_batch(self, x: np.ndarray) -> Answer:
-        return self.service.predict(self.api_key, x).answer
+        proof = None
+        for _ in range(3):  # a challenge can expire or change between two tries
+            try:
+                return self.service.predict(self.api_key, x, proof).answer
+            except ProofOfWorkRequired as needed:
+                start = time.perf_counter()
+                proof = solve_challenge(needed.challenge, self.service.validate(x))
+                self.proof_seconds += time.perf_counter() - start
+        return self.service.predict(self.api_key, x, proof).answer

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import sqlite3
 import threading
 import time
@@ -39,14 +40,23 @@ from modelheist.api.ledger import (
 )
 from modelheist.api.ratelimit import RateLimiter
 from modelheist.defenses.base import Alarm, Defense, StageContext, check_pipeline
+from modelheist.defenses.proof_of_work import (
+    Challenge,
+    ProofOfWork,
+    inputs_digest,
+    leading_zero_bits,
+    proof_digest,
+)
 from modelheist.defenses.state import StageState
 from modelheist.errors import (
     AuthenticationError,
     BlockedError,
     BudgetExceededError,
     ForbiddenError,
+    InvalidProofError,
     InvalidQueryError,
     ModelheistError,
+    ProofOfWorkRequired,
     ServiceUnavailableError,
     StateCorruptError,
     UnderReviewError,
@@ -55,6 +65,8 @@ from modelheist.models.classifier import Classifier
 from modelheist.oracle.answer import Answer, OutputKind, concatenate
 
 log = logging.getLogger(__name__)
+#: Outstanding proof-of-work challenges kept per client (the oldest are dropped).
+MAX_CHALLENGES_PER_CLIENT = 16
 _STATELESS = StageState.read_only()
 
 
@@ -151,6 +163,8 @@ class PredictionService:
         # the client cache, so that the HTTP event loop never waits for a forward pass.
         self._lock = threading.RLock()
         self._cache_lock = threading.RLock()
+        # outstanding proof-of-work challenges: client -> nonce -> (bits, expiry, inputs digest)
+        self._challenges: dict[str, dict[str, tuple[int, float, bytes]]] = {}
 
     def open(self) -> PredictionService:
         """Let every stage read what it needs (secret files); a server calls this at start-up
@@ -341,12 +355,72 @@ class PredictionService:
         """Refuse a request over the client's rate limit (429 with the wait)."""
         self.rate_limiter.allow(record.name, record.rate)
 
-    def predict(self, api_key: str | None, inputs: object) -> Receipt:
+    @property
+    def requires_proofs(self) -> bool:
+        """Whether a ``pow`` stage may ask clients for proofs of work."""
+        return any(isinstance(stage, ProofOfWork) for stage in self.defenses)
+
+    def check_proof(self, client_id: str, x: np.ndarray, proof: str | None) -> None:
+        """Pass a request that needs no proof of work or carries a valid one (single use);
+        else raise :class:`ProofOfWorkRequired` with a new challenge for these inputs, or
+        :class:`InvalidProofError`. Nothing is answered or counted either way."""
+        if not self.requires_proofs:
+            return
+        with self._lock:
+            client = self.client(client_id)
+            bits = max(
+                stage.required_bits(client.stages[index], len(x))
+                for index, stage in enumerate(self.defenses)
+                if isinstance(stage, ProofOfWork) and index < len(client.stages)
+            )
+            if bits == 0:
+                return
+            digest = inputs_digest(x)
+            now = time.time()
+            outstanding = self._challenges.setdefault(client_id, {})
+            for nonce in [n for n, (_, expiry, _) in outstanding.items() if expiry < now]:
+                del outstanding[nonce]
+            if proof is None:
+                expires = now + max(
+                    stage.expires for stage in self.defenses if isinstance(stage, ProofOfWork)
+                )
+                nonce = secrets.token_hex(16)
+                outstanding[nonce] = (bits, expires, digest)
+                while len(outstanding) > MAX_CHALLENGES_PER_CLIENT:
+                    del outstanding[next(iter(outstanding))]
+                challenge = Challenge(nonce, bits, expires)
+                raise ProofOfWorkRequired(
+                    f"this request needs a proof of work of {bits} bits: see the challenge",
+                    challenge.to_json(),
+                )
+            nonce, _, counter_text = proof.strip().partition(":")
+            issued = outstanding.pop(nonce, None)
+            if issued is None:
+                raise InvalidProofError(
+                    "proof of work for an unknown, expired or already used challenge"
+                )
+            if issued[2] != digest:
+                raise InvalidProofError("proof of work for a challenge issued for other inputs")
+            try:
+                counter = int(counter_text)
+                valid = (
+                    0 <= counter < 2**64
+                    and leading_zero_bits(proof_digest(bytes.fromhex(nonce), digest, counter))
+                    >= issued[0]
+                )
+            except ValueError:
+                valid = False
+            if not valid:
+                raise InvalidProofError(f"wrong proof of work (it needs {issued[0]} zero bits)")
+
+    def predict(self, api_key: str | None, inputs: object, proof: str | None = None) -> Receipt:
         """Answer a batch for the holder of ``api_key``, as the HTTP API does: authentication,
-        rate limit, validation, budget, pipeline, commit."""
+        rate limit, validation, proof of work, budget, pipeline, commit."""
         record = self.authenticate(api_key)
         self.check_rate(record)
-        result = self.answer_many([(record.name, self.validate(inputs))])[0]
+        x = self.validate(inputs)
+        self.check_proof(record.name, x, proof)
+        result = self.answer_many([(record.name, x)])[0]
         if isinstance(result, Exception):
             raise result
         return result

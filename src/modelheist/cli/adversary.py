@@ -336,4 +336,10 @@ def query(
         rows.append(row)
         table.add_row(names[i], str(label), classes[label], shown)
     console.print(table)
-    write_json(json_path, {"answers": rows, "queries_used": oracle.queries_used})
+    proof_seconds = float(getattr(oracle, "proof_seconds", 0.0))
+    if proof_seconds:
+        console.print(f"proof of work asked by the server: {proof_seconds:.2f} s solving it")
+    write_json(
+        json_path,
+        {"answers": rows, "queries_used": oracle.queries_used, "proof_seconds": proof_seconds},
+    )

@@ -20,6 +20,7 @@ from modelheist.defenses.misinformation import AdaptiveMisinformation
 from modelheist.defenses.ood import MaxSoftmaxOod, OodClassifier
 from modelheist.defenses.perturbation import GaussianNoise, ReverseSigmoid
 from modelheist.defenses.prada import Prada
+from modelheist.defenses.proof_of_work import ProofOfWork
 from modelheist.defenses.secrets import INLINE_SECRET_NAMES, SecretFile
 from modelheist.errors import ModelheistError
 
@@ -50,6 +51,7 @@ for _stage in (
     MaxSoftmaxOod,
     OodClassifier,
     AdaptiveMisinformation,
+    ProofOfWork,
 ):
     register_defense(_stage)
 
