@@ -222,6 +222,45 @@ def ood(rows: list[dict]) -> str:
     return "\n".join([*lines, "", note, "", provenance(rows)])
 
 
+def deterrence(rows: list[dict]) -> str:
+    """Misinformation and proof of work: each quantity's mean ± std over seeds, and its target."""
+    quantities = {
+        "misinformation": [
+            ("victim accuracy (evaluation split)", lambda m: m["victim_accuracy"], ""),
+            ("defended API's accuracy", lambda m: m["defended_accuracy"], ""),
+            (
+                "accuracy lost (points)",
+                lambda m: 100 * (m["victim_accuracy"] - m["defended_accuracy"]),
+                "<= 0.5",
+            ),
+            ("Knockoff fidelity, undefended", lambda m: m["knockoff_fidelity_undefended"], ""),
+            ("Knockoff fidelity, defended", lambda m: m["knockoff_fidelity_defended"], ""),
+            (
+                "fidelity cut (points)",
+                lambda m: (
+                    100 * (m["knockoff_fidelity_undefended"] - m["knockoff_fidelity_defended"])
+                ),
+                ">= 20",
+            ),
+        ],
+        "proof-of-work": [
+            ("regular user's wall time, x undefended", lambda m: m["regular_slowdown"], "<= 2"),
+            ("attacker's wall time, x undefended", lambda m: m["attacker_slowdown"], ">= 10"),
+            ("attacker's seconds solving", lambda m: m["attacker_seconds_solving"], ""),
+        ],
+    }
+    lines = ["| defense | quantity | seeds | value | target |", "|---|---|---:|---:|---|"]
+    for measure, rules in quantities.items():
+        group = [r for r in rows if r["measure"] == measure]
+        for label, value, target in rules:
+            if group:
+                values = [value(r["metrics"]) for r in group]
+                lines.append(
+                    f"| {measure} | {label} | {len(group)} | {_spread(values, 3)} | {target} |"
+                )
+    return "\n".join([*lines, "", provenance(rows)])
+
+
 def serve_load(rows: list[dict]) -> str:
     """Throughput and latency per (pipeline, request, clients), mean ± std over repetitions,
     and the defended / undefended throughput ratio taken within each repetition."""
@@ -278,6 +317,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "serve_load": (("serve_load.jsonl",), serve_load),
     "prada": (("prada.jsonl",), prada),
     "ood": (("ood.jsonl",), ood),
+    "deterrence": (("deterrence.jsonl",), deterrence),
     "knockoff_vs_art": (
         ("knockoff-fmnist.jsonl", "knockoff-fmnist-art.jsonl"),
         comparison(
