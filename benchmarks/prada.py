@@ -11,7 +11,9 @@ replayed one query per request through a fresh service whose pipeline is ``prada
   (6,000 in the input range); Knockoff Nets (random) with the attacker's in-distribution pool
   and with Fashion-MNIST (out of distribution), 3,000 queries each.
 
-Issue 10's targets at delta = 0.95: JBDA detected within 120 queries, T-RND within 140,
+Evasion (issue 10): JBDA with each query followed by a natural image of the evaluation and
+validation splits, and JBDA spread round-robin over 2, 5 and 10 accounts (the first alarm is
+counted in the attack's own queries). Issue 10's targets at delta = 0.95: JBDA detected within 120 queries, T-RND within 140,
 Tramèr-style within 5,560, no alarm on any benign stream. Each (seed, stream, delta) appends a
 row to benchmarks/results/prada.jsonl; runs already stored are skipped.
 
@@ -33,7 +35,13 @@ from modelheist.attacks.knockoff import KnockoffNets
 from modelheist.attacks.synthetic import JacobianAugmentation, NonTargetedIfgsm, TargetedRandom
 from modelheist.data.registry import attacker_transfer, load_dataset
 from modelheist.defenses.prada import Prada
-from modelheist.experiments.detection import benign_streams, record_attack, replay
+from modelheist.experiments.detection import (
+    benign_streams,
+    interleaved,
+    record_attack,
+    replay,
+    replay_accounts,
+)
 from modelheist.experiments.results import ResultsStore
 from modelheist.models import TrainConfig, train_model
 
@@ -41,6 +49,7 @@ STORE = Path(__file__).resolve().parent / "results" / "prada.jsonl"
 SYNTHETIC_BUDGET = 1_600
 UNIFORM_QUERIES = 6_000
 KNOCKOFF_BUDGET = 3_000
+ACCOUNTS = (2, 5, 10)  # an attacker spreading JBDA over k clients (per-client detection)
 
 
 def streams(victim, data, seed: int) -> dict[str, tuple[str, Callable[[], np.ndarray]]]:
@@ -93,11 +102,24 @@ def main() -> None:
     for seed in range(args.seeds):
         data = load_dataset("mnist5k", seed=seed, validation_fraction=0.1)
         victim = train_model(data, "cnn", TrainConfig(epochs=15, seed=seed))
-        for stream, (kind, make) in streams(victim, data, seed).items():
+        made = streams(victim, data, seed)
+        jbda: list[np.ndarray] = []
+
+        def jbda_once(make=made["JBDA"][1], jbda=jbda):
+            if not jbda:
+                jbda.append(make())
+            return jbda[0]
+
+        natural = np.concatenate([data.test.x, data.validation.x])
+        made["JBDA, each query followed by a natural one"] = (
+            "evasion",
+            lambda natural=natural: interleaved(jbda_once(), natural),
+        )
+        for stream, (kind, make) in made.items():
             todo = [d for d in deltas if (seed, stream, d) not in done]
             if not todo:
                 continue
-            inputs = make()
+            inputs = make() if stream != "JBDA" else jbda_once()
             for delta in todo:
                 start = time.perf_counter()
                 result = replay(victim, [Prada(delta=delta)], inputs)
@@ -123,6 +145,31 @@ def main() -> None:
                     f"alarm {result.first_alarm}",
                     highlight=False,
                 )
+        for accounts in ACCOUNTS:
+            stream = f"JBDA over {accounts} accounts"
+            for delta in [d for d in deltas if (seed, stream, d) not in done]:
+                start = time.perf_counter()
+                first, per_account = replay_accounts(
+                    victim, lambda d=delta: [Prada(delta=d)], jbda_once(), accounts
+                )
+                row = {
+                    "benchmark": "prada",
+                    "victim": "mnist5k-cnn",
+                    "stream": stream,
+                    "kind": "evasion",
+                    "delta": delta,
+                    "queries_counted": len(jbda_once()),
+                    "metrics": {
+                        "first_alarm": first,
+                        "accounts_flagged": sum(q is not None for q in per_account),
+                        "alarms": sum(q is not None for q in per_account),
+                        "victim_accuracy": victim.card.metrics["test_accuracy"],
+                        "final_statistic": None,
+                        "seconds_per_query": (time.perf_counter() - start) / len(jbda_once()),
+                    },
+                }
+                store.append(row, seed=seed)
+                console.print(f"seed {seed} delta {delta} {stream}: first {first}", highlight=False)
 
 
 if __name__ == "__main__":

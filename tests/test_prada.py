@@ -121,3 +121,21 @@ def test_state_survives_a_restart(tmp_path, digits_cnn, digits):
 def test_bad_settings_are_one_line(spec, needle):
     with pytest.raises(ModelheistError, match=needle):
         parse_defense(spec)
+
+
+def test_evasive_streams(digits_cnn, digits):
+    from modelheist.experiments.detection import interleaved, replay, replay_accounts
+
+    attack = synthetic_stream(digits)
+    mixed = interleaved(attack[:50], digits.test.x[:30])
+    assert len(mixed) == 80
+    np.testing.assert_array_equal(mixed[0], attack[0])
+    np.testing.assert_array_equal(mixed[1], digits.test.x[0])
+    np.testing.assert_array_equal(mixed[-1], attack[49])  # the natural images ran out
+    alone = replay(digits_cnn, [Prada(delta=0.9)], attack).first_alarm
+    first, per_account = replay_accounts(digits_cnn, lambda: [Prada(delta=0.9)], attack, 1)
+    assert first == alone and per_account == [alone]
+    first, per_account = replay_accounts(digits_cnn, lambda: [Prada(delta=0.9)], attack, 3)
+    assert len(per_account) == 3
+    flagged = [(q - 1) * 3 + i + 1 for i, q in enumerate(per_account) if q is not None]
+    assert first == (min(flagged) if flagged else None)

@@ -120,6 +120,37 @@ def benign_streams(
     }
 
 
+def interleaved(attack: np.ndarray, natural: np.ndarray, natural_per_attack: int = 1) -> np.ndarray:
+    """An evasive stream: each attack query followed by ``natural_per_attack`` natural ones (as
+    long as both last), to pull the client's statistics towards a regular user's."""
+    rows, j = [], 0
+    for x in attack:
+        rows.append(x)
+        for _ in range(natural_per_attack):
+            if j < len(natural):
+                rows.append(natural[j])
+                j += 1
+    return np.stack(rows)
+
+
+def replay_accounts(
+    model: Classifier,
+    detectors_for: Callable[[], Sequence[Defense]],
+    stream: np.ndarray,
+    accounts: int,
+    batch: int = 1,
+) -> tuple[int | None, list[int | None]]:
+    """An attacker spreading ``stream`` round-robin over ``accounts`` clients, each watched on
+    its own (per-client detection cannot see more): the attack's query count when the first
+    account is flagged (None: never), and each account's own first alarm."""
+    firsts = []
+    for i in range(accounts):
+        result = replay(model, detectors_for(), stream[i::accounts], batch, client=f"account{i}")
+        firsts.append(result.first_alarm)
+    overall = [(q - 1) * accounts + i + 1 for i, q in enumerate(firsts) if q is not None]
+    return (min(overall) if overall else None), firsts
+
+
 #: Attack streams ``detect-eval`` can record by name (each within the given budget).
 ATTACK_STREAMS = ("jbda", "t-rnd", "n-ifgsm", "uniform", "knockoff")
 #: Benign streams ``detect-eval`` builds from the victim's own data splits.
