@@ -44,6 +44,13 @@ def test_quickstart_fast_end_to_end(tmp_path):
         if r["transfer_set"] == document["victim"]["dataset"] and r["output"] == "probs"
     ]
     assert max(r["fidelity_test"] for r in in_dist) > 0.7
+    assert [spec.split(":")[0] for spec in document["detectors"]] == ["prada", "ood-msp"]
+    # every run says when each detector flagged its client (None: never); the in-distribution
+    # Knockoff client is the blind spot of the OOD detector (the fast victim is too weak for
+    # its maximum softmax to separate mnist5k reliably: benchmarks/ood.py measures that)
+    assert all({"prada_alarm", "ood_alarm"} <= set(r) for r in runs)
+    assert all(r["ood_alarm"] is None for r in in_dist)
+    assert "PRADA alarm (query)" in (tmp_path / "report" / "report.md").read_text()
     assert (tmp_path / "report" / "report.md").read_text().count("| ") > 9
     assert (tmp_path / "report" / "fidelity.png").read_bytes()[:4] == b"\x89PNG"
     assert "fidelity (1-R_test)" in proc.stdout

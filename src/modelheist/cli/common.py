@@ -112,14 +112,19 @@ def _cell(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def measurement_table(rows: list[dict[str, Any]], title: str) -> Table:
+def measurement_table(
+    rows: list[dict[str, Any]],
+    title: str,
+    columns: tuple[tuple[str, str], ...] | None = None,
+) -> Table:
     from modelheist.experiments.report import COLUMNS
 
+    columns = columns or COLUMNS
     table = Table(title=title)
-    for key, header in COLUMNS:
+    for key, header in columns:
         table.add_column(header, justify="left" if key in ("transfer_set", "output") else "right")
     for row in rows:
-        table.add_row(*(_cell(row[k]) for k, _ in COLUMNS))
+        table.add_row(*(_cell(row.get(k)) for k, _ in columns))
     return table
 
 

@@ -53,7 +53,7 @@ def quickstart(
 ) -> None:
     """Train a victim, attack it with Knockoff Nets in three settings, print and report."""
     from modelheist.experiments.quickstart import QuickstartConfig, run_quickstart
-    from modelheist.experiments.report import write_quickstart_report
+    from modelheist.experiments.report import QUICKSTART_COLUMNS, write_quickstart_report
 
     config = QuickstartConfig.fast(seed) if fast else QuickstartConfig.full(seed)
     report.mkdir(parents=True, exist_ok=True)  # an unusable folder fails now, not after the work
@@ -62,9 +62,11 @@ def quickstart(
         _, document = run_quickstart(
             config,
             progress,
-            on_result=lambda m: progress.console.print(
+            on_result=lambda m, flagged: progress.console.print(
                 f"  {m.transfer_set:>13} {m.output:>6} {m.queries_used:>5} queries: "
-                f"fidelity {m.fidelity_test:.4f}"
+                f"fidelity {m.fidelity_test:.4f}; flagged by PRADA at "
+                f"{flagged['prada_alarm'] or 'never'}, by the OOD detector at "
+                f"{flagged['ood_alarm'] or 'never'}"
             ),
         )
     victim = document["victim"]
@@ -73,7 +75,16 @@ def quickstart(
         f"test accuracy {victim['test_accuracy']:.4f}"
     )
     console.print(
-        measurement_table(document["runs"], "Knockoff Nets (random), shortened: see below")
+        measurement_table(
+            document["runs"],
+            "Knockoff Nets (random), shortened: see below",
+            QUICKSTART_COLUMNS,
+        )
+    )
+    console.print(
+        "Detectors (flag policy, alarm at the query shown): " + ", ".join(document["detectors"]),
+        highlight=False,
+        soft_wrap=True,
     )
     console.print(f"This is {document['note']}.", highlight=False, soft_wrap=True)
     path = write_quickstart_report(document, report)

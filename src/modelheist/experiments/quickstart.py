@@ -18,6 +18,8 @@ import numpy as np
 from rich.progress import Progress
 
 from modelheist import __version__
+from modelheist.api.local import LocalOracle
+from modelheist.api.service import PredictionService
 from modelheist.attacks.knockoff import KnockoffNets
 from modelheist.data.registry import (
     Dataset,
@@ -26,6 +28,8 @@ from modelheist.data.registry import (
     dataset_available,
     load_dataset,
 )
+from modelheist.defenses.ood import calibrate_threshold
+from modelheist.defenses.registry import parse_defense, parse_output
 from modelheist.experiments.extraction import Evaluation, ExtractionMeasurement, measure_extraction
 from modelheist.models.classifier import Classifier
 from modelheist.models.training import TrainConfig, train_model
@@ -85,12 +89,23 @@ def _subsample(data: Dataset, size: int | None, seed: int) -> Dataset:
     return replace(data, train=Split(data.train.x[idx], data.train.y[idx]))
 
 
+def quickstart_detectors(victim: Classifier, data: Dataset) -> list[str]:
+    """The detectors the quickstart's API runs with the flag policy: PRADA at its paper's
+    delta, and the maximum-softmax OOD detector at a 5% false-positive rate on the validation
+    split (clients flagged when half of their last 50 queries are)."""
+    confidence = victim.predict_proba(data.validation.x).max(axis=1)
+    threshold = float(np.clip(calibrate_threshold(confidence, 0.05), 1e-6, 1 - 1e-6))
+    return ["prada:delta=0.95", f"ood-msp:threshold={threshold!r},window=50,share=0.5"]
+
+
 def run_quickstart(
     config: QuickstartConfig,
     progress: Progress | None = None,
-    on_result: Callable[[ExtractionMeasurement], None] | None = None,
+    on_result: Callable[[ExtractionMeasurement, dict[str, int | None]], None] | None = None,
 ) -> tuple[Classifier, dict]:
-    """Train the victim, run the nine extractions; return the victim and the results document."""
+    """Train the victim, run the nine extractions against an API that runs the detectors of
+    :func:`quickstart_detectors` (flag policy); return the victim and the results document,
+    each run with the query at which each detector first flagged the attacker (None: never)."""
     victim_name, ood_name = choose_datasets()
     data = load_dataset(victim_name, seed=config.seed)
     train_data = _subsample(data, config.victim_train_size, config.seed)
@@ -104,9 +119,14 @@ def run_quickstart(
         epochs=config.attack_epochs,
         min_steps=config.attack_min_steps,
     )
+    detectors = quickstart_detectors(victim, data)
     runs = []
     for transfer_name, output in settings:
         for budget in config.budgets:
+            service = PredictionService(
+                victim, [parse_defense(spec) for spec in detectors] + parse_output(output)
+            )
+            oracle = LocalOracle.for_new_client(service, budget)
             _, m = measure_extraction(
                 victim,
                 attack,
@@ -117,10 +137,16 @@ def run_quickstart(
                 transfer_name,
                 config.seed,
                 progress=progress,
+                oracle=oracle,
             )
-            runs.append(m)
+            stages = service.client(oracle.client_id).stages
+            flagged = {
+                "prada_alarm": stages[0].values.get("first_alarm_query"),
+                "ood_alarm": stages[1].values.get("first_alarm_query"),
+            }
+            runs.append({**asdict(m), **flagged})
             if on_result is not None:
-                on_result(m)
+                on_result(m, flagged)
     document = {
         "kind": "modelheist-quickstart",
         "modelheist_version": __version__,
@@ -135,6 +161,7 @@ def run_quickstart(
         },
         "attack": {"name": attack.name, "params": attack.params()},
         "note": config.shortened(),
-        "runs": [asdict(m) for m in runs],
+        "detectors": detectors,
+        "runs": runs,
     }
     return victim, document

@@ -23,7 +23,17 @@ COLUMNS = (
 )
 
 
+#: The quickstart's table: the measurements and when each detector flagged the attacker.
+QUICKSTART_COLUMNS = (
+    *COLUMNS,
+    ("prada_alarm", "PRADA alarm (query)"),
+    ("ood_alarm", "OOD alarm (query)"),
+)
+
+
 def _cell(value: Any) -> str:
+    if value is None:
+        return "none"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
@@ -56,10 +66,12 @@ def plot_fidelity(
     return path
 
 
-def markdown_table(runs: list[dict[str, Any]]) -> str:
-    head = "| " + " | ".join(title for _, title in COLUMNS) + " |"
-    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    rows = ["| " + " | ".join(_cell(run[key]) for key, _ in COLUMNS) + " |" for run in runs]
+def markdown_table(
+    runs: list[dict[str, Any]], columns: tuple[tuple[str, str], ...] = COLUMNS
+) -> str:
+    head = "| " + " | ".join(title for _, title in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    rows = ["| " + " | ".join(_cell(run.get(key)) for key, _ in columns) + " |" for run in runs]
     return "\n".join([head, rule, *rows])
 
 
@@ -89,7 +101,12 @@ random inputs (1-R_unif).
 
 This is {document["note"]}.
 
-{markdown_table(document["runs"])}
+The API ran two detectors with the flag policy (they record an alarm and answer as usual):
+{", ".join(f"`{spec}`" for spec in document.get("detectors", [])) or "none"}. The last two
+columns give the query at which each first flagged the attacking client ("none": never). A
+Knockoff client drawing from the victim's own distribution is the blind spot both share.
+
+{markdown_table(document["runs"], QUICKSTART_COLUMNS)}
 
 ![fidelity against queries]({plot.name})
 """
