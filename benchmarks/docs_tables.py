@@ -261,6 +261,22 @@ def deterrence(rows: list[dict]) -> str:
     return "\n".join([*lines, "", provenance(rows)])
 
 
+def prada_latency(rows: list[dict]) -> str:
+    """PRADA's added latency and memory per client by history size (latest run per size)."""
+    latest = {r["metrics"]["history"]: r for r in rows}
+    lines = [
+        "| history (queries) | growing-set members | state (MB) | median added ms | p90 added ms |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for size, row in sorted(latest.items()):
+        m = row["metrics"]
+        lines.append(
+            f"| {size:,} | {m['growing_set_members']:,} | {m['state_bytes'] / 1e6:.1f} "
+            f"| {m['median_added_ms']:.3f} | {m['p90_added_ms']:.3f} |"
+        )
+    return "\n".join([*lines, "", provenance(list(latest.values()))])
+
+
 def serve_load(rows: list[dict]) -> str:
     """Throughput and latency per (pipeline, request, clients), mean ± std over repetitions,
     and the defended / undefended throughput ratio taken within each repetition."""
@@ -317,6 +333,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "serve_load": (("serve_load.jsonl",), serve_load),
     "prada": (("prada.jsonl",), prada),
     "ood": (("ood.jsonl",), ood),
+    "prada_latency": (("prada_latency.jsonl",), prada_latency),
     "deterrence": (("deterrence.jsonl",), deterrence),
     "knockoff_vs_art": (
         ("knockoff-fmnist.jsonl", "knockoff-fmnist-art.jsonl"),
