@@ -11,7 +11,7 @@ cached by the scenario runner). For each seed:
   target: cut by at least 20 points), and the accuracy of the defended API's own answers on the
   evaluation split against the undefended victim's (target: at most 0.5 points lower);
 * proof of work (Dziedzic et al. ICLR '22): ``pow`` calibrated on the validation split
-  (bits_per_sigma 1, free_sigma 3, max_bits 20); the wall time a client spends obtaining its
+  (bits_per_sigma 1, free_sigma 3, at most 12 bits per query); the wall time a client spends obtaining its
   answers (querying and solving, no training) for the whole evaluation split (a regular user)
   and for 5,000 mnist5k queries (a Knockoff client), 256 per request, against the time for the
   same requests undefended (targets: at most 2x for the regular user, at least 10x for the
@@ -121,7 +121,7 @@ def main() -> None:
             console.print(f"seed {seed} misinformation: {row['metrics']}", highlight=False)
         if (seed, "proof-of-work") not in done:
             mean, std = calibrate_costs(victim.predict_proba(data.validation.x))
-            stage = ProofOfWork(mean, std, bits_per_sigma=1.0, free_sigma=3.0, max_bits=20)
+            stage = ProofOfWork(mean, std, bits_per_sigma=1.0, free_sigma=3.0, max_bits=12)
             rng = np.random.default_rng(seed)
             attack = ood[rng.choice(len(ood), BUDGET, replace=False)]
             metrics = {}

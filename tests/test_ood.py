@@ -80,3 +80,20 @@ def test_a_missing_detector_model_is_one_line_at_start_up(digits_cnn, tmp_path):
     service = PredictionService(digits_cnn, [OodClassifier(str(tmp_path / "nothing"))])
     with pytest.raises(ModelheistError):
         service.open()
+
+
+def test_a_block_holds_within_one_batch_and_comes_back_after_a_clear(digits_cnn, digits):
+    from modelheist.errors import BlockedError
+
+    stage = MaxSoftmaxOod(threshold=0.999, window=4, share=0.5, policy="block")
+    service = PredictionService(digits_cnn, [stage])
+    service.register_client("eve")
+    noise = np.random.default_rng(4).random((12, *digits.input_shape), dtype=np.float32)
+    first, second = service.answer_many([("eve", noise[:4]), ("eve", noise[4:8])])
+    assert len(first.answer) == 4 and isinstance(second, BlockedError)  # same batch
+    assert service.client("eve").queries_used == 4
+    service.ledger.clear_block("eve")
+    again = service.answer_many([("eve", noise[8:12])])[0]
+    assert len(again.answer) == 4  # answered: the clear holds until the next failing window
+    with pytest.raises(BlockedError):  # ... which this was: blocked again
+        service.query("eve", noise[:1])

@@ -37,7 +37,7 @@ def test_a_solution_has_the_asked_zero_bits_and_is_bound_to_the_inputs():
 
 def pow_stage(model, data, **options):
     mean, std = calibrate_costs(model.predict_proba(data.validation.x))
-    return ProofOfWork(mean, std, **{"free_sigma": 1.0, "max_bits": 12, **options})
+    return ProofOfWork(mean, std, **{"free_sigma": 1.0, "max_bits": 6, **options})
 
 
 def test_regular_users_work_little_noise_clients_work_more(digits_cnn, digits):
@@ -50,7 +50,7 @@ def test_regular_users_work_little_noise_clients_work_more(digits_cnn, digits):
     assert sum(len(a) for a in answers) == 300 and attacker.queries_used == 300
     stage = service.defenses[0]
     assert stage.required_bits(service.client("regular").stages[0], 20) == 0
-    assert stage.required_bits(service.client("attacker").stages[0], 20) == 12
+    assert stage.required_bits(service.client("attacker").stages[0], 20) == 6 + 5  # per query
     assert attacker.proof_seconds > regular.proof_seconds == 0.0
 
 
@@ -81,9 +81,9 @@ def test_wrong_replayed_and_misdirected_proofs_are_refused(digits_cnn, digits):
         service.predict(key, noise[20:30])
     proof = solve_challenge(needed.value.challenge, noise[20:30])
     assert len(service.predict(key, noise[20:30], proof).answer) == 10
-    with pytest.raises(InvalidProofError, match="already used"):
+    with pytest.raises(ProofOfWorkRequired, match="already used"):  # a replay: a new challenge
         service.predict(key, noise[20:30], proof)
-    with pytest.raises(InvalidProofError):
+    with pytest.raises(ProofOfWorkRequired, match="unknown"):
         service.predict(key, noise[20:30], "zz:not-a-number")
     assert service.client("eve").queries_used == used + 10  # only the proven request counted
 
@@ -113,7 +113,17 @@ def test_the_challenge_over_http(digits_cnn, digits, tmp_path):
         replayed = httpx.post(
             f"{url}/v1/models/digits/predict", json=body, headers={**headers, PROOF_HEADER: proof}
         )
-        assert replayed.status_code == 403 and replayed.json()["error"]["code"] == "proof_invalid"
+        assert replayed.status_code == 428  # the used challenge is gone: a new one
+        assert replayed.json()["error"]["challenge"]["nonce"] != error["challenge"]["nonce"]
+        wrong = httpx.post(
+            f"{url}/v1/models/digits/predict",
+            json={"inputs": noise[5:10].tolist()},
+            headers={
+                **headers,
+                PROOF_HEADER: solve_challenge(replayed.json()["error"]["challenge"], noise[:5]),
+            },
+        )
+        assert wrong.status_code == 403 and wrong.json()["error"]["code"] == "proof_invalid"
         schema = httpx.get(f"{url}/openapi.json").json()["paths"]["/v1/models/{name}/predict"]
         assert "428" in schema["post"]["responses"]
         assert PROOF_HEADER in {p["name"] for p in schema["post"]["parameters"]}

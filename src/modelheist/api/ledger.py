@@ -368,10 +368,11 @@ class Ledger:
         administrator's decision. A running server reloads the client before its next request."""
         with self._lock, self._transaction():
             cursor = self._db.execute(
-                "UPDATE clients SET blocked=NULL, generation=generation + 1 WHERE name=?",
+                "UPDATE clients SET blocked=NULL, generation=generation + 1 "
+                "WHERE name=? AND blocked IS NOT NULL",
                 (name,),
             )
-            if cursor.rowcount == 0:
+            if cursor.rowcount == 0 and self._one("WHERE name=?", (name,)) is None:
                 raise ModelheistError(f"unknown client {name!r}")
 
     def reset_state(self, name: str) -> None:

@@ -198,7 +198,7 @@ class PredictionService:
     @property
     def pipeline(self) -> str:
         """The pipeline's identity; a client's saved stage state belongs to one pipeline."""
-        return " | ".join(stage.spec() for stage in self.defenses) or "probs"
+        return " | ".join(stage.state_key() for stage in self.defenses) or "probs"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -368,10 +368,15 @@ class PredictionService:
             return
         with self._lock:
             client = self.client(client_id)
+            if client.revoked or client.review or client.blocked or client.stale:
+                return  # admission refuses it (or reloads it) with the right error
             bits = max(
-                stage.required_bits(client.stages[index], len(x))
-                for index, stage in enumerate(self.defenses)
-                if isinstance(stage, ProofOfWork) and index < len(client.stages)
+                (
+                    stage.required_bits(client.stages[index], len(x))
+                    for index, stage in enumerate(self.defenses)
+                    if isinstance(stage, ProofOfWork) and index < len(client.stages)
+                ),
+                default=0,
             )
             if bits == 0:
                 return
@@ -380,7 +385,9 @@ class PredictionService:
             outstanding = self._challenges.setdefault(client_id, {})
             for nonce in [n for n, (_, expiry, _) in outstanding.items() if expiry < now]:
                 del outstanding[nonce]
-            if proof is None:
+            nonce, _, counter_text = (proof or "").strip().partition(":")
+            issued = outstanding.pop(nonce, None) if proof is not None else None
+            if issued is None:  # no proof, or one for an unknown, expired or used challenge
                 expires = now + max(
                     stage.expires for stage in self.defenses if isinstance(stage, ProofOfWork)
                 )
@@ -389,15 +396,11 @@ class PredictionService:
                 while len(outstanding) > MAX_CHALLENGES_PER_CLIENT:
                     del outstanding[next(iter(outstanding))]
                 challenge = Challenge(nonce, bits, expires)
+                why = "" if proof is None else " (the proof given was for an unknown, expired "
+                why += "" if proof is None else "or already used challenge)"
                 raise ProofOfWorkRequired(
-                    f"this request needs a proof of work of {bits} bits: see the challenge",
+                    f"this request needs a proof of work of {bits} bits{why}: see the challenge",
                     challenge.to_json(),
-                )
-            nonce, _, counter_text = proof.strip().partition(":")
-            issued = outstanding.pop(nonce, None)
-            if issued is None:
-                raise InvalidProofError(
-                    "proof of work for an unknown, expired or already used challenge"
                 )
             if issued[2] != digest:
                 raise InvalidProofError("proof of work for a challenge issued for other inputs")
@@ -500,12 +503,24 @@ class PredictionService:
             for stage in self.defenses[:first_stateful]:
                 self._apply_jointly(stage, live, now)
             refused: dict[int, _Pending] = {}
+            blocking: dict[str, Alarm] = {}  # clients blocked by an alarm in this batch
             for i in list(live):
+                client_id = live[i].client.client_id
                 try:
+                    if client_id in blocking:  # a block holds from the alarm's request on
+                        alarm = blocking[client_id]
+                        raise BlockedError(
+                            f"client {client_id!r} is blocked ({alarm.stage}: {alarm.reason}); "
+                            "an administrator clears it with `modelheist keys clear`"
+                        )
                     self._apply_rest(live[i], first_stateful, now)
                 except ModelheistError as exc:  # a stage refused: seen, not answered
                     results[i] = exc
                     refused[i] = live.pop(i)
+                    continue
+                for alarm in live[i].alarms:
+                    if alarm.action == "block":
+                        blocking.setdefault(client_id, alarm)
             if self.leaves:  # the node identities leave with the answer, untouched by stages
                 for pending in live.values():
                     nodes = self.model.apply(pending.x)  # type: ignore[attr-defined]

@@ -157,6 +157,11 @@ class Defense(ABC):
     ) -> Answer:
         """Return the answer this stage lets through for ``inputs``; may update ``state``."""
 
+    def state_key(self) -> str:
+        """What a client's saved state for this stage belongs to: the spec, less what does
+        not change the state (an alarm policy), so that changing those keeps the history."""
+        return self.spec().replace(f",policy={self.policy}", "")
+
     @abstractmethod
     def spec(self) -> str:
         """The spec string that :func:`~modelheist.defenses.registry.parse_defense` reads back

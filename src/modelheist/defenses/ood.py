@@ -93,7 +93,7 @@ class _WindowedOod(Defense):
                 continue
             share = float(history[seen - self.window : seen].mean())
             now = share >= self.share
-            if now and not alarmed:
+            if now and (not alarmed or self.policy == "block"):
                 context.alarm(
                     f"{self.name}: {share:.0%} of the last {self.window} queries out of "
                     f"distribution (alarm at {self.share:.0%}) after {seen} queries",

@@ -18,8 +18,9 @@ Faithful to the authors' ``growing_set.py`` (SSG Aalto, 2019) in the rules above
 paper leaves implicit: the founder's distance 0 in D_Gc, the per-class minimum of 10 distances,
 the 3-standard-deviation outlier rule, the test at every 10th query, and a verdict that follows
 the latest test (a client whose distances look normal again is no longer "attacking"; each
-crossing below ``delta`` raises one alarm). Deliberate deviations, none of which changes a
-decision:
+crossing below ``delta`` raises one alarm; with ``policy=block`` every failing test does, so
+that a client an administrator cleared is blocked again while its distances still look
+synthetic). Deliberate deviations, none of which changes a decision:
 
 * exact nearest neighbours with ``faiss.knn`` (brute-force L2, SIMD) over the class's growing
   set as one array, instead of a Python loop over its members;
@@ -115,6 +116,9 @@ class Prada(Defense):
         alarmed = bool(values.get("alarmed", False))
         statistic = values.get("statistic")
         for x, c in zip(flat, labels, strict=True):
+            if not np.isfinite(x).all():  # an incomplete query (missing values): not measured
+                processed += 1
+                continue
             members = state.array(f"set{c}")
             if members is None:
                 state.append(f"set{c}", x[None, :])
@@ -131,15 +135,19 @@ class Prada(Defense):
                     candidate = float(joined.mean() - joined.std())
                     thresholds[int(c)] = max(thresholds.get(int(c), 0.0), candidate)
             if processed % self.test_every == 0 and state.rows("distances"):
-                statistic = shapiro_statistic(
+                tested = shapiro_statistic(
                     state.array("distances"),
                     state.array("distance_classes"),
                     self.min_class_distances,
                     self.outlier_std,
                     self.min_distances,
                 )
-                now = statistic is not None and statistic < self.delta
-                if now and not alarmed:
+                if tested is None:  # too few distances: the last verdict stands
+                    processed += 1
+                    continue
+                statistic = tested
+                now = statistic < self.delta
+                if now and (not alarmed or self.policy == "block"):
                     context.alarm(
                         f"PRADA: Shapiro-Wilk W = {statistic:.4f} < delta = {self.delta} "
                         f"after {processed + 1} queries",

@@ -10,11 +10,13 @@ a regular user's would: each answered query's cost is the entropy of its probabi
 queries of a regular user (``benign_mean``, ``benign_std``, measured on held-out
 in-distribution data, :func:`calibrate_costs`), and
 
-    bits = min(max_bits, floor(bits_per_sigma * (z - free_sigma)) + ceil(log2(batch)))
+    bits = min(max_bits, floor(bits_per_sigma * (z - free_sigma))) + ceil(log2(batch))
 
 once z exceeds ``free_sigma`` (else no proof is needed), so that a regular user almost never
-works and an attacker's work per query doubles with each ``1 / bits_per_sigma`` standard
-deviations of excess. Deviation from the paper, stated: it calibrates to each query's privacy
+works, an attacker's work per query doubles with each ``1 / bits_per_sigma`` standard
+deviations of excess up to 2^max_bits hashes, and a batch costs its size times a query's work
+(large batches buy no discount). The difficulty is read from the client's committed costs when
+a request is admitted; requests of one client queued together pass at the same difficulty. Deviation from the paper, stated: it calibrates to each query's privacy
 cost under PATE, which needs the owner's PATE teachers; the entropy of the answer is the
 per-query information estimate that any served classifier gives. The challenge/response
 contract (HTTP 428 with the challenge, the ``X-Proof-Of-Work`` header) is in the OpenAPI schema.
@@ -113,7 +115,7 @@ class Challenge:
 
 
 class ProofOfWork(Defense):
-    """``pow:benign_mean=M,benign_std=S,bits_per_sigma=1,free_sigma=3,max_bits=24`` (see the
+    """``pow:benign_mean=M,benign_std=S,bits_per_sigma=1,free_sigma=3,max_bits=16`` (see the
     module docstring). Place it before any top-k or labels-only stage (it reads the
     probabilities the model gave)."""
 
@@ -126,7 +128,7 @@ class ProofOfWork(Defense):
         benign_std: float,
         bits_per_sigma: float = 1.0,
         free_sigma: float = 3.0,
-        max_bits: int = 24,
+        max_bits: int = 16,
         expires: float = 120.0,
     ):
         if not 0.0 <= benign_mean <= 1.0 or not benign_std > 0:
@@ -134,9 +136,10 @@ class ProofOfWork(Defense):
                 "pow: benign_mean must lie in [0, 1] and benign_std be > 0 (calibrate them on "
                 "held-out data)"
             )
-        if bits_per_sigma <= 0 or free_sigma < 0 or not 1 <= max_bits <= 40 or expires <= 0:
+        if bits_per_sigma <= 0 or free_sigma < 0 or not 1 <= max_bits <= 24 or expires <= 0:
             raise ModelheistError(
-                "pow: bits_per_sigma must be > 0, free_sigma >= 0, max_bits in 1..40, expires > 0"
+                "pow: bits_per_sigma must be > 0, free_sigma >= 0, max_bits (per query) in "
+                "1..24, expires > 0"
             )
         self.benign_mean = benign_mean
         self.benign_std = benign_std
@@ -170,8 +173,10 @@ class ProofOfWork(Defense):
         z = self.excess(state)
         if z <= self.free_sigma:
             return 0
-        per_query = math.floor(self.bits_per_sigma * (z - self.free_sigma))
-        return min(self.max_bits, per_query + math.ceil(math.log2(max(batch, 1))))
+        per_query = min(self.max_bits, math.floor(self.bits_per_sigma * (z - self.free_sigma)))
+        if per_query <= 0:
+            return 0
+        return per_query + math.ceil(math.log2(max(batch, 1)))
 
     def spec(self) -> str:
         return (

@@ -21,7 +21,7 @@ from modelheist.api.local import LocalOracle
 from modelheist.api.service import PredictionService, Receipt
 from modelheist.attacks.base import AttackerKnowledge, ExtractionAttack
 from modelheist.defenses.base import Defense
-from modelheist.errors import ModelheistError
+from modelheist.errors import BlockedError, ModelheistError
 from modelheist.models.classifier import Classifier
 
 
@@ -56,6 +56,8 @@ def replay(
     for start in range(0, len(stream), batch):
         chunk = service.validate(stream[start : start + batch])
         receipt = service.answer_many([(client, chunk)])[0]
+        if isinstance(receipt, BlockedError):
+            break  # a detector with policy=block refused the client: the stream ends here
         if isinstance(receipt, Exception):
             raise receipt
         assert isinstance(receipt, Receipt)
@@ -71,10 +73,12 @@ def replay(
 
 
 def _statistic(service: PredictionService, client: str) -> float | None:
-    for state in service.client(client).stages:
-        value = state.values.get("statistic")
-        if isinstance(value, int | float):
-            return float(value)
+    """The statistic of the pipeline's first detector that keeps one (PRADA's W, an OOD
+    detector's flagged share); None while it has none."""
+    for stage, state in zip(service.defenses, service.client(client).stages, strict=False):
+        if "statistic" in stage.initial_values():
+            value = state.values.get("statistic")
+            return float(value) if isinstance(value, int | float) else None
     return None
 
 

@@ -52,11 +52,14 @@ def environment(root: Path | None = None) -> dict[str, Any]:
             continue
     # MODELHEIST_COMMIT: the commit a copy of the checkout on another machine was made from,
     # when that copy carries no git history or a stale one
-    commit, changed = os.environ.get("MODELHEIST_COMMIT", ""), []
-    if not commit:
-        commit, changed = _commit(root or Path.cwd())
+    given = os.environ.get("MODELHEIST_COMMIT", "")
+    commit, changed = _commit(root or Path.cwd())
+    source = "git"
+    if given:
+        commit, changed, source = given, [], "MODELHEIST_COMMIT"
     return {
         "commit": commit,
+        **({"commit_source": source} if source != "git" else {}),
         **({"changed_files": changed} if changed else {}),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": (

@@ -130,7 +130,7 @@ class ScenarioRunner:
                 if not difference and "attack_params" in row:
                     # the same scenario file, but an attack default may have changed since
                     found = first_difference(row["attack_params"], resolved)
-                    difference = found and f"attack default {found}; pin it in the scenario"
+                    difference = found and f"attack default {found}"
                 if difference:
                     raise ModelheistError(
                         f"{self.store.path} holds runs of scenario {scenario.name!r} (variant "

@@ -295,28 +295,33 @@ class Trainer:
             else None
         )
         history = []
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)  # dropout masks
-            run.module.train()
-            for _ in range(config.epochs):
-                total, seen = 0.0, 0
-                for batch, batch_targets in run.batches.epoch():
-                    batch, batch_targets = batch.to(device), batch_targets.to(device)
-                    for protection in self.protections:
-                        batch, batch_targets = protection.transform_batch(run, batch, batch_targets)
-                    loss = self._loss(run.module(batch), batch_targets, soft)
-                    run.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    run.optimizer.step()
-                    schedule.step()
-                    total += float(loss.detach()) * len(batch)
-                    seen += len(batch)
-                    if task is not None:
-                        progress.advance(task)
-                history.append(total / max(seen, 1))
-        run.module.eval()
-        run.module.to("cpu")
-        module.to("cpu")
+        devices = [device.index or 0] if device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(config.seed)  # dropout masks
+                run.module.train()
+                for _ in range(config.epochs):
+                    total, seen = 0.0, 0
+                    for batch, batch_targets in run.batches.epoch():
+                        batch, batch_targets = batch.to(device), batch_targets.to(device)
+                        for protection in self.protections:
+                            batch, batch_targets = protection.transform_batch(
+                                run, batch, batch_targets
+                            )
+                        loss = self._loss(run.module(batch), batch_targets, soft)
+                        run.optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        run.optimizer.step()
+                        schedule.step()
+                        total += float(loss.detach()) * len(batch)
+                        seen += len(batch)
+                        if task is not None:
+                            progress.advance(task)
+                    history.append(total / max(seen, 1))
+        finally:  # the network is back on the CPU however training ends
+            run.module.eval()
+            run.module.to("cpu")
+            module.to("cpu")
         if task is not None:
             progress.remove_task(task)
         run.notes["loss"] = history
