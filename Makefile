@@ -31,7 +31,7 @@ demo: setup
 
 # pytest exits 5 when it collects no test: that must fail, and it does (non-zero).
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 # Every benchmark appends rows to benchmarks/results/*.jsonl (runs already stored are skipped)
 # and ends by regenerating docs/benchmarks.md's tables from them.
