@@ -32,6 +32,7 @@ synthetic). Deliberate deviations, none of which changes a decision:
 
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar
 
 import numpy as np
@@ -70,7 +71,9 @@ def shapiro_statistic(
     kept = kept[np.abs(kept - kept.mean()) < outlier_std * kept.std()]
     if len(kept) <= min_distances:
         return None  # (equal distances have no spread: none is within 3 std of their mean)
-    return float(stats.shapiro(kept).statistic)
+    with warnings.catch_warnings():  # past 5,000 values scipy warns about the p-value: W is
+        warnings.simplefilter("ignore", UserWarning)  # what PRADA reads, and it stays exact
+        return float(stats.shapiro(kept).statistic)
 
 
 class Prada(Defense):
