@@ -71,8 +71,8 @@ def shapiro_statistic(
     kept = kept[np.abs(kept - kept.mean()) < outlier_std * kept.std()]
     if len(kept) <= min_distances:
         return None  # (equal distances have no spread: none is within 3 std of their mean)
-    with warnings.catch_warnings():  # past 5,000 values scipy warns about the p-value: W is
-        warnings.simplefilter("ignore", UserWarning)  # what PRADA reads, and it stays exact
+    with warnings.catch_warnings():  # past 5,000 values scipy warns that the p-value may be
+        warnings.simplefilter("ignore", UserWarning)  # inaccurate: PRADA reads W, not p
         return float(stats.shapiro(kept).statistic)
 
 
