@@ -139,11 +139,11 @@ def test_a_state_folder_of_a_newer_version_is_refused(tmp_path, cnn_dir):
     state = tmp_path / "state"
     add_key(state, "eve")
     raw = sqlite3.connect(state / "modelheist.sqlite")
-    raw.execute("UPDATE meta SET value='3' WHERE key='schema'")
+    raw.execute("UPDATE meta SET value='99' WHERE key='schema'")
     raw.commit()
     raw.close()
     before = (state / "modelheist.sqlite").read_bytes()
-    assert_one_line_error(run("serve", cnn_dir, "--state", state), "schema 3")
+    assert_one_line_error(run("serve", cnn_dir, "--state", state), "schema 99")
     assert_one_line_error(run("keys", "list", "--state", state), "nothing was changed")
     assert (state / "modelheist.sqlite").read_bytes() == before
 

@@ -53,7 +53,7 @@ def quickstart(
 ) -> None:
     """Train a victim, attack it with Knockoff Nets in three settings, print and report."""
     from modelheist.experiments.quickstart import QuickstartConfig, run_quickstart
-    from modelheist.experiments.report import QUICKSTART_COLUMNS, write_quickstart_report
+    from modelheist.experiments.report import DETECTION_COLUMNS, write_quickstart_report
 
     config = QuickstartConfig.fast(seed) if fast else QuickstartConfig.full(seed)
     report.mkdir(parents=True, exist_ok=True)  # an unusable folder fails now, not after the work
@@ -75,17 +75,16 @@ def quickstart(
         f"test accuracy {victim['test_accuracy']:.4f}"
     )
     console.print(
-        measurement_table(
-            document["runs"],
-            "Knockoff Nets (random), shortened: see below",
-            QUICKSTART_COLUMNS,
-        )
+        measurement_table(document["runs"], "Knockoff Nets (random), shortened: see below")
     )
     console.print(
-        "Detectors (flag policy, alarm at the query shown): " + ", ".join(document["detectors"]),
-        highlight=False,
-        soft_wrap=True,
+        measurement_table(
+            document["runs"],
+            "The API's detectors (flag policy): the query of the first alarm",
+            DETECTION_COLUMNS,
+        )
     )
+    console.print("Detectors: " + ", ".join(document["detectors"]), highlight=False, soft_wrap=True)
     console.print(f"This is {document['note']}.", highlight=False, soft_wrap=True)
     path = write_quickstart_report(document, report)
     write_json(json_path, document)

@@ -23,12 +23,16 @@ COLUMNS = (
 )
 
 
-#: The quickstart's table: the measurements and when each detector flagged the attacker.
-QUICKSTART_COLUMNS = (
-    *COLUMNS,
+#: When each of the quickstart API's detectors flagged the attacker, per run.
+DETECTION_COLUMNS = (
+    ("transfer_set", "transfer set"),
+    ("output", "output"),
+    ("budget", "budget"),
     ("prada_alarm", "PRADA alarm (query)"),
     ("ood_alarm", "OOD alarm (query)"),
 )
+#: The quickstart report's table: the measurements and the detectors' alarms.
+QUICKSTART_COLUMNS = (*COLUMNS, *DETECTION_COLUMNS[3:])
 
 
 def _cell(value: Any) -> str:
