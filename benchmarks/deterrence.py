@@ -100,7 +100,12 @@ def main() -> None:
             stage = AdaptiveMisinformation(str(folder), tau=tau, nu=1000.0)
             defended = PredictionService(victim, [stage])
             defended.register_client("owner")
-            answers = defended.query("owner", data.test.x).labels
+            answers = np.concatenate(
+                [
+                    defended.query("owner", data.test.x[i : i + 1000]).labels
+                    for i in range(0, len(data.test.x), 1000)
+                ]
+            )
             plain, plain_queries = knockoff_fidelity(victim, [], ood, evaluation, seed)
             misled, misled_queries = knockoff_fidelity(victim, [stage], ood, evaluation, seed)
             row = {
