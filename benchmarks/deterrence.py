@@ -42,11 +42,10 @@ from modelheist.defenses.misinformation_training import train_misinformation_mod
 from modelheist.defenses.proof_of_work import ProofOfWork, calibrate_costs
 from modelheist.experiments.extraction import Evaluation
 from modelheist.experiments.results import ResultsStore
-from modelheist.experiments.scenario import Scenario
 from modelheist.models import TrainConfig, save_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_scenarios import runner_for  # noqa: E402
+from run_scenarios import fashion_mnist_victim  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 STORE = ROOT / "results" / "deterrence.jsonl"
@@ -81,10 +80,8 @@ def main() -> None:
     store = ResultsStore(STORE)
     store.freeze_environment()
     done = {(r["seed"], r["measure"]) for r in store.rows()}
-    scenario = Scenario.load(ROOT.parent / "examples" / "knockoff-fashion-mnist.toml")
-    runner = runner_for(scenario)
     for seed in range(args.seeds):
-        data, victim = runner.victim(scenario, seed)
+        data, victim = fashion_mnist_victim(seed)
         ood, _ = attacker_transfer("mnist5k", data)
         evaluation = Evaluation.of(victim, data.test, seed=seed)
         if (seed, "misinformation") not in done:

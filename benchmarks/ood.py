@@ -32,11 +32,10 @@ from modelheist.defenses.ood import MaxSoftmaxOod, OodClassifier, calibrate_thre
 from modelheist.defenses.ood_training import train_ood_classifier
 from modelheist.experiments.detection import replay
 from modelheist.experiments.results import ResultsStore
-from modelheist.experiments.scenario import Scenario
 from modelheist.models import TrainConfig, save_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_scenarios import runner_for  # noqa: E402
+from run_scenarios import fashion_mnist_victim  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 STORE = ROOT / "results" / "ood.jsonl"
@@ -68,10 +67,8 @@ def main() -> None:
     store = ResultsStore(STORE)
     store.freeze_environment()
     done = {(r["seed"], r["detector"], r["measure"], r["stream"]) for r in store.rows()}
-    scenario = Scenario.load(ROOT.parent / "examples" / "knockoff-fashion-mnist.toml")
-    runner = runner_for(scenario)
     for seed in range(args.seeds):
-        data, victim = runner.victim(scenario, seed)
+        data, victim = fashion_mnist_victim(seed)
         pools = outside_pools(data, seed)
         validation_msp = victim.predict_proba(data.validation.x).max(axis=1)
         detector = train_ood_classifier(

@@ -26,10 +26,9 @@ from rich.console import Console
 from modelheist.api.service import PredictionService
 from modelheist.defenses.prada import Prada
 from modelheist.experiments.results import ResultsStore
-from modelheist.experiments.scenario import Scenario
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_scenarios import runner_for  # noqa: E402
+from run_scenarios import fashion_mnist_victim  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 STORE = ROOT / "results" / "prada_latency.jsonl"
@@ -53,8 +52,7 @@ def main() -> None:
     console = Console(stderr=True)
     store = ResultsStore(STORE)
     store.freeze_environment()
-    scenario = Scenario.load(ROOT.parent / "examples" / "knockoff-fashion-mnist.toml")
-    data, victim = runner_for(scenario).victim(scenario, args.seed)
+    data, victim = fashion_mnist_victim(args.seed)
     images = np.concatenate([data.train.x, data.validation.x, data.test.x, data.pool.x])
     for size in [int(s) for s in args.sizes.split(",")]:
         stream = natural_stream(images, size, args.seed)

@@ -67,6 +67,13 @@ def unit_of(scenario: Scenario, variant: str, transfer: str | None, output: str)
     )
 
 
+def fashion_mnist_victim(seed: int):
+    """The data split and victim of examples/knockoff-fashion-mnist.toml for ``seed`` (cached,
+    trained on first use): the victim the detection and deterrence benchmarks share."""
+    scenario = Scenario.load(RESULTS.parent.parent / "examples" / "knockoff-fashion-mnist.toml")
+    return runner_for(scenario).victim(scenario, seed)
+
+
 def run_one(path: Path, seed: int, cut: tuple[str, str | None, str], threads: int) -> int:
     """A worker process: one unit's runs; the number of rows added."""
     import torch
