@@ -69,3 +69,28 @@ def breast_cancer():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def cli_in_process():
+    """Run ``modelheist ARGS`` inside this interpreter (Click's test runner), for the many
+    one-line-error checks that would each pay a fresh interpreter's start-up; returns an object
+    with ``returncode``, ``stdout`` and ``stderr`` like a finished subprocess. The commands that
+    run as real processes (test_cli.py, test_serve_cli.py) check the same exit path end to end."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from modelheist.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args):
+        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=True)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception  # a bug, not a user error: show its traceback
+        return SimpleNamespace(
+            returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr
+        )
+
+    return invoke

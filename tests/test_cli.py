@@ -113,23 +113,32 @@ MISTAKES = [
 
 
 @pytest.mark.parametrize(("command", "needle"), MISTAKES)
-def test_user_mistakes_give_one_line_and_exit_2(tmp_path, victim_dir, command, needle):
+def test_user_mistakes_give_one_line_and_exit_2(
+    tmp_path, victim_dir, cli_in_process, command, needle
+):
     np.save(tmp_path / "f.npy", np.zeros(3, np.float32))
     np.save(tmp_path / "i.npy", np.zeros(3, np.int64))
     np.savez(tmp_path / "z.npz", labels=np.zeros(3, np.int64))
     formatted = command.format(tmp=tmp_path, victim=victim_dir).split()
     before = sorted(p.name for p in victim_dir.iterdir())
-    assert_one_line_error(run(*formatted), needle)
+    assert_one_line_error(cli_in_process(*formatted), needle)
     assert sorted(p.name for p in victim_dir.iterdir()) == before  # nothing overwritten
 
 
-def test_corrupt_weights_file(tmp_path, victim_dir):
+def test_a_mistake_in_a_real_process(victim_dir):
+    """The same exit path as the in-process checks, through the installed entry point."""
+    assert_one_line_error(
+        run(*ATTACK.format(victim=victim_dir).split(), "nope", "--budget", "5"), "unknown dataset"
+    )
+
+
+def test_corrupt_weights_file(tmp_path, victim_dir, cli_in_process):
     import shutil
 
     broken = tmp_path / "broken"
     shutil.copytree(victim_dir, broken)
     (broken / "weights.safetensors").write_bytes(b"\x00\x01corrupt")
-    proc = run(
+    proc = cli_in_process(
         "attack",
         "knockoff",
         "--victim",
@@ -142,13 +151,13 @@ def test_corrupt_weights_file(tmp_path, victim_dir):
     assert_one_line_error(proc, "not a valid safetensors file")
 
 
-def test_unwritable_report_folder_is_one_line(tmp_path):
+def test_unwritable_report_folder_is_one_line(tmp_path, cli_in_process):
     (tmp_path / "file").write_text("not a folder")
-    proc = run("quickstart", "--fast", "--report", str(tmp_path / "file" / "report"))
+    proc = cli_in_process("quickstart", "--fast", "--report", str(tmp_path / "file" / "report"))
     assert_one_line_error(proc, "Not a directory")
 
 
-def test_equation_solving_and_labels_only_attacks(tmp_path, victim_dir):
+def test_equation_solving_and_labels_only_attacks(tmp_path, victim_dir, cli_in_process):
     proc = run(
         *f"attack tramer-lr --victim {victim_dir} --budget 100 --json {tmp_path}/lr.json".split()
     )
@@ -160,21 +169,25 @@ def test_equation_solving_and_labels_only_attacks(tmp_path, victim_dir):
     )
     assert figures["details"]["method"] == "exact"
     assert_one_line_error(
-        run(*f"attack tramer-lr --victim {victim_dir} --budget 100 --output labels".split()),
+        cli_in_process(
+            *f"attack tramer-lr --victim {victim_dir} --budget 100 --output labels".split()
+        ),
         "cannot learn from labels",
     )
     assert_one_line_error(
-        run(*f"attack tramer-lr --victim {victim_dir} --budget 5".split()), "d + 1 = 31"
+        cli_in_process(*f"attack tramer-lr --victim {victim_dir} --budget 5".split()), "d + 1 = 31"
     )
     proc = run(
         *f"attack retrain --victim {victim_dir} --budget 310 --output labels --json {tmp_path}/r.json".split()
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "r.json").read_text())["fidelity_test"] >= 0.95
-    assert_one_line_error(run("attack", "lowd-meek", "--budget", "10"), "name the victim")
+    assert_one_line_error(
+        cli_in_process("attack", "lowd-meek", "--budget", "10"), "name the victim"
+    )
 
 
-def test_tree_path_finding_from_the_command_line(tmp_path, breast_cancer):
+def test_tree_path_finding_from_the_command_line(tmp_path, breast_cancer, cli_in_process):
     from modelheist.models import train_model
 
     tree_dir = save_model(train_model(breast_cancer, "tree"), tmp_path / "tree")
@@ -187,7 +200,8 @@ def test_tree_path_finding_from_the_command_line(tmp_path, breast_cancer):
     assert figures["details"]["incomplete_queries"] and figures["queries_used"] < 5000
     assert (tmp_path / "s" / "card.json").exists()
     assert_one_line_error(
-        run(*f"attack tree-path --victim {tree_dir} --budget 5000 --no-leaves".split()), "--leaves"
+        cli_in_process(*f"attack tree-path --victim {tree_dir} --budget 5000 --no-leaves".split()),
+        "--leaves",
     )
     short = run(*f"attack tree-path --victim {tree_dir} --budget 100 --out {tmp_path}/p".split())
     assert short.returncode == 3, short.stderr  # cut short by its budget: keeps what it bought
@@ -196,10 +210,11 @@ def test_tree_path_finding_from_the_command_line(tmp_path, breast_cancer):
     assert (tmp_path / "p" / "card.json").exists()
 
 
-def test_synthetic_query_attacks_from_the_command_line(tmp_path, digits_cnn):
+def test_synthetic_query_attacks_from_the_command_line(tmp_path, digits_cnn, cli_in_process):
     cnn_dir = save_model(digits_cnn, tmp_path / "cnn")
     proc = run(  # t-rnd shares this command's code; jbda its attack base (test_synthetic.py)
         *f"attack n-ifgsm --victim {cnn_dir} --budget 200 --seeds-per-class 5 --steps 1".split(),
+        *["--learning-rates", "0.002,0.008", "--folds", "2", "--min-steps", "100"],
         *["--output", "labels", "--json", tmp_path / "n.json"],
     )
     assert proc.returncode == 0, proc.stderr
@@ -207,12 +222,13 @@ def test_synthetic_query_attacks_from_the_command_line(tmp_path, digits_cnn):
     assert figures["queries_used"] == 200 and figures["details"]["seeds"] == 50
     assert figures["output"] == "labels" and figures["params"]["steps"] == 1
     assert figures["fidelity_test"] >= 0.6, figures  # from 200 queries
+    assert set(figures["details"]["cv_agreement"]) == {"0.002", "0.008"}  # the CV-search ran
     assert_one_line_error(
-        run(*f"attack t-rnd --victim {cnn_dir} --budget 10".split()), "needs 100 queries"
+        cli_in_process(*f"attack t-rnd --victim {cnn_dir} --budget 10".split()), "needs 100 queries"
     )
 
 
-def test_train_with_a_watermark_then_verify(tmp_path):
+def test_train_with_a_watermark_then_verify(tmp_path, cli_in_process):
     marked, secret = tmp_path / "marked", tmp_path / "secret"
     proc = run(
         *f"train --dataset digits --arch cnn --out {marked} --epochs 15 --watermark "
@@ -237,13 +253,13 @@ def test_train_with_a_watermark_then_verify(tmp_path):
     assert verdicts["marked"]["decision"] == "stolen" and verdicts["marked"]["p_value"] < 1e-10
     assert verdicts["plain"]["decision"] == "not stolen" and verdicts["plain"]["queries"] == 40
     assert "not stolen: watermark accuracy" in proc.stdout  # the last suspect, the plain one
-    few = run(
+    few = cli_in_process(
         *f"verify backdoor-watermark --triggers {secret} --owner-model {marked} "
         f"--suspect {marked} --budget 5".split()
     )
     assert few.returncode == 0 and "cannot verify" in few.stdout
     assert_one_line_error(  # a plain model's card records no watermark to verify against
-        run(
+        cli_in_process(
             *f"verify backdoor-watermark --triggers {secret} --owner-model {plain} "
             f"--suspect {marked}".split()
         ),
@@ -265,5 +281,5 @@ VERIFY_MISTAKES = [
 
 
 @pytest.mark.parametrize(("command", "needle"), VERIFY_MISTAKES)
-def test_ownership_mistakes_give_one_line(tmp_path, command, needle):
-    assert_one_line_error(run(*command.format(tmp=tmp_path).split()), needle)
+def test_ownership_mistakes_give_one_line(tmp_path, cli_in_process, command, needle):
+    assert_one_line_error(cli_in_process(*command.format(tmp=tmp_path).split()), needle)

@@ -139,3 +139,19 @@ def test_evasive_streams(digits_cnn, digits):
     assert len(per_account) == 3
     flagged = [(q - 1) * 3 + i + 1 for i, q in enumerate(per_account) if q is not None]
     assert first == (min(flagged) if flagged else None)
+
+
+def test_one_replay_answers_for_every_delta(digits_cnn, digits):
+    """Under the flag policy delta only decides alarms: the first alarm and the alarm count a
+    replay at each delta gets are those read from one replay's trace (benchmarks/prada.py)."""
+    from modelheist.experiments.detection import alarms_below, replay
+
+    stream = np.concatenate([digits.test.x[:150], synthetic_stream(digits)[:250]])
+    traced = replay(digits_cnn, [Prada(delta=0.99)], stream)
+    seen = set()
+    for delta in (0.8, 0.9, 0.95, 0.99):
+        direct = replay(digits_cnn, [Prada(delta=delta)], stream)
+        first, alarms = alarms_below(traced.trace, delta)
+        assert (first, alarms) == (direct.first_alarm, len(direct.alarms))
+        seen.add(first)
+    assert len(seen) > 1  # the deltas do not all agree: the check can tell them apart

@@ -78,22 +78,32 @@ def add_key(state, name, *options):
     return proc.stdout.strip()
 
 
-def test_keys_commands(tmp_path):
+def test_keys_commands(tmp_path, cli_in_process):
     key = add_key(tmp_path, "alice", "--budget", 100, "--rate", "5/s")
     assert key.startswith("mh-") and len(key) > 40
     assert key not in (tmp_path / "modelheist.sqlite").read_bytes().decode("latin-1")  # only a hash
-    listing = run("keys", "list", "--state", tmp_path)
+    listing = cli_in_process("keys", "list", "--state", tmp_path)
     assert listing.returncode == 0 and "alice" in listing.stdout and "100" in listing.stdout
-    assert_one_line_error(run("keys", "add", "alice", "--state", tmp_path), "already exists")
     assert_one_line_error(
-        run("keys", "add", "bob", "--state", tmp_path, "--rate", "fast"), "--rate"
+        cli_in_process("keys", "add", "alice", "--state", tmp_path), "already exists"
     )
-    assert_one_line_error(run("keys", "add", "bob", "--state", tmp_path, "--budget", 0), "budget")
-    assert run("keys", "revoke", "alice", "--state", tmp_path).returncode == 0
-    assert_one_line_error(run("keys", "revoke", "ghost", "--state", tmp_path), "unknown client")
-    assert run("keys", "reset", "alice", "--state", tmp_path).returncode == 0
-    assert_one_line_error(run("keys", "reset", "ghost", "--state", tmp_path), "unknown client")
-    assert_one_line_error(run("keys", "list", "--state", tmp_path / "none"), "no state folder")
+    assert_one_line_error(
+        cli_in_process("keys", "add", "bob", "--state", tmp_path, "--rate", "fast"), "--rate"
+    )
+    assert_one_line_error(
+        cli_in_process("keys", "add", "bob", "--state", tmp_path, "--budget", 0), "budget"
+    )
+    assert cli_in_process("keys", "revoke", "alice", "--state", tmp_path).returncode == 0
+    assert_one_line_error(
+        cli_in_process("keys", "revoke", "ghost", "--state", tmp_path), "unknown client"
+    )
+    assert cli_in_process("keys", "reset", "alice", "--state", tmp_path).returncode == 0
+    assert_one_line_error(
+        cli_in_process("keys", "reset", "ghost", "--state", tmp_path), "unknown client"
+    )
+    assert_one_line_error(
+        cli_in_process("keys", "list", "--state", tmp_path / "none"), "no state folder"
+    )
 
 
 @pytest.mark.parametrize(
@@ -108,9 +118,9 @@ def test_keys_commands(tmp_path):
         (["--defense", "noise:sigma=0.1,seed=3"], "needs the owner's key"),
     ],
 )
-def test_serve_refuses_bad_options(tmp_path, cnn_dir, options, needle):
+def test_serve_refuses_bad_options(tmp_path, cnn_dir, cli_in_process, options, needle):
     state = tmp_path / "state"
-    assert_one_line_error(run("serve", cnn_dir, "--state", state, *options), needle)
+    assert_one_line_error(cli_in_process("serve", cnn_dir, "--state", state, *options), needle)
     assert not state.exists()  # a refused start touches no state folder
 
 
@@ -156,7 +166,9 @@ def test_serve_on_a_taken_port_is_one_line(tmp_path, cnn_dir):
         )
 
 
-def test_query_and_attack_through_a_served_url(tmp_path, cnn_dir, digits, digits_cnn):
+def test_query_and_attack_through_a_served_url(
+    tmp_path, cnn_dir, digits, digits_cnn, cli_in_process
+):
     state = tmp_path / "state"
     key = add_key(state, "eve", "--budget", 400)
     inputs = tmp_path / "x.npy"
@@ -191,7 +203,7 @@ def test_query_and_attack_through_a_served_url(tmp_path, cnn_dir, digits, digits
         assert rest.returncode == 0, rest.stderr  # spends what the key has left, and says so
         assert json.loads((tmp_path / "b.json").read_text())["queries_used"] == 400 - 4 - 200
         assert "allows 196 queries" in rest.stderr
-        spent = run(
+        spent = cli_in_process(
             *["attack", "knockoff", "--transfer-set", "digits", "--budget", "10"],
             "--target",
             url,
@@ -200,17 +212,22 @@ def test_query_and_attack_through_a_served_url(tmp_path, cnn_dir, digits, digits
         )
         assert_one_line_error(spent, "no queries left")
         assert_one_line_error(
-            run("query", inputs, "--target", url, "--api-key", "mh-wrong"), "unknown API key"
+            cli_in_process("query", inputs, "--target", url, "--api-key", "mh-wrong"),
+            "unknown API key",
         )
         assert_one_line_error(
-            run("query", inputs, "--target", url, "--api-key", key, "--output", "labels"),
+            cli_in_process(
+                "query", inputs, "--target", url, "--api-key", key, "--output", "labels"
+            ),
             "--output applies",
         )
-    assert_one_line_error(run("query", inputs, "--target", url, "--api-key", key), "cannot reach")
-    assert_one_line_error(run("query", inputs), "name one model")
+    assert_one_line_error(
+        cli_in_process("query", inputs, "--target", url, "--api-key", key), "cannot reach"
+    )
+    assert_one_line_error(cli_in_process("query", inputs), "name one model")
 
 
-def test_query_an_image_folder_in_process(tmp_path, cnn_dir, digits):
+def test_query_an_image_folder_in_process(tmp_path, cnn_dir, digits, cli_in_process):
     from PIL import Image
 
     folder = tmp_path / "images"
@@ -218,24 +235,28 @@ def test_query_an_image_folder_in_process(tmp_path, cnn_dir, digits):
     for i in range(3):
         Image.fromarray((digits.test.x[i, 0] * 255).astype(np.uint8)).save(folder / f"{i}.png")
     (folder / "notes.txt").write_text("not an image")
-    proc = run(
+    proc = cli_in_process(
         "query", folder, "--victim", cnn_dir, "--output", "labels", "--json", tmp_path / "q.json"
     )
     assert proc.returncode == 0, proc.stderr
     answers = json.loads((tmp_path / "q.json").read_text())["answers"]
     assert [a["input"] for a in answers] == ["0.png", "1.png", "2.png"]
     (folder / "broken.png").write_bytes(b"not a png")
-    assert_one_line_error(run("query", folder, "--victim", cnn_dir), "cannot read image")
+    assert_one_line_error(cli_in_process("query", folder, "--victim", cnn_dir), "cannot read image")
     np.save(tmp_path / "bad.npy", np.zeros((2, 3)))
-    assert_one_line_error(run("query", tmp_path / "bad.npy", "--victim", cnn_dir), "shape")
+    assert_one_line_error(
+        cli_in_process("query", tmp_path / "bad.npy", "--victim", cnn_dir), "shape"
+    )
     (tmp_path / "empty.npy").write_bytes(b"")
     assert_one_line_error(
-        run("query", tmp_path / "empty.npy", "--victim", cnn_dir), "not a numeric"
+        cli_in_process("query", tmp_path / "empty.npy", "--victim", cnn_dir), "not a numeric"
     )
     np.save(tmp_path / "none.npy", np.zeros((0, 1, 8, 8), np.float32))
-    assert_one_line_error(run("query", tmp_path / "none.npy", "--victim", cnn_dir), "no inputs")
     assert_one_line_error(
-        run("query", tmp_path / "none.npy", "--target", "http://[::1", "--api-key", "k"),
+        cli_in_process("query", tmp_path / "none.npy", "--victim", cnn_dir), "no inputs"
+    )
+    assert_one_line_error(
+        cli_in_process("query", tmp_path / "none.npy", "--target", "http://[::1", "--api-key", "k"),
         "cannot reach",
     )
 

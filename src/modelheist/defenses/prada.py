@@ -23,7 +23,9 @@ that a client an administrator cleared is blocked again while its distances stil
 synthetic). Deliberate deviations, none of which changes a decision:
 
 * exact nearest neighbours with ``faiss.knn`` (brute-force L2, SIMD) over the class's growing
-  set as one array, instead of a Python loop over its members;
+  set as one array, instead of a Python loop over its members; a request's queries are searched
+  against the set as the request found it in one call per class, and only against the members
+  the request itself added one by one (the same distances, bitwise, as one query at a time);
 * the state is each client's, kept by the service (append-only arrays, committed with the
   audit log) instead of one global object, so it survives restarts and never mixes clients;
 * inputs are compared as float32 in the model's input space (the reference reads uint8 images,
@@ -43,12 +45,23 @@ from modelheist.errors import ModelheistError
 from modelheist.oracle.answer import Answer
 
 
-def nearest_distance(members: np.ndarray, query: np.ndarray) -> float:
-    """The exact L2 distance from ``query`` (d,) to its nearest row of ``members`` (n, d)."""
+#: faiss switches to a BLAS search (||x||^2 + ||y||^2 - 2xy, rounded differently) from this many
+#: queries per call on; below it each pair's distance is the same SIMD sum whatever the batch.
+_SEQUENTIAL_SEARCH = 19
+
+
+def nearest_squared(members: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """The exact squared L2 distance from each of ``queries`` (k, d) to its nearest row of
+    ``members`` (n, d), searched a few queries per call so that every value is bitwise what a
+    one-query search gives (a request's verdict does not depend on how it was batched)."""
     import faiss
 
-    squared, _ = faiss.knn(query[None, :], members, 1)
-    return float(np.sqrt(max(float(squared[0, 0]), 0.0)))
+    out = np.empty(len(queries), np.float32)
+    for start in range(0, len(queries), _SEQUENTIAL_SEARCH):
+        chunk = np.ascontiguousarray(queries[start : start + _SEQUENTIAL_SEARCH])
+        squared, _ = faiss.knn(chunk, members, 1)
+        out[start : start + len(chunk)] = squared[:, 0]
+    return out
 
 
 def shapiro_statistic(
@@ -118,8 +131,11 @@ class Prada(Defense):
         processed = int(values.get("processed", 0))
         alarmed = bool(values.get("alarmed", False))
         statistic = values.get("statistic")
-        for x, c in zip(flat, labels, strict=True):
-            if not np.isfinite(x).all():  # an incomplete query (missing values): not measured
+        finite = np.isfinite(flat).all(axis=1)
+        before = self._nearest_before(state, flat, labels, finite)
+        grown = {int(c): state.rows(f"set{c}") for c in np.unique(labels)}
+        for x, c, measured, squared in zip(flat, labels, finite, before, strict=True):
+            if not measured:  # an incomplete query (missing values): not measured
                 processed += 1
                 continue
             members = state.array(f"set{c}")
@@ -128,7 +144,10 @@ class Prada(Defense):
                 state.append(f"joined{c}", np.zeros(1, np.float32))
                 thresholds[int(c)] = 0.0
             else:
-                distance = nearest_distance(members, x)
+                joined_here = members[grown[int(c)] :]  # members this request added
+                if len(joined_here):
+                    squared = min(squared, float(nearest_squared(joined_here, x[None, :])[0]))
+                distance = float(np.sqrt(max(squared, 0.0)))
                 state.append("distances", np.array([distance], np.float32))
                 state.append("distance_classes", np.array([c], np.int64))
                 if distance > thresholds.get(int(c), 0.0):
@@ -164,6 +183,21 @@ class Prada(Defense):
         values["alarmed"] = alarmed
         values["statistic"] = statistic
         return answer
+
+    @staticmethod
+    def _nearest_before(
+        state: StageState, flat: np.ndarray, labels: np.ndarray, finite: np.ndarray
+    ) -> np.ndarray:
+        """Each query's squared distance to its class's growing set as the request found it
+        (inf where the class has none yet): one search per class instead of one per query;
+        members the request itself adds are compared in ``apply``."""
+        squared = np.full(len(flat), np.inf)
+        for c in np.unique(labels):
+            members = state.array(f"set{c}")
+            rows = np.flatnonzero((labels == c) & finite)
+            if members is not None and len(rows):
+                squared[rows] = nearest_squared(members, flat[rows])
+        return squared
 
     def spec(self) -> str:
         return (

@@ -72,6 +72,21 @@ def replay(
     return result
 
 
+def alarms_below(trace: Sequence[tuple[int, float]], delta: float) -> tuple[int | None, int]:
+    """For a statistic that alarms below ``delta`` (PRADA's W): the query count of the first
+    alarm (None: never) and the number of crossings below ``delta``, read from a replay's
+    ``trace``. Under the flag policy PRADA's state does not depend on delta, so one replay
+    answers for every delta."""
+    first, crossings, below = None, 0, False
+    for queries, statistic in trace:
+        now = statistic < delta
+        if now and not below:
+            crossings += 1
+            first = queries if first is None else first
+        below = now
+    return first, crossings
+
+
 def _statistic(service: PredictionService, client: str) -> float | None:
     """The statistic of the pipeline's first detector that keeps one (PRADA's W, an OOD
     detector's flagged share); None while it has none."""
