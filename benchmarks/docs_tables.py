@@ -174,8 +174,13 @@ def _first_alarms(group: list[dict]) -> str:
     return text + (f"; none in {missing}" if missing else "")
 
 
+def _victim(row: dict) -> str:
+    return row.get("victim", "mnist5k-cnn")
+
+
 def prada(rows: list[dict]) -> str:
-    """PRADA's first alarm per stream and delta, over seeds."""
+    """PRADA's first alarm per stream and delta on the mnist5k victim, over seeds."""
+    rows = [r for r in rows if _victim(r) == "mnist5k-cnn"]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["kind"], row["stream"], row["delta"])].append(row)
@@ -192,6 +197,67 @@ def prada(rows: list[dict]) -> str:
     costs = [r["metrics"]["seconds_per_query"] * 1000 for r in rows]
     note = f"Time per replayed query (model, PRADA, ledger): {_spread(costs, 2)} ms."
     return "\n".join([*lines, "", note, "", provenance(rows)])
+
+
+def prada_tradeoff(rows: list[dict]) -> str:
+    """PRADA's delta trade-off on the fashion-mnist victim: the first alarm per stream (rows)
+    and delta (columns), over seeds."""
+    rows = [r for r in rows if _victim(r) == "fashion-mnist-cnn"]
+    if not rows:
+        return "No run yet: `python benchmarks/prada.py --dataset fashion-mnist --deltas 0.87,0.9,0.95,0.96`."
+    deltas = sorted({r["delta"] for r in rows})
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["kind"], row["stream"], row["delta"])].append(row)
+    lines = [
+        "| stream | kind | queries | " + " | ".join(f"delta {d}" for d in deltas) + " |",
+        "|---|---|---:|" + "---:|" * len(deltas),
+    ]
+    for kind, stream in sorted({(k, s) for k, s, _ in groups}):
+        group = [r for d in deltas for r in groups.get((kind, stream, d), [])]
+        queries = sorted({r["queries_counted"] for r in group})
+        cells = [
+            _first_alarms(groups[(kind, stream, d)]) if (kind, stream, d) in groups else "-"
+            for d in deltas
+        ]
+        lines.append(
+            f"| {stream} | {kind} | {'/'.join(f'{q:,}' for q in queries)} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    seeds = len({r["seed"] for r in rows})
+    note = f"First alarm (query) over {seeds} seeds; benign streams end at 10,000 queries."
+    return "\n".join([*lines, "", note, "", provenance(rows)])
+
+
+def quickstart(rows: list[dict]) -> str:
+    """The main job: its wall time, and each run's fidelity and detector alarms (latest run of
+    each preset)."""
+    if not rows:
+        return "No run yet: `python benchmarks/quickstart.py`."
+    latest = {r["preset"]: r for r in rows}
+    lines = []
+    for preset, row in sorted(latest.items()):
+        m = row["metrics"]
+        lines += [
+            f"**{preset}** (seed {row['seed']}): {m['wall_seconds'] / 60:.1f} minutes wall time, "
+            f"victim accuracy {m['victim_accuracy']:.4f}.",
+            "",
+            "| transfer set | output | budget | queries | fidelity | PRADA alarm | OOD alarm |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for run in m["runs"]:
+            alarms = [
+                "none" if run[k] is None else f"{run[k]:,}" for k in ("prada_alarm", "ood_alarm")
+            ]
+            lines.append(
+                f"| {run['transfer_set']} | {run['output']} | {run['budget']:,} "
+                f"| {run['queries_used']:,} | {run['fidelity_test']:.4f} | "
+                + " | ".join(alarms)
+                + " |"
+            )
+        lines.append("")
+    return "\n".join([*lines, provenance(list(latest.values()))])
 
 
 def ood(rows: list[dict]) -> str:
@@ -224,25 +290,25 @@ def ood(rows: list[dict]) -> str:
 
 def deterrence(rows: list[dict]) -> str:
     """Misinformation and proof of work: each quantity's mean ± std over seeds, and its target."""
+    misinformation = [
+        ("victim accuracy (evaluation split)", lambda m: m["victim_accuracy"], ""),
+        ("defended API's accuracy", lambda m: m["defended_accuracy"], ""),
+        (
+            "accuracy lost (points)",
+            lambda m: 100 * (m["victim_accuracy"] - m["defended_accuracy"]),
+            "<= 0.5",
+        ),
+        ("Knockoff fidelity, undefended", lambda m: m["knockoff_fidelity_undefended"], ""),
+        ("Knockoff fidelity, defended", lambda m: m["knockoff_fidelity_defended"], ""),
+        (
+            "fidelity cut (points)",
+            lambda m: 100 * (m["knockoff_fidelity_undefended"] - m["knockoff_fidelity_defended"]),
+            ">= 20",
+        ),
+    ]
     quantities = {
-        "misinformation": [
-            ("victim accuracy (evaluation split)", lambda m: m["victim_accuracy"], ""),
-            ("defended API's accuracy", lambda m: m["defended_accuracy"], ""),
-            (
-                "accuracy lost (points)",
-                lambda m: 100 * (m["victim_accuracy"] - m["defended_accuracy"]),
-                "<= 0.5",
-            ),
-            ("Knockoff fidelity, undefended", lambda m: m["knockoff_fidelity_undefended"], ""),
-            ("Knockoff fidelity, defended", lambda m: m["knockoff_fidelity_defended"], ""),
-            (
-                "fidelity cut (points)",
-                lambda m: (
-                    100 * (m["knockoff_fidelity_undefended"] - m["knockoff_fidelity_defended"])
-                ),
-                ">= 20",
-            ),
-        ],
+        "misinformation": misinformation,
+        "misinformation after an OOD alarm": misinformation,
         "proof-of-work": [
             ("regular user's wall time, x undefended", lambda m: m["regular_slowdown"], "<= 2"),
             ("attacker's wall time, x undefended", lambda m: m["attacker_slowdown"], ">= 10"),
@@ -332,6 +398,8 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "tramer": (("tramer.jsonl",), tramer),
     "serve_load": (("serve_load.jsonl",), serve_load),
     "prada": (("prada.jsonl",), prada),
+    "prada_tradeoff": (("prada.jsonl",), prada_tradeoff),
+    "quickstart": (("quickstart.jsonl",), quickstart),
     "ood": (("ood.jsonl",), ood),
     "prada_latency": (("prada_latency.jsonl",), prada_latency),
     "deterrence": (("deterrence.jsonl",), deterrence),

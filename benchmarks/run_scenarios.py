@@ -67,6 +67,17 @@ def unit_of(scenario: Scenario, variant: str, transfer: str | None, output: str)
     )
 
 
+def only_variants(scenario: Scenario, names: list[str]) -> Scenario:
+    """``scenario`` with only the attack variants ``names`` (each run keeps its identity)."""
+    unknown = sorted(set(names) - set(scenario.attack.variants))
+    if unknown:
+        raise ModelheistError(f"{scenario.name} has no variant {', '.join(unknown)}")
+    variants = {name: scenario.attack.variants[name] for name in names}
+    return scenario.model_copy(
+        update={"attack": scenario.attack.model_copy(update={"variants": variants})}
+    )
+
+
 def fashion_mnist_victim(seed: int):
     """The data split and victim of examples/knockoff-fashion-mnist.toml for ``seed`` (cached,
     trained on first use): the victim the detection and deterrence benchmarks share."""
@@ -121,6 +132,9 @@ def main() -> None:
     parser.add_argument("scenarios", nargs="+", type=Path)
     parser.add_argument("--seeds", type=int, help="run seeds 0 .. N-1 instead of the file's")
     parser.add_argument("--jobs", type=int, default=1, help="(scenario, seed) pairs at once")
+    parser.add_argument(
+        "--variants", help="comma-separated: run only these attack variants (the rest later)"
+    )
     args = parser.parse_args()
     console = Console(stderr=True)
     seeds = None if args.seeds is None else list(range(args.seeds))
@@ -129,6 +143,8 @@ def main() -> None:
             run_parallel(args.scenarios, seeds, args.jobs, console)
             return
         scenarios = [Scenario.load(path) for path in args.scenarios]
+        if args.variants:
+            scenarios = [only_variants(s, args.variants.split(",")) for s in scenarios]
         with Progress(console=console, transient=True) as progress:
             for scenario in scenarios:
                 runner_for(scenario, progress).run(

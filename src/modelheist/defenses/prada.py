@@ -44,7 +44,6 @@ from modelheist.defenses.state import StageState
 from modelheist.errors import ModelheistError
 from modelheist.oracle.answer import Answer
 
-
 #: faiss switches to a BLAS search (||x||^2 + ||y||^2 - 2xy, rounded differently) from this many
 #: queries per call on; below it each pair's distance is the same SIMD sum whatever the batch.
 _SEQUENTIAL_SEARCH = 19
