@@ -37,6 +37,10 @@ def datasets() -> None:
     console.print(table)
 
 
+def _at(query: int | None) -> str:
+    return "never" if query is None else f"at query {query:,}"
+
+
 @app.command()
 @user_errors
 def quickstart(
@@ -64,9 +68,8 @@ def quickstart(
             progress,
             on_result=lambda m, flagged: progress.console.print(
                 f"  {m.transfer_set:>13} {m.output:>6} {m.queries_used:>5} queries: "
-                f"fidelity {m.fidelity_test:.4f}; flagged by PRADA at "
-                f"{flagged['prada_alarm'] or 'never'}, by the OOD detector at "
-                f"{flagged['ood_alarm'] or 'never'}"
+                f"fidelity {m.fidelity_test:.4f}; PRADA alarm "
+                f"{_at(flagged['prada_alarm'])}, OOD alarm {_at(flagged['ood_alarm'])}"
             ),
         )
     victim = document["victim"]
