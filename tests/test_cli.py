@@ -257,7 +257,7 @@ def test_train_with_a_watermark_then_verify(tmp_path, cli_in_process):
         *f"verify backdoor-watermark --triggers {secret} --owner-model {marked} "
         f"--suspect {marked} --budget 5".split()
     )
-    assert few.returncode == 0 and "cannot verify" in few.stdout
+    assert few.returncode == 2 and "cannot verify" in few.stdout  # a verdict, not a claim
     assert_one_line_error(  # a plain model's card records no watermark to verify against
         cli_in_process(
             *f"verify backdoor-watermark --triggers {secret} --owner-model {plain} "

@@ -33,6 +33,7 @@ EXAMPLE_SPECS = {
     "ood-classifier": "ood-classifier:model={ood_model},threshold=0.5,window=2",
     "misinform": "misinform:model={misinformation_model},tau=0.999",
     "pow": "pow:benign_mean=0.1,benign_std=0.05",
+    "dawn": "dawn:rate=0.3,seed=2",
 }
 FAST_ATTACK_PARAMS = {
     "knockoff": {"epochs": 2, "min_steps": 20, "rounds": 0},
@@ -273,6 +274,12 @@ def test_every_attack_parameter_has_help_and_a_cli_option():
 SCHEME_SETTINGS = {
     "backdoor-watermark": lambda triggers, marked: (
         SCHEMES["backdoor-watermark"](triggers),
+        marked,
+    ),
+    # the trigger set stands in for a client's DAWN set (inputs, labels a model never predicts
+    # unless it learned them): the scheme only sees inputs, labels and the class count
+    "dawn": lambda triggers, marked: (
+        SCHEMES["dawn"](triggers.inputs, triggers.labels, triggers.num_classes, "example"),
         marked,
     ),
 }

@@ -107,4 +107,6 @@ def test_trigger_sets_save_apart_and_refuse_tampering(tmp_path, triggers):
 
 
 def test_every_scheme_is_registered_with_a_name():
-    assert {"backdoor-watermark": BackdoorWatermarkScheme} == SCHEMES
+    from modelheist.ownership import DawnScheme
+
+    assert {"backdoor-watermark": BackdoorWatermarkScheme, "dawn": DawnScheme} == SCHEMES

@@ -10,6 +10,7 @@ import typer
 from modelheist.cli.common import (
     ApiKeyOption,
     JsonOption,
+    StateOption,
     TargetOption,
     app,
     console,
@@ -50,32 +51,108 @@ def verify_backdoor_watermark(
 ) -> None:
     """Query the suspect with the watermark's triggers; an exact binomial test decides. The
     trigger set must be the one the owner's model card recorded when it was embedded."""
-    if (suspect is None) == (target is None):
-        raise ModelheistError("name one suspect: --suspect DIR or --target URL --api-key KEY")
-    from modelheist.experiments.targets import http_oracle, local_oracle
-    from modelheist.models.store import load_card, load_model
-    from modelheist.oracle import Oracle
+    from modelheist.models.store import load_card
     from modelheist.ownership.watermark import (
         BackdoorWatermarkScheme,
         TriggerSet,
         recorded_commitment,
     )
 
+    oracle = _suspect_oracle(suspect, target, api_key)
     commitment = recorded_commitment(load_card(owner_model))
     scheme = BackdoorWatermarkScheme(TriggerSet.load(triggers), commitment)
-    oracle: Oracle = (
-        http_oracle(target, api_key)
-        if target is not None
-        else local_oracle(load_model(suspect), client="verifier")  # type: ignore[arg-type]
-    )
     evidence = scheme.verify(oracle, significance, budget)
+    _say(evidence, significance)
+    write_json(json_path, evidence.to_json())
     if evidence.decision == "cannot verify":
-        console.print(f"cannot verify: {evidence.reason}", highlight=False)
+        raise typer.Exit(2)
+
+
+def _say(evidence, significance: float, who: str = "") -> None:
+    """One line per verdict: the decision and its evidence, or why there is none."""
+    if evidence.decision == "cannot verify":
+        console.print(f"{who}cannot verify: {evidence.reason}", highlight=False)
     else:
         console.print(
-            f"{evidence.decision}: {evidence.statistic_name} {evidence.statistic:.4f}, "
+            f"{who}{evidence.decision}: {evidence.statistic_name} {evidence.statistic:.4f}, "
             f"p-value {evidence.p_value:.3g} at significance {significance:g} "
             f"({evidence.queries} queries)",
             highlight=False,
         )
-    write_json(json_path, evidence.to_json())
+
+
+def _suspect_oracle(suspect: Path | None, target: str | None, api_key: str | None):
+    if (suspect is None) == (target is None):
+        raise ModelheistError("name one suspect: --suspect DIR or --target URL --api-key KEY")
+    from modelheist.experiments.targets import http_oracle, local_oracle
+    from modelheist.models.store import load_model
+
+    if target is not None:
+        return http_oracle(target, api_key)
+    return local_oracle(load_model(suspect), client="verifier")  # type: ignore[arg-type]
+
+
+@verify_app.command("dawn")
+@user_errors
+def verify_dawn(
+    state: StateOption,
+    client: Annotated[
+        str | None,
+        typer.Option(help="Test only this client's watermark set (default: every client's)."),
+    ] = None,
+    suspect: SuspectOption = None,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
+    significance: Annotated[float, typer.Option(help="Significance level of the test.")] = 0.01,
+    budget: Annotated[
+        int | None,
+        typer.Option(help="Most queries to spend on the suspect per client (default: as needed)."),
+    ] = None,
+    json_path: JsonOption = None,
+) -> None:
+    """Query the suspect with the inputs DAWN watermarked for each client of a served API
+    (its --state folder) and test whether it gives them the wrong labels that client got; over
+    several clients each is tested at significance / clients (Bonferroni)."""
+    from modelheist.api.watermark_sets import dawn_watermark_sets
+    from modelheist.ownership.dawn import DawnScheme
+
+    sets = dawn_watermark_sets(state, client)
+    if not sets:
+        raise ModelheistError(
+            f"no client in {state} has a DAWN watermark yet (serve with --defense dawn:...)"
+        )
+    oracle = _suspect_oracle(suspect, target, api_key)
+    corrected = significance / len(sets)
+    verdicts = {}
+    for kept in sets:
+        scheme = DawnScheme(kept.inputs, kept.labels, kept.num_classes, kept.client)
+        verdicts[kept.client] = scheme.verify(oracle, corrected, budget)
+        _say(verdicts[kept.client], corrected, f"client {kept.client}: ")
+    decisions = {evidence.decision for evidence in verdicts.values()}
+    overall = (
+        "stolen"
+        if "stolen" in decisions
+        else "cannot verify"
+        if "cannot verify" in decisions
+        else "not stolen"
+    )
+    stolen_from = [name for name, evidence in verdicts.items() if evidence.decision == "stolen"]
+    console.print(
+        f"{overall}"
+        + (f": derived from the answers to {', '.join(stolen_from)}" if stolen_from else "")
+        + f" (significance {significance:g}, {len(sets)} client(s) tested at {corrected:.3g} each)",
+        highlight=False,
+    )
+    write_json(
+        json_path,
+        {
+            "scheme": "dawn",
+            "decision": overall,
+            "significance": significance,
+            "per_client_significance": corrected,
+            "stolen_from": stolen_from,
+            "clients": {name: evidence.to_json() for name, evidence in verdicts.items()},
+        },
+    )
+    if overall == "cannot verify":
+        raise typer.Exit(2)

@@ -14,6 +14,7 @@ import typing
 from typing import Any
 
 from modelheist.defenses.base import Defense
+from modelheist.defenses.dawn import Dawn
 from modelheist.defenses.granularity import LabelsOnly, Rounding, TopK
 from modelheist.defenses.history import InputHistory
 from modelheist.defenses.misinformation import AdaptiveMisinformation
@@ -52,6 +53,7 @@ for _stage in (
     OodClassifier,
     AdaptiveMisinformation,
     ProofOfWork,
+    Dawn,
 ):
     register_defense(_stage)
 

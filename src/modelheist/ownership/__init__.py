@@ -13,6 +13,7 @@ _EXPORTS = {
     "SCHEMES": "registry",
     "BackdoorWatermark": "watermark",
     "BackdoorWatermarkScheme": "watermark",
+    "DawnScheme": "dawn",
     "TriggerSet": "watermark",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -20,6 +21,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from modelheist.ownership.base import CannotVerify, Evidence, Finding, OwnershipScheme
+    from modelheist.ownership.dawn import DawnScheme
     from modelheist.ownership.registry import SCHEMES
     from modelheist.ownership.watermark import (
         BackdoorWatermark,

@@ -35,6 +35,20 @@ class CannotVerify(ModelheistError):
     """A scheme cannot reach a decision on this suspect (the reason is the message)."""
 
 
+def check_suspect_fits(
+    suspect: Oracle, input_shape: tuple[int, ...], num_classes: int, what: str
+) -> None:
+    """Raise :class:`CannotVerify` unless ``suspect`` takes inputs of ``input_shape`` and
+    answers ``num_classes`` classes, as ``what`` (a watermark's inputs) needs."""
+    if tuple(suspect.input_shape) != tuple(input_shape):
+        raise CannotVerify(
+            f"the suspect takes inputs of shape {tuple(suspect.input_shape)}, {what} "
+            f"{tuple(input_shape)}"
+        )
+    if suspect.num_classes != num_classes:
+        raise CannotVerify(f"the suspect has {suspect.num_classes} classes, {what} {num_classes}")
+
+
 @dataclass(frozen=True)
 class Finding:
     """What a scheme's statistical test found: the statistic (named), its p-value under the

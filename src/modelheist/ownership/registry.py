@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from modelheist.ownership.base import OwnershipScheme
+from modelheist.ownership.dawn import DawnScheme
 from modelheist.ownership.watermark import BackdoorWatermarkScheme
 
-SCHEMES: dict[str, type[OwnershipScheme]] = {cls.name: cls for cls in (BackdoorWatermarkScheme,)}
+SCHEMES: dict[str, type[OwnershipScheme]] = {
+    cls.name: cls for cls in (BackdoorWatermarkScheme, DawnScheme)
+}

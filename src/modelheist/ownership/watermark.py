@@ -48,7 +48,12 @@ from modelheist.errors import ModelheistError
 from modelheist.models.classifier import ModelCard
 from modelheist.models.training import TrainingProtection, TrainingRun
 from modelheist.oracle import Oracle
-from modelheist.ownership.base import CannotVerify, Finding, OwnershipScheme
+from modelheist.ownership.base import (
+    CannotVerify,
+    Finding,
+    OwnershipScheme,
+    check_suspect_fits,
+)
 
 TRIGGER_FORMAT = "modelheist-trigger-set/1"
 TRIGGERS = "triggers.safetensors"
@@ -218,16 +223,9 @@ class BackdoorWatermarkScheme(OwnershipScheme):
                 "the trigger set is not the one the owner's model card records (its SHA-256 "
                 "differs)"
             )
-        if tuple(suspect.input_shape) != tuple(triggers.inputs.shape[1:]):
-            raise CannotVerify(
-                f"the suspect takes inputs of shape {tuple(suspect.input_shape)}, the triggers "
-                f"are {tuple(triggers.inputs.shape[1:])}"
-            )
-        if suspect.num_classes != triggers.num_classes:
-            raise CannotVerify(
-                f"the suspect has {suspect.num_classes} classes, the watermark "
-                f"{triggers.num_classes}"
-            )
+        check_suspect_fits(
+            suspect, triggers.inputs.shape[1:], triggers.num_classes, "the trigger set's"
+        )
         null = 1.0 / triggers.num_classes
         low, high = suspect.input_range or (-np.inf, np.inf)
         answer = suspect.query(np.clip(triggers.inputs, low, high))

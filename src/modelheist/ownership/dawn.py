@@ -1,0 +1,74 @@
+"""Verifying a DAWN watermark (Szyller et al., ACM MM '21, §4.3): does a suspect answer a
+client's watermarked inputs with the wrong labels the API gave that client?
+
+The API answered each watermarked input x with a label y_w = y + 1 + (h mod (C - 1)) (mod C),
+h being 128 bits of HMAC(key, x) (:mod:`modelheist.defenses.dawn`). For any model that never
+saw those answers, h is independent of what it predicts, so it matches y_w with probability
+P(suspect != y) / (C - 1) <= 1 / (C - 1), whatever its accuracy: the number of matches among n
+distinct watermarked inputs is stochastically at most Binomial(n, 1 / (C - 1)). The p-value is
+that law's exact upper tail at the observed count (:func:`scipy.stats.binomtest`): a bound
+proven from the construction rather than a chance rate assumed (1 / C would be too small) or
+estimated. ``benchmarks/`` checks it against independently trained models.
+
+Deviation from the paper, which declares a surrogate stolen when its watermark accuracy
+exceeds a threshold chosen from the same binomial argument (confidence 1 - 2^-64): the p-value
+itself is reported, and the decision is taken at the significance the verifier names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from rich.progress import Progress
+from scipy.stats import binomtest
+
+from modelheist.oracle import Oracle
+from modelheist.ownership.base import (
+    CannotVerify,
+    Finding,
+    OwnershipScheme,
+    check_suspect_fits,
+)
+
+#: Inputs sent to the suspect per request.
+CHUNK = 1024
+
+
+@dataclass
+class DawnScheme(OwnershipScheme):
+    """Test a suspect against one client's DAWN watermark set (distinct inputs, wrong labels)."""
+
+    name: ClassVar[str] = "dawn"
+
+    inputs: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    client: str = ""
+
+    def _test(self, suspect: Oracle, progress: Progress | None) -> Finding:
+        n = len(self.labels)
+        if n == 0:
+            raise CannotVerify(f"client {self.client!r} has no watermarked query to test with")
+        if self.num_classes < 2:
+            raise CannotVerify("a watermark needs at least 2 classes")
+        check_suspect_fits(suspect, self.inputs.shape[1:], self.num_classes, "the watermark set's")
+        low, high = suspect.input_range or (-np.inf, np.inf)
+        inputs = np.clip(self.inputs, low, high).astype(np.float32)
+        task = progress.add_task("dawn: query the suspect", total=n) if progress else None
+        answered = []
+        for start in range(0, n, CHUNK):
+            answered.append(suspect.query(inputs[start : start + CHUNK]).labels)
+            if progress is not None and task is not None:
+                progress.advance(task, len(answered[-1]))
+        matches = int((np.concatenate(answered) == self.labels).sum())
+        chance = 1.0 / (self.num_classes - 1)
+        test = binomtest(matches, n, chance, alternative="greater")
+        return Finding(
+            "watermark accuracy",
+            matches / n,
+            float(test.pvalue),
+            {"client": self.client, "matches": matches, "watermarks": n, "chance_bound": chance},
+            smallest_p_value=chance**n,
+        )

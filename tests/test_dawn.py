@@ -1,0 +1,153 @@
+"""DAWN (Szyller et al. ACM MM '21): the API watermarks a keyed fraction of each client's queries
+with wrong labels, keeps each client's set, and a surrogate trained on those answers is found
+stolen while an independent model is not."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from modelheist.api import LocalOracle, PredictionService
+from modelheist.api.ledger import Ledger
+from modelheist.api.watermark_sets import dawn_watermark_sets
+from modelheist.defenses import parse_defense
+from modelheist.defenses.dawn import Dawn, watermark_digests
+from modelheist.errors import ModelheistError
+from modelheist.models import TrainConfig, save_model
+from modelheist.models.architectures import build_network, normalisation_stats
+from modelheist.models.classifier import ModelCard, TorchClassifier
+from modelheist.models.training import train_network
+from modelheist.ownership import DawnScheme
+
+
+def answers(service, client, x, batch=64):
+    out = [service.query(client, x[i : i + batch]) for i in range(0, len(x), batch)]
+    return np.concatenate([a.labels for a in out]), np.concatenate([a.probabilities for a in out])
+
+
+def test_a_keyed_fraction_gets_wrong_labels_and_the_same_answer_again(digits_cnn, digits):
+    x = np.concatenate([digits.pool.x, digits.test.x])
+    service = PredictionService(digits_cnn, [Dawn(rate=0.2, seed=7)])
+    service.register_client("c")
+    labels, probabilities = answers(service, "c", x)
+    own = digits_cnn.predict_proba(x)
+    changed = labels != own.argmax(1)
+    low, high = stats.binom.ppf([1e-6, 1 - 1e-6], len(x), 0.2)
+    assert low <= changed.sum() <= high  # about rate x queries, and never the model's label
+    assert (probabilities.argmax(1) == labels).all()
+    np.testing.assert_allclose(np.sort(probabilities, 1), np.sort(own, 1), rtol=1e-6)  # permuted
+    again, _ = answers(service, "c", x[::-1], batch=17)  # asked again, in other requests
+    np.testing.assert_array_equal(again[::-1], labels)
+    state = service.client("c").stages[0]
+    assert state.values["watermarked"] == 2 * changed.sum() and state.values["classes"] == 10
+    np.testing.assert_array_equal(state.array("labels")[: changed.sum()], labels[changed])
+    other = PredictionService(digits_cnn, [Dawn(rate=0.2, seed=8)])  # another key
+    other.register_client("c")
+    assert (answers(other, "c", x)[0] != own.argmax(1)).tolist() != changed.tolist()
+
+
+def test_the_whole_canonical_input_decides(digits):
+    key = b"k" * 32
+    x = digits.test.x[:1].copy()
+    base = watermark_digests(key, x)
+    y = x.copy()
+    y.reshape(-1)[-1] += 1e-3  # the last value only
+    assert (watermark_digests(key, y) != base).any()
+    z = x.copy()
+    z[z == 0] = -0.0
+    np.testing.assert_array_equal(watermark_digests(key, z), base)  # -0.0 is 0.0
+    assert (watermark_digests(key, x.reshape(1, 1, 64, 1)) != base).any()  # the shape counts
+
+
+def test_bad_settings_are_one_line(tmp_path):
+    for spec, needle in [("dawn:rate=0", "rate must lie"), ("dawn:rate=1.5", "rate must lie")]:
+        with pytest.raises(ModelheistError, match=needle):
+            parse_defense(spec)
+    with pytest.raises(ModelheistError, match="does not exist"):
+        parse_defense(f"dawn:key_file={tmp_path}/none.key")
+    with pytest.raises(ModelheistError, match="needs the owner's key"):
+        parse_defense("dawn:seed=3").check_serving()
+    from modelheist.defenses.base import check_pipeline
+
+    with pytest.raises(ModelheistError, match="before the top-k"):
+        check_pipeline([parse_defense("labels"), parse_defense("dawn:seed=1")])
+
+
+@pytest.fixture(scope="module")
+def served_and_stolen(digits_cnn, digits, tmp_path_factory):
+    """A digits CNN served with DAWN at rate 0.1 to a thief (the attacker's pool, probabilities)
+    and an honest client (a few test images); the thief's surrogate, trained on its answers."""
+    state = tmp_path_factory.mktemp("dawn-state")
+    ledger = Ledger.open(state)
+    service = PredictionService(digits_cnn, [Dawn(rate=0.1, seed=11)], ledger=ledger)
+    service.register_client("thief")
+    service.register_client("honest")
+    x = digits.pool.x
+    labels, _ = answers(service, "thief", x)
+    answers(service, "honest", digits.test.x[:30])
+    ledger.close()
+    mean, std = normalisation_stats(x)
+    net = build_network("cnn", list(x.shape[1:]), 10, mean, std, 5)
+    train_network(net, x, np.eye(10)[labels], TrainConfig(epochs=100, seed=5))  # fits them all
+    card = ModelCard(
+        architecture="cnn",
+        dataset="surrogate",
+        classes=[str(i) for i in range(10)],
+        input_shape=list(x.shape[1:]),
+        normalisation={"mean": mean, "std": std},
+    )
+    return state, TorchClassifier(net, card)
+
+
+def test_a_surrogate_of_the_answers_is_stolen_an_independent_model_is_not(
+    served_and_stolen, marked_cnn
+):
+    state, surrogate = served_and_stolen
+    sets = {kept.client: kept for kept in dawn_watermark_sets(state)}
+    thief = sets["thief"]
+    assert len(thief) > 50 and len(np.unique(thief.digests, axis=0)) == len(thief)
+    scheme = DawnScheme(thief.inputs, thief.labels, thief.num_classes, "thief")
+
+    def verdict(model):
+        return scheme.verify(
+            LocalOracle.for_new_client(PredictionService(model, []), None), 2.0**-64
+        )
+
+    stolen = verdict(surrogate)
+    assert stolen.decision == "stolen" and stolen.p_value < 2.0**-64
+    assert stolen.queries == len(thief) and stolen.details["chance_bound"] == pytest.approx(1 / 9)
+    independent = verdict(marked_cnn)  # trained on the same data, never on the API's answers
+    assert independent.decision == "not stolen" and independent.statistic < 0.2
+    json.dumps(stolen.to_json())
+
+
+def test_verify_dawn_from_the_command_line(served_and_stolen, tmp_path, cli_in_process, digits):
+    state, surrogate = served_and_stolen
+    folder = save_model(surrogate, tmp_path / "surrogate")
+    proc = cli_in_process(
+        "verify", "dawn", "--state", state, "--suspect", folder, "--json", tmp_path / "v.json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    verdict = json.loads((tmp_path / "v.json").read_text())
+    assert verdict["decision"] == "stolen" and verdict["stolen_from"] == ["thief"]
+    assert verdict["per_client_significance"] == pytest.approx(0.01 / len(verdict["clients"]))
+    assert "stolen: derived from the answers to thief" in proc.stdout
+    # a suspect for other inputs cannot be tested: a verdict of "cannot verify", exit 2
+    from modelheist.data import load_dataset
+    from modelheist.models import train_model
+
+    other = save_model(
+        train_model(load_dataset("breast-cancer", seed=0), "logreg"), tmp_path / "other"
+    )
+    proc = cli_in_process(
+        "verify", "dawn", "--state", state, "--client", "thief", "--suspect", other
+    )
+    assert proc.returncode == 2 and "cannot verify" in proc.stdout and "shape" in proc.stdout
+    for args, needle in [
+        (["--state", tmp_path / "none", "--suspect", folder], "no modelheist state"),
+        (["--state", state, "--client", "ghost", "--suspect", folder], "unknown client"),
+        (["--state", state], "name one suspect"),
+    ]:
+        proc = cli_in_process("verify", "dawn", *args)
+        assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
