@@ -12,7 +12,7 @@ from modelheist.api import LocalOracle, PredictionService
 from modelheist.api.ledger import Ledger
 from modelheist.api.watermark_sets import dawn_watermark_sets
 from modelheist.defenses import parse_defense
-from modelheist.defenses.dawn import Dawn, watermark_digests
+from modelheist.defenses.dawn import Dawn, selected, watermark_digests
 from modelheist.errors import ModelheistError
 from modelheist.models import TrainConfig, save_model
 from modelheist.models.architectures import build_network, normalisation_stats
@@ -85,6 +85,7 @@ def served_and_stolen(digits_cnn, digits, tmp_path_factory):
     service.register_client("honest")
     x = digits.pool.x
     labels, _ = answers(service, "thief", x)
+    answers(service, "thief", x[:200])  # asked again: the same watermarks, counted once
     answers(service, "honest", digits.test.x[:30])
     ledger.close()
     mean, std = normalisation_stats(x)
@@ -101,12 +102,14 @@ def served_and_stolen(digits_cnn, digits, tmp_path_factory):
 
 
 def test_a_surrogate_of_the_answers_is_stolen_an_independent_model_is_not(
-    served_and_stolen, marked_cnn
+    served_and_stolen, marked_cnn, digits
 ):
     state, surrogate = served_and_stolen
     sets = {kept.client: kept for kept in dawn_watermark_sets(state)}
     thief = sets["thief"]
-    assert len(thief) > 50 and len(np.unique(thief.digests, axis=0)) == len(thief)
+    stage = Dawn(rate=0.1, seed=11)
+    expected = selected(watermark_digests(stage.key(), digits.pool.x), 0.1).sum()
+    assert len(thief) == expected > 50  # the 200 asked twice are in the set once
     scheme = DawnScheme(thief.inputs, thief.labels, thief.num_classes, "thief")
 
     def verdict(model):
@@ -130,9 +133,9 @@ def test_verify_dawn_from_the_command_line(served_and_stolen, tmp_path, cli_in_p
     )
     assert proc.returncode == 0, proc.stderr
     verdict = json.loads((tmp_path / "v.json").read_text())
-    assert verdict["decision"] == "stolen" and verdict["stolen_from"] == ["thief"]
+    assert verdict["decision"] == "stolen" and verdict["matching_sets"] == ["thief"]
     assert verdict["per_client_significance"] == pytest.approx(0.01 / len(verdict["clients"]))
-    assert "stolen: derived from the answers to thief" in proc.stdout
+    assert "stolen: derived from the API's answers (watermark sets matched: thief)" in proc.stdout
     # a suspect for other inputs cannot be tested: a verdict of "cannot verify", exit 2
     from modelheist.data import load_dataset
     from modelheist.models import train_model
@@ -148,6 +151,16 @@ def test_verify_dawn_from_the_command_line(served_and_stolen, tmp_path, cli_in_p
         (["--state", tmp_path / "none", "--suspect", folder], "no modelheist state"),
         (["--state", state, "--client", "ghost", "--suspect", folder], "unknown client"),
         (["--state", state], "name one suspect"),
+        (["--state", state, "--suspect", folder, "--significance", "1.5"], "must lie in (0, 1)"),
     ]:
         proc = cli_in_process("verify", "dawn", *args)
         assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+
+
+def test_tarone_screens_out_sets_that_can_never_decide():
+    from modelheist.ownership.dawn import tarone_screen
+
+    assert tarone_screen([1e-30, 1e-30, 0.5, 0.2], 0.01) == (2, [True, True, False, False])
+    assert tarone_screen([1e-30], 0.01) == (1, [True])
+    m, testable = tarone_screen([0.5, 0.2], 0.01)  # none can decide: none is tested
+    assert not any(testable)

@@ -155,3 +155,15 @@ def test_one_replay_answers_for_every_delta(digits_cnn, digits):
         assert (first, alarms) == (direct.first_alarm, len(direct.alarms))
         seen.add(first)
     assert len(seen) > 1  # the deltas do not all agree: the check can tell them apart
+
+
+def test_a_requests_batching_does_not_change_anything(digits_cnn, digits):
+    """One query per request or 64 (every class founded inside the first request): the same
+    distances, thresholds and alarms, exactly."""
+    xs = np.concatenate([synthetic_stream(digits)[:200], digits.test.x[:100]])
+    one, alarms_one = run_stage(Prada(delta=0.95), digits_cnn, xs, batch=1)
+    many, alarms_many = run_stage(Prada(delta=0.95), digits_cnn, xs, batch=64)
+    assert one.values == many.values and one.values["processed"] == len(xs)
+    np.testing.assert_array_equal(one.array("distances"), many.array("distances"))
+    assert len(one.array("distances")) == len(xs) - len(one.values["thresholds"])  # founders
+    assert [a.statistic for a in alarms_one] == [a.statistic for a in alarms_many]

@@ -112,35 +112,55 @@ def verify_dawn(
 ) -> None:
     """Query the suspect with the inputs DAWN watermarked for each client of a served API
     (its --state folder) and test whether it gives them the wrong labels that client got; over
-    several clients each is tested at significance / clients (Bonferroni)."""
+    several clients each is tested at significance / m (Bonferroni with Tarone's screen: sets
+    too small to ever reach that level are not tested). Two clients who asked the same inputs
+    share those watermarks, so a matching set names whose answers it matches, not a culprit."""
     from modelheist.api.watermark_sets import dawn_watermark_sets
-    from modelheist.ownership.dawn import DawnScheme
+    from modelheist.ownership.dawn import DawnScheme, tarone_screen
 
+    if not 0.0 < significance < 1.0:
+        raise ModelheistError(f"--significance must lie in (0, 1), got {significance}")
     sets = dawn_watermark_sets(state, client)
     if not sets:
         raise ModelheistError(
-            f"no client in {state} has a DAWN watermark yet (serve with --defense dawn:...)"
+            f"client {client!r} has no DAWN watermark in {state}"
+            if client is not None
+            else f"no client in {state} has a DAWN watermark yet (serve with --defense dawn:...)"
         )
     oracle = _suspect_oracle(suspect, target, api_key)
-    corrected = significance / len(sets)
-    verdicts = {}
-    for kept in sets:
-        scheme = DawnScheme(kept.inputs, kept.labels, kept.num_classes, kept.client)
-        verdicts[kept.client] = scheme.verify(oracle, corrected, budget)
-        _say(verdicts[kept.client], corrected, f"client {kept.client}: ")
+    schemes = [DawnScheme(s.inputs, s.labels, s.num_classes, s.client) for s in sets]
+    m, testable = tarone_screen([scheme.smallest_p_value for scheme in schemes], significance)
+    corrected = significance / m
+    verdicts, too_few = {}, []
+    for scheme, tested in zip(schemes, testable, strict=True):
+        if not tested:  # could never reach the corrected level: not run, not counted
+            too_few.append(scheme.client)
+            continue
+        verdicts[scheme.client] = scheme.verify(oracle, corrected, budget)
+        _say(verdicts[scheme.client], corrected, f"client {scheme.client}: ")
+    if too_few:
+        console.print(
+            f"not tested (too few watermarks to reach {corrected:.3g}): {', '.join(too_few)}",
+            highlight=False,
+        )
     decisions = {evidence.decision for evidence in verdicts.values()}
     overall = (
         "stolen"
         if "stolen" in decisions
         else "cannot verify"
-        if "cannot verify" in decisions
+        if "cannot verify" in decisions or not verdicts
         else "not stolen"
     )
-    stolen_from = [name for name, evidence in verdicts.items() if evidence.decision == "stolen"]
+    matching = [name for name, evidence in verdicts.items() if evidence.decision == "stolen"]
     console.print(
         f"{overall}"
-        + (f": derived from the answers to {', '.join(stolen_from)}" if stolen_from else "")
-        + f" (significance {significance:g}, {len(sets)} client(s) tested at {corrected:.3g} each)",
+        + (
+            f": derived from the API's answers (watermark sets matched: {', '.join(matching)})"
+            if matching
+            else ""
+        )
+        + f" (significance {significance:g}; {len(verdicts)} client(s) tested at "
+        f"{corrected:.3g} each)",
         highlight=False,
     )
     write_json(
@@ -150,7 +170,8 @@ def verify_dawn(
             "decision": overall,
             "significance": significance,
             "per_client_significance": corrected,
-            "stolen_from": stolen_from,
+            "matching_sets": matching,
+            "not_tested": too_few,
             "clients": {name: evidence.to_json() for name, evidence in verdicts.items()},
         },
     )

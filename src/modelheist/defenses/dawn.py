@@ -8,7 +8,11 @@ first 128 bits decide whether x is watermarked: when, read as an integer, they f
 watermarked query gets a wrong label derived from the other 128 bits: the model's label y
 shifted by 1 + (h mod (C - 1)), so it is never y and is uniform over the other C - 1 classes;
 with probabilities, the entries of y and of the wrong label are swapped, so the vector is the
-model's own, permuted, and its arg-max is the wrong label. The same input always gets the same
+model's own, permuted, and its arg-max is the wrong label (shared with another class only where
+an earlier stage, e.g. rounding, left a tie at the top; the label returned is the wrong one).
+Put ``dawn`` after the stages that change probabilities and before top-k or labels-only ones:
+a later stage that changes labels (misinformation) would answer something other than the label
+the client's watermark set records. The same input always gets the same
 answer (the decision and the label are functions of the key and the input alone), so asking
 again reveals nothing. Each client's watermarked inputs, their wrong labels and their digests
 are kept in that client's stage state, the client's watermark set, from which

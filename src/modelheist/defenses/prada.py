@@ -25,7 +25,8 @@ synthetic). Deliberate deviations, none of which changes a decision:
 * exact nearest neighbours with ``faiss.knn`` (brute-force L2, SIMD) over the class's growing
   set as one array, instead of a Python loop over its members; a request's queries are searched
   against the set as the request found it in one call per class, and only against the members
-  the request itself added one by one (the same distances, bitwise, as one query at a time);
+  the request itself added one by one; the nearest candidates' distances are summed again in
+  float64, so that they do not depend on batching or threads (faiss's own sums do);
 * the state is each client's, kept by the service (append-only arrays, committed with the
   audit log) instead of one global object, so it survives restarts and never mixes clients;
 * inputs are compared as float32 in the model's input space (the reference reads uint8 images,
@@ -44,22 +45,26 @@ from modelheist.defenses.state import StageState
 from modelheist.errors import ModelheistError
 from modelheist.oracle.answer import Answer
 
-#: faiss switches to a BLAS search (||x||^2 + ||y||^2 - 2xy, rounded differently) from this many
-#: queries per call on; below it each pair's distance is the same SIMD sum whatever the batch.
-_SEQUENTIAL_SEARCH = 19
+#: Candidates faiss returns per query; their distances are then computed again exactly.
+_CANDIDATES = 8
 
 
 def nearest_squared(members: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """The exact squared L2 distance from each of ``queries`` (k, d) to its nearest row of
-    ``members`` (n, d), searched a few queries per call so that every value is bitwise what a
-    one-query search gives (a request's verdict does not depend on how it was batched)."""
+    """The squared L2 distance from each of ``queries`` (k, d) to its nearest row of
+    ``members`` (n, d). faiss finds the few nearest candidates (its sums are rounded in ways
+    that depend on the batch size, the set's size and the number of threads: BLAS or SIMD);
+    each candidate's distance is then summed again in float64, so a value does not depend on
+    how the queries were batched or on the machine (unless more than ``_CANDIDATES`` members
+    tie with the nearest within float32 rounding)."""
     import faiss
 
-    out = np.empty(len(queries), np.float32)
-    for start in range(0, len(queries), _SEQUENTIAL_SEARCH):
-        chunk = np.ascontiguousarray(queries[start : start + _SEQUENTIAL_SEARCH])
-        squared, _ = faiss.knn(chunk, members, 1)
-        out[start : start + len(chunk)] = squared[:, 0]
+    queries = np.ascontiguousarray(queries, np.float32)
+    k = min(_CANDIDATES, len(members))
+    _, candidates = faiss.knn(queries, np.ascontiguousarray(members, np.float32), k)
+    out = np.empty(len(queries), np.float64)
+    for i, rows in enumerate(candidates):
+        diff = members[rows[rows >= 0]].astype(np.float64) - queries[i].astype(np.float64)
+        out[i] = float(np.einsum("ij,ij->i", diff, diff).min())
     return out
 
 

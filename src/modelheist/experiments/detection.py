@@ -76,7 +76,8 @@ def alarms_below(trace: Sequence[tuple[int, float]], delta: float) -> tuple[int 
     """For a statistic that alarms below ``delta`` (PRADA's W): the query count of the first
     alarm (None: never) and the number of crossings below ``delta``, read from a replay's
     ``trace``. Under the flag policy PRADA's state does not depend on delta, so one replay
-    answers for every delta."""
+    answers for every delta; exact for a replay of one query per request (the trace is read
+    after each request, so a larger batch could hide a test between two readings)."""
     first, crossings, below = None, 0, False
     for queries, statistic in trace:
         now = statistic < delta

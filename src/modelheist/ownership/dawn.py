@@ -36,6 +36,18 @@ from modelheist.ownership.base import (
 CHUNK = 1024
 
 
+def tarone_screen(smallest_p_values: list[float], significance: float) -> tuple[int, list[bool]]:
+    """Tarone's (1990) refinement of Bonferroni for tests that cannot all reach significance
+    (a client with a handful of watermarks never can): the smallest m such that at most m
+    tests could reach ``significance`` / m; those are tested at that level, the others are not
+    run (they could not decide and would only dilute the correction). Returns (m, testable)."""
+    for m in range(1, len(smallest_p_values) + 1):
+        testable = [p <= significance / m for p in smallest_p_values]
+        if sum(testable) <= m:
+            return m, testable
+    return len(smallest_p_values), [True] * len(smallest_p_values)
+
+
 @dataclass
 class DawnScheme(OwnershipScheme):
     """Test a suspect against one client's DAWN watermark set (distinct inputs, wrong labels)."""
@@ -46,6 +58,11 @@ class DawnScheme(OwnershipScheme):
     labels: np.ndarray
     num_classes: int
     client: str = ""
+
+    @property
+    def smallest_p_value(self) -> float:
+        """The p-value if the suspect matched every watermark (the best this set can do)."""
+        return (1.0 / max(self.num_classes - 1, 1)) ** len(self.labels)
 
     def _test(self, suspect: Oracle, progress: Progress | None) -> Finding:
         n = len(self.labels)
@@ -70,5 +87,5 @@ class DawnScheme(OwnershipScheme):
             matches / n,
             float(test.pvalue),
             {"client": self.client, "matches": matches, "watermarks": n, "chance_bound": chance},
-            smallest_p_value=chance**n,
+            smallest_p_value=self.smallest_p_value,
         )
