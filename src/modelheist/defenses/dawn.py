@@ -40,7 +40,7 @@ from typing import ClassVar
 import numpy as np
 
 from modelheist.defenses.base import Capabilities, Defense, StageContext, require_probabilities
-from modelheist.defenses.secrets import SecretFile
+from modelheist.defenses.secrets import SecretFile, require_key_file
 from modelheist.defenses.state import StageState
 from modelheist.errors import ModelheistError
 from modelheist.oracle.answer import Answer
@@ -102,11 +102,7 @@ class Dawn(Defense):
             raise ModelheistError("dawn: a watermark needs a model with at least 2 classes")
 
     def check_serving(self) -> None:
-        if self.key_file is None:
-            raise ModelheistError(
-                "dawn: a served model's watermark needs the owner's key, key_file=PATH (make one "
-                "with `modelheist keys secret PATH`); seed= is public, for experiments only"
-            )
+        require_key_file(self.name, "watermark", self.key_file)
 
     def key(self) -> bytes:
         """The HMAC key: the key file's secret, or (experiments) one derived from the seed."""
@@ -129,11 +125,10 @@ class Dawn(Defense):
         labels = np.array(answer.labels, np.int64, copy=True)
         wrong = wrong_labels(digests[chosen], labels[chosen], p.shape[1])
         probabilities = np.array(p, copy=True)
-        rows = chosen
-        own = probabilities[rows, labels[rows]]
-        probabilities[rows, labels[rows]] = probabilities[rows, wrong]
-        probabilities[rows, wrong] = own
-        labels[rows] = wrong
+        own = probabilities[chosen, labels[chosen]]
+        probabilities[chosen, labels[chosen]] = probabilities[chosen, wrong]
+        probabilities[chosen, wrong] = own
+        labels[chosen] = wrong
         state.append("inputs", canonical_rows(inputs[chosen]))
         state.append("labels", wrong)
         state.append("digests", digests[chosen])

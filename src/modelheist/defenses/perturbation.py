@@ -24,7 +24,7 @@ import numpy as np
 from scipy.special import expit, logit
 
 from modelheist.defenses.base import Capabilities, Defense, StageContext, require_probabilities
-from modelheist.defenses.secrets import SecretFile
+from modelheist.defenses.secrets import SecretFile, require_key_file
 from modelheist.defenses.state import StageState
 from modelheist.errors import ModelheistError
 from modelheist.oracle.answer import Answer
@@ -87,11 +87,7 @@ class GaussianNoise(Defense):
             self.key_file.check()
 
     def check_serving(self) -> None:
-        if self.key_file is None:
-            raise ModelheistError(
-                "noise: a served model's noise needs the owner's key, key_file=PATH (make one "
-                "with `modelheist keys secret PATH`); seed= is public, for experiments only"
-            )
+        require_key_file(self.name, "noise", self.key_file)
 
     def noise(self, inputs: np.ndarray, classes: int) -> np.ndarray:
         """Standard normal draws (n, classes), a function of (key, input) alone.

@@ -75,3 +75,13 @@ def create_secret_file(path: str | os.PathLike[str]) -> Path:
     with os.fdopen(descriptor, "w") as handle:
         handle.write(secrets.token_hex(32) + "\n")
     return path
+
+
+def require_key_file(stage: str, what: str, key_file: SecretFile | None) -> None:
+    """Refuse, in one line, a served stage whose secret is a public seed instead of a key file
+    (a stage's ``check_serving``)."""
+    if key_file is None:
+        raise ModelheistError(
+            f"{stage}: a served model's {what} needs the owner's key, key_file=PATH (make one "
+            "with `modelheist keys secret PATH`); seed= is public, for experiments only"
+        )
