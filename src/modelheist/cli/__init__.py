@@ -4,13 +4,15 @@
 * :mod:`~modelheist.cli.adversary` — ``attack NAME`` (generated from the attack registry),
   ``query``;
 * :mod:`~modelheist.cli.verifier` — ``verify SCHEME``;
+* :mod:`~modelheist.cli.claims` — ``claims keygen|add|show|bundle|check`` (the owner commits,
+  a judge checks);
 * :mod:`~modelheist.cli.experimenter` — ``datasets``, ``quickstart``.
 
 Commands import the library when they run, so that ``modelheist keys ...`` does not load
 PyTorch.
 """
 
-from modelheist.cli import adversary, experimenter, owner, verifier
+from modelheist.cli import adversary, claims, experimenter, owner, verifier
 from modelheist.cli.common import app
 
-__all__ = ["adversary", "app", "experimenter", "owner", "verifier"]
+__all__ = ["adversary", "app", "claims", "experimenter", "owner", "verifier"]
