@@ -161,13 +161,22 @@ class _AttackGroup(typer.core.TyperGroup):
     def list_commands(self, ctx: click.Context) -> list[str]:
         from modelheist.attacks.registry import ATTACKS
 
-        return list(ATTACKS)
+        return [*ATTACKS, *_ownership_attacks().list_commands(ctx)]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         from modelheist.attacks.registry import ATTACKS
 
         cls = ATTACKS.get(cmd_name)
-        return None if cls is None else _attack_command(cls)
+        if cls is None:  # the adversaries of ownership resolution (remove, false-claim)
+            return _ownership_attacks().get_command(ctx, cmd_name)
+        return _attack_command(cls)
+
+
+def _ownership_attacks() -> Any:
+    """The group of ``remove`` and ``false-claim`` (a Typer group)."""
+    from modelheist.cli.ownership_attacks import ownership_attacks
+
+    return typer.main.get_command(ownership_attacks)
 
 
 attack_app = typer.Typer(

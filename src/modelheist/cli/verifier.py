@@ -28,6 +28,14 @@ app.add_typer(verify_app, name="verify")
 SuspectOption = Annotated[
     Path | None, typer.Option("--suspect", help="Suspect model folder (queried in-process).")
 ]
+ReferenceOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--reference",
+        help="The judge's independently trained reference model (repeat): a watermark set "
+        "that also passes on one is refused (the screen against false claims).",
+    ),
+]
 
 
 @verify_app.command("backdoor-watermark")
@@ -47,6 +55,14 @@ def verify_backdoor_watermark(
     budget: Annotated[
         int | None, typer.Option(help="Most queries to spend on the suspect (default: as needed).")
     ] = None,
+    reference: ReferenceOption = None,
+    require_derived: Annotated[
+        bool,
+        typer.Option(
+            help="Accept only a trigger set that its recorded seed regenerates (it cannot have "
+            "been optimised against other models)."
+        ),
+    ] = False,
     json_path: JsonOption = None,
 ) -> None:
     """Query the suspect with the watermark's triggers; an exact binomial test decides. The
@@ -60,7 +76,9 @@ def verify_backdoor_watermark(
 
     oracle = _suspect_oracle(suspect, target, api_key)
     commitment = recorded_commitment(load_card(owner_model))
-    scheme = BackdoorWatermarkScheme(TriggerSet.load(triggers), commitment)
+    scheme = _screened(
+        BackdoorWatermarkScheme(TriggerSet.load(triggers), commitment, require_derived), reference
+    )
     evidence = scheme.verify(oracle, significance, budget)
     _say(evidence, significance)
     write_json(json_path, evidence.to_json())
@@ -79,6 +97,18 @@ def _say(evidence, significance: float, who: str = "") -> None:
             f"({evidence.queries} queries)",
             highlight=False,
         )
+
+
+def _screened(scheme, references: list[Path] | None):
+    """``scheme`` behind the judge's screen on ``references`` (model folders), if any."""
+    if not references:
+        return scheme
+    from modelheist.experiments.targets import local_oracle
+    from modelheist.models.store import load_model
+    from modelheist.ownership.screen import ScreenedScheme
+
+    oracles = [local_oracle(load_model(path), "labels", client="judge") for path in references]
+    return ScreenedScheme(scheme, oracles)
 
 
 def _suspect_oracle(suspect: Path | None, target: str | None, api_key: str | None):
@@ -108,6 +138,7 @@ def verify_dawn(
         int | None,
         typer.Option(help="Most queries to spend on the suspect per client (default: as needed)."),
     ] = None,
+    reference: ReferenceOption = None,
     json_path: JsonOption = None,
 ) -> None:
     """Query the suspect with the inputs DAWN watermarked for each client of a served API
@@ -130,13 +161,14 @@ def verify_dawn(
     oracle = _suspect_oracle(suspect, target, api_key)
     schemes = [DawnScheme(s.inputs, s.labels, s.num_classes, s.client) for s in sets]
     m, testable = tarone_screen([scheme.smallest_p_value for scheme in schemes], significance)
+    judged = {scheme.client: _screened(scheme, reference) for scheme in schemes}
     corrected = significance / m
     verdicts, too_few = {}, []
     for scheme, tested in zip(schemes, testable, strict=True):
         if not tested:  # could never reach the corrected level: not run, not counted
             too_few.append(scheme.client)
             continue
-        verdicts[scheme.client] = scheme.verify(oracle, corrected, budget)
+        verdicts[scheme.client] = judged[scheme.client].verify(oracle, corrected, budget)
         _say(verdicts[scheme.client], corrected, f"client {scheme.client}: ")
     if too_few:
         console.print(

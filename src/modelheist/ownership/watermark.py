@@ -29,6 +29,7 @@ still fabricate a card with a set of its own; this module is the scheme's core.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import secrets
@@ -105,8 +106,7 @@ class TriggerSet:
         if source == "noise":
             inputs = rng.uniform(0.0, 1.0, size=(n, *input_shape)).astype(np.float32)
         elif source in dataset_names():
-            pool = load_dataset(source, seed=seed)
-            images = np.concatenate([pool.train.x, pool.test.x, pool.pool.x])
+            images = _trigger_images(source)
             if len(images) < n:
                 raise ModelheistError(f"{source} has {len(images)} images; {n} triggers asked")
             picked = images[rng.choice(len(images), n, replace=False)]
@@ -118,6 +118,18 @@ class TriggerSet:
             )
         labels = rng.integers(0, num_classes, size=n).astype(np.int64)
         return cls(inputs, labels, num_classes, source, seed)
+
+    def regenerates(self) -> bool:
+        """Whether this set is exactly what :meth:`generate` makes from its recorded source and
+        seed: then its inputs and labels were fixed by the seed, not optimised (a countermeasure
+        to false claims, "verifiable trigger generation" in Liu et al., USENIX Security '24, once
+        the seed is committed)."""
+        if self.source != "noise" and self.source not in dataset_names():
+            return False
+        again = TriggerSet.generate(
+            len(self), self.inputs.shape[1:], self.num_classes, self.source, self.seed
+        )
+        return again.digest == self.digest
 
     def save(self, folder: str | Path) -> Path:
         """Write the set to a new folder (safetensors + JSON); never into a model folder."""
@@ -167,6 +179,16 @@ class TriggerSet:
         return triggers
 
 
+@functools.lru_cache(maxsize=4)
+def _trigger_images(source: str) -> np.ndarray:
+    """Every image of a registered dataset, in one fixed order (its seed-0 split), that
+    triggers are drawn from (read-only: shared between calls)."""
+    pool = load_dataset(source, seed=0)
+    images = np.concatenate([pool.train.x, pool.test.x, pool.pool.x])
+    images.setflags(write=False)
+    return images
+
+
 @dataclass
 class BackdoorWatermark(TrainingProtection):
     """Embed a trigger set while training: its inputs, repeated ``repeats`` times, are added to
@@ -209,12 +231,15 @@ class BackdoorWatermarkScheme(OwnershipScheme):
 
     ``commitment`` is the trigger set's SHA-256 as the owner's model card recorded it when the
     watermark was embedded; a set that does not match it cannot verify anything.
+    ``require_derived`` accepts only a set that its recorded seed regenerates
+    (:meth:`TriggerSet.regenerates`), a countermeasure to false claims.
     """
 
     name: ClassVar[str] = "backdoor-watermark"
 
     triggers: TriggerSet
     commitment: str | None = None
+    require_derived: bool = False
 
     def _test(self, suspect: Oracle, progress: Progress | None) -> Finding:
         triggers = self.triggers
@@ -222,6 +247,11 @@ class BackdoorWatermarkScheme(OwnershipScheme):
             raise CannotVerify(
                 "the trigger set is not the one the owner's model card records (its SHA-256 "
                 "differs)"
+            )
+        if self.require_derived and not triggers.regenerates():
+            raise CannotVerify(
+                "the trigger set is not what its recorded seed generates: its inputs or labels "
+                "may have been chosen to match other models"
             )
         check_suspect_fits(
             suspect, triggers.inputs.shape[1:], triggers.num_classes, "the trigger set's"
@@ -240,6 +270,7 @@ class BackdoorWatermarkScheme(OwnershipScheme):
                 "triggers": len(triggers),
                 "chance": null,
                 "commitment_checked": self.commitment is not None,
+                "derivation_checked": self.require_derived,
             },
             smallest_p_value=null ** len(triggers),  # every trigger matched
         )
