@@ -51,6 +51,14 @@ def test_quickstart_fast_end_to_end(tmp_path):
     assert all({"prada_alarm", "ood_alarm"} <= set(r) for r in runs)
     assert all(r["ood_alarm"] is None for r in in_dist)
     assert "PRADA alarm (query)" in (tmp_path / "report" / "report.md").read_text()
+    # DAWN ran too: each run's client got watermarks (~0.5% of its queries), each surrogate was
+    # tested against its own set, and the independent model was accused by none of them
+    assert document["watermark"].startswith("dawn:rate=0.005")
+    five_thousand = [r for r in runs if r["budget"] == 5000]
+    assert all(r["dawn_watermarks"] >= 10 for r in five_thousand)
+    assert all(r["dawn_verdict"] in ("stolen", "not stolen", "cannot verify") for r in runs)
+    assert document["independent_model"]["accused"] == 0
+    assert "watermarked answers" in (tmp_path / "report" / "report.md").read_text()
     assert (tmp_path / "report" / "report.md").read_text().count("| ") > 9
     assert (tmp_path / "report" / "fidelity.png").read_bytes()[:4] == b"\x89PNG"
     assert "fidelity (1-R_test)" in proc.stdout

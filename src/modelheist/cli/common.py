@@ -109,7 +109,9 @@ def positive(name: str, value: int) -> int:
 def _cell(value: object) -> str:
     if value is None:
         return "-"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):  # small p-values keep their digits
+        return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.3g}"
+    return str(value)
 
 
 def measurement_table(

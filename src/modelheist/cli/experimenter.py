@@ -57,7 +57,11 @@ def quickstart(
 ) -> None:
     """Train a victim, attack it with Knockoff Nets in three settings, print and report."""
     from modelheist.experiments.quickstart import QuickstartConfig, run_quickstart
-    from modelheist.experiments.report import DETECTION_COLUMNS, write_quickstart_report
+    from modelheist.experiments.report import (
+        DETECTION_COLUMNS,
+        WATERMARK_COLUMNS,
+        write_quickstart_report,
+    )
 
     config = QuickstartConfig.fast(seed) if fast else QuickstartConfig.full(seed)
     report.mkdir(parents=True, exist_ok=True)  # an unusable folder fails now, not after the work
@@ -66,10 +70,11 @@ def quickstart(
         _, document = run_quickstart(
             config,
             progress,
-            on_result=lambda m, flagged: progress.console.print(
+            on_result=lambda m, run: progress.console.print(
                 f"  {m.transfer_set:>13} {m.output:>6} {m.queries_used:>5} queries: "
                 f"fidelity {m.fidelity_test:.4f}; PRADA alarm "
-                f"{_at(flagged['prada_alarm'])}, OOD alarm {_at(flagged['ood_alarm'])}"
+                f"{_at(run['prada_alarm'])}, OOD alarm {_at(run['ood_alarm'])}; DAWN: "
+                f"{run['dawn_verdict']} ({run['dawn_watermarks']} watermarks)"
             ),
         )
     victim = document["victim"]
@@ -86,6 +91,20 @@ def quickstart(
             "The API's detectors (flag policy): the query of the first alarm",
             DETECTION_COLUMNS,
         )
+    )
+    console.print(
+        measurement_table(
+            document["runs"],
+            f"DAWN ({document['watermark']}): each surrogate against its client's watermark set",
+            WATERMARK_COLUMNS,
+        )
+    )
+    independent = document["independent_model"]
+    console.print(
+        f"An independently trained model: accused by {independent['accused']} of "
+        f"{len(independent['checks'])} clients' watermark sets (each at "
+        f"{independent['significance_per_set']:.3g}).",
+        highlight=False,
     )
     console.print("Detectors: " + ", ".join(document["detectors"]), highlight=False, soft_wrap=True)
     console.print(f"This is {document['note']}.", highlight=False, soft_wrap=True)

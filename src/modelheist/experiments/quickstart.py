@@ -33,6 +33,7 @@ from modelheist.defenses.registry import parse_defense, parse_output
 from modelheist.experiments.extraction import Evaluation, ExtractionMeasurement, measure_extraction
 from modelheist.models.classifier import Classifier
 from modelheist.models.training import TrainConfig, train_model
+from modelheist.ownership.dawn import DawnScheme
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class QuickstartConfig:
     budgets: tuple[int, ...] = (500, 1000, 5000)
     victim_epochs: int = 4
     victim_train_size: int | None = None
+    independent_train_size: int | None = 8_000
     attack_epochs: int = 10
     attack_min_steps: int = 300
     seed: int = 0
@@ -98,6 +100,27 @@ def quickstart_detectors(victim: Classifier, data: Dataset) -> list[str]:
     return ["prada:delta=0.95", f"ood-msp:threshold={threshold!r},window=50,share=0.5"]
 
 
+#: DAWN's watermark rate in the quickstart's API (the paper's r_w) and the significance of each
+#: surrogate's test against its own client's watermark set.
+DAWN_RATE = 0.005
+DAWN_SIGNIFICANCE = 0.01
+
+
+def dawn_evidence(suspect: Classifier, state, client: str, significance: float) -> dict:
+    """A suspect tested against the DAWN watermark set kept in one client's stage ``state``."""
+    inputs, labels = state.array("inputs"), state.array("labels")
+    classes = state.values.get("classes") or suspect.card.num_classes
+    scheme = DawnScheme(inputs, labels, int(classes), client)
+    evidence = scheme.verify(
+        LocalOracle.for_new_client(PredictionService(suspect, []), None), significance
+    )
+    return {
+        "watermarks": len(labels),
+        "p_value": evidence.p_value,
+        "verdict": evidence.decision,
+    }
+
+
 def run_quickstart(
     config: QuickstartConfig,
     progress: Progress | None = None,
@@ -120,14 +143,14 @@ def run_quickstart(
         min_steps=config.attack_min_steps,
     )
     detectors = quickstart_detectors(victim, data)
-    runs = []
+    watermark = f"dawn:rate={DAWN_RATE},seed={config.seed}"
+    runs, watermark_states = [], []
     for transfer_name, output in settings:
         for budget in config.budgets:
-            service = PredictionService(
-                victim, [parse_defense(spec) for spec in detectors] + parse_output(output)
-            )
+            stages = [parse_defense(spec) for spec in [*detectors, watermark]]
+            service = PredictionService(victim, stages + parse_output(output))
             oracle = LocalOracle.for_new_client(service, budget)
-            _, m = measure_extraction(
+            result, m = measure_extraction(
                 victim,
                 attack,
                 transfer[transfer_name],
@@ -139,14 +162,36 @@ def run_quickstart(
                 progress=progress,
                 oracle=oracle,
             )
-            stages = service.client(oracle.client_id).stages
+            states = service.client(oracle.client_id).stages
             flagged = {
-                "prada_alarm": stages[0].values.get("first_alarm_query"),
-                "ood_alarm": stages[1].values.get("first_alarm_query"),
+                "prada_alarm": states[0].values.get("first_alarm_query"),
+                "ood_alarm": states[1].values.get("first_alarm_query"),
             }
-            runs.append({**asdict(m), **flagged})
+            mark = dawn_evidence(result.surrogate, states[2], oracle.client_id, DAWN_SIGNIFICANCE)
+            watermark_states.append((oracle.client_id, states[2]))
+            run = {
+                **asdict(m),
+                **flagged,
+                "dawn_watermarks": mark["watermarks"],
+                "dawn_p_value": mark["p_value"],
+                "dawn_verdict": mark["verdict"],
+            }
+            runs.append(run)
             if on_result is not None:
-                on_result(m, flagged)
+                on_result(m, run)
+    independent = train_model(
+        _subsample(data, config.independent_train_size, config.seed + 1),
+        "cnn",
+        TrainConfig(epochs=config.victim_epochs, seed=config.seed + 1),
+        progress,
+    )
+    # Bonferroni over the clients' sets: one accusation of the independent model at any of
+    # them would be a false one.
+    level = DAWN_SIGNIFICANCE / len(watermark_states)
+    independent_checks = [
+        {"client": client, **dawn_evidence(independent, state, client, level)}
+        for client, state in watermark_states
+    ]
     document = {
         "kind": "modelheist-quickstart",
         "modelheist_version": __version__,
@@ -162,6 +207,14 @@ def run_quickstart(
         "attack": {"name": attack.name, "params": attack.params()},
         "note": config.shortened(),
         "detectors": detectors,
+        "watermark": watermark,
+        "watermark_significance": DAWN_SIGNIFICANCE,
         "runs": runs,
+        "independent_model": {
+            "test_accuracy": independent.card.metrics["test_accuracy"],
+            "significance_per_set": level,
+            "accused": sum(c["verdict"] == "stolen" for c in independent_checks),
+            "checks": independent_checks,
+        },
     }
     return victim, document

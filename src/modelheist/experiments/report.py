@@ -31,14 +31,25 @@ DETECTION_COLUMNS = (
     ("prada_alarm", "PRADA alarm (query)"),
     ("ood_alarm", "OOD alarm (query)"),
 )
-#: The quickstart report's table: the measurements and the detectors' alarms.
-QUICKSTART_COLUMNS = (*COLUMNS, *DETECTION_COLUMNS[3:])
+#: Each surrogate tested against the DAWN watermark set its own client was given.
+WATERMARK_COLUMNS = (
+    ("transfer_set", "transfer set"),
+    ("output", "output"),
+    ("budget", "budget"),
+    ("dawn_watermarks", "watermarked answers"),
+    ("dawn_p_value", "p-value"),
+    ("dawn_verdict", "verdict"),
+)
+#: The quickstart report's table: the measurements, the detectors' alarms, the watermark.
+QUICKSTART_COLUMNS = (*COLUMNS, *DETECTION_COLUMNS[3:], *WATERMARK_COLUMNS[3:])
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return "none"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):  # small p-values keep their digits
+        return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.3g}"
+    return str(value)
 
 
 def plot_fidelity(
@@ -79,6 +90,18 @@ def markdown_table(
     return "\n".join([head, rule, *rows])
 
 
+def _independent_sentence(document: dict[str, Any]) -> str:
+    independent = document.get("independent_model")
+    if not independent:
+        return ""
+    tested = [c for c in independent["checks"] if c["verdict"] != "cannot verify"]
+    return (
+        f"An independently trained CNN (test accuracy {independent['test_accuracy']:.4f}), "
+        f"tested against every client's set at {independent['significance_per_set']:.3g} each "
+        f"(Bonferroni), was accused by {independent['accused']} of {len(tested)} testable sets."
+    )
+
+
 def write_quickstart_report(document: dict[str, Any], folder: Path) -> Path:
     """Write ``report.md`` and ``fidelity.png`` for a quickstart results document."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -109,6 +132,12 @@ The API ran two detectors with the flag policy (they record an alarm and answer 
 {", ".join(f"`{spec}`" for spec in document.get("detectors", [])) or "none"}. The last two
 columns give the query at which each first flagged the attacking client ("none": never). A
 Knockoff client drawing from the victim's own distribution is the blind spot both share.
+
+The API also ran DAWN (`{document.get("watermark", "")}`, Szyller et al. ACM MM '21): a keyed
+0.5% of each client's queries got a wrong label, kept as that client's watermark set. The last
+three columns test each surrogate against its own client's set (exact binomial test, at
+{document.get("watermark_significance", 0.01):g}; "cannot verify": too few watermarked answers to
+ever reach it). {_independent_sentence(document)}
 
 {markdown_table(document["runs"], QUICKSTART_COLUMNS)}
 
