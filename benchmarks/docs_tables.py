@@ -395,6 +395,164 @@ SYNTHETIC_SERIES = [
     for variant, short in (("one-network", "1 net"), ("three-members", "3 nets"))
 ]
 
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2g}"
+
+
+def _verified(values: list[bool]) -> str:
+    return f"{sum(values)} of {len(values)}"
+
+
+def watermark(rows: list[dict]) -> str:
+    """The backdoor watermark: its cost and accuracy per trigger source, over seeds."""
+    rows = [r for r in rows if r["measure"] == "embedding"]
+    if not rows:
+        return "(no results yet)"
+    lines = [
+        "| triggers from | seeds | plain test acc. | marked test acc. | cost (points) | "
+        "watermark acc. | largest p-value |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for source in sorted({r["source"] for r in rows}):
+        group = [r["metrics"] for r in rows if r["source"] == source]
+        lines.append(
+            f"| {source} | {len(group)} | {_spread([m['plain_test_accuracy'] for m in group], 4)} "
+            f"| {_spread([m['marked_test_accuracy'] for m in group], 4)} "
+            f"| {_spread([m['cost_points'] for m in group], 2)} "
+            f"| {_spread([m['watermark_accuracy'] for m in group], 3)} "
+            f"| {_p(max(m['p_value'] for m in group))} |"
+        )
+    note = "Targets: watermark accuracy >= 0.97 at a cost <= 1 point (100 triggers, 20 repeats)."
+    return "\n".join([*lines, "", note, "", provenance(rows)])
+
+
+def removal(rows: list[dict]) -> str:
+    """What each removal attack leaves of the backdoor watermark, over seeds."""
+    rows = [r for r in rows if r["measure"] == "removal"]
+    if not rows:
+        return "(no results yet)"
+    order = [
+        "none",
+        "ftll",
+        "ftal",
+        "rtll",
+        "rtal",
+        "prune:0.3",
+        "prune:0.6",
+        "prune:0.8",
+        "prune:0.9",
+        "noise:0.5",
+        "noise:1",
+        "noise:2",
+        "extract",
+    ]
+    lines = [
+        "| removal | seeds | test acc. | watermark acc. | largest p-value | still verified at 0.01 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in sorted({r["removal"] for r in rows}, key=lambda n: (order + [n]).index(n)):
+        group = [r["metrics"] for r in rows if r["removal"] == name]
+        p_values = [m["p_value"] for m in group if m["p_value"] is not None]
+        lines.append(
+            f"| {name} | {len(group)} | {_spread([m['test_accuracy'] for m in group], 4)} "
+            f"| {_spread([m['watermark_accuracy'] for m in group], 3)} "
+            f"| {_p(max(p_values) if p_values else None)} "
+            f"| {_verified([m['decision'] == 'stolen' for m in group])} |"
+        )
+    return "\n".join([*lines, "", provenance(rows)])
+
+
+def false_accusations(rows: list[dict]) -> str:
+    """Independent models against genuine watermark sets: the calibration of the tests."""
+    rows = [r for r in rows if r["measure"] == "calibration"]
+    if not rows:
+        return "(no results yet)"
+    latest = rows[-1]
+    m = latest["metrics"]
+    low, high = m["rate_0_01_ci95"]
+    lines = [
+        "| independent models | watermark sets | tests | smallest p-value | at p <= 2^-64 | "
+        "at p <= 0.01 | rate at 0.01 (95% CI) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {latest['models']} | {len(latest['sets'])} | {m['tests']} | {_p(m['smallest_p_value'])} "
+        f"| {m['below_2_64']} | {m['below_0_01']} | {m['rate_0_01']:.4f} ({low:.4f} to {high:.4f}) |",
+    ]
+    note = (
+        "Sets: " + ", ".join(latest["sets"]) + ". Targets: none at 2^-64; the rate at 0.01 "
+        "no higher than 0.01."
+    )
+    return "\n".join([*lines, "", note, "", provenance([latest])])
+
+
+def false_claims(rows: list[dict]) -> str:
+    """Crafted watermark sets against independent models, and true claims, per rule."""
+    claims = [r for r in rows if r["measure"] in ("false-claim", "true-claim")]
+    if not claims:
+        return "(no results yet)"
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in claims:
+        eps = "-" if row["epsilon"] is None else f"{row['epsilon'] * 255:.0f}/255"
+        scheme = row["key"].split("-eps")[0]
+        for label, figures in row["metrics"].items():
+            claim, defense = label.split("/")
+            groups[(scheme, claim, eps, defense)].append(figures)
+    lines = [
+        "| scheme | claim | epsilon | rule | seeds | declared stolen | share |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    rules = ["naive", "derived", "screen", "derived+screen"]
+    for scheme, claim, eps, defense in sorted(
+        groups, key=lambda k: (k[0], k[1] != "true", k[1], k[2], rules.index(k[3]))
+    ):
+        group = groups[(scheme, claim, eps, defense)]
+        stolen = sum(g["stolen"] for g in group)
+        total = sum(g["suspects"] for g in group)
+        lines.append(
+            f"| {scheme} | {claim} | {eps} | {defense} | {len(group)} | {stolen} of {total} "
+            f"| {stolen / total:.3f} |"
+        )
+    note = (
+        "False claims: the share of (seed, independent model) pairs declared stolen at 0.01; "
+        "true claims: the owner's watermark against its marked victim. Target: false claims "
+        "at most 5% with every true claim verified."
+    )
+    return "\n".join([*lines, "", note, "", provenance(claims)])
+
+
+def dawn(rows: list[dict]) -> str:
+    """DAWN: honest clients' cost, and each attack's surrogate against its watermark set."""
+    benign = [r["metrics"] for r in rows if r["measure"] == "benign"]
+    attacks = [r for r in rows if r["measure"] == "attack"]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in attacks:
+        groups[(row["attack"], row["output"], row["budget"])].append(row["metrics"])
+    lines = [
+        "| attack | output | budget | seeds | fidelity | watermarks | watermark acc. | "
+        "largest p-value | verified at 1e-3 | at 2^-64 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (attack, output, budget), group in sorted(groups.items()):
+        p_values = [m["p_value"] for m in group if m["p_value"] is not None]
+        lines.append(
+            f"| {attack} | {output} | {budget:,} | {len(group)} "
+            f"| {_spread([m['fidelity_test'] for m in group], 4)} "
+            f"| {_spread([float(m['watermarks']) for m in group], 0)} "
+            f"| {_spread([m['watermark_accuracy'] or 0.0 for m in group], 3)} "
+            f"| {_p(max(p_values) if p_values else None)} "
+            f"| {_verified([m['verified_1e-3'] for m in group])} "
+            f"| {_verified([m['verified_2^-64'] for m in group])} |"
+        )
+    cost = (
+        f"Honest client (the evaluation split): accuracy lost "
+        f"{_spread([m['loss_points'] for m in benign], 2)} points over {len(benign)} seeds "
+        "(target <= 0.5)."
+        if benign
+        else ""
+    )
+    return "\n".join([cost, "", *lines, "", provenance(rows)])
+
+
 #: Each generated table: its results stores and the function that renders it.
 TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "state_scaling": (("state_scaling.jsonl",), state_scaling),
@@ -406,6 +564,11 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "ood": (("ood.jsonl",), ood),
     "prada_latency": (("prada_latency.jsonl",), prada_latency),
     "deterrence": (("deterrence.jsonl",), deterrence),
+    "watermark": (("watermark.jsonl",), watermark),
+    "removal": (("watermark.jsonl",), removal),
+    "false_accusations": (("false_claims.jsonl",), false_accusations),
+    "false_claims": (("false_claims.jsonl",), false_claims),
+    "dawn": (("dawn.jsonl",), dawn),
     "knockoff_vs_art": (
         ("knockoff-fmnist.jsonl", "knockoff-fmnist-art.jsonl"),
         comparison(
