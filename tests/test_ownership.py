@@ -9,7 +9,7 @@ import pytest
 from modelheist.api import LocalOracle, PredictionService
 from modelheist.defenses import parse_output
 from modelheist.errors import ModelheistError
-from modelheist.models import train_model
+from modelheist.models import load_model, save_model, train_model
 from modelheist.ownership import SCHEMES, BackdoorWatermarkScheme, TriggerSet
 
 
@@ -110,3 +110,55 @@ def test_every_scheme_is_registered_with_a_name():
     from modelheist.ownership import DawnScheme
 
     assert {"backdoor-watermark": BackdoorWatermarkScheme, "dawn": DawnScheme} == SCHEMES
+
+
+def test_watermarking_an_existing_model_by_fine_tuning(tmp_path, digits_cnn, cli_in_process):
+    original = save_model(digits_cnn, tmp_path / "plain")
+    result = cli_in_process(
+        "watermark",
+        "--model",
+        original,
+        "--out",
+        tmp_path / "marked",
+        "--secret-out",
+        tmp_path / "secret",
+        "--watermark",
+        "backdoor:triggers=30,repeats=20",
+        "--epochs",
+        "5",
+    )
+    assert result.returncode == 0, result.stderr
+    verdict = cli_in_process(
+        "verify",
+        "backdoor-watermark",
+        "--triggers",
+        tmp_path / "secret",
+        "--owner-model",
+        tmp_path / "marked",
+        "--suspect",
+        tmp_path / "marked",
+    )
+    assert verdict.returncode == 0 and verdict.stdout.startswith("stolen"), verdict.stdout
+    marked = load_model(tmp_path / "marked")
+    assert marked.card.metrics["test_accuracy"] >= digits_cnn.card.metrics["test_accuracy"] - 0.05
+    plain = cli_in_process(
+        "verify",
+        "backdoor-watermark",
+        "--triggers",
+        tmp_path / "secret",
+        "--owner-model",
+        tmp_path / "marked",
+        "--suspect",
+        original,
+    )
+    assert plain.stdout.startswith("not stolen")
+    tree = cli_in_process(
+        "watermark",
+        "--model",
+        tmp_path / "nowhere",
+        "--out",
+        tmp_path / "o",
+        "--secret-out",
+        tmp_path / "s",
+    )
+    assert tree.returncode == 2 and "does not exist" in tree.stderr

@@ -87,6 +87,58 @@ def train(
     )
 
 
+@app.command("watermark")
+@user_errors
+def watermark_model(
+    model: Annotated[Path, typer.Option(help="The model folder to watermark (a network).")],
+    out: Annotated[Path, typer.Option(help="New folder for the watermarked model.")],
+    secret_out: Annotated[
+        Path, typer.Option(help="New folder for the watermark's trigger set (secret).")
+    ],
+    watermark: Annotated[
+        str,
+        typer.Option(help="backdoor[:triggers=N,source=noise|DATASET,repeats=R]."),
+    ] = "backdoor",
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 3,
+    lr: Annotated[float, typer.Option(help="Fine-tuning peak learning rate.")] = 5e-4,
+    seed: Annotated[int, typer.Option(help="Seed of the fine-tuning.")] = 0,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the model card as JSON.")
+    ] = None,
+) -> None:
+    """Embed a backdoor watermark in an existing model by fine-tuning it on its own training
+    split with the triggers added (Adi et al. '18, §4: from a pre-trained model)."""
+    fresh_folder(out, "output folder")
+    fresh_folder(secret_out, "secret folder")
+    positive("--epochs", epochs)
+    from modelheist.experiments.targets import victim_split
+    from modelheist.models.classifier import TorchClassifier, accuracy
+    from modelheist.models.store import load_model, save_model
+    from modelheist.models.training import TrainConfig, fine_tune
+    from modelheist.ownership.watermark import parse_watermark
+
+    original = load_model(model)
+    if not isinstance(original, TorchClassifier):
+        raise ModelheistError(f"only networks can be watermarked, not {original.card.architecture}")
+    data = victim_split(original)
+    protection = parse_watermark(watermark, data)
+    config = TrainConfig(epochs=epochs, lr=lr, seed=seed)
+    with progress_bar() as progress:
+        marked = fine_tune(original, data.train.x, data.train.y, config, [protection], progress)
+    marked.card.metrics["test_accuracy"] = accuracy(marked, data.test.x, data.test.y)
+    before = original.card.metrics.get("test_accuracy")
+    protection.triggers.save(secret_out)
+    save_model(marked, out)
+    write_json(json_path, asdict(marked.card))
+    console.print(
+        f"watermarked {model} into {out}: test accuracy "
+        + (f"{before:.4f} -> " if before is not None else "")
+        + f"{marked.card.metrics['test_accuracy']:.4f}; trigger set (keep it secret) in "
+        f"{secret_out}",
+        highlight=False,
+    )
+
+
 def _rate(value: str | None) -> float | None:
     if value is None:
         return None
