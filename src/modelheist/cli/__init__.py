@@ -1,6 +1,6 @@
 """The ``modelheist`` command: one module per actor (docs/architecture.md, "The CLI").
 
-* :mod:`~modelheist.cli.owner` — ``train``, ``serve``, ``keys``;
+* :mod:`~modelheist.cli.owner` — ``train``, ``watermark``, ``serve``, ``keys``;
 * :mod:`~modelheist.cli.adversary` — ``attack NAME`` (generated from the attack registry),
   ``query``;
 * :mod:`~modelheist.cli.verifier` — ``verify SCHEME``;

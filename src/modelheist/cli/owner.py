@@ -1,4 +1,4 @@
-"""The model owner's commands: ``train``, ``serve``, ``keys`` and ``detect-eval``."""
+"""The model owner's commands: ``train``, ``watermark``, ``serve``, ``keys`` and ``detect-eval``."""
 
 from __future__ import annotations
 
