@@ -5,6 +5,7 @@ secret, or a commitment made too late is "cannot verify" with its reason."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,6 +15,8 @@ from modelheist.models.store import save_model
 from modelheist.ownership.claims import (
     ClaimError,
     ClaimLog,
+    Entry,
+    Head,
     Opening,
     check_bundle,
     generate_keys,
@@ -107,10 +110,20 @@ def test_wrong_model_secret_or_date_cannot_verify(owner, tmp_path, digits):
     assert "predate" in check_bundle(_bundle(owner), key, before=earlier).reason
     published = log.entries()[2].digest()
     assert check_bundle(_bundle(owner), key, published_head=published).holds
+    # the owner truncates its log and re-signs a head over the rest: the head it published
+    # earlier is gone from the log
+    private = load_signing_key(root / "keys" / "signing.key")
     bundle = _bundle(owner)
     bundle["entries"].pop()
-    bundle["head"] = None
-    assert not check_bundle(bundle, key, published_head=published).holds
+    shortened = [Entry.from_json(e, "entry") for e in bundle["entries"]]
+    bundle["head"] = asdict(Head.of(shortened, private))
+    assert check_bundle(bundle, key).holds  # self-consistent without the published head
+    verdict = check_bundle(bundle, key, published_head=published)
+    assert not verdict.holds and "truncated" in verdict.reason
+    # an entry appended after a published head cannot have existed when it was published
+    early = log.entries()[0].digest()
+    verdict = check_bundle(_bundle(owner), key, published_head=early)
+    assert not verdict.holds and "after the head published earlier" in verdict.reason
 
 
 def test_the_log_refuses_to_grow_from_a_damaged_or_truncated_state(owner, tmp_path):
@@ -128,6 +141,28 @@ def test_the_log_refuses_to_grow_from_a_damaged_or_truncated_state(owner, tmp_pa
     copy.path.write_text("".join(lines))
     assert copy.append(load_signing_key(private), "e" * 64).index == 3
     assert len(copy.check(load_public_key(public))) == 4
+
+
+def test_an_interrupted_append_is_completed_by_the_next_one(owner, tmp_path):
+    root, model, secret, public, log, opening = owner
+    key = load_signing_key(root / "keys" / "signing.key")
+    crashed = ClaimLog(tmp_path / "crashed.jsonl")
+    crashed.append(key, "1" * 64)
+    head_after_first = crashed.head_path.read_text()
+    crashed.append(key, "2" * 64)
+    crashed.head_path.write_text(head_after_first)  # the crash came before the head moved
+    with pytest.raises(ClaimError, match="truncated or extended"):
+        crashed.check(load_public_key(public))
+    with open(crashed.path, "a") as handle:  # and a third append died mid-line
+        handle.write('{"index": 2, "ti')
+    entry = crashed.append(key, "3" * 64)
+    assert entry.index == 2  # the half line was never acknowledged: dropped
+    entries = crashed.check(load_public_key(public))
+    assert [e.commitment[0] for e in entries] == ["1", "2", "3"]
+    first = ClaimLog(tmp_path / "first.jsonl")
+    first.append(key, "4" * 64)
+    first.head_path.unlink()  # the very first append stopped before its head
+    assert first.append(key, "5" * 64).index == 1
 
 
 def test_the_claims_commands_end_to_end(owner, tmp_path, cli_in_process):

@@ -256,3 +256,22 @@ def test_the_false_claim_and_screened_verify_commands(
     assert held.returncode == 0 and held.stdout.startswith("stolen"), held.stdout
     cleared = cli_in_process(*verify, "--suspect", folders["m0"])
     assert cleared.returncode == 0 and cleared.stdout.startswith("not stolen")
+
+
+def test_the_screen_tests_each_reference_at_its_share_of_the_level(digits_cnn, digits):
+    """A set that matches the reference on 17 of 100 inputs (p = 0.021 against chance 0.1):
+    refused by one reference at 0.03, let through by two (each at 0.015, Bonferroni)."""
+    inputs = digits.test.x[:100]
+    own = predict_labels(digits_cnn, inputs)
+    labels = np.where(np.arange(100) < 17, own, (own + 1) % 10)
+    crafted = TriggerSet(inputs, labels, 10, "crafted", 0)
+    reference = local_oracle(digits_cnn, "labels", client="judge")
+    one = ScreenedScheme(BackdoorWatermarkScheme(crafted), [reference], 0.03)
+    refused = one.verify(local_oracle(digits_cnn, "labels"), 0.05)
+    assert refused.decision == "cannot verify" and "1 of 1" in refused.reason
+    two = ScreenedScheme(BackdoorWatermarkScheme(crafted), [reference, reference], 0.03)
+    passed = two.verify(local_oracle(digits_cnn, "labels"), 0.05)
+    assert passed.decision == "stolen"
+    assert passed.details["screen"]["smallest_reference_p_value"] == pytest.approx(0.0206, abs=1e-3)
+    negative = TriggerSet(inputs, labels, 10, "noise", -1)  # a seed no generator draws
+    assert not negative.regenerates()

@@ -51,7 +51,7 @@ def craft_false_watermark(
     seed: int = 0,
 ) -> FalseWatermark:
     """Targeted I-FGSM on the accuser's ``models`` from ``natural`` inputs in [0, 1]; each
-    target label is drawn uniformly among the classes the models do not predict for it.
+    target label is drawn uniformly among the classes other than the first model's answer.
     ``step_size`` defaults to epsilon / 8 (several passes over the ball, which transfers
     better than epsilon / steps)."""
     if not models:

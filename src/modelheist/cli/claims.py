@@ -4,6 +4,7 @@ check`` (:mod:`modelheist.ownership.claims`)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -61,11 +62,17 @@ def claims_add(
         raise ModelheistError(f"{opening_out} already exists; choose a new path")
     key = load_signing_key(signing_key)
     opening = Opening.fresh(model, secret)
-    write_json(opening_out, opening.to_json())  # first: a commitment is useless unopened
+    claim_log = ClaimLog(log)
+    _write_private(opening_out, opening.to_json())  # first: a commitment is useless unopened
     try:
-        entry = ClaimLog(log).append(key, opening.commitment(), label)
+        entry = claim_log.append(key, opening.commitment(), label)
     except BaseException:
-        opening_out.unlink(missing_ok=True)
+        try:
+            written = any(e.commitment == opening.commitment() for e in claim_log.entries())
+        except ModelheistError:
+            written = True  # cannot tell: keep the opening
+        if not written:  # nothing was committed: there is nothing to open
+            opening_out.unlink(missing_ok=True)
         raise
     console.print(
         f"entry {entry.index} at {entry.time}: commitment {entry.commitment}\n"
@@ -164,6 +171,15 @@ def claims_check(
     write_json(json_path, verdict.to_json())
     if not verdict.holds:
         raise typer.Exit(2)
+
+
+def _write_private(path: Path, document: dict) -> None:
+    """Write ``document`` to a new file readable by its owner only, synced to disk."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(json.dumps(document, indent=2) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _read_json(path: Path) -> object:

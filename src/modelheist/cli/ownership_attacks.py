@@ -80,7 +80,6 @@ def remove(
         RemovalSettings,
         plot_removal,
         removal_rows,
-        removed_copy,
     )
     from modelheist.experiments.targets import victim_split
     from modelheist.models.store import load_model, save_model
@@ -89,10 +88,11 @@ def remove(
     stolen = load_model(model)
     schemes = _schemes(triggers, dawn_state, client)
     data = victim_split(stolen)
+    keep = None if out is None else (lambda _, copy: save_model(copy, out))
     with progress_bar() as progress:
-        rows = removal_rows(stolen, removals, schemes, data, settings, significance, progress)
-        if out is not None:  # the same seeded removal again, to keep its copy
-            save_model(removed_copy(stolen, removals[0], data, settings), out)
+        rows = removal_rows(
+            stolen, removals, schemes, data, settings, significance, progress, on_copy=keep
+        )
     table = Table(title=f"removal attacks on {model}")
     for column in ("removal", "watermark", "test acc.", "wm acc.", "p-value", "verdict"):
         table.add_column(column)
@@ -185,9 +185,11 @@ def false_claim(
         raise ModelheistError("the accuser crafts on networks (gradients); give network folders")
     suspects = {str(path): load_model(path) for path in suspect}
     references = [load_model(path) for path in reference or []]
-    shapes = {tuple(m.card.input_shape) for m in [*accusers, *suspects.values(), *references]}
-    if len(shapes) != 1:
-        raise ModelheistError("the accuser's, suspects' and references' input shapes differ")
+    everyone = [*accusers, *suspects.values(), *references]
+    if len({(tuple(m.card.input_shape), m.card.num_classes) for m in everyone}) != 1:
+        raise ModelheistError(
+            "the accuser's, suspects' and references' input shapes or class counts differ"
+        )
     settings = FalseClaimSettings(examples, epsilon, steps, grind_tries, significance, seed=seed)
     data = victim_split(accusers[0])
     natural = data.pool.x if len(data.pool) else data.test.x

@@ -77,7 +77,8 @@ def verify_backdoor_watermark(
     oracle = _suspect_oracle(suspect, target, api_key)
     commitment = recorded_commitment(load_card(owner_model))
     scheme = _screened(
-        BackdoorWatermarkScheme(TriggerSet.load(triggers), commitment, require_derived), reference
+        BackdoorWatermarkScheme(TriggerSet.load(triggers), commitment, require_derived),
+        _reference_oracles(reference),
     )
     evidence = scheme.verify(oracle, significance, budget)
     _say(evidence, significance)
@@ -99,15 +100,20 @@ def _say(evidence, significance: float, who: str = "") -> None:
         )
 
 
-def _screened(scheme, references: list[Path] | None):
-    """``scheme`` behind the judge's screen on ``references`` (model folders), if any."""
-    if not references:
-        return scheme
+def _reference_oracles(references: list[Path] | None) -> list:
+    """The judge's reference models (folders), served in-process, each loaded once."""
     from modelheist.experiments.targets import local_oracle
     from modelheist.models.store import load_model
+
+    return [local_oracle(load_model(path), "labels", client="judge") for path in references or []]
+
+
+def _screened(scheme, oracles: list):
+    """``scheme`` behind the judge's screen on the reference ``oracles``, if any."""
+    if not oracles:
+        return scheme
     from modelheist.ownership.screen import ScreenedScheme
 
-    oracles = [local_oracle(load_model(path), "labels", client="judge") for path in references]
     return ScreenedScheme(scheme, oracles)
 
 
@@ -161,7 +167,8 @@ def verify_dawn(
     oracle = _suspect_oracle(suspect, target, api_key)
     schemes = [DawnScheme(s.inputs, s.labels, s.num_classes, s.client) for s in sets]
     m, testable = tarone_screen([scheme.smallest_p_value for scheme in schemes], significance)
-    judged = {scheme.client: _screened(scheme, reference) for scheme in schemes}
+    oracles = _reference_oracles(reference)
+    judged = {scheme.client: _screened(scheme, oracles) for scheme in schemes}
     corrected = significance / m
     verdicts, too_few = {}, []
     for scheme, tested in zip(schemes, testable, strict=True):

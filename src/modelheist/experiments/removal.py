@@ -9,6 +9,7 @@ on the copy served in-process; the other methods are :mod:`modelheist.attacks.re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,14 +86,18 @@ def removal_rows(
     settings: RemovalSettings,
     significance: float = 0.01,
     progress: Progress | None = None,
+    on_copy: Callable[[Removal, Classifier], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (removal, scheme): the copy's test accuracy, the watermark's statistic,
-    p-value and decision; the unmodified copy first (method ``none``)."""
+    p-value and decision; the unmodified copy first (method ``none``). ``on_copy`` receives
+    each modified copy (to keep it)."""
     rows = []
     for removal in [None, *removals]:
         copy = (
             stolen if removal is None else removed_copy(stolen, removal, data, settings, progress)
         )
+        if removal is not None and on_copy is not None:
+            on_copy(removal, copy)
         test_accuracy = accuracy(copy, data.test.x, data.test.y)
         for name, scheme in schemes.items():
             evidence = scheme.verify(local_oracle(copy, "labels", client="judge"), significance)

@@ -33,6 +33,7 @@ readable by their owner only; public keys are SubjectPublicKeyInfo PEM files.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -303,35 +304,77 @@ class ClaimLog:
         return entries
 
     def append(self, signing_key: Ed25519PrivateKey, commitment: str, label: str = "") -> Entry:
-        """Check the log, then add a signed entry for ``commitment`` and re-sign the head.
-        The entry is on disk (fsync) before the head moves: a crash between the two leaves a
-        log one entry past its head, which :meth:`check` reports and :meth:`append` refuses,
-        never a lost entry."""
+        """Check the log, then add a signed entry for ``commitment`` and re-sign the head, under
+        an exclusive lock (two appends at once cannot both take the same index). The entry is
+        on disk (fsync) before the head moves; an append interrupted before that is completed
+        by the next one (:meth:`_recover`), so no acknowledged entry is ever lost."""
         if not _is_hex(commitment, 64):
             raise ClaimError("a commitment is 64 hex digits (a SHA-256)")
-        entries = self.check(signing_key.public_key())
-        now = datetime.now(UTC)
-        if entries and now < parse_time(entries[-1].time):
-            raise ClaimError("the clock is behind the log's last entry; fix the clock first")
-        body = {
-            "index": len(entries),
-            "time": now.strftime(TIME_FORMAT),
-            "previous": entries[-1].digest() if entries else GENESIS,
-            "commitment": commitment,
-            "label": label,
-            "public_key": _raw(signing_key.public_key()),
-        }
-        unsigned = Entry(**body, signature="0" * 128)
-        entry = Entry(**body, signature=signing_key.sign(bytes.fromhex(unsigned.digest())).hex())
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(descriptor, (json.dumps(asdict(entry), sort_keys=True) + "\n").encode())
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        _write_atomically(self.head_path, asdict(Head.of([*entries, entry], signing_key)))
-        return entry
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            self._recover(signing_key)
+            entries = self.check(signing_key.public_key())
+            now = datetime.now(UTC)
+            if entries and now < parse_time(entries[-1].time):
+                raise ClaimError("the clock is behind the log's last entry; fix the clock first")
+            body = {
+                "index": len(entries),
+                "time": now.strftime(TIME_FORMAT),
+                "previous": entries[-1].digest() if entries else GENESIS,
+                "commitment": commitment,
+                "label": label,
+                "public_key": _raw(signing_key.public_key()),
+            }
+            unsigned = Entry(**body, signature="0" * 128)
+            signature = signing_key.sign(bytes.fromhex(unsigned.digest())).hex()
+            entry = Entry(**body, signature=signature)
+            created = not self.path.exists()
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(descriptor, (json.dumps(asdict(entry), sort_keys=True) + "\n").encode())
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            if created:
+                _sync_folder(self.path.parent)
+            _write_atomically(self.head_path, asdict(Head.of([*entries, entry], signing_key)))
+            return entry
+
+    def _recover(self, signing_key: Ed25519PrivateKey) -> None:
+        """Complete an append that a crash interrupted: drop an incomplete last line (never
+        acknowledged) and, when the log holds exactly one valid signed entry past its head,
+        sign the head over it. Anything else is left for :meth:`check` to refuse."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)
+                handle.flush()
+                os.fsync(handle.fileno())
+        entries = self.entries()
+        if not entries:
+            return
+        check_chain(entries, signing_key.public_key())
+        if not self.head_path.exists():
+            complete = len(entries) == 1  # the first append stopped before its head
+        else:
+            head = self.head()
+            complete = head.count == len(entries) - 1
+            if complete:
+                head.check(entries[:-1], signing_key.public_key())  # refuses a forged head
+        if complete:
+            _write_atomically(self.head_path, asdict(Head.of(entries, signing_key)))
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so that a file created or renamed in it survives a crash."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _write_atomically(path: Path, document: dict[str, Any]) -> None:
@@ -341,6 +384,7 @@ def _write_atomically(path: Path, document: dict[str, Any]) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+    _sync_folder(path.parent)
 
 
 def generate_keys(folder: str | Path) -> tuple[Path, Path]:
@@ -443,7 +487,8 @@ def check_bundle(
         entries = [Entry.from_json(e, f"bundle entry {i}") for i, e in enumerate(raw_entries)]
         check_chain(entries, public_key)
         Head.from_json(bundle.get("head")).check(entries, public_key)
-        if published_head is not None and published_head not in {e.digest() for e in entries}:
+        positions = {e.digest(): e.index for e in entries}
+        if published_head is not None and published_head not in positions:
             raise ClaimError(
                 "the log does not contain the head published earlier: it was truncated"
             )
@@ -452,6 +497,11 @@ def check_bundle(
         if not isinstance(index, int) or not 0 <= index < len(entries):
             raise ClaimError("the bundle names no entry of its log")
         entry = entries[index]
+        if published_head is not None and index > positions[published_head]:
+            raise ClaimError(
+                f"entry {index} comes after the head published earlier (entry "
+                f"{positions[published_head]}): it did not exist when that head was published"
+            )
         if not hmac.compare_digest(entry.commitment, opening.commitment()):
             raise ClaimError(f"the opening does not open entry {index}'s commitment")
         if model is not None and model_digest(model) != opening.model_digest:
@@ -473,4 +523,6 @@ def check_bundle(
         checked.append("secret matches")
     if before is not None:
         checked.append(f"dated before {before.isoformat()}")
+    if published_head is not None:
+        checked.append("committed before the published head")
     return ClaimVerdict(True, ", ".join(checked), entry)

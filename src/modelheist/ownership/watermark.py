@@ -126,6 +126,8 @@ class TriggerSet:
         the seed is committed)."""
         if self.source != "noise" and self.source not in dataset_names():
             return False
+        if not 0 <= self.seed < 2**63:
+            return False  # no seed generate() would draw
         again = TriggerSet.generate(
             len(self), self.inputs.shape[1:], self.num_classes, self.source, self.seed
         )
@@ -179,7 +181,7 @@ class TriggerSet:
         return triggers
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=1)
 def _trigger_images(source: str) -> np.ndarray:
     """Every image of a registered dataset, in one fixed order (its seed-0 split), that
     triggers are drawn from (read-only: shared between calls)."""
@@ -278,7 +280,7 @@ class BackdoorWatermarkScheme(OwnershipScheme):
 
 def recorded_commitment(card: ModelCard) -> str:
     """The trigger set's SHA-256 that an owner's model card recorded, or a one-line error."""
-    for entry in card.protections:
+    for entry in reversed(card.protections):  # the latest watermark embedded
         if entry.get("name") == BackdoorWatermark.name and "sha256" in entry:
             return str(entry["sha256"])
     raise ModelheistError("the owner's model card records no backdoor watermark")
