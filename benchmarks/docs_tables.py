@@ -468,21 +468,26 @@ def false_accusations(rows: list[dict]) -> str:
     rows = [r for r in rows if r["measure"] == "calibration"]
     if not rows:
         return "(no results yet)"
-    latest = rows[-1]
-    m = latest["metrics"]
-    low, high = m["rate_0_01_ci95"]
+    latest = {row["key"]: row for row in rows}  # the newest row of each chance rule
     lines = [
-        "| independent models | watermark sets | tests | smallest p-value | at p <= 2^-64 | "
-        "at p <= 0.01 | rate at 0.01 (95% CI) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {latest['models']} | {len(latest['sets'])} | {m['tests']} | {_p(m['smallest_p_value'])} "
-        f"| {m['below_2_64']} | {m['below_0_01']} | {m['rate_0_01']:.4f} ({low:.4f} to {high:.4f}) |",
+        "| chance agreement | independent models | watermark sets | tests | smallest p-value "
+        "| at p <= 2^-64 | at p <= 0.01 | rate at 0.01 (95% CI) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    for row in latest.values():
+        m = row["metrics"]
+        low, high = m["rate_0_01_ci95"]
+        lines.append(
+            f"| {row.get('chance', '1/classes')} | {row['models']} | {len(row['sets'])} "
+            f"| {m['tests']} | {_p(m['smallest_p_value'])} | {m['below_2_64']} "
+            f"| {m['below_0_01']} | {m['rate_0_01']:.4f} ({low:.4f} to {high:.4f}) |"
+        )
+    sets = next(iter(latest.values()))["sets"]
     note = (
-        "Sets: " + ", ".join(latest["sets"]) + ". Targets: none at 2^-64; the rate at 0.01 "
-        "no higher than 0.01."
+        "Sets: " + ", ".join(sets) + ". Targets: none at 2^-64; the rate at 0.01 no higher "
+        "than 0.01."
     )
-    return "\n".join([*lines, "", note, "", provenance([latest])])
+    return "\n".join([*lines, "", note, "", provenance(list(latest.values()))])
 
 
 def false_claims(rows: list[dict]) -> str:

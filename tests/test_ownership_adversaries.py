@@ -33,7 +33,11 @@ from modelheist.models import TrainConfig, train_model
 from modelheist.models.classifier import predict_labels
 from modelheist.models.store import save_model
 from modelheist.ownership.screen import ScreenedScheme
-from modelheist.ownership.watermark import BackdoorWatermarkScheme, TriggerSet
+from modelheist.ownership.watermark import (
+    BackdoorWatermarkScheme,
+    TriggerSet,
+    reference_chance,
+)
 
 
 @pytest.fixture(scope="module")
@@ -275,3 +279,31 @@ def test_the_screen_tests_each_reference_at_its_share_of_the_level(digits_cnn, d
     assert passed.details["screen"]["smallest_reference_p_value"] == pytest.approx(0.0206, abs=1e-3)
     negative = TriggerSet(inputs, labels, 10, "noise", -1)  # a seed no generator draws
     assert not negative.regenerates()
+
+
+def test_the_chance_agreement_estimated_from_references(
+    digits_cnn, digits, marked_cnn, triggers, independent
+):
+    """A set whose labels happen to favour what independent models answer: against 1/C it
+    convicts the reference itself; against the chance the references show, it does not. A
+    true watermark still verifies against its references' chance."""
+    inputs = digits.test.x[:100]
+    own = predict_labels(digits_cnn, inputs)
+    labels = np.where(np.arange(100) < 30, own, (own + 1) % 10)
+    lucky = TriggerSet(inputs, labels, 10, "crafted", 0)
+    reference = local_oracle(digits_cnn, "labels", client="judge")
+    chance = reference_chance(lucky, [reference])
+    assert 0.3 < chance < 0.5  # above the 0.30 observed: an upper confidence bound
+    suspect = local_oracle(digits_cnn, "labels")
+    assert BackdoorWatermarkScheme(lucky).verify(suspect, 0.01).decision == "stolen"
+    fair = BackdoorWatermarkScheme(lucky, chance=chance).verify(suspect, 0.01)
+    assert fair.decision == "not stolen" and fair.details["chance_from"] == "reference models"
+    oracles = [local_oracle(m, "labels", client="judge") for m in independent]
+    true_chance = reference_chance(triggers, oracles)
+    assert 0.1 <= true_chance < 0.35
+    verdict = BackdoorWatermarkScheme(triggers, chance=true_chance).verify(
+        local_oracle(marked_cnn, "labels"), 1e-9  # 40 triggers: 2^-64 needs a lower chance
+    )
+    assert verdict.decision == "stolen"
+    with pytest.raises(ModelheistError, match="reference models"):
+        reference_chance(triggers, [])

@@ -33,7 +33,8 @@ ReferenceOption = Annotated[
     typer.Option(
         "--reference",
         help="The judge's independently trained reference model (repeat): a watermark set "
-        "that also passes on one is refused (the screen against false claims).",
+        "that also passes on one is refused (the screen against false claims); for a "
+        "backdoor watermark, the chance agreement is estimated from them too.",
     ),
 ]
 
@@ -68,18 +69,23 @@ def verify_backdoor_watermark(
     """Query the suspect with the watermark's triggers; an exact binomial test decides. The
     trigger set must be the one the owner's model card recorded when it was embedded."""
     from modelheist.models.store import load_card
+    from modelheist.ownership.screen import ScreenedScheme
     from modelheist.ownership.watermark import (
         BackdoorWatermarkScheme,
         TriggerSet,
         recorded_commitment,
+        reference_chance,
     )
 
     oracle = _suspect_oracle(suspect, target, api_key)
     commitment = recorded_commitment(load_card(owner_model))
-    scheme = _screened(
-        BackdoorWatermarkScheme(TriggerSet.load(triggers), commitment, require_derived),
-        _reference_oracles(reference),
-    )
+    trigger_set, oracles = TriggerSet.load(triggers), _reference_oracles(reference)
+    plain = BackdoorWatermarkScheme(trigger_set, commitment, require_derived)
+    scheme = plain
+    if oracles:  # decide against the references' chance; screen with the plain test
+        chance = reference_chance(trigger_set, oracles)
+        estimated = BackdoorWatermarkScheme(trigger_set, commitment, require_derived, chance)
+        scheme = ScreenedScheme(estimated, oracles, screening=plain)
     evidence = scheme.verify(oracle, significance, budget)
     _say(evidence, significance)
     write_json(json_path, evidence.to_json())

@@ -34,6 +34,10 @@ class ScreenedScheme(OwnershipScheme):
     inner: OwnershipScheme
     references: Sequence[Oracle]
     screen_significance: float = 0.01
+    #: The test run on the references (default ``inner``): a backdoor test whose chance was
+    #: estimated from these same references would never pass on them, so the judge screens
+    #: with the plain 1/C test and decides with the estimated one.
+    screening: OwnershipScheme | None = None
 
     def __post_init__(self) -> None:
         self.name = f"{self.inner.name}, screened"  # type: ignore[misc]
@@ -46,7 +50,7 @@ class ScreenedScheme(OwnershipScheme):
         level = self.screen_significance / len(self.references)
         p_values = []
         for number, reference in enumerate(self.references, 1):
-            evidence = self.inner.verify(reference, level)
+            evidence = (self.screening or self.inner).verify(reference, level)
             if evidence.decision == "cannot verify":
                 raise CannotVerify(f"reference model {number} cannot be tested: {evidence.reason}")
             p_values.append(float(evidence.p_value or 0.0))

@@ -33,6 +33,7 @@ import functools
 import hashlib
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -234,7 +235,11 @@ class BackdoorWatermarkScheme(OwnershipScheme):
     ``commitment`` is the trigger set's SHA-256 as the owner's model card recorded it when the
     watermark was embedded; a set that does not match it cannot verify anything.
     ``require_derived`` accepts only a set that its recorded seed regenerates
-    (:meth:`TriggerSet.regenerates`), a countermeasure to false claims.
+    (:meth:`TriggerSet.regenerates`), a countermeasure to false claims. ``chance`` is the
+    agreement expected of a model that never saw the watermark: 1/C when None (exact over the
+    random draw of the labels), or an estimate from independent reference models
+    (:func:`reference_chance`), which also covers the draw at hand: a set whose labels happen
+    to favour the class independent models give such inputs.
     """
 
     name: ClassVar[str] = "backdoor-watermark"
@@ -242,6 +247,7 @@ class BackdoorWatermarkScheme(OwnershipScheme):
     triggers: TriggerSet
     commitment: str | None = None
     require_derived: bool = False
+    chance: float | None = None
 
     def _test(self, suspect: Oracle, progress: Progress | None) -> Finding:
         triggers = self.triggers
@@ -258,7 +264,9 @@ class BackdoorWatermarkScheme(OwnershipScheme):
         check_suspect_fits(
             suspect, triggers.inputs.shape[1:], triggers.num_classes, "the trigger set's"
         )
-        null = 1.0 / triggers.num_classes
+        null = 1.0 / triggers.num_classes if self.chance is None else self.chance
+        if not 0.0 < null < 1.0:
+            raise CannotVerify(f"the chance agreement must lie in (0, 1), got {null:.3g}")
         low, high = suspect.input_range or (-np.inf, np.inf)
         answer = suspect.query(np.clip(triggers.inputs, low, high))
         matches = int((answer.labels == triggers.labels).sum())
@@ -271,11 +279,34 @@ class BackdoorWatermarkScheme(OwnershipScheme):
                 "matches": matches,
                 "triggers": len(triggers),
                 "chance": null,
+                "chance_from": "1/classes" if self.chance is None else "reference models",
                 "commitment_checked": self.commitment is not None,
                 "derivation_checked": self.require_derived,
             },
             smallest_p_value=null ** len(triggers),  # every trigger matched
         )
+
+
+def reference_chance(
+    triggers: TriggerSet, references: Sequence[Oracle], confidence: float = 0.99
+) -> float:
+    """The agreement with the trigger labels to expect of a model that never saw them,
+    estimated from independent reference models: the largest, over the references, of the
+    upper Clopper-Pearson bound (at ``confidence``) of each one's agreement; never below 1/C.
+    The largest, not the mean: the suspect may resemble the reference most prone to agree."""
+    if not references:
+        raise ModelheistError("estimating the chance agreement needs reference models")
+    bound = 1.0 / triggers.num_classes
+    for reference in references:
+        check_suspect_fits(
+            reference, triggers.inputs.shape[1:], triggers.num_classes, "the trigger set's"
+        )
+        low, high = reference.input_range or (-np.inf, np.inf)
+        answer = reference.query(np.clip(triggers.inputs, low, high))
+        matches = int((answer.labels == triggers.labels).sum())
+        interval = binomtest(matches, len(triggers)).proportion_ci(confidence, "exact")
+        bound = max(bound, float(interval.high))
+    return min(bound, 1.0 - 1e-12)
 
 
 def recorded_commitment(card: ModelCard) -> str:
