@@ -239,17 +239,32 @@ def quickstart(rows: list[dict]) -> str:
     lines = []
     for preset, row in sorted(latest.items()):
         m = row["metrics"]
+        watermarked = "watermark" in m
+        independent = m.get("independent_model") or {}
         lines += [
             f"**{preset}** (seed {row['seed']}): {m['wall_seconds'] / 60:.1f} minutes wall time, "
-            f"victim accuracy {m['victim_accuracy']:.4f}.",
+            f"victim accuracy {m['victim_accuracy']:.4f}"
+            + (
+                f"; the independently trained model accused by {independent['accused']} of "
+                f"{len(m['runs'])} clients' DAWN sets."
+                if watermarked
+                else "."
+            ),
             "",
-            "| transfer set | output | budget | queries | fidelity | PRADA alarm | OOD alarm |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            "| transfer set | output | budget | queries | fidelity | PRADA alarm | OOD alarm |"
+            + (" DAWN watermarks | p-value | verdict |" if watermarked else ""),
+            "|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|---|" if watermarked else ""),
         ]
         for run in m["runs"]:
             alarms = [
                 "none" if run[k] is None else f"{run[k]:,}" for k in ("prada_alarm", "ood_alarm")
             ]
+            if watermarked:
+                alarms += [
+                    str(run["dawn_watermarks"]),
+                    _p(run["dawn_p_value"]),
+                    run["dawn_verdict"],
+                ]
             lines.append(
                 f"| {run['transfer_set']} | {run['output']} | {run['budget']:,} "
                 f"| {run['queries_used']:,} | {run['fidelity_test']:.4f} | "

@@ -1,10 +1,11 @@
-"""The main job as a user runs it: `modelheist quickstart` (issue 10: still under 5 minutes on
-2 cores with the detectors on).
+"""The main job as a user runs it: `modelheist quickstart` (issues 10 and 11: still under 5
+minutes on 2 cores with the detectors and DAWN on).
 
 Runs the command in a fresh process (as `make demo` does, the data already installed) and
 appends a row to benchmarks/results/quickstart.jsonl: the wall time, the victim's accuracy, and
 each of the nine extractions' fidelity, queries counted by the API and the query at which each
-detector first flagged the attacker (from the command's own JSON).
+detector first flagged the attacker, and each surrogate's DAWN verdict (from the command's own
+JSON), with how many clients' watermark sets accused the independently trained model.
 
     python benchmarks/quickstart.py [--fast] [--seed 0]
 """
@@ -51,6 +52,9 @@ def main() -> None:
                 "fidelity_test",
                 "prada_alarm",
                 "ood_alarm",
+                "dawn_watermarks",
+                "dawn_p_value",
+                "dawn_verdict",
             )
         }
         for run in result["runs"]
@@ -64,6 +68,11 @@ def main() -> None:
                 "wall_seconds": round(seconds, 1),
                 "victim_accuracy": result["victim"]["test_accuracy"],
                 "detectors": result.get("detectors"),
+                "watermark": result.get("watermark"),
+                "independent_model": {
+                    key: result.get("independent_model", {}).get(key)
+                    for key in ("test_accuracy", "significance_per_set", "accused")
+                },
                 "runs": runs,
             },
         },
