@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test bench bench-serve bench-tramer bench-synthetic bench-adaptive bench-state docs-bench lint data clean
+.PHONY: setup demo test bench bench-serve bench-tramer bench-synthetic bench-adaptive bench-ownership bench-state docs-bench lint data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -55,6 +55,13 @@ bench-synthetic: setup
 bench-adaptive: setup data
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(RUN_SCENARIOS) examples/adaptive-knockoff.toml examples/adaptive-knockoff-art.toml
+	$(BIN)/python benchmarks/docs_tables.py
+
+# issue 11: the backdoor watermark and removal, false accusations and claims, DAWN (hours on 2 cores)
+bench-ownership: setup data
+	$(BIN)/python benchmarks/watermark.py --seeds 3
+	$(BIN)/python benchmarks/false_claims.py --seeds 3
+	$(BIN)/python benchmarks/dawn.py --seeds 3
 	$(BIN)/python benchmarks/docs_tables.py
 
 bench-serve: setup
