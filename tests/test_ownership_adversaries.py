@@ -302,7 +302,8 @@ def test_the_chance_agreement_estimated_from_references(
     true_chance = reference_chance(triggers, oracles)
     assert 0.1 <= true_chance < 0.35
     verdict = BackdoorWatermarkScheme(triggers, chance=true_chance).verify(
-        local_oracle(marked_cnn, "labels"), 1e-9  # 40 triggers: 2^-64 needs a lower chance
+        local_oracle(marked_cnn, "labels"),
+        1e-9,  # 40 triggers: 2^-64 needs a lower chance
     )
     assert verdict.decision == "stolen"
     with pytest.raises(ModelheistError, match="reference models"):
