@@ -14,6 +14,10 @@ API's ledger (:func:`modelheist.api.watermark_sets.dawn_watermark_sets`). Rows g
 benchmarks/results/dawn.jsonl.
 
     python benchmarks/dawn.py [--seeds 3] [--budgets 10000] [--attacks knockoff-random,...]
+        [--radius 0.3]
+
+``--radius`` serves DAWN with its neighbourhood echo (:mod:`modelheist.defenses.dawn`); rows
+record it (rows without one were served without the echo, radius 0).
 """
 
 from __future__ import annotations
@@ -53,10 +57,17 @@ ATTACK_PLANS = {
 LEVELS = {"1e-3": 1e-3, "2^-64": 2.0**-64}
 
 
-def served(victim, seed: int, output: str, state: Path) -> tuple[PredictionService, Ledger]:
+def served(
+    victim, seed: int, output: str, state: Path, radius: float
+) -> tuple[PredictionService, Ledger]:
     ledger = Ledger.open(state)
-    stages = [Dawn(rate=RATE, seed=seed), *parse_output(output)]
+    stages = [Dawn(rate=RATE, seed=seed, radius=radius), *parse_output(output)]
     return PredictionService(victim, stages, ledger=ledger), ledger
+
+
+def echoes(service: PredictionService, client: str) -> int:
+    """How many of ``client``'s answers the echo changed (0 without a radius)."""
+    return int(service.client(client).stages[0].values.get("echoed", 0))
 
 
 def main() -> None:
@@ -64,6 +75,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budgets", default="10000")
     parser.add_argument("--attacks", default=",".join(ATTACK_PLANS))
+    parser.add_argument("--radius", type=float, default=0.0)
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     plans = {name: ATTACK_PLANS[name] for name in args.attacks.split(",")}
@@ -73,13 +85,14 @@ def main() -> None:
     done = {
         (r["seed"], r["measure"], r.get("attack"), r.get("output"), r.get("budget"))
         for r in store.rows()
+        if r.get("radius", 0.0) == args.radius
     }
     for seed in range(args.seeds):
         data, victim = fashion_mnist_victim(seed)
         evaluation = Evaluation.of(victim, data.test, seed=seed)
         if (seed, "benign", None, None, None) not in done:
             with tempfile.TemporaryDirectory() as state:
-                service, ledger = served(victim, seed, "probs", Path(state))
+                service, ledger = served(victim, seed, "probs", Path(state), args.radius)
                 oracle = LocalOracle.for_new_client(service, None, "honest")
                 answered = np.concatenate(
                     [
@@ -87,6 +100,7 @@ def main() -> None:
                         for i in range(0, len(data.test.x), 1000)
                     ]
                 )
+                echoed = echoes(service, "honest")
                 ledger.close()
             own = victim.predict_proba(data.test.x).argmax(1)
             store.append(
@@ -94,6 +108,7 @@ def main() -> None:
                     "benchmark": "dawn",
                     "measure": "benign",
                     "rate": RATE,
+                    "radius": args.radius,
                     "queries_counted": len(answered),
                     "metrics": {
                         "victim_accuracy": float((own == data.test.y).mean()),
@@ -101,11 +116,15 @@ def main() -> None:
                         "loss_points": 100
                         * float((own == data.test.y).mean() - (answered == data.test.y).mean()),
                         "watermarked": int((answered != own).sum()),
+                        "echoed": echoed,
                     },
                 },
                 seed=seed,
             )
-            console.print(f"seed {seed} benign: {int((answered != own).sum())} answers changed")
+            console.print(
+                f"seed {seed} radius {args.radius} benign: "
+                f"{int((answered != own).sum())} answers changed"
+            )
         for name, (registry_name, params, outputs) in plans.items():
             for output in outputs:
                 for budget in budgets:
@@ -113,7 +132,7 @@ def main() -> None:
                         continue
                     attack = ATTACKS[registry_name](**params)
                     with tempfile.TemporaryDirectory() as state:
-                        service, ledger = served(victim, seed, output, Path(state))
+                        service, ledger = served(victim, seed, output, Path(state), args.radius)
                         oracle = LocalOracle.for_new_client(service, budget, "attacker")
                         result, measured = measure_extraction(
                             victim,
@@ -126,6 +145,7 @@ def main() -> None:
                             seed,
                             oracle=oracle,
                         )
+                        echoed = echoes(service, "attacker")
                         ledger.close()
                         (kept,) = dawn_watermark_sets(state, "attacker")
                     scheme = DawnScheme(kept.inputs, kept.labels, kept.num_classes, "attacker")
@@ -142,11 +162,13 @@ def main() -> None:
                             "output": output,
                             "budget": budget,
                             "rate": RATE,
+                            "radius": args.radius,
                             "queries_counted": measured.queries_used,
                             "metrics": {
                                 "fidelity_test": measured.fidelity_test,
                                 "surrogate_accuracy": measured.surrogate_accuracy,
                                 "watermarks": len(kept),
+                                "echoed": echoed,
                                 "watermark_accuracy": evidence.statistic,
                                 "p_value": evidence.p_value,
                                 "decision": evidence.decision,

@@ -526,21 +526,23 @@ def false_claims(rows: list[dict]) -> str:
 
 
 def dawn(rows: list[dict]) -> str:
-    """DAWN: honest clients' cost, and each attack's surrogate against its watermark set."""
-    benign = [r["metrics"] for r in rows if r["measure"] == "benign"]
-    attacks = [r for r in rows if r["measure"] == "attack"]
+    """DAWN: honest clients' cost, and each attack's surrogate against its watermark set, for
+    each echo radius served (rows without one: 0, no echo)."""
+    radii = sorted({r.get("radius", 0.0) for r in rows})
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for row in attacks:
-        groups[(row["attack"], row["output"], row["budget"])].append(row["metrics"])
+    for row in rows:
+        if row["measure"] == "attack":
+            key = (row.get("radius", 0.0), row["attack"], row["output"], row["budget"])
+            groups[key].append(row["metrics"])
     lines = [
-        "| attack | output | budget | seeds | fidelity | watermarks | watermark acc. | "
-        "largest p-value | verified at 1e-3 | at 2^-64 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| echo radius | attack | output | budget | seeds | fidelity | watermarks | "
+        "watermark acc. | largest p-value | verified at 1e-3 | at 2^-64 |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for (attack, output, budget), group in sorted(groups.items()):
+    for (radius, attack, output, budget), group in sorted(groups.items()):
         p_values = [m["p_value"] for m in group if m["p_value"] is not None]
         lines.append(
-            f"| {attack} | {output} | {budget:,} | {len(group)} "
+            f"| {radius:g} | {attack} | {output} | {budget:,} | {len(group)} "
             f"| {_spread([m['fidelity_test'] for m in group], 4)} "
             f"| {_spread([float(m['watermarks']) for m in group], 0)} "
             f"| {_spread([m['watermark_accuracy'] or 0.0 for m in group], 3)} "
@@ -548,14 +550,21 @@ def dawn(rows: list[dict]) -> str:
             f"| {_verified([m['verified_1e-3'] for m in group])} "
             f"| {_verified([m['verified_2^-64'] for m in group])} |"
         )
-    cost = (
-        f"Honest client (the evaluation split): accuracy lost "
-        f"{_spread([m['loss_points'] for m in benign], 2)} points over {len(benign)} seeds "
-        "(target <= 0.5)."
-        if benign
-        else ""
-    )
-    return "\n".join([cost, "", *lines, "", provenance(rows)])
+    costs = []
+    for radius in radii:
+        benign = [
+            r["metrics"]
+            for r in rows
+            if r["measure"] == "benign" and r.get("radius", 0.0) == radius
+        ]
+        if benign:
+            costs.append(
+                f"- echo radius {radius:g}: accuracy lost "
+                f"{_spread([m['loss_points'] for m in benign], 2)} points over {len(benign)} "
+                "seeds (target <= 0.5)."
+            )
+    intro = ["Honest client (the evaluation split):", *costs] if costs else []
+    return "\n".join([*intro, "", *lines, "", provenance(rows)])
 
 
 #: Each generated table: its results stores and the function that renders it.

@@ -60,8 +60,67 @@ def test_the_whole_canonical_input_decides(digits):
     assert (watermark_digests(key, x.reshape(1, 1, 64, 1)) != base).any()  # the shape counts
 
 
+def test_the_echo_gives_near_duplicates_of_a_watermark_its_wrong_label(digits_cnn, digits):
+    """With a radius, an attacker's small steps around a watermarked input (JBDA's, T-RND's),
+    and steps from those steps, get its wrong label too, distinct natural inputs do not, and
+    the set keeps only the hash-selected inputs; without one, the steps are answered on their
+    own."""
+    x = digits.test.x
+    stage = Dawn(rate=0.05, seed=3, radius=0.3)
+
+    def hashed(v):  # the inputs the key itself selects
+        return selected(watermark_digests(stage.key(), v), 0.05)
+
+    rng = np.random.default_rng(0)
+    marked = x[hashed(x)]
+    steps = np.clip(marked + rng.choice([-0.25, 0.25], marked.shape), 0, 1).astype(np.float32)
+    keep = ~hashed(steps)  # steps the key leaves alone: only the echo can change them
+    marked, steps = marked[keep], steps[keep]
+    assert len(marked) >= 5
+    far = np.clip(marked + rng.choice([-0.5, 0.5], marked.shape), 0, 1).astype(np.float32)
+    nearby = {  # steps inside the radius, steps beyond it, distinct natural inputs
+        "steps": steps,
+        "far": far[~hashed(far)],
+        "unmarked": x[~hashed(x)][:100],
+    }
+    own = {name: digits_cnn.predict_proba(v).argmax(1) for name, v in nearby.items()}
+    service = PredictionService(digits_cnn, [stage])
+    service.register_client("c")
+    wrong, _ = answers(service, "c", marked)
+    assert (wrong != digits_cnn.predict_proba(marked).argmax(1)).all()
+    echoed, probabilities = answers(service, "c", nearby["steps"])
+    agrees = echoed == wrong
+    assert (agrees | (own["steps"] == wrong)).all()  # each step carries its watermark's label
+    assert agrees.sum() >= len(marked) - 1 and (probabilities.argmax(1) == echoed).all()
+    state = service.client("c").stages[0]
+    assert state.values["echoed"] == int((own["steps"] != wrong).sum())
+    assert state.rows("labels") == len(marked)  # echoes are not watermarks
+    assert state.rows("echo_labels") == len(marked)
+    # a step from a step (twice the radius from the watermark) inherits the label too
+    further = np.clip(2 * nearby["steps"] - marked, 0, 1).astype(np.float32)
+    further_own = digits_cnn.predict_proba(further).argmax(1)
+    unhashed = ~hashed(further)
+    chained = answers(service, "c", further)[0]
+    inherits = (chained == wrong) | (further_own == wrong)
+    assert inherits[unhashed].all() and (np.abs(further - marked).max((1, 2, 3)) > 0.3).any()
+    for name in ("far", "unmarked"):  # beyond the radius: the model's own answers
+        np.testing.assert_array_equal(answers(service, "c", nearby[name])[0], own[name])
+    plain = PredictionService(digits_cnn, [Dawn(rate=0.05, seed=3)])
+    plain.register_client("c")
+    answers(plain, "c", marked)
+    np.testing.assert_array_equal(answers(plain, "c", steps)[0], own["steps"])
+    assert parse_defense(stage.spec()).radius == 0.3
+    assert parse_defense("dawn:seed=1").spec() == "dawn:rate=0.005,seed=1"
+
+
 def test_bad_settings_are_one_line(tmp_path):
-    for spec, needle in [("dawn:rate=0", "rate must lie"), ("dawn:rate=1.5", "rate must lie")]:
+    for spec, needle in [
+        ("dawn:rate=0", "rate must lie"),
+        ("dawn:rate=1.5", "rate must lie"),
+        ("dawn:radius=-1", "radius must be"),
+        ("dawn:radius=inf", "radius must be"),
+        ("dawn:radius=nan", "radius must be"),
+    ]:
         with pytest.raises(ModelheistError, match=needle):
             parse_defense(spec)
     with pytest.raises(ModelheistError, match="does not exist"):

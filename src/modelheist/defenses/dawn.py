@@ -29,6 +29,24 @@ augmented copies of one image are different queries, each decided on its own). T
 shuffles the probabilities above a threshold among themselves; swapping the two entries is the
 smallest permutation that moves the arg-max to the wrong label. Queries with missing values
 are never watermarked (a suspect could not be asked them again).
+
+Neighbourhood echo (``radius``, an extension; off by default, 0): hashing the whole input lets
+an attacker who asks many near-duplicates of one input (JBDA's and T-RND's synthetic steps, a
+few hundredths to tenths of the input range away from their parents) outvote each watermarked
+answer with truthful answers next to it, so that the surrogate never learns it. With ``radius``
+r > 0, a query within L-infinity distance r of an input that got a watermark's label (one of
+the same client's watermarked inputs, or an earlier echo) gets that label too (the nearest
+one's, found exactly with faiss's flat L-infinity index), so that the label spreads along a
+chain of small steps; the answer changes only where the model's own label differs. Echoes are
+counted (``echoed``, the answers changed) and kept (``echo_inputs``, ``echo_labels``) but are
+not watermarks: the watermark set stays the hash-selected inputs, independent trials for the
+verification test. The L-infinity ball separates an attacker's perturbations (every value moved
+by at most the step) from honest clients' distinct natural inputs, which differ somewhere by
+far more; benchmarks/dawn.py measures what an honest client loses. Caveats: answers given
+before a watermark cannot change, so the truthful answers to its ancestors still pull a
+surrogate towards the model's label; an echo depends on the client's own history, so two
+colluding clients asking the same near-duplicate can see a difference; the decision for a
+hash-selected input is still the key's alone.
 """
 
 from __future__ import annotations
@@ -78,18 +96,27 @@ def wrong_labels(digests: np.ndarray, labels: np.ndarray, num_classes: int) -> n
 
 
 class Dawn(Defense):
-    """``dawn:key_file=PATH,rate=0.005`` (experiments: ``dawn:seed=N``); see the module
-    docstring."""
+    """``dawn:key_file=PATH,rate=0.005[,radius=R]`` (experiments: ``dawn:seed=N``); see the
+    module docstring."""
 
     name: ClassVar[str] = "dawn"
     capabilities: ClassVar[Capabilities] = Capabilities(
         stateful=True, changes_labels=True, needs_probabilities=True, notes=("watermarked",)
     )
 
-    def __init__(self, rate: float = 0.005, seed: int = 0, key_file: SecretFile | None = None):
+    def __init__(
+        self,
+        rate: float = 0.005,
+        seed: int = 0,
+        key_file: SecretFile | None = None,
+        radius: float = 0.0,
+    ):
         if not 0.0 < rate < 1.0:
             raise ModelheistError(f"dawn: rate must lie in (0, 1), got {rate}")
+        if not 0.0 <= radius < float("inf"):
+            raise ModelheistError(f"dawn: radius must be a finite number >= 0, got {radius}")
         self.rate = rate
+        self.radius = radius
         self.seed = seed
         self.key_file = key_file
 
@@ -111,7 +138,7 @@ class Dawn(Defense):
         return hashlib.sha256(f"modelheist-dawn-seed:{self.seed}".encode()).digest()
 
     def initial_values(self) -> dict[str, object]:
-        return {"watermarked": 0, "classes": None}
+        return {"watermarked": 0, "echoed": 0, "classes": None}
 
     def apply(
         self, context: StageContext, inputs: np.ndarray, answer: Answer, state: StageState
@@ -120,24 +147,81 @@ class Dawn(Defense):
         complete = np.isfinite(np.asarray(inputs, np.float32).reshape(len(inputs), -1)).all(1)
         digests = watermark_digests(self.key(), inputs)
         chosen = np.flatnonzero(selected(digests, self.rate) & complete)
-        if not len(chosen):
-            return answer
         labels = np.array(answer.labels, np.int64, copy=True)
         wrong = wrong_labels(digests[chosen], labels[chosen], p.shape[1])
+        if len(chosen):
+            state.append("inputs", canonical_rows(inputs[chosen]))
+            state.append("labels", wrong)
+            state.append("digests", digests[chosen])
+            state.values["watermarked"] = int(state.values.get("watermarked", 0)) + len(chosen)
+            state.values["classes"] = int(p.shape[1])
+            context.note(f"watermarked:{len(chosen)}")
+        echoes, echoed = self._echoes(inputs, complete, chosen, labels, state)
+        if len(echoes):
+            state.values["echoed"] = int(state.values.get("echoed", 0)) + len(echoes)
+            context.note(f"echoed:{len(echoes)}")
+        changed = np.concatenate([chosen, echoes]).astype(np.int64)
+        if not len(changed):
+            return answer
+        new = np.concatenate([wrong, echoed]).astype(np.int64)
         probabilities = np.array(p, copy=True)
-        own = probabilities[chosen, labels[chosen]]
-        probabilities[chosen, labels[chosen]] = probabilities[chosen, wrong]
-        probabilities[chosen, wrong] = own
-        labels[chosen] = wrong
-        state.append("inputs", canonical_rows(inputs[chosen]))
-        state.append("labels", wrong)
-        state.append("digests", digests[chosen])
-        state.values["watermarked"] = int(state.values.get("watermarked", 0)) + len(chosen)
-        state.values["classes"] = int(p.shape[1])
-        context.note(f"watermarked:{len(chosen)}")
+        own = probabilities[changed, labels[changed]]
+        probabilities[changed, labels[changed]] = probabilities[changed, new]
+        probabilities[changed, new] = own
+        labels[changed] = new
         return Answer(labels, probabilities)
 
+    def _echoes(
+        self,
+        inputs: np.ndarray,
+        complete: np.ndarray,
+        chosen: np.ndarray,
+        labels: np.ndarray,
+        state: StageState,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The queries (not themselves chosen) within ``radius`` of an input that got a
+        watermark's label (a watermark, this request's included, or an earlier echo, this
+        request's included), whose label the nearest one's would change; and those labels.
+        Every query found (changed or not) is kept as an echo, so that the label spreads."""
+        none = np.empty(0, np.int64)
+        if self.radius == 0.0 or not state.rows("labels"):
+            return none, none
+        import faiss
+
+        candidates = np.flatnonzero(complete)
+        candidates = candidates[~np.isin(candidates, chosen)]
+        width = int(np.prod(np.shape(inputs)[1:]))
+        queries = canonical_rows(inputs[candidates]).reshape(len(candidates), width)
+        found = np.full(len(candidates), -1, np.int64)  # the label each candidate inherits
+        closest = np.full(len(candidates), np.inf, np.float32)
+        members = [("inputs", "labels"), ("echo_inputs", "echo_labels")]
+        sources = [
+            (state.array(x).reshape(state.rows(x), -1), state.array(y))
+            for x, y in members
+            if state.rows(y)
+        ]
+        while sources and (found < 0).any():
+            open_ = np.flatnonzero(found < 0)
+            fresh = np.zeros(len(candidates), bool)
+            for marked, marked_labels in sources:
+                index = faiss.IndexFlat(marked.shape[1], faiss.METRIC_Linf)
+                index.add(np.ascontiguousarray(marked, np.float32))
+                distances, nearest = index.search(np.ascontiguousarray(queries[open_]), 1)
+                better = (distances[:, 0] <= self.radius) & (distances[:, 0] < closest[open_])
+                rows = open_[better]
+                closest[rows] = distances[better, 0]
+                found[rows] = marked_labels[nearest[better, 0]]
+                fresh[rows] = True
+            sources = [(queries[fresh], found[fresh])] if fresh.any() else []
+        kept = found >= 0
+        if kept.any():
+            state.append("echo_inputs", canonical_rows(inputs[candidates[kept]]))
+            state.append("echo_labels", found[kept])
+        change = kept & (found != labels[candidates])
+        return candidates[change], found[change]
+
     def spec(self) -> str:
+        echo = f",radius={self.radius!r}" if self.radius else ""
         if self.key_file is not None:
-            return f"{self.name}:rate={self.rate!r},key_file={self.key_file}"
-        return f"{self.name}:rate={self.rate!r},seed={self.seed}"
+            return f"{self.name}:rate={self.rate!r},key_file={self.key_file}{echo}"
+        return f"{self.name}:rate={self.rate!r},seed={self.seed}{echo}"
