@@ -153,6 +153,12 @@ def main() -> None:
                         PredictionService(result.surrogate, []), None
                     )
                     evidence = scheme.verify(suspect, 2.0**-64)
+                    # a set too small to reach 2^-64 is "cannot verify" there, yet may decide
+                    # at 1e-3: the p-value comes from a test at the loosest level
+                    loosest = scheme.verify(
+                        LocalOracle.for_new_client(PredictionService(result.surrogate, []), None),
+                        max(LEVELS.values()),
+                    )
                     store.append(
                         {
                             "benchmark": "dawn",
@@ -169,13 +175,13 @@ def main() -> None:
                                 "surrogate_accuracy": measured.surrogate_accuracy,
                                 "watermarks": len(kept),
                                 "echoed": echoed,
-                                "watermark_accuracy": evidence.statistic,
-                                "p_value": evidence.p_value,
+                                "watermark_accuracy": loosest.statistic,
+                                "p_value": loosest.p_value,
                                 "decision": evidence.decision,
                                 "reason": evidence.reason,
                                 **{
-                                    f"verified_{label}": evidence.p_value is not None
-                                    and evidence.p_value <= level
+                                    f"verified_{label}": loosest.p_value is not None
+                                    and loosest.p_value <= level
                                     for label, level in LEVELS.items()
                                 },
                             },
@@ -184,7 +190,7 @@ def main() -> None:
                     )
                     console.print(
                         f"seed {seed} {name} {output} {budget}: {len(kept)} watermarks, "
-                        f"accuracy {evidence.statistic}, p {evidence.p_value}",
+                        f"accuracy {loosest.statistic}, p {loosest.p_value}",
                         highlight=False,
                     )
 

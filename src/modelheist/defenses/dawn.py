@@ -12,9 +12,9 @@ model's own, permuted, and its arg-max is the wrong label (shared with another c
 an earlier stage, e.g. rounding, left a tie at the top; the label returned is the wrong one).
 Put ``dawn`` after the stages that change probabilities and before top-k or labels-only ones:
 a later stage that changes labels (misinformation) would answer something other than the label
-the client's watermark set records. The same input always gets the same
-answer (the decision and the label are functions of the key and the input alone), so asking
-again reveals nothing. Each client's watermarked inputs, their wrong labels and their digests
+the client's watermark set records. Without the echo below, the same input always gets the
+same answer (the decision and the label are functions of the key and the input alone), so
+asking again reveals nothing. Each client's watermarked inputs, their wrong labels and their digests
 are kept in that client's stage state, the client's watermark set, from which
 :class:`~modelheist.ownership.dawn.DawnScheme` later tests a suspect.
 
@@ -34,19 +34,25 @@ Neighbourhood echo (``radius``, an extension; off by default, 0): hashing the wh
 an attacker who asks many near-duplicates of one input (JBDA's and T-RND's synthetic steps, a
 few hundredths to tenths of the input range away from their parents) outvote each watermarked
 answer with truthful answers next to it, so that the surrogate never learns it. With ``radius``
-r > 0, a query within L-infinity distance r of an input that got a watermark's label (one of
-the same client's watermarked inputs, or an earlier echo) gets that label too (the nearest
+r > 0, a query within L-infinity distance r of an input that carries a watermark's label (one
+of the same client's watermarked inputs, or a kept echo) gets that label too (the nearest
 one's, found exactly with faiss's flat L-infinity index), so that the label spreads along a
-chain of small steps; the answer changes only where the model's own label differs. Echoes are
-counted (``echoed``, the answers changed) and kept (``echo_inputs``, ``echo_labels``) but are
-not watermarks: the watermark set stays the hash-selected inputs, independent trials for the
-verification test. The L-infinity ball separates an attacker's perturbations (every value moved
-by at most the step) from honest clients' distinct natural inputs, which differ somewhere by
-far more; benchmarks/dawn.py measures what an honest client loses. Caveats: answers given
-before a watermark cannot change, so the truthful answers to its ancestors still pull a
-surrogate towards the model's label; an echo depends on the client's own history, so two
-colluding clients asking the same near-duplicate can see a difference; the decision for a
-hash-selected input is still the key's alone.
+chain of small steps (inside one request, for at most ``ECHO_HOPS`` hops; across requests
+without limit); the answer changes only where the model's own label differs. Echoes are
+counted (``echoed``, the answers changed) and kept (``echo_inputs``, ``echo_labels``; only
+those farther than r / 2 from every kept input, so that what is kept stays bounded) but are not
+watermarks: the watermark set stays the hash-selected inputs, independent trials for the
+verification test, whose null bound the echo does not touch. The radius is absolute, in the
+input's units: the L-infinity ball separates an attacker's perturbations of images in [0, 1]
+(every value moved by at most the step) from distinct natural images, which differ somewhere
+by far more; for tabular inputs or streams of near-identical frames it would spread to honest
+clients, and benchmarks/dawn.py measures what an honest client of the image API loses. Caveats:
+answers given before a watermark cannot change, so the truthful answers to its ancestors still
+pull a surrogate towards the model's label; an input asked before a watermark near it and
+again after gets two different answers (re-asking reveals that a watermark is near), and two
+colluding clients asking the same near-duplicate can see a difference; which label a query
+inherits can depend on how the client batches its requests; the decision for a hash-selected
+input is still the key's alone.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ from modelheist.errors import ModelheistError
 from modelheist.oracle.answer import Answer
 
 DOMAIN = b"modelheist-dawn/1:"
+#: Hops an echo's label passes on inside one request (each costs a search of the request).
+ECHO_HOPS = 4
 DIGEST_BYTES = 32
 
 
@@ -179,10 +187,12 @@ class Dawn(Defense):
         labels: np.ndarray,
         state: StageState,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The queries (not themselves chosen) within ``radius`` of an input that got a
-        watermark's label (a watermark, this request's included, or an earlier echo, this
-        request's included), whose label the nearest one's would change; and those labels.
-        Every query found (changed or not) is kept as an echo, so that the label spreads."""
+        """The queries (not themselves chosen) within ``radius`` of an input that carries a
+        watermark's label (a watermark, this request's included, or a kept echo), whose label
+        the nearest such input's would change; and those labels. Inside one request the label
+        passes on for at most :data:`ECHO_HOPS` hops. A query found is kept as an echo only if
+        no kept input lies within half the radius (a covering net: what is kept stays bounded
+        however often a client asks near one point)."""
         none = np.empty(0, np.int64)
         if self.radius == 0.0 or not state.rows("labels"):
             return none, none
@@ -193,31 +203,35 @@ class Dawn(Defense):
         width = int(np.prod(np.shape(inputs)[1:]))
         queries = canonical_rows(inputs[candidates]).reshape(len(candidates), width)
         found = np.full(len(candidates), -1, np.int64)  # the label each candidate inherits
-        closest = np.full(len(candidates), np.inf, np.float32)
+        closest = np.full(len(candidates), np.inf, np.float32)  # to a kept input, first hop
         members = [("inputs", "labels"), ("echo_inputs", "echo_labels")]
         sources = [
             (state.array(x).reshape(state.rows(x), -1), state.array(y))
             for x, y in members
             if state.rows(y)
         ]
-        while sources and (found < 0).any():
+        for hop in range(ECHO_HOPS):
             open_ = np.flatnonzero(found < 0)
+            if not sources or not len(open_):
+                break
             fresh = np.zeros(len(candidates), bool)
+            nearest_now = np.full(len(open_), np.inf, np.float32)
             for marked, marked_labels in sources:
                 index = faiss.IndexFlat(marked.shape[1], faiss.METRIC_Linf)
                 index.add(np.ascontiguousarray(marked, np.float32))
                 distances, nearest = index.search(np.ascontiguousarray(queries[open_]), 1)
-                better = (distances[:, 0] <= self.radius) & (distances[:, 0] < closest[open_])
-                rows = open_[better]
-                closest[rows] = distances[better, 0]
-                found[rows] = marked_labels[nearest[better, 0]]
-                fresh[rows] = True
+                better = (distances[:, 0] <= self.radius) & (distances[:, 0] < nearest_now)
+                nearest_now[better] = distances[better, 0]
+                found[open_[better]] = marked_labels[nearest[better, 0]]
+                fresh[open_[better]] = True
+                if hop == 0:
+                    closest[open_] = np.minimum(closest[open_], distances[:, 0])
             sources = [(queries[fresh], found[fresh])] if fresh.any() else []
-        kept = found >= 0
+        kept = (found >= 0) & (closest > self.radius / 2)
         if kept.any():
             state.append("echo_inputs", canonical_rows(inputs[candidates[kept]]))
             state.append("echo_labels", found[kept])
-        change = kept & (found != labels[candidates])
+        change = (found >= 0) & (found != labels[candidates])
         return candidates[change], found[change]
 
     def spec(self) -> str:
