@@ -536,8 +536,8 @@ def dawn(rows: list[dict]) -> str:
             groups[key].append(row["metrics"])
     lines = [
         "| echo radius | attack | output | budget | seeds | fidelity | watermarks | "
-        "watermark acc. | largest p-value | verified at 1e-3 | at 2^-64 |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "answers echoed | watermark acc. | largest p-value | verified at 1e-3 | at 2^-64 |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (radius, attack, output, budget), group in sorted(groups.items()):
         p_values = [m["p_value"] for m in group if m["p_value"] is not None]
@@ -545,6 +545,7 @@ def dawn(rows: list[dict]) -> str:
             f"| {radius:g} | {attack} | {output} | {budget:,} | {len(group)} "
             f"| {_spread([m['fidelity_test'] for m in group], 4)} "
             f"| {_spread([float(m['watermarks']) for m in group], 0)} "
+            f"| {_spread([float(m.get('echoed', 0)) for m in group], 0)} "
             f"| {_spread([m['watermark_accuracy'] or 0.0 for m in group], 3)} "
             f"| {_p(max(p_values) if p_values else None)} "
             f"| {_verified([m['verified_1e-3'] for m in group])} "
@@ -561,7 +562,8 @@ def dawn(rows: list[dict]) -> str:
             costs.append(
                 f"- echo radius {radius:g}: accuracy lost "
                 f"{_spread([m['loss_points'] for m in benign], 2)} points over {len(benign)} "
-                "seeds (target <= 0.5)."
+                f"seeds (target <= 0.5); answers echoed "
+                f"{_spread([float(m.get('echoed', 0)) for m in benign], 0)}."
             )
     intro = ["Honest client (the evaluation split):", *costs] if costs else []
     return "\n".join([*intro, "", *lines, "", provenance(rows)])
