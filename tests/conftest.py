@@ -37,6 +37,98 @@ def marked_cnn(digits, triggers):
 
 
 @pytest.fixture(scope="session")
+def pool_cnn(digits):
+    """A digits CNN independent of the owner's: trained on the attacker's pool (same
+    distribution, disjoint samples), with its own seed."""
+    from dataclasses import replace
+
+    return train_model(replace(digits, train=digits.pool), "cnn", TrainConfig(epochs=15, seed=5))
+
+
+@pytest.fixture(scope="session")
+def di_owner(digits):
+    """An owner's model for dataset inference: an MLP fitted closely to 200 private digits
+    (dataset inference needs a model that sits farther from its boundary on its own data)."""
+    from dataclasses import replace
+
+    from modelheist.data.registry import Split
+
+    private = replace(digits, train=Split(digits.train.x[:200], digits.train.y[:200]))
+    return train_model(private, "mlp", TrainConfig(epochs=60, seed=0))
+
+
+@pytest.fixture(scope="session")
+def di_independent(digits):
+    """The same recipe on 200 other digits (the attacker's pool): independent of the owner."""
+    from dataclasses import replace
+
+    from modelheist.data.registry import Split
+
+    other = replace(digits, train=Split(digits.pool.x[:200], digits.pool.y[:200]))
+    return train_model(other, "mlp", TrainConfig(epochs=60, seed=5))
+
+
+@pytest.fixture(scope="session")
+def di_secret(digits, di_owner):
+    """Dataset-inference evidence for ``di_owner``: its 200 training digits private, the test
+    split public (Blind Walk scaled up for 8x8 images, whose walks the paper's scales would
+    leave censored)."""
+    from modelheist.api.local import LocalOracle
+    from modelheist.api.service import PredictionService
+    from modelheist.defenses.registry import parse_output
+    from modelheist.ownership.dataset_inference import BlindWalk, DatasetInferenceSecret
+
+    oracle = LocalOracle.for_new_client(PredictionService(di_owner, parse_output("labels")), None)
+    return DatasetInferenceSecret.prepare(
+        oracle,
+        (digits.train.x[:200], digits.train.y[:200]),
+        (digits.test.x, digits.test.y),
+        revealed=100,
+        walk=BlindWalk(directions=4, steps=30, scale=8.0, seed=0),
+        regressor_samples=100,
+        seed=0,
+    )
+
+
+@pytest.fixture(scope="session")
+def radioactive_mark(digits, digits_cnn):
+    """Half of the digits training set marked in the feature space of the owner's own CNN."""
+    from modelheist.ownership.radioactive import RadioactiveMarking
+
+    marking = RadioactiveMarking(fraction=0.5, control=100, alignment=200, seed=11)
+    return marking.make(digits_cnn, digits.train.x, digits.train.y)
+
+
+@pytest.fixture(scope="session")
+def radioactive_cnn(digits, radioactive_mark):
+    """A digits CNN trained on the radioactive data (the Trainer's replace-data hook)."""
+    from modelheist.ownership.radioactive import RadioactiveData
+
+    config = TrainConfig(epochs=15, seed=2)
+    return train_model(digits, "cnn", config, None, [RadioactiveData(radioactive_mark)])
+
+
+@pytest.fixture(scope="session")
+def planted_cnn(digits_cnn, radioactive_mark):
+    """The marking network with its classifier rows pulled toward the carriers: what a model
+    that learned the mark looks like to the white-box test (a test double for its statistic;
+    on 8x8 digits a network trained on the marked data does not learn the mark measurably)."""
+    import copy
+
+    import torch
+
+    from modelheist.models.anatomy import split_head
+    from modelheist.models.classifier import TorchClassifier
+
+    module = copy.deepcopy(digits_cnn.module)
+    head = split_head(module)[1]
+    with torch.no_grad():
+        rows = head.weight.norm(dim=1, keepdim=True)
+        head.weight += rows * torch.from_numpy(radioactive_mark.carriers).float()
+    return TorchClassifier(module, digits_cnn.card)
+
+
+@pytest.fixture(scope="session")
 def ood_model(digits, tmp_path_factory):
     """A saved binary OOD classifier for digits (in) against uniform noise (out)."""
     from modelheist.defenses.ood_training import train_ood_classifier

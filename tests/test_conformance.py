@@ -18,7 +18,7 @@ from modelheist.defenses import (
 )
 from modelheist.defenses.checks import check_defense
 from modelheist.errors import IncompatibleOutputError
-from modelheist.oracle import Answer
+from modelheist.oracle import Answer, WhiteBoxOracle
 from modelheist.ownership import SCHEMES
 
 EXAMPLE_SPECS = {
@@ -270,19 +270,38 @@ def test_every_attack_parameter_has_help_and_a_cli_option():
             assert flag in shown.output, f"{name}: no {flag} option"
 
 
-#: For each ownership scheme: a builder of (scheme, a model carrying the owner's mark).
+#: For each ownership scheme: a builder of (scheme, a model carrying the owner's mark, an
+#: independent model), from the session's fixtures (``get``: pytest's getfixturevalue).
 SCHEME_SETTINGS = {
-    "backdoor-watermark": lambda triggers, marked: (
-        SCHEMES["backdoor-watermark"](triggers),
-        marked,
+    "backdoor-watermark": lambda get: (
+        SCHEMES["backdoor-watermark"](get("triggers")),
+        get("marked_cnn"),
+        get("digits_cnn"),
     ),
     # the trigger set stands in for a client's DAWN set (inputs, labels a model never predicts
     # unless it learned them): the scheme only sees inputs, labels and the class count
-    "dawn": lambda triggers, marked: (
-        SCHEMES["dawn"](triggers.inputs, triggers.labels, triggers.num_classes, "example"),
-        marked,
+    "dawn": lambda get: (
+        SCHEMES["dawn"](
+            get("triggers").inputs, get("triggers").labels, get("triggers").num_classes, "example"
+        ),
+        get("marked_cnn"),
+        get("digits_cnn"),
+    ),
+    # white-box (the judge holds the suspects' weights; no query); without them, black-box
+    "radioactive": lambda get: (
+        SCHEMES["radioactive"](get("radioactive_mark"), images=300),
+        get("planted_cnn"),
+        get("pool_cnn"),
+    ),
+    # the owner's model itself is the one trained on the private data
+    "dataset-inference": lambda get: (
+        SCHEMES["dataset-inference"](get("di_secret")),
+        get("di_owner"),
+        get("di_independent"),
     ),
 }
+#: Schemes that read a suspect's weights when the judge holds them.
+WHITE_BOX = {"radioactive"}
 
 
 def test_every_scheme_has_settings():
@@ -290,13 +309,16 @@ def test_every_scheme_has_settings():
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMES))
-def test_scheme_contract(name, triggers, marked_cnn, digits_cnn):
-    scheme, marked = SCHEME_SETTINGS[name](triggers, marked_cnn)
-    for model, decision in ((marked, "stolen"), (digits_cnn, "not stolen")):
+def test_scheme_contract(name, request):
+    scheme, marked, independent = SCHEME_SETTINGS[name](request.getfixturevalue)
+    for model, decision in ((marked, "stolen"), (independent, "not stolen")):
         oracle = LocalOracle.for_new_client(PredictionService(model), None)
+        if name in WHITE_BOX:
+            oracle = WhiteBoxOracle(oracle, model.module)
         evidence = scheme.verify(oracle, significance=0.01)
         assert evidence.decision == decision and evidence.scheme == name
-        assert evidence.queries == oracle.queries_used > 0  # counted by the oracle
+        assert evidence.queries == oracle.queries_used  # counted by the oracle
+        assert evidence.queries > 0 or name in WHITE_BOX
         assert 0.0 <= evidence.p_value <= 1.0
         json.dumps(evidence.to_json())
     starved = LocalOracle.for_new_client(PredictionService(marked), 1)

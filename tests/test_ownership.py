@@ -108,8 +108,15 @@ def test_trigger_sets_save_apart_and_refuse_tampering(tmp_path, triggers):
 
 def test_every_scheme_is_registered_with_a_name():
     from modelheist.ownership import DawnScheme
+    from modelheist.ownership.dataset_inference import DatasetInferenceScheme
+    from modelheist.ownership.radioactive import RadioactiveScheme
 
-    assert {"backdoor-watermark": BackdoorWatermarkScheme, "dawn": DawnScheme} == SCHEMES
+    assert {
+        "backdoor-watermark": BackdoorWatermarkScheme,
+        "dawn": DawnScheme,
+        "radioactive": RadioactiveScheme,
+        "dataset-inference": DatasetInferenceScheme,
+    } == SCHEMES
 
 
 def test_watermarking_an_existing_model_by_fine_tuning(tmp_path, digits_cnn, cli_in_process):

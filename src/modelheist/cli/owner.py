@@ -1,4 +1,5 @@
-"""The model owner's commands: ``train``, ``watermark``, ``serve``, ``keys`` and ``detect-eval``."""
+"""The model owner's commands: ``train``, ``watermark``, ``fingerprint``, ``serve``, ``keys`` and
+``detect-eval``."""
 
 from __future__ import annotations
 
@@ -54,36 +55,64 @@ def train(
             "repeats=R]; its secret trigger set goes to --secret-out."
         ),
     ] = None,
+    mark: Annotated[
+        str | None,
+        typer.Option(
+            help="Train on radioactive data: radioactive[:fraction=Q,epsilon=E,steps=S,"
+            "control=N,seed=S]; a marking network is trained first, and the mark (carriers, "
+            "marked images, marker) goes to --secret-out."
+        ),
+    ] = None,
     secret_out: Annotated[
-        Path | None, typer.Option(help="New folder for the watermark's trigger set (secret).")
+        Path | None,
+        typer.Option(help="New folder for the watermark's trigger set or the data mark (secret)."),
     ] = None,
 ) -> None:
     """Train a victim model and save it (safetensors weights + JSON card)."""
     fresh_folder(out, "output folder")
-    if (watermark is None) != (secret_out is None):
-        raise ModelheistError("--watermark and --secret-out go together")
+    if watermark is not None and mark is not None:
+        raise ModelheistError("give --watermark or --mark, not both")
+    if (watermark is None and mark is None) != (secret_out is None):
+        raise ModelheistError("--watermark or --mark and --secret-out go together")
     fresh_folder(secret_out, "secret folder")
     positive("--epochs", epochs)
     from modelheist.data.registry import load_dataset
 
     data = load_dataset(dataset, seed=seed)  # an unknown name fails before PyTorch loads
+    if mark is not None and (data.kind != "image" or arch in ("logreg", "tree")):
+        raise ModelheistError("radioactive data marks images for a network (cnn or mlp)")
     from modelheist.models.store import save_model
     from modelheist.models.training import TrainConfig, train_model
+    from modelheist.ownership.radioactive import RadioactiveData, parse_marking
     from modelheist.ownership.watermark import parse_watermark
 
     config = TrainConfig(epochs=epochs, seed=seed)
-    protections = [parse_watermark(watermark, data)] if watermark else []
+    marking = parse_marking(mark) if mark else None
+    protections: list = [parse_watermark(watermark, data)] if watermark else []
     with progress_bar() as progress:
+        if marking is not None:
+            marker_config = TrainConfig(epochs=epochs, seed=seed + 7919)  # its own network
+            marker = train_model(data, arch, marker_config, progress)
+            radioactive = marking.make(marker, data.train.x, data.train.y, progress)
+            protections = [RadioactiveData(radioactive)]
         model = train_model(data, arch, config, progress, protections)
-    if secret_out is not None:
+    if watermark is not None:
         protections[0].triggers.save(secret_out)
+    elif marking is not None:
+        protections[0].mark.save(secret_out)
     save_model(model, out)
     write_json(json_path, asdict(model.card))
     metrics = model.card.metrics
     console.print(
         f"trained {arch} on {dataset}: test accuracy {metrics['test_accuracy']:.4f} "
         f"(train {metrics['train_accuracy']:.4f}); saved to {out}"
-        + (f"; watermark trigger set (keep it secret) in {secret_out}" if secret_out else "")
+        + (f"; watermark trigger set (keep it secret) in {secret_out}" if watermark else "")
+        + (
+            f"; radioactive mark of {len(protections[0].mark.indices)} images "
+            f"(PSNR {protections[0].mark.psnr():.1f} dB; keep it secret) in {secret_out}"
+            if marking is not None
+            else ""
+        )
     )
 
 
@@ -135,6 +164,66 @@ def watermark_model(
         + (f"{before:.4f} -> " if before is not None else "")
         + f"{marked.card.metrics['test_accuracy']:.4f}; trigger set (keep it secret) in "
         f"{secret_out}",
+        highlight=False,
+    )
+
+
+fingerprint_app = typer.Typer(
+    help="Prepare the evidence a fingerprint needs from your own model (kept secret).",
+    no_args_is_help=True,
+)
+app.add_typer(fingerprint_app, name="fingerprint")
+
+
+@fingerprint_app.command("dataset-inference")
+@user_errors
+def fingerprint_dataset_inference(
+    model: Annotated[Path, typer.Option(help="Your model folder (trained on your private data).")],
+    secret_out: Annotated[
+        Path, typer.Option(help="New folder for the regressor and the revealed samples.")
+    ],
+    revealed: Annotated[
+        int, typer.Option(help="Private and public samples revealed to the judge (each).")
+    ] = 50,
+    regressor_samples: Annotated[
+        int, typer.Option(help="Private and public samples the regressor is trained on (each).")
+    ] = 500,
+    directions: Annotated[int, typer.Option(help="Blind Walk directions per noise type.")] = 10,
+    steps: Annotated[int, typer.Option(help="Blind Walk steps at most.")] = 50,
+    scale: Annotated[
+        float, typer.Option(help="Multiplier of the walk's noise scales (1: the paper's).")
+    ] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the walks, the draws and the regressor.")] = 0,
+) -> None:
+    """Dataset inference (Maini et al., ICLR '21): Blind Walk distances to your model's decision
+    boundary on your training split (private) and its validation split (public), a regressor
+    trained to tell them apart, and the samples a judge will test a suspect on."""
+    fresh_folder(secret_out, "secret folder")
+    positive("--revealed", revealed)
+    positive("--regressor-samples", regressor_samples)
+    from modelheist.experiments.targets import local_oracle, victim_split
+    from modelheist.models.store import load_model
+    from modelheist.ownership.dataset_inference import BlindWalk, DatasetInferenceSecret
+
+    owner = load_model(model)
+    data = victim_split(owner)
+    public = data.validation if data.validation is not None else data.test
+    walk = BlindWalk(directions, steps, scale, seed)
+    with progress_bar() as progress:
+        secret = DatasetInferenceSecret.prepare(
+            local_oracle(owner, "labels", client="owner"),
+            (data.train.x, data.train.y),
+            (public.x, public.y),
+            revealed,
+            walk,
+            regressor_samples,
+            seed,
+            progress,
+        )
+    secret.save(secret_out)
+    console.print(
+        f"dataset-inference evidence for {model} in {secret_out} ({revealed} private and "
+        f"{revealed} public samples revealed; keep it until a judge asks)",
         highlight=False,
     )
 

@@ -123,15 +123,65 @@ def _screened(scheme, oracles: list):
     return ScreenedScheme(scheme, oracles)
 
 
-def _suspect_oracle(suspect: Path | None, target: str | None, api_key: str | None):
+def _suspect_oracle(
+    suspect: Path | None, target: str | None, api_key: str | None, white_box: bool = False
+):
+    """The suspect as an oracle; a model folder's weights come with it when ``white_box``."""
     if (suspect is None) == (target is None):
         raise ModelheistError("name one suspect: --suspect DIR or --target URL --api-key KEY")
     from modelheist.experiments.targets import http_oracle, local_oracle
     from modelheist.models.store import load_model
+    from modelheist.oracle import WhiteBoxOracle
 
     if target is not None:
         return http_oracle(target, api_key)
-    return local_oracle(load_model(suspect), client="verifier")  # type: ignore[arg-type]
+    model = load_model(suspect)  # type: ignore[arg-type]
+    oracle = local_oracle(model, client="verifier")
+    network = getattr(model, "module", None)
+    return WhiteBoxOracle(oracle, network) if white_box and network is not None else oracle
+
+
+@verify_app.command("radioactive")
+@user_errors
+def verify_radioactive(
+    mark: Annotated[Path, typer.Option(help="The radioactive mark's folder (train --mark).")],
+    owner_model: Annotated[
+        Path | None,
+        typer.Option(help="The owner's model folder: its card records the mark (checked)."),
+    ] = None,
+    suspect: SuspectOption = None,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="white-box (a suspect folder's weights), black-box (its probabilities on "
+            "marked and original images) or auto (white-box when a folder is given)."
+        ),
+    ] = "auto",
+    significance: Annotated[float, typer.Option(help="Significance level of the test.")] = 0.01,
+    budget: Annotated[
+        int | None, typer.Option(help="Most queries to spend on the suspect (default: as needed).")
+    ] = None,
+    json_path: JsonOption = None,
+) -> None:
+    """Test whether the suspect was trained on your radioactive data: white-box, the cosines
+    between its classifier rows and the carriers (exact null, Fisher-combined); black-box, its
+    loss difference on published against withheld marked images (Mann-Whitney)."""
+    from modelheist.models.store import load_card
+    from modelheist.ownership.radioactive import RadioactiveMark, RadioactiveScheme, recorded_mark
+
+    if mode not in ("auto", "white-box", "black-box"):
+        raise ModelheistError(f"--mode must be auto, white-box or black-box, got {mode!r}")
+    secret = RadioactiveMark.load(mark)
+    commitment = recorded_mark(load_card(owner_model).protections) if owner_model else None
+    oracle = _suspect_oracle(suspect, target, api_key, white_box=mode != "black-box")
+    scheme = RadioactiveScheme(secret, mode, commitment=commitment)  # type: ignore[arg-type]
+    evidence = scheme.verify(oracle, significance, budget)
+    _say(evidence, significance)
+    write_json(json_path, evidence.to_json())
+    if evidence.decision == "cannot verify":
+        raise typer.Exit(2)
 
 
 @verify_app.command("dawn")
@@ -221,4 +271,38 @@ def verify_dawn(
         },
     )
     if overall == "cannot verify":
+        raise typer.Exit(2)
+
+
+@verify_app.command("dataset-inference")
+@user_errors
+def verify_dataset_inference(
+    secret: Annotated[
+        Path, typer.Option(help="The owner's dataset-inference folder (fingerprint ...).")
+    ],
+    suspect: SuspectOption = None,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
+    m: Annotated[
+        int | None,
+        typer.Option("--m", help="Revealed samples of each kind to test on (default: all)."),
+    ] = None,
+    significance: Annotated[float, typer.Option(help="Significance level of the test.")] = 0.01,
+    budget: Annotated[
+        int | None, typer.Option(help="Most queries to spend on the suspect (default: as needed).")
+    ] = None,
+    json_path: JsonOption = None,
+) -> None:
+    """Walk from the owner's revealed private and public samples until the suspect's label
+    changes; a one-sided Welch t-test of the regressor's scores decides (labels suffice)."""
+    from modelheist.ownership.dataset_inference import (
+        DatasetInferenceScheme,
+        DatasetInferenceSecret,
+    )
+
+    scheme = DatasetInferenceScheme(DatasetInferenceSecret.load(secret), m)
+    evidence = scheme.verify(_suspect_oracle(suspect, target, api_key), significance, budget)
+    _say(evidence, significance)
+    write_json(json_path, evidence.to_json())
+    if evidence.decision == "cannot verify":
         raise typer.Exit(2)

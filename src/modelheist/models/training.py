@@ -186,12 +186,19 @@ class TrainingProtection(ABC):
     "The Trainer seam").
 
     Hyper-parameters go to the constructor (which does no work); the Trainer calls, in order,
-    :meth:`extra_data` once, :meth:`prepare` once, :meth:`transform_batch` on every batch, and
+    :meth:`replace_data` and :meth:`extra_data` once, :meth:`prepare` once, :meth:`transform_batch` on every batch, and
     :meth:`card_entry` when training is done. Every hook has a do-nothing default.
     """
 
     #: Registry name, written on the model card.
     name: ClassVar[str]
+
+    def replace_data(
+        self, x: np.ndarray, targets: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The owner's training data as this protection changes it (e.g. radioactive marking
+        replaces some images with marked copies), in the same format; None to leave it."""
+        return None
 
     def extra_data(
         self, x: np.ndarray, targets: np.ndarray
@@ -260,6 +267,10 @@ class Trainer:
         if len(x) == 0:
             raise ModelheistError("cannot train on an empty set")
         shift = default_shift(tuple(x.shape[1:])) if config.augment else 0
+        for protection in self.protections:
+            replaced = protection.replace_data(x, targets)
+            if replaced is not None:
+                x, targets = replaced
         for protection in self.protections:
             extra = protection.extra_data(x, targets)
             if extra is not None:

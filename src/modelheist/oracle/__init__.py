@@ -2,7 +2,15 @@
 the black-box boundary (``Oracle``) and a hard budget around it (``BudgetedOracle``)."""
 
 from modelheist.oracle.answer import Answer, OutputKind, concatenate
-from modelheist.oracle.base import Oracle
+from modelheist.oracle.base import Oracle, WhiteBoxOracle
 from modelheist.oracle.budgeted import BudgetedOracle, QueryLog
 
-__all__ = ["Answer", "BudgetedOracle", "Oracle", "OutputKind", "QueryLog", "concatenate"]
+__all__ = [
+    "Answer",
+    "BudgetedOracle",
+    "Oracle",
+    "OutputKind",
+    "QueryLog",
+    "WhiteBoxOracle",
+    "concatenate",
+]

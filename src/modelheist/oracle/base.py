@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 
@@ -67,6 +68,13 @@ class Oracle(ABC):
         return False
 
     @property
+    def network(self) -> Any | None:
+        """The model's weights (a ``torch.nn.Module``) when whoever holds this oracle also holds
+        the model itself, as a judge holds a seized model folder (:class:`WhiteBoxOracle`);
+        None through an API. Only white-box ownership tests read it; attacks never do."""
+        return None
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 
@@ -91,3 +99,66 @@ class Oracle(ABC):
                     raise
                 time.sleep(exc.retry_after)
                 waited += exc.retry_after
+
+
+class ForwardingOracle(Oracle):
+    """An oracle that passes everything to ``inner``: the base of wrappers that change one
+    thing (a hard budget, the weights at hand)."""
+
+    def __init__(self, inner: Oracle):
+        self.inner = inner
+        self.max_batch = inner.max_batch
+        self.max_rate_wait = inner.max_rate_wait
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.inner.input_shape
+
+    @property
+    def classes(self) -> list[str]:
+        return self.inner.classes
+
+    @property
+    def output_kind(self) -> OutputKind:
+        return self.inner.output_kind
+
+    @property
+    def input_range(self) -> tuple[float, float] | None:
+        return self.inner.input_range
+
+    @property
+    def returns_leaves(self) -> bool:
+        return self.inner.returns_leaves
+
+    @property
+    def accepts_missing(self) -> bool:
+        return self.inner.accepts_missing
+
+    @property
+    def network(self) -> Any | None:
+        return self.inner.network
+
+    @property
+    def budget(self) -> int | None:
+        return self.inner.budget
+
+    @property
+    def queries_used(self) -> int:
+        return self.inner.queries_used
+
+    def _query_batch(self, x: np.ndarray) -> Answer:
+        return self.inner._query_batch(x)
+
+
+class WhiteBoxOracle(ForwardingOracle):
+    """``inner``'s answers, with the model's weights at hand (:attr:`Oracle.network`): a suspect
+    model folder that a judge loaded, for ownership tests that read weights (radioactive data's
+    white-box test). Queries go to ``inner`` and are counted there."""
+
+    def __init__(self, inner: Oracle, network: Any):
+        super().__init__(inner)
+        self._network = network
+
+    @property
+    def network(self) -> Any:
+        return self._network

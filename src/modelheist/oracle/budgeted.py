@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from modelheist.errors import BudgetExceededError, ModelheistError
-from modelheist.oracle.answer import Answer, OutputKind, concatenate
-from modelheist.oracle.base import Oracle
+from modelheist.oracle.answer import Answer, concatenate
+from modelheist.oracle.base import ForwardingOracle, Oracle
 
 
 @dataclass
@@ -51,40 +51,14 @@ class QueryLog:
         return path
 
 
-class BudgetedOracle(Oracle):
+class BudgetedOracle(ForwardingOracle):
     """Wraps an oracle so that its user can never spend more than ``limit`` queries."""
 
     def __init__(self, inner: Oracle, limit: int):
-        self.inner = inner
+        super().__init__(inner)
         self.limit = limit
         self.spent = 0
-        self.max_batch = inner.max_batch
-        self.max_rate_wait = inner.max_rate_wait
         self.log = QueryLog()
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self.inner.input_shape
-
-    @property
-    def classes(self) -> list[str]:
-        return self.inner.classes
-
-    @property
-    def output_kind(self) -> OutputKind:
-        return self.inner.output_kind
-
-    @property
-    def input_range(self) -> tuple[float, float] | None:
-        return self.inner.input_range
-
-    @property
-    def returns_leaves(self) -> bool:
-        return self.inner.returns_leaves
-
-    @property
-    def accepts_missing(self) -> bool:
-        return self.inner.accepts_missing
 
     @property
     def budget(self) -> int:

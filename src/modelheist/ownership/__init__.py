@@ -14,6 +14,10 @@ _EXPORTS = {
     "BackdoorWatermark": "watermark",
     "BackdoorWatermarkScheme": "watermark",
     "DawnScheme": "dawn",
+    "RadioactiveData": "radioactive",
+    "RadioactiveMark": "radioactive",
+    "RadioactiveMarking": "radioactive",
+    "RadioactiveScheme": "radioactive",
     "TriggerSet": "watermark",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -22,6 +26,12 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from modelheist.ownership.base import CannotVerify, Evidence, Finding, OwnershipScheme
     from modelheist.ownership.dawn import DawnScheme
+    from modelheist.ownership.radioactive import (
+        RadioactiveData,
+        RadioactiveMark,
+        RadioactiveMarking,
+        RadioactiveScheme,
+    )
     from modelheist.ownership.registry import SCHEMES
     from modelheist.ownership.watermark import (
         BackdoorWatermark,

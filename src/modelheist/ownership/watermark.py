@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,8 +39,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 from rich.progress import Progress
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
 from scipy.stats import binomtest
 
 from modelheist.data.registry import Dataset, dataset_names, load_dataset
@@ -56,6 +53,7 @@ from modelheist.ownership.base import (
     OwnershipScheme,
     check_suspect_fits,
 )
+from modelheist.ownership.secret_folder import read_secret, write_secret
 
 TRIGGER_FORMAT = "modelheist-trigger-set/1"
 TRIGGERS = "triggers.safetensors"
@@ -136,14 +134,6 @@ class TriggerSet:
 
     def save(self, folder: str | Path) -> Path:
         """Write the set to a new folder (safetensors + JSON); never into a model folder."""
-        folder = Path(folder)
-        if folder.exists() and any(folder.iterdir()):
-            raise ModelheistError(f"{folder} already exists and is not empty")
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {"inputs": np.ascontiguousarray(self.inputs), "labels": self.labels},
-            str(folder / TRIGGERS),
-        )
         card = {
             "format": TRIGGER_FORMAT,
             "num_classes": self.num_classes,
@@ -151,22 +141,14 @@ class TriggerSet:
             "seed": self.seed,
             "sha256": self.digest,
         }
-        (folder / TRIGGER_CARD).write_text(json.dumps(card, indent=2) + "\n")
-        return folder
+        arrays = {"inputs": self.inputs, "labels": self.labels}
+        return write_secret(folder, TRIGGERS, arrays, TRIGGER_CARD, card)
 
     @classmethod
     def load(cls, folder: str | Path) -> TriggerSet:
         """Read a set written by :meth:`save`; a damaged or altered one is refused."""
         folder = Path(folder)
-        try:
-            card = json.loads((folder / TRIGGER_CARD).read_text())
-            arrays = load_file(str(folder / TRIGGERS))
-        except FileNotFoundError:
-            raise ModelheistError(f"{folder} is not a trigger-set folder") from None
-        except (OSError, ValueError, SafetensorError) as exc:
-            raise ModelheistError(f"{folder} holds a damaged trigger set: {exc}") from None
-        if not isinstance(card, dict) or card.get("format") != TRIGGER_FORMAT:
-            raise ModelheistError(f"{folder / TRIGGER_CARD} is not a {TRIGGER_FORMAT} card")
+        card, arrays = read_secret(folder, TRIGGERS, TRIGGER_CARD, TRIGGER_FORMAT, "trigger-set")
         try:
             triggers = cls(
                 arrays["inputs"].astype(np.float32),
