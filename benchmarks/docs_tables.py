@@ -639,6 +639,64 @@ def radioactive(rows: list[dict]) -> str:
     return "\n".join([*lines, "", note, "", provenance(rows)])
 
 
+def dataset_inference(rows: list[dict]) -> str:
+    """Dataset inference: each suspect's p-value over seeds, how many were accused at 1e-3, and
+    the paper's aggregate beside it."""
+    lines = [
+        "| suspect | runs | score difference | largest p | smallest p | accused at 1e-3 "
+        "| paper's aggregate (largest) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def kind_of(row: dict) -> str:  # independent models are one row each, shown together
+        return "independent models" if row["kind"] == "independent" else row["suspect"]
+
+    for name in dict.fromkeys(kind_of(r) for r in rows):
+        group = [r["metrics"] for r in rows if kind_of(r) == name]
+        p_values = [m["p_value"] for m in group if m["p_value"] is not None]
+        aggregates = [m["paper_aggregate"] for m in group if m.get("paper_aggregate") is not None]
+        lines.append(
+            f"| {name} | {len(group)} | {_spread([m['score_difference'] for m in group], 3)} "
+            f"| {_p(max(p_values) if p_values else None)} "
+            f"| {_p(min(p_values) if p_values else None)} "
+            f"| {_verified([m['decision'] == 'stolen' for m in group])} "
+            f"| {_p(max(aggregates) if aggregates else None)} |"
+        )
+    note = (
+        "Targets: the victim at p < 1e-30 with m <= 50; every surrogate of >= 5,000 queries at "
+        "p < 1e-3; the false-positive rate on independent models reported."
+    )
+    return "\n".join([*lines, "", note, "", provenance(rows)])
+
+
+def cae(rows: list[dict]) -> str:
+    """Conferrable adversarial examples: per epsilon, the ROC AUC of retention between held-out
+    surrogates and independent models over seeds, and their decisions against the judge."""
+    lines = [
+        "| epsilon | seeds | fingerprints | ROC AUC | surrogates' retention | independent "
+        "models' retention | judge's references' retention | surrogates verified at 0.01 "
+        "| independent "
+        "accused at 0.01 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for epsilon in sorted({r["epsilon"] for r in rows}):
+        group = [r for r in rows if r["epsilon"] == epsilon]
+        models = [m for r in group for m in r["metrics"]["models"]]
+        surrogates = [m for m in models if m["kind"] == "surrogate"]
+        independent = [m for m in models if m["kind"] == "independent"]
+        lines.append(
+            f"| {epsilon:g} | {len(group)} | {_spread([r['fingerprints'] for r in group], 0)} "
+            f"| {_spread([r['metrics']['roc_auc'] for r in group], 3)} "
+            f"| {_spread([m['retention'] for m in surrogates], 3)} "
+            f"| {_spread([m['retention'] for m in independent], 3)} "
+            f"| {_spread([v for r in group for v in r['metrics']['judge_retention']], 3)} "
+            f"| {_verified([m['decision'] == 'stolen' for m in surrogates])} "
+            f"| {_verified([m['decision'] == 'stolen' for m in independent])} |"
+        )
+    note = "Target: ROC AUC >= 0.99 (10 surrogates, 10 independent models, none in generation)."
+    return "\n".join([*lines, "", note, "", provenance(rows)])
+
+
 TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "state_scaling": (("state_scaling.jsonl",), state_scaling),
     "tramer": (("tramer.jsonl",), tramer),
@@ -655,6 +713,8 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "false_claims": (("false_claims.jsonl",), false_claims),
     "dawn": (("dawn.jsonl",), dawn),
     "radioactive": (("radioactive.jsonl",), radioactive),
+    "dataset_inference": (("dataset_inference.jsonl",), dataset_inference),
+    "cae": (("cae.jsonl",), cae),
     "knockoff_vs_art": (
         ("knockoff-fmnist.jsonl", "knockoff-fmnist-art.jsonl"),
         comparison(

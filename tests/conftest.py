@@ -84,7 +84,7 @@ def di_secret(digits, di_owner):
         (digits.train.x[:200], digits.train.y[:200]),
         (digits.test.x, digits.test.y),
         revealed=100,
-        walk=BlindWalk(directions=4, steps=30, scale=8.0, seed=0),
+        embedding=BlindWalk(directions=4, steps=30, scale=8.0, seed=0),
         regressor_samples=100,
         seed=0,
     )
@@ -126,6 +126,27 @@ def planted_cnn(digits_cnn, radioactive_mark):
         rows = head.weight.norm(dim=1, keepdim=True)
         head.weight += rows * torch.from_numpy(radioactive_mark.carriers).float()
     return TorchClassifier(module, digits_cnn.card)
+
+
+@pytest.fixture(scope="session")
+def cae_setup(digits, digits_cnn):
+    """A CAE fingerprint of ``digits_cnn`` generated against 2 extracted surrogates and 2
+    independent references; then models not used in generation: the judge's 4 references, 2
+    more surrogates and 2 more independent models (digits are 8x8: a wide L-inf ball)."""
+    from modelheist.experiments.fingerprints import extracted_surrogates, independent_references
+    from modelheist.ownership.cae import CAEGeneration, generate_fingerprint
+
+    surrogates = extracted_surrogates(digits_cnn, digits, 4, 600, seed=0)
+    references = independent_references(digits_cnn, digits, 8, seed=100)
+    settings = CAEGeneration(epsilon=0.2, steps=100, threshold=0.5, size=60, seed=0)
+    fingerprint = generate_fingerprint(
+        digits_cnn.module,
+        [m.module for m in surrogates[:2]],
+        [m.module for m in references[:2]],
+        digits.train.x[:300],
+        settings,
+    )
+    return fingerprint, references[2:6], surrogates[2:], references[6:]
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from modelheist.defenses.checks import check_defense
 from modelheist.errors import IncompatibleOutputError
 from modelheist.oracle import Answer, WhiteBoxOracle
 from modelheist.ownership import SCHEMES
+from modelheist.ownership.cae import reference_retentions
 
 EXAMPLE_SPECS = {
     "round": "round:2",
@@ -298,6 +299,23 @@ SCHEME_SETTINGS = {
         SCHEMES["dataset-inference"](get("di_secret")),
         get("di_owner"),
         get("di_independent"),
+    ),
+    # the judge's references (models not used in generation) are the null sample
+    "cae": lambda get: (
+        SCHEMES["cae"](
+            get("cae_setup")[0],
+            tuple(
+                reference_retentions(
+                    get("cae_setup")[0],
+                    [
+                        LocalOracle.for_new_client(PredictionService(m), None)
+                        for m in get("cae_setup")[1]
+                    ],
+                )
+            ),
+        ),
+        get("cae_setup")[2][0],
+        get("cae_setup")[3][0],
     ),
 }
 #: Schemes that read a suspect's weights when the judge holds them.

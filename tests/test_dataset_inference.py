@@ -29,7 +29,7 @@ def labels_oracle(model):
 
 @pytest.fixture(scope="module")
 def secret(di_secret):
-    assert di_secret.walk == WALK
+    assert di_secret.embedding == WALK
     return di_secret
 
 
@@ -74,7 +74,7 @@ def test_preparing_needs_enough_samples(digits, digits_cnn):
             (digits.train.x, digits.train.y),
             (digits.test.x, digits.test.y),
             revealed=200,
-            walk=WALK,
+            embedding=WALK,
             regressor_samples=500,
         )
     with pytest.raises(ModelheistError, match="at least 2 revealed"):
@@ -83,7 +83,7 @@ def test_preparing_needs_enough_samples(digits, digits_cnn):
             (digits.train.x, digits.train.y),
             (digits.test.x, digits.test.y),
             revealed=1,
-            walk=WALK,
+            embedding=WALK,
         )
     with pytest.raises(ModelheistError, match="needs >= 1 direction"):
         BlindWalk(directions=0)
@@ -92,11 +92,11 @@ def test_preparing_needs_enough_samples(digits, digits_cnn):
 def test_a_secret_round_trips_and_a_damaged_one_is_refused(tmp_path, secret):
     folder = secret.save(tmp_path / "di")
     again = DatasetInferenceSecret.load(folder)
-    assert again.walk == secret.walk and np.array_equal(again.private_x, secret.private_x)
-    embedded = np.random.default_rng(0).random((5, WALK.width))
+    assert again.embedding == secret.embedding and np.array_equal(again.private_x, secret.private_x)
+    embedded = np.random.default_rng(0).random((5, 12))
     assert np.allclose(again.score(embedded), secret.score(embedded))
     card = json.loads((folder / "dataset-inference.json").read_text())
-    card["walk"]["directions"] = 7  # the regressor no longer fits
+    card["embedding"]["directions"] = 7  # the regressor no longer fits
     (folder / "dataset-inference.json").write_text(json.dumps(card))
     with pytest.raises(ModelheistError, match="incomplete"):
         DatasetInferenceSecret.load(folder)
@@ -118,7 +118,7 @@ def test_fingerprint_then_verify_from_the_command_line(tmp_path, digits_cnn, cli
         "verify", "dataset-inference", "--secret", secret_dir, "--suspect", model,
         "--json", verdict,
     )  # fmt: skip
-    assert result.returncode in (0, 2), result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr  # a decision, either way
     evidence = json.loads(verdict.read_text())
     assert evidence["scheme"] == "dataset-inference" and evidence["details"]["m"] == 40
     starved = cli_in_process(
@@ -126,3 +126,38 @@ def test_fingerprint_then_verify_from_the_command_line(tmp_path, digits_cnn, cli
         "--m", "1",
     )  # fmt: skip
     assert starved.returncode == 2 and "cannot verify" in starved.stdout
+
+
+def test_mingd_reads_weights_and_without_them_cannot_verify(digits, di_owner, di_independent):
+    from modelheist.oracle import WhiteBoxOracle
+    from modelheist.ownership.dataset_inference import MinGD
+
+    def white(model):
+        return WhiteBoxOracle(labels_oracle(model), model.module)
+
+    embedding = MinGD(iterations=150, step_linf=0.005, step_l2=0.05, step_l1=2.0, top_k=16)
+    secret = DatasetInferenceSecret.prepare(
+        white(di_owner),
+        (digits.train.x[:200], digits.train.y[:200]),
+        (digits.test.x, digits.test.y),
+        revealed=100,
+        embedding=embedding,
+        regressor_samples=100,
+    )
+    distances, failed = embedding.embed(white(di_owner), digits.test.x[:10], digits.test.y[:10])
+    assert distances.shape == (10, 30) and failed < 0.5
+    assert (np.diff(distances.reshape(10, 3, 10), axis=2) >= 0).all()  # sorted per norm
+    scheme = DatasetInferenceScheme(secret)
+    assert scheme.verify(white(di_owner), significance=0.01).decision == "stolen"
+    assert scheme.verify(white(di_independent), significance=0.01).decision == "not stolen"
+    blind = scheme.verify(labels_oracle(di_owner))
+    assert blind.decision == "cannot verify" and "weights" in blind.reason
+    with pytest.raises(ModelheistError, match="weights"):
+        DatasetInferenceSecret.prepare(
+            labels_oracle(di_owner),
+            (digits.train.x[:200], digits.train.y[:200]),
+            (digits.test.x, digits.test.y),
+            revealed=100,
+            embedding=embedding,
+            regressor_samples=100,
+        )

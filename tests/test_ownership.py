@@ -108,6 +108,7 @@ def test_trigger_sets_save_apart_and_refuse_tampering(tmp_path, triggers):
 
 def test_every_scheme_is_registered_with_a_name():
     from modelheist.ownership import DawnScheme
+    from modelheist.ownership.cae import CAEScheme
     from modelheist.ownership.dataset_inference import DatasetInferenceScheme
     from modelheist.ownership.radioactive import RadioactiveScheme
 
@@ -116,6 +117,7 @@ def test_every_scheme_is_registered_with_a_name():
         "dawn": DawnScheme,
         "radioactive": RadioactiveScheme,
         "dataset-inference": DatasetInferenceScheme,
+        "cae": CAEScheme,
     } == SCHEMES
 
 

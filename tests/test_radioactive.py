@@ -20,6 +20,7 @@ from modelheist.ownership.radioactive import (
     RadioactiveMarking,
     RadioactiveScheme,
     cosine_log_sf,
+    fisher_log_p,
     parse_marking,
 )
 
@@ -59,7 +60,7 @@ def test_the_marked_training_set_replaces_originals_and_drops_controls(digits, r
 
 
 def test_the_white_box_test_finds_rows_aligned_with_the_carriers_and_no_more(
-    planted_cnn, radioactive_cnn, independent_cnn, digits_cnn, radioactive_mark
+    planted_cnn, independent_cnn, digits_cnn, radioactive_mark
 ):
     scheme = RadioactiveScheme(radioactive_mark)
     found = scheme.verify(suspect(planted_cnn, white_box=True), significance=1e-3)
@@ -69,10 +70,6 @@ def test_the_white_box_test_finds_rows_aligned_with_the_carriers_and_no_more(
     for model in (independent_cnn, digits_cnn):  # never trained on the marked data
         clean = scheme.verify(suspect(model, white_box=True), significance=1e-3)
         assert clean.decision == "not stolen" and clean.p_value > 1e-3
-    # on 8x8 digits a network trained on the marked data does not learn the mark measurably:
-    # the test says so rather than accusing (the Fashion-MNIST benchmark measures the real case)
-    trained = scheme.verify(suspect(radioactive_cnn, white_box=True), significance=1e-3)
-    assert trained.decision in ("stolen", "not stolen") and 0.0 <= trained.p_value <= 1.0
 
 
 def test_the_white_box_null_is_uniform_over_fresh_carriers(independent_cnn, radioactive_mark):
@@ -98,6 +95,10 @@ def test_the_cosine_tail_is_exact():
     for c in (-0.3, 0.0, 0.25, 0.5):
         assert np.exp(cosine_log_sf(c, d)) == pytest.approx((cosines >= c).mean(), abs=0.01)
     assert np.isfinite(cosine_log_sf(0.999, 128)) and cosine_log_sf(0.999, 128) < -300
+    # beyond float range (SciPy's tail underflows): the asymptotic tail stays finite, monotone
+    deep = [cosine_log_sf(c, 512) for c in (0.99, 0.995, 0.999)]
+    assert all(np.isfinite(deep)) and deep[0] > deep[1] > deep[2] and deep[0] < -900
+    assert np.isfinite(fisher_log_p(np.array(deep * 4))) and fisher_log_p(np.array(deep)) < -1000
 
 
 def test_the_black_box_test_compares_published_with_withheld_images(
@@ -113,29 +114,6 @@ def test_the_black_box_test_compares_published_with_withheld_images(
     assert scheme.verify(suspect(independent_cnn), significance=0.01).decision == "not stolen"
     labels_only = scheme.verify(suspect(radioactive_cnn, "labels"))
     assert labels_only.decision == "cannot verify" and "probabilities" in labels_only.reason
-
-
-def test_the_black_box_null_holds_for_a_model_that_saw_neither_part(
-    independent_cnn, radioactive_mark
-):
-    """Published and control images are a random partition of one marked set: for a model that
-    saw neither, re-partitioning them at random gives uniform p-values."""
-    from scipy.stats import mannwhitneyu
-
-    mark = radioactive_mark
-    originals = np.concatenate([mark.originals, mark.control_originals])
-    marked = np.concatenate([mark.marked, mark.control_marked])
-    labels = np.concatenate([mark.labels, mark.control_labels])
-    differences = RadioactiveScheme._loss_differences(
-        suspect(independent_cnn), originals, marked, labels
-    )
-    rng = np.random.default_rng(0)
-    p_values = []
-    for _ in range(300):
-        order = rng.permutation(len(labels))
-        published, control = differences[order[:300]], differences[order[300:400]]
-        p_values.append(mannwhitneyu(published, control, alternative="greater").pvalue)
-    assert kstest(p_values, "uniform").pvalue > 0.01
 
 
 def test_what_the_white_box_test_cannot_read_is_cannot_verify(radioactive_mark, digits, marked_cnn):

@@ -188,34 +188,59 @@ def fingerprint_dataset_inference(
     regressor_samples: Annotated[
         int, typer.Option(help="Private and public samples the regressor is trained on (each).")
     ] = 500,
+    embedding: Annotated[
+        str,
+        typer.Option(
+            help="blind-walk (through any API, labels suffice) or mingd (white-box: the "
+            "suspect's weights are needed to verify)."
+        ),
+    ] = "blind-walk",
     directions: Annotated[int, typer.Option(help="Blind Walk directions per noise type.")] = 10,
-    steps: Annotated[int, typer.Option(help="Blind Walk steps at most.")] = 50,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Blind Walk steps (50), or MinGD iterations (500), at most."),
+    ] = None,
     scale: Annotated[
         float, typer.Option(help="Multiplier of the walk's noise scales (1: the paper's).")
     ] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the walks, the draws and the regressor.")] = 0,
 ) -> None:
-    """Dataset inference (Maini et al., ICLR '21): Blind Walk distances to your model's decision
-    boundary on your training split (private) and its validation split (public), a regressor
-    trained to tell them apart, and the samples a judge will test a suspect on."""
+    """Dataset inference (Maini et al., ICLR '21): distances to your model's decision boundary
+    (Blind Walk or MinGD) on your training split (private) and its validation split (public),
+    a regressor trained to tell them apart, and the samples a judge will test a suspect on."""
     fresh_folder(secret_out, "secret folder")
     positive("--revealed", revealed)
     positive("--regressor-samples", regressor_samples)
     from modelheist.experiments.targets import local_oracle, victim_split
     from modelheist.models.store import load_model
-    from modelheist.ownership.dataset_inference import BlindWalk, DatasetInferenceSecret
+    from modelheist.oracle import WhiteBoxOracle
+    from modelheist.ownership.dataset_inference import BlindWalk, DatasetInferenceSecret, MinGD
 
+    if embedding not in ("blind-walk", "mingd"):
+        raise ModelheistError(f"--embedding must be blind-walk or mingd, got {embedding!r}")
     owner = load_model(model)
     data = victim_split(owner)
-    public = data.validation if data.validation is not None else data.test
-    walk = BlindWalk(directions, steps, scale, seed)
+    if data.validation is None:  # the evaluation split may come from another draw (MNIST's)
+        raise ModelheistError(
+            "this model's card records no validation split to draw public samples from; "
+            "retrain it with this version of modelheist"
+        )
+    public = data.validation
+    oracle = local_oracle(owner, "labels", client="owner")
+    chosen: BlindWalk | MinGD
+    if embedding == "mingd":  # --directions and --scale are Blind Walk's
+        if not hasattr(owner, "module"):
+            raise ModelheistError("MinGD needs a network")
+        chosen, oracle = MinGD(iterations=steps or 500), WhiteBoxOracle(oracle, owner.module)
+    else:
+        chosen = BlindWalk(directions, steps or 50, scale, seed)
     with progress_bar() as progress:
         secret = DatasetInferenceSecret.prepare(
-            local_oracle(owner, "labels", client="owner"),
+            oracle,
             (data.train.x, data.train.y),
             (public.x, public.y),
             revealed,
-            walk,
+            chosen,
             regressor_samples,
             seed,
             progress,
@@ -224,6 +249,75 @@ def fingerprint_dataset_inference(
     console.print(
         f"dataset-inference evidence for {model} in {secret_out} ({revealed} private and "
         f"{revealed} public samples revealed; keep it until a judge asks)",
+        highlight=False,
+    )
+
+
+@fingerprint_app.command("cae")
+@user_errors
+def fingerprint_cae(
+    model: Annotated[Path, typer.Option(help="Your model folder (a network).")],
+    secret_out: Annotated[Path, typer.Option(help="New folder for the fingerprint.")],
+    surrogates: Annotated[
+        int, typer.Option(help="Surrogates extracted from your model (Knockoff Nets).")
+    ] = 5,
+    references: Annotated[
+        int, typer.Option(help="Independent models trained on the attacker's split.")
+    ] = 5,
+    budget: Annotated[int, typer.Option(help="Queries per surrogate extraction.")] = 5000,
+    candidates: Annotated[
+        int, typer.Option(help="Training images the examples start from.")
+    ] = 1000,
+    size: Annotated[int, typer.Option(help="Fingerprints to keep at most.")] = 100,
+    epsilon: Annotated[float, typer.Option(help="L-infinity bound of the perturbation.")] = 0.1,
+    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 200,
+    threshold: Annotated[
+        float, typer.Option(help="Conferrability an example must reach (paper: 0.85).")
+    ] = 0.85,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the models, the candidates and the steps.")
+    ] = 0,
+) -> None:
+    """Conferrable adversarial examples (Lukas et al., ICLR '21): adversarial examples of your
+    model that its surrogates share and independent models do not. Verify suspects with
+    `verify cae` and reference models that were not used here."""
+    fresh_folder(secret_out, "secret folder")
+    for flag, value in (("--surrogates", surrogates), ("--references", references)):
+        positive(flag, value)
+    positive("--candidates", candidates)
+    import numpy as np
+
+    from modelheist.experiments.fingerprints import extracted_surrogates, independent_references
+    from modelheist.experiments.targets import victim_split
+    from modelheist.models.classifier import TorchClassifier
+    from modelheist.models.store import load_model
+    from modelheist.ownership.cae import CAEGeneration, generate_fingerprint
+
+    owner = load_model(model)
+    if not isinstance(owner, TorchClassifier):
+        raise ModelheistError("CAE fingerprints a network (its gradients are needed)")
+    settings = CAEGeneration(
+        epsilon=epsilon, steps=steps, threshold=threshold, size=size, seed=seed
+    )
+    data = victim_split(owner)
+    pick = np.random.default_rng(seed).permutation(len(data.train.x))[:candidates]
+    with progress_bar() as progress:
+        ensemble_s = extracted_surrogates(owner, data, surrogates, budget, seed, progress)
+        ensemble_r = independent_references(owner, data, references, seed + 10_000, progress)
+        fingerprint = generate_fingerprint(
+            owner.module,
+            [m.module for m in ensemble_s],
+            [m.module for m in ensemble_r],
+            data.train.x[pick],
+            settings,
+            tuple(owner.card.input_range) if owner.card.input_range else None,
+            progress,
+        )
+    fingerprint.save(secret_out)
+    console.print(
+        f"{len(fingerprint)} conferrable examples (conferrability "
+        f"{fingerprint.conferrability.min():.3f}-{fingerprint.conferrability.max():.3f}) in "
+        f"{secret_out}",
         highlight=False,
     )
 

@@ -87,6 +87,11 @@ def verify_backdoor_watermark(
         estimated = BackdoorWatermarkScheme(trigger_set, commitment, require_derived, chance)
         scheme = ScreenedScheme(estimated, oracles, screening=plain)
     evidence = scheme.verify(oracle, significance, budget)
+    _conclude(evidence, significance, json_path)
+
+
+def _conclude(evidence, significance: float, json_path: Path | None) -> None:
+    """Print the verdict, write it as JSON if asked, and exit 2 on "cannot verify"."""
     _say(evidence, significance)
     write_json(json_path, evidence.to_json())
     if evidence.decision == "cannot verify":
@@ -178,10 +183,7 @@ def verify_radioactive(
     oracle = _suspect_oracle(suspect, target, api_key, white_box=mode != "black-box")
     scheme = RadioactiveScheme(secret, mode, commitment=commitment)  # type: ignore[arg-type]
     evidence = scheme.verify(oracle, significance, budget)
-    _say(evidence, significance)
-    write_json(json_path, evidence.to_json())
-    if evidence.decision == "cannot verify":
-        raise typer.Exit(2)
+    _conclude(evidence, significance, json_path)
 
 
 @verify_app.command("dawn")
@@ -293,16 +295,41 @@ def verify_dataset_inference(
     ] = None,
     json_path: JsonOption = None,
 ) -> None:
-    """Walk from the owner's revealed private and public samples until the suspect's label
-    changes; a one-sided Welch t-test of the regressor's scores decides (labels suffice)."""
+    """Measure the suspect's distances to its decision boundary from the owner's revealed
+    private and public samples (Blind Walk through any API, labels suffice; MinGD on a model
+    folder's weights); a one-sided Welch t-test of the regressor's scores decides."""
     from modelheist.ownership.dataset_inference import (
         DatasetInferenceScheme,
         DatasetInferenceSecret,
     )
 
     scheme = DatasetInferenceScheme(DatasetInferenceSecret.load(secret), m)
-    evidence = scheme.verify(_suspect_oracle(suspect, target, api_key), significance, budget)
-    _say(evidence, significance)
-    write_json(json_path, evidence.to_json())
-    if evidence.decision == "cannot verify":
-        raise typer.Exit(2)
+    oracle = _suspect_oracle(suspect, target, api_key, white_box=True)  # MinGD reads weights
+    evidence = scheme.verify(oracle, significance, budget)
+    _conclude(evidence, significance, json_path)
+
+
+@verify_app.command("cae")
+@user_errors
+def verify_cae(
+    fingerprint: Annotated[Path, typer.Option(help="The fingerprint folder (fingerprint cae).")],
+    reference: ReferenceOption = None,
+    suspect: SuspectOption = None,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = None,
+    significance: Annotated[float, typer.Option(help="Significance level of the test.")] = 0.01,
+    budget: Annotated[
+        int | None, typer.Option(help="Most queries to spend on the suspect (default: as needed).")
+    ] = None,
+    json_path: JsonOption = None,
+) -> None:
+    """Query the suspect with the fingerprint; its retention is tested against those of
+    independent reference models not used in generation (--reference, repeat, at least 3)."""
+    from modelheist.ownership.cae import CAEScheme, Fingerprint, reference_retentions
+
+    secret = Fingerprint.load(fingerprint)
+    null = tuple(reference_retentions(secret, _reference_oracles(reference)))
+    evidence = CAEScheme(secret, null).verify(
+        _suspect_oracle(suspect, target, api_key), significance, budget
+    )
+    _conclude(evidence, significance, json_path)

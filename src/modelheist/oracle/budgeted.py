@@ -52,12 +52,14 @@ class QueryLog:
 
 
 class BudgetedOracle(ForwardingOracle):
-    """Wraps an oracle so that its user can never spend more than ``limit`` queries."""
+    """Wraps an oracle so that its user can never spend more than ``limit`` queries; every
+    answer is kept in :attr:`log` unless ``keep_log`` is False (a verifier's many queries)."""
 
-    def __init__(self, inner: Oracle, limit: int):
+    def __init__(self, inner: Oracle, limit: int, keep_log: bool = True):
         super().__init__(inner)
         self.limit = limit
         self.spent = 0
+        self.keep_log = keep_log
         self.log = QueryLog()
 
     @property
@@ -83,5 +85,6 @@ class BudgetedOracle(ForwardingOracle):
             )
         answer = self.inner._query_batch(x)
         self.spent += len(x)
-        self.log.record(x, answer)
+        if self.keep_log:
+            self.log.record(x, answer)
         return answer

@@ -14,6 +14,12 @@ _EXPORTS = {
     "BackdoorWatermark": "watermark",
     "BackdoorWatermarkScheme": "watermark",
     "DawnScheme": "dawn",
+    "CAEScheme": "cae",
+    "Fingerprint": "cae",
+    "BlindWalk": "dataset_inference",
+    "MinGD": "dataset_inference",
+    "DatasetInferenceScheme": "dataset_inference",
+    "DatasetInferenceSecret": "dataset_inference",
     "RadioactiveData": "radioactive",
     "RadioactiveMark": "radioactive",
     "RadioactiveMarking": "radioactive",
@@ -25,6 +31,13 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from modelheist.ownership.base import CannotVerify, Evidence, Finding, OwnershipScheme
+    from modelheist.ownership.cae import CAEScheme, Fingerprint
+    from modelheist.ownership.dataset_inference import (
+        BlindWalk,
+        DatasetInferenceScheme,
+        DatasetInferenceSecret,
+        MinGD,
+    )
     from modelheist.ownership.dawn import DawnScheme
     from modelheist.ownership.radioactive import (
         RadioactiveData,

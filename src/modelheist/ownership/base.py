@@ -126,7 +126,9 @@ class OwnershipScheme(ABC):
                 f"{self.name} needs {' or '.join(sorted(self.supported_outputs))} answers; "
                 f"the suspect returns {kind}",
             )
-        limited = BudgetedOracle(suspect, budget if budget is not None else 2**62)
+        limited = BudgetedOracle(
+            suspect, budget if budget is not None else 2**62, keep_log=False
+        )  # counted, not kept: a boundary walk asks hundreds of thousands of inputs
         try:
             result = self._test(limited, progress)
         except CannotVerify as exc:

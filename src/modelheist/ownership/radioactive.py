@@ -21,7 +21,9 @@ A model that never saw the marked data has rows independent of the carriers (whi
 at random, independently of everything else), so each cosine is that of a fixed vector with a
 uniformly random unit vector in d dimensions: P(cos >= c) = 1/2 * I_{1-c^2}((d-1)/2, 1/2) for
 c >= 0, an exact null. The per-class p-values are independent and are combined with Fisher's
-method (chi-square with 2C degrees of freedom), in log space so that tiny p-values stay exact.
+method (chi-square with 2C degrees of freedom), in log space (asymptotic tails where SciPy's
+would underflow). The alignment is fitted on unmarked images of the owner's training set (the
+reference implementation uses held-out images; either is unmarked, which is what matters).
 
 Detection, black-box (§5.5; the loss difference is the metric in Szyller & Asokan's conflict
 table, arXiv 2207.01991): the suspect's cross-entropy on a marked image's original minus its
@@ -54,6 +56,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 from rich.progress import Progress
+from scipy.special import betaln, gammaln
 from scipy.stats import beta, chi2, mannwhitneyu
 from torch import nn
 
@@ -66,7 +69,7 @@ from modelheist.oracle import Oracle
 from modelheist.ownership.base import CannotVerify, Finding, OwnershipScheme, check_suspect_fits
 from modelheist.ownership.secret_folder import read_secret, write_secret
 
-MARK_FORMAT = "modelheist-radioactive-mark/1"
+MARK_FORMAT = "modelheist-radioactive-mark/2"
 MARK_ARRAYS = "mark.safetensors"
 MARK_CARD = "mark.json"
 MARKER_FOLDER = "marker"
@@ -112,10 +115,17 @@ class RadioactiveMark:
 
     @property
     def digest(self) -> str:
-        """SHA-256 of the carriers and the published marked images (what a card records)."""
-        h = hashlib.sha256(np.ascontiguousarray(self.carriers, np.float64).tobytes())
-        h.update(np.ascontiguousarray(self.marked, np.float32).tobytes())
-        h.update(np.ascontiguousarray(self.indices, np.int64).tobytes())
+        """SHA-256 of every array of the mark and of the marking network's weights (what the
+        owner's model card records): neither the controls nor the alignment images nor the
+        marker can be swapped after the fact."""
+        h = hashlib.sha256()
+        for name in _ARRAYS:
+            value = np.ascontiguousarray(getattr(self, name))
+            h.update(f"{name}:{value.dtype}:{value.shape}".encode())
+            h.update(value.tobytes())
+        for name, tensor in sorted(self.marker.module.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
 
     def psnr(self) -> float:
@@ -157,9 +167,32 @@ class RadioactiveMark:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelheistError(f"{folder} holds an incomplete radioactive mark: {exc}") from None
+        mark.check()
         if mark.digest != card.get("sha256"):
             raise ModelheistError(f"{folder}: the mark does not match its recorded digest")
         return mark
+
+    def check(self) -> None:
+        """A one-line error unless the arrays fit together and the marker."""
+        width = split_head(self.marker.module)[1].in_features
+        shape = self.marked.shape[1:]
+        problems = [
+            self.carriers.ndim != 2 or self.carriers.shape[1] != width,
+            self.carriers.shape[0] != self.marker.card.num_classes,
+            not len(self.indices) == len(self.marked) == len(self.originals) == len(self.labels),
+            not len(self.control_indices)
+            == len(self.control_marked)
+            == len(self.control_originals)
+            == len(self.control_labels),
+            any(
+                a.shape[1:] != shape
+                for a in (self.originals, self.control_marked, self.control_originals)
+            ),
+            self.alignment.ndim != len(shape) + 1 or self.alignment.shape[1:] != shape,
+            len(self.control_labels) < 2 or len(self.labels) < 1 or len(self.alignment) < 2,
+        ]
+        if any(problems):
+            raise ModelheistError("the radioactive mark's arrays do not fit together")
 
 
 @dataclass(frozen=True)
@@ -352,16 +385,31 @@ class RadioactiveData(TrainingProtection):
 
 def cosine_log_sf(cosine: float, dimension: int) -> float:
     """log P(cos >= ``cosine``) for the cosine between a fixed vector and a uniformly random
-    unit vector in ``dimension`` dimensions (cos^2 ~ Beta(1/2, (d-1)/2))."""
-    half = beta.logsf(cosine**2, 0.5, (dimension - 1) / 2) + math.log(0.5)
+    unit vector in ``dimension`` dimensions: 1/2 * I_{1-c^2}((d-1)/2, 1/2) for c >= 0. Where
+    the tail underflows (SciPy's logsf is log(sf)), the leading term of the incomplete beta's
+    series, I_x(a, b) ~ x^a (1-x)^b / (a B(a, b)) for small x, keeps it finite."""
+    a, b = (dimension - 1) / 2, 0.5
+    tail = float(beta.sf(cosine**2, b, a))  # P(cos^2 >= c^2) = I_{1-c^2}(a, b)
+    if tail > 0:
+        half = math.log(tail) + math.log(0.5)
+    else:
+        x = max(1.0 - cosine**2, 1e-300)
+        half = a * math.log(x) + b * math.log1p(-x) - math.log(a) - betaln(a, b) + math.log(0.5)
     if cosine >= 0:
         return float(half)
     return float(math.log1p(-math.exp(half)))
 
 
 def fisher_log_p(log_ps: np.ndarray) -> float:
-    """Fisher's combination of independent p-values given as logs: log P(chi2_{2k} >= -2 sum)."""
-    return float(chi2.logsf(-2.0 * float(np.sum(log_ps)), 2 * len(log_ps)))
+    """Fisher's combination of independent p-values given as logs: log P(chi2_{2k} >= -2 sum).
+    Where the tail underflows, the leading term of the upper incomplete gamma function,
+    Gamma(s, y) ~ y^(s-1) e^(-y), keeps it finite."""
+    statistic, dof = -2.0 * float(np.sum(log_ps)), 2 * len(log_ps)
+    tail = float(chi2.sf(statistic, dof))
+    if tail > 0:
+        return math.log(tail)
+    s, y = dof / 2, statistic / 2
+    return float((s - 1) * math.log(y) - y - gammaln(s))
 
 
 @dataclass
@@ -382,6 +430,14 @@ class RadioactiveScheme(OwnershipScheme):
     images: int = 1000
     commitment: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "white-box", "black-box"):
+            raise ModelheistError(f"mode must be auto, white-box or black-box, got {self.mode!r}")
+        if self.images < 1:
+            raise ModelheistError(
+                f"the black-box test needs >= 1 published image, got {self.images}"
+            )
+
     def _test(self, suspect: Oracle, progress: Progress | None) -> Finding:
         mark = self.mark
         if self.commitment is not None and self.commitment != mark.digest:
@@ -396,19 +452,22 @@ class RadioactiveScheme(OwnershipScheme):
                 raise CannotVerify(
                     "the white-box test needs the suspect's weights (a model folder)"
                 )
-            return self._white_box(suspect.network)
-        if suspect.output_kind != "probabilities":
+            finding = self._white_box(suspect.network)
+        elif suspect.output_kind != "probabilities":
             raise CannotVerify(
                 f"the black-box test needs probabilities; the suspect returns {suspect.output_kind}"
             )
-        return self._black_box(suspect)
+        else:
+            finding = self._black_box(suspect)
+        finding.details["commitment_checked"] = self.commitment is not None
+        return finding
 
     def _white_box(self, network: nn.Module) -> Finding:
         mark = self.mark
         try:
             rows = head_weights(network)
             suspect_features = features(network, mark.alignment).astype(np.float64)
-        except ModelheistError as exc:
+        except (ModelheistError, RuntimeError) as exc:  # no linear head; other inputs
             raise CannotVerify(f"the white-box test cannot read the suspect: {exc}") from None
         marker_features = features(mark.marker.module, mark.alignment).astype(np.float64)
         design = np.hstack([marker_features, np.ones((len(marker_features), 1))])
@@ -436,7 +495,7 @@ class RadioactiveScheme(OwnershipScheme):
 
     def _black_box(self, suspect: Oracle) -> Finding:
         mark = self.mark
-        rng = np.random.default_rng(mark.seed)
+        rng = np.random.default_rng([mark.seed, 1])  # a stream apart from the marking's
         take = np.sort(rng.permutation(len(mark.indices))[: self.images])
         published = self._loss_differences(
             suspect, mark.originals[take], mark.marked[take], mark.labels[take]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from modelheist.ownership.base import OwnershipScheme
+from modelheist.ownership.cae import CAEScheme
 from modelheist.ownership.dataset_inference import DatasetInferenceScheme
 from modelheist.ownership.dawn import DawnScheme
 from modelheist.ownership.radioactive import RadioactiveScheme
@@ -15,5 +16,6 @@ SCHEMES: dict[str, type[OwnershipScheme]] = {
         DawnScheme,
         RadioactiveScheme,
         DatasetInferenceScheme,
+        CAEScheme,
     )
 }
