@@ -28,6 +28,10 @@ app.add_typer(verify_app, name="verify")
 SuspectOption = Annotated[
     Path | None, typer.Option("--suspect", help="Suspect model folder (queried in-process).")
 ]
+SignificanceOption = Annotated[float, typer.Option(help="Significance level of the test.")]
+BudgetOption = Annotated[
+    int | None, typer.Option(help="Most queries to spend on the suspect (default: as needed).")
+]
 ReferenceOption = Annotated[
     list[Path] | None,
     typer.Option(
@@ -52,10 +56,8 @@ def verify_backdoor_watermark(
     suspect: SuspectOption = None,
     target: TargetOption = None,
     api_key: ApiKeyOption = None,
-    significance: Annotated[float, typer.Option(help="Significance level of the test.")] = 0.01,
-    budget: Annotated[
-        int | None, typer.Option(help="Most queries to spend on the suspect (default: as needed).")
-    ] = None,
+    significance: SignificanceOption = 0.01,
+    budget: BudgetOption = None,
     reference: ReferenceOption = None,
     require_derived: Annotated[
         bool,
@@ -164,10 +166,8 @@ def verify_radioactive(
             "marked and original images) or auto (white-box when a folder is given)."
         ),
     ] = "auto",
-    significance: Annotated[float, typer.Option(help="Significance level of the test.")] = 0.01,
-    budget: Annotated[
-        int | None, typer.Option(help="Most queries to spend on the suspect (default: as needed).")
-    ] = None,
+    significance: SignificanceOption = 0.01,
+    budget: BudgetOption = None,
     json_path: JsonOption = None,
 ) -> None:
     """Test whether the suspect was trained on your radioactive data: white-box, the cosines
@@ -197,7 +197,7 @@ def verify_dawn(
     suspect: SuspectOption = None,
     target: TargetOption = None,
     api_key: ApiKeyOption = None,
-    significance: Annotated[float, typer.Option(help="Significance level of the test.")] = 0.01,
+    significance: SignificanceOption = 0.01,
     budget: Annotated[
         int | None,
         typer.Option(help="Most queries to spend on the suspect per client (default: as needed)."),
@@ -289,10 +289,8 @@ def verify_dataset_inference(
         int | None,
         typer.Option("--m", help="Revealed samples of each kind to test on (default: all)."),
     ] = None,
-    significance: Annotated[float, typer.Option(help="Significance level of the test.")] = 0.01,
-    budget: Annotated[
-        int | None, typer.Option(help="Most queries to spend on the suspect (default: as needed).")
-    ] = None,
+    significance: SignificanceOption = 0.01,
+    budget: BudgetOption = None,
     json_path: JsonOption = None,
 ) -> None:
     """Measure the suspect's distances to its decision boundary from the owner's revealed
@@ -317,10 +315,8 @@ def verify_cae(
     suspect: SuspectOption = None,
     target: TargetOption = None,
     api_key: ApiKeyOption = None,
-    significance: Annotated[float, typer.Option(help="Significance level of the test.")] = 0.01,
-    budget: Annotated[
-        int | None, typer.Option(help="Most queries to spend on the suspect (default: as needed).")
-    ] = None,
+    significance: SignificanceOption = 0.01,
+    budget: BudgetOption = None,
     json_path: JsonOption = None,
 ) -> None:
     """Query the suspect with the fingerprint; its retention is tested against those of
