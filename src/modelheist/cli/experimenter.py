@@ -192,3 +192,69 @@ def experiment_run(
             f"{m['fidelity_test']:.4f}",
         )
     console.print(table)
+
+
+@experiment_app.command("ownership")
+@user_errors
+def experiment_ownership(
+    dataset: Annotated[str, typer.Option(help="The owner's dataset.")] = "fashion-mnist",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run folder (resumed if it holds this run); default: runs/ownership-DATASET-seedS."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the data split and of everything.")] = 0,
+    independents: Annotated[
+        int | None, typer.Option(help="Independent models (default: 20; --fast: 4).")
+    ] = None,
+    budget: Annotated[
+        int | None, typer.Option(help="Queries per extraction (default: 10,000; --fast: 400).")
+    ] = None,
+    significance: Annotated[float, typer.Option(help="Significance of every decision.")] = 0.01,
+    fast: Annotated[
+        bool,
+        typer.Option(help="Few models, short training (a minute on digits); numbers indicative."),
+    ] = False,
+) -> None:
+    """Every ownership scheme against the same suspects: the marked model, surrogates stolen
+    through the DAWN-served API, removal-attacked copies, and independent models; per cell the
+    p-value and decision, per scheme the ROC AUC, detections and false accusations."""
+    from dataclasses import replace
+
+    from modelheist.experiments.matrix_report import write_matrix_report
+    from modelheist.experiments.ownership_matrix import MatrixConfig, MatrixRun
+
+    config = MatrixConfig.small(dataset, seed) if fast else MatrixConfig(dataset=dataset, seed=seed)
+    changes: dict = {"significance": significance}
+    if independents is not None:
+        changes["independents"] = independents
+    if budget is not None:
+        changes["budget"] = budget
+    config = replace(config, **changes)
+    folder = out or Path("runs") / f"ownership-{dataset}-seed{seed}"
+    with progress_bar() as progress:
+
+        def show(cell: dict) -> None:
+            p = cell["p_value"]
+            progress.console.print(
+                f"  {cell['suspect']:>18} {cell['scheme']:>22}: {cell['decision']}"
+                + ("" if p is None else f" (p {p:.2g})"),
+                highlight=False,
+            )
+
+        document = MatrixRun(config, folder, progress).run(on_cell=show)
+    table = Table(title=f"ownership matrix, {dataset} (significance {significance:g})")
+    for column in ("scheme", "ROC AUC", "stolen detected", "independent accused", "cannot verify"):
+        table.add_column(column)
+    for scheme, s in document["summary"].items():
+        table.add_row(
+            scheme,
+            "-" if s["roc_auc"] is None else f"{s['roc_auc']:.3f}",
+            f"{s['detected']} of {s['stolen']}",
+            f"{s['false_accusations']} of {s['independent']}",
+            str(s["cannot_verify"]),
+        )
+    console.print(table)
+    paths = write_matrix_report(document, folder)
+    console.print(f"report: {paths['markdown']}, {paths['json']}, {paths['plot']}")

@@ -211,7 +211,7 @@ def verify_dawn(
     too small to ever reach that level are not tested). Two clients who asked the same inputs
     share those watermarks, so a matching set names whose answers it matches, not a culprit."""
     from modelheist.api.watermark_sets import dawn_watermark_sets
-    from modelheist.ownership.dawn import DawnScheme, tarone_screen
+    from modelheist.ownership.dawn import DawnScheme, verify_sets
 
     if not 0.0 < significance < 1.0:
         raise ModelheistError(f"--significance must lie in (0, 1), got {significance}")
@@ -224,31 +224,20 @@ def verify_dawn(
         )
     oracle = _suspect_oracle(suspect, target, api_key)
     schemes = [DawnScheme(s.inputs, s.labels, s.num_classes, s.client) for s in sets]
-    m, testable = tarone_screen([scheme.smallest_p_value for scheme in schemes], significance)
     oracles = _reference_oracles(reference)
-    judged = {scheme.client: _screened(scheme, oracles) for scheme in schemes}
-    corrected = significance / m
-    verdicts, too_few = {}, []
-    for scheme, tested in zip(schemes, testable, strict=True):
-        if not tested:  # could never reach the corrected level: not run, not counted
-            too_few.append(scheme.client)
-            continue
-        verdicts[scheme.client] = judged[scheme.client].verify(oracle, corrected, budget)
-        _say(verdicts[scheme.client], corrected, f"client {scheme.client}: ")
-    if too_few:
+    verdict = verify_sets(
+        schemes, oracle, significance, budget, lambda scheme: _screened(scheme, oracles)
+    )
+    corrected = verdict.per_set_significance
+    for name, evidence in verdict.clients.items():
+        _say(evidence, corrected, f"client {name}: ")
+    if verdict.not_tested:
         console.print(
-            f"not tested (too few watermarks to reach {corrected:.3g}): {', '.join(too_few)}",
+            f"not tested (too few watermarks to reach {corrected:.3g}): "
+            f"{', '.join(verdict.not_tested)}",
             highlight=False,
         )
-    decisions = {evidence.decision for evidence in verdicts.values()}
-    overall = (
-        "stolen"
-        if "stolen" in decisions
-        else "cannot verify"
-        if "cannot verify" in decisions or not verdicts
-        else "not stolen"
-    )
-    matching = [name for name, evidence in verdicts.items() if evidence.decision == "stolen"]
+    overall, matching = verdict.decision, verdict.matching
     console.print(
         f"{overall}"
         + (
@@ -256,22 +245,11 @@ def verify_dawn(
             if matching
             else ""
         )
-        + f" (significance {significance:g}; {len(verdicts)} client(s) tested at "
+        + f" (significance {significance:g}; {len(verdict.clients)} client(s) tested at "
         f"{corrected:.3g} each)",
         highlight=False,
     )
-    write_json(
-        json_path,
-        {
-            "scheme": "dawn",
-            "decision": overall,
-            "significance": significance,
-            "per_client_significance": corrected,
-            "matching_sets": matching,
-            "not_tested": too_few,
-            "clients": {name: evidence.to_json() for name, evidence in verdicts.items()},
-        },
-    )
+    write_json(json_path, verdict.to_json())
     if overall == "cannot verify":
         raise typer.Exit(2)
 

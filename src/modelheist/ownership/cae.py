@@ -238,9 +238,12 @@ def generate_fingerprint(
     changed = labels != original.argmax(1).numpy()  # adversarial for the owner's model
     passing = np.flatnonzero((scores >= settings.threshold) & changed)
     if len(passing) == 0:
+        best = scores[changed].max() if changed.any() else None
         raise ModelheistError(
-            f"no candidate reached conferrability {settings.threshold} (best "
-            f"{scores.max():.3f}); try more candidates, steps or a larger epsilon"
+            f"no candidate reached conferrability {settings.threshold} as an adversarial "
+            f"example of the owner's model ("
+            + ("none changed its label" if best is None else f"best {best:.3f}")
+            + "); try more candidates, steps or a larger epsilon"
         )
     kept = passing[np.argsort(-scores[passing], kind="stable")[: settings.size]]
     return Fingerprint(

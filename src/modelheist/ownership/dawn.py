@@ -17,16 +17,20 @@ itself is reported, and the decision is taken at the significance the verifier n
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from rich.progress import Progress
 from scipy.stats import binomtest
 
+from modelheist.errors import ModelheistError
 from modelheist.oracle import Oracle
 from modelheist.ownership.base import (
     CannotVerify,
+    Decision,
+    Evidence,
     Finding,
     OwnershipScheme,
     check_suspect_fits,
@@ -89,3 +93,78 @@ class DawnScheme(OwnershipScheme):
             {"client": self.client, "matches": matches, "watermarks": n, "chance_bound": chance},
             smallest_p_value=self.smallest_p_value,
         )
+
+
+@dataclass(frozen=True)
+class DawnVerdict:
+    """A suspect tested against several clients' watermark sets: each testable set at
+    ``significance`` / m (:func:`tarone_screen`), the suspect stolen when any set matches."""
+
+    decision: Decision
+    significance: float
+    tests: int  # m: the Bonferroni divisor
+    clients: dict[str, Evidence]
+    not_tested: list[str]
+
+    @property
+    def per_set_significance(self) -> float:
+        return self.significance / self.tests
+
+    @property
+    def matching(self) -> list[str]:
+        """The clients whose watermark set the suspect matched."""
+        return [name for name, e in self.clients.items() if e.decision == "stolen"]
+
+    @property
+    def queries(self) -> int:
+        return sum(evidence.queries for evidence in self.clients.values())
+
+    @property
+    def p_value(self) -> float | None:
+        """The smallest per-set p-value times m (capped at 1): at most the significance exactly
+        when some set matched; None when no set was tested to the end."""
+        values = [e.p_value for e in self.clients.values() if e.p_value is not None]
+        return min(1.0, self.tests * min(values)) if values else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scheme": DawnScheme.name,
+            "decision": self.decision,
+            "significance": self.significance,
+            "per_client_significance": self.per_set_significance,
+            "p_value": self.p_value,
+            "matching_sets": self.matching,
+            "not_tested": self.not_tested,
+            "clients": {name: evidence.to_json() for name, evidence in self.clients.items()},
+        }
+
+
+def verify_sets(
+    schemes: Sequence[DawnScheme],
+    suspect: Oracle,
+    significance: float = 0.01,
+    budget: int | None = None,
+    judged: Callable[[DawnScheme], OwnershipScheme] | None = None,
+) -> DawnVerdict:
+    """Test ``suspect`` against every client's set in ``schemes`` (see :class:`DawnVerdict`);
+    sets too small ever to reach significance / m are not run. ``judged`` wraps each scheme
+    (e.g. behind the judge's screen); ``budget`` is per set."""
+    if not schemes:
+        raise ModelheistError("no DAWN watermark set to test against")
+    m, testable = tarone_screen([scheme.smallest_p_value for scheme in schemes], significance)
+    clients, too_few = {}, []
+    for scheme, tested in zip(schemes, testable, strict=True):
+        if not tested:  # could never reach the corrected level: not run, not counted
+            too_few.append(scheme.client)
+            continue
+        judge = judged(scheme) if judged is not None else scheme
+        clients[scheme.client] = judge.verify(suspect, significance / m, budget)
+    decisions = {evidence.decision for evidence in clients.values()}
+    overall: Decision = (
+        "stolen"
+        if "stolen" in decisions
+        else "cannot verify"
+        if "cannot verify" in decisions or not clients
+        else "not stolen"
+    )
+    return DawnVerdict(overall, significance, m, clients, too_few)

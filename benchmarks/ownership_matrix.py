@@ -1,0 +1,116 @@
+"""The ownership matrix on Fashion-MNIST (issue 12's target: every registered scheme against
+the same suspects, with 20 independent models, in <= 60 minutes on 2 CPU cores).
+
+For each seed: ``modelheist experiment ownership --dataset fashion-mnist --seed S`` with its
+defaults (:class:`modelheist.experiments.ownership_matrix.MatrixConfig`), run in
+benchmarks/results/ownership-matrix-runs/seed-S (resumed if interrupted). Rows go to
+benchmarks/results/ownership_matrix.jsonl: one per cell (suspect x scheme: p-value, decision,
+queries the suspect's oracle counted), one per scheme (ROC AUC, detections, false
+accusations), and one for the run (its wall time, valid only when it ran uninterrupted).
+
+    python benchmarks/ownership_matrix.py [--seeds 1] [--dataset fashion-mnist]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+
+from modelheist.experiments.matrix_report import write_matrix_report
+from modelheist.experiments.ownership_matrix import CELLS, MatrixConfig, MatrixRun
+from modelheist.experiments.results import ResultsStore
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STORE = RESULTS / "ownership_matrix.jsonl"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--dataset", default="fashion-mnist")
+    args = parser.parse_args()
+    console = Console(stderr=True)
+    store = ResultsStore(STORE)
+    store.freeze_environment()
+    done = {(r["seed"], r["dataset"]) for r in store.rows() if r["measure"] == "run"}
+    for seed in range(args.seeds):
+        if (seed, args.dataset) in done:
+            continue
+        config = MatrixConfig(dataset=args.dataset, seed=seed)
+        folder = RESULTS / "ownership-matrix-runs" / f"{args.dataset}-seed-{seed}"
+        fresh = not (folder / CELLS).is_file()
+        start = time.perf_counter()
+        with Progress(console=console) as progress:
+            document = MatrixRun(config, folder, progress).run(
+                on_cell=lambda c, seed=seed: progress.console.print(
+                    f"seed {seed} {c['suspect']:>18} {c['scheme']:>22}: {c['decision']} "
+                    f"(p {c['p_value']})",
+                    highlight=False,
+                )
+            )
+        minutes = (time.perf_counter() - start) / 60
+        write_matrix_report(document, folder)
+        common = {"benchmark": "ownership-matrix", "dataset": args.dataset}
+        suspects = {s["suspect"]: s for s in document["suspects"]}
+        for cell in document["cells"]:
+            made = suspects[cell["suspect"]]
+            store.append(
+                {
+                    **common,
+                    "measure": "cell",
+                    "suspect": cell["suspect"],
+                    "kind": cell["kind"],
+                    "family": cell["family"],
+                    "scheme": cell["scheme"],
+                    "queries_counted": cell["queries"],
+                    "metrics": {
+                        "p_value": cell["p_value"],
+                        "decision": cell["decision"],
+                        "statistic_name": cell["statistic_name"],
+                        "statistic": cell["statistic"],
+                        "reason": cell["reason"],
+                        "suspect_test_accuracy": made["test_accuracy"],
+                        "agreement_with_owner": made["agreement_with_owner"],
+                        "extraction_queries": made.get("extraction_queries"),
+                    },
+                },
+                seed=seed,
+            )
+        for scheme, summary in document["summary"].items():
+            store.append(
+                {
+                    **common,
+                    "measure": "scheme",
+                    "scheme": scheme,
+                    "queries_counted": round(
+                        summary["mean_queries"] * (summary["stolen"] + summary["independent"])
+                    ),
+                    "metrics": summary,
+                },
+                seed=seed,
+            )
+        store.append(
+            {
+                **common,
+                "measure": "run",
+                "config": document["config"],
+                "queries_counted": sum(c["queries"] for c in document["cells"]),
+                "metrics": {
+                    "minutes": minutes,
+                    "uninterrupted": fresh,
+                    "owner": document["owner"],
+                    "suspects": len(document["suspects"]),
+                    "independents": sum(s["kind"] == "independent" for s in document["suspects"]),
+                },
+            },
+            seed=seed,
+        )
+        console.print(f"seed {seed}: {minutes:.1f} minutes ({'fresh' if fresh else 'resumed'})")
+
+
+if __name__ == "__main__":
+    main()
