@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from modelheist.experiments.matrix_report import write_matrix_report
-from modelheist.experiments.ownership_matrix import CELLS, MatrixConfig, MatrixRun
+from modelheist.experiments.ownership_matrix import MatrixConfig, MatrixRun
 from modelheist.experiments.results import ResultsStore
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -36,13 +36,19 @@ def main() -> None:
     console = Console(stderr=True)
     store = ResultsStore(STORE)
     store.freeze_environment()
-    done = {(r["seed"], r["dataset"]) for r in store.rows() if r["measure"] == "run"}
+    rows = store.rows()
+    done = {(r["seed"], r["dataset"]) for r in rows if r["measure"] == "run"}
+    begun = {(r["seed"], r["dataset"]) for r in rows}
     for seed in range(args.seeds):
         if (seed, args.dataset) in done:
             continue
+        if (seed, args.dataset) in begun:  # a crash while its rows were written
+            raise SystemExit(
+                f"{STORE} holds some rows of seed {seed} but not its run row; remove them first"
+            )
         config = MatrixConfig(dataset=args.dataset, seed=seed)
         folder = RESULTS / "ownership-matrix-runs" / f"{args.dataset}-seed-{seed}"
-        fresh = not (folder / CELLS).is_file()
+        fresh = not (folder / "config.json").is_file()
         start = time.perf_counter()
         with Progress(console=console) as progress:
             document = MatrixRun(config, folder, progress).run(

@@ -230,3 +230,33 @@ def test_tarone_screens_out_sets_that_can_never_decide():
     assert tarone_screen([1e-30], 0.01) == (1, [True])
     m, testable = tarone_screen([0.5, 0.2], 0.01)  # none can decide: none is tested
     assert not any(testable)
+
+
+def test_verify_sets_adjusts_for_the_sets_it_tests(served_and_stolen, marked_cnn):
+    from modelheist.ownership.dawn import verify_sets
+
+    state, surrogate = served_and_stolen
+    sets = dawn_watermark_sets(state)
+    schemes = [DawnScheme(s.inputs, s.labels, s.num_classes, s.client) for s in sets]
+
+    def oracle(model):
+        return LocalOracle.for_new_client(PredictionService(model, []), None)
+
+    stolen = verify_sets(schemes, oracle(surrogate), 0.01)
+    assert stolen.decision == "stolen" and stolen.matching == ["thief"]
+    from modelheist.ownership.dawn import tarone_screen
+
+    m, testable = tarone_screen([scheme.smallest_p_value for scheme in schemes], 0.01)
+    assert stolen.tests == m and stolen.per_set_significance == pytest.approx(0.01 / m)
+    assert sorted(stolen.clients) == sorted(
+        s.client for s, t in zip(schemes, testable, strict=True) if t
+    )
+    smallest = min(e.p_value for e in stolen.clients.values())
+    assert stolen.p_value == pytest.approx(min(1.0, stolen.tests * smallest))
+    tested = sum(len(s) for s in sets if s.client in stolen.clients)
+    assert stolen.p_value <= 0.01 and stolen.queries == tested
+    independent = verify_sets(schemes, oracle(marked_cnn), 0.01)
+    assert independent.decision == "not stolen" and independent.p_value > 0.01
+    json.dumps(independent.to_json())
+    with pytest.raises(ModelheistError, match="no DAWN watermark set"):
+        verify_sets([], oracle(surrogate), 0.01)

@@ -21,10 +21,12 @@ reference models) are trained apart and are never suspects. Each cell is one sch
 ROC AUC of -log10 p between stolen and independent suspects ("cannot verify" counts as p = 1),
 the detections, the false accusations and the queries spent.
 
-Everything is checkpointed in the run folder: the owner, its secrets, each suspect (a model
-folder written whole or not at all), the API's state (SQLite, so each client's DAWN set
-survives), and the cells (JSON Lines, one line per finished cell), so that an interrupted run
-resumes where it stopped. Deliberate shortcuts, stated in :class:`MatrixConfig`: JBDA and T-RND
+The run folder keeps the owner, its secrets (the fingerprint's ensemble and the judge's
+references are retrained if a run stops before the fingerprint and their retentions are
+written), each suspect (a model folder written whole or not at all, with the queries its
+extraction spent), the API's state (SQLite, so each client's DAWN set survives), and the cells
+(JSON Lines, one fsynced line per finished cell), so that an interrupted run resumes where it
+stopped. Deliberate shortcuts, stated in :class:`MatrixConfig`: JBDA and T-RND
 train one network with one learning rate (their defaults search three learning rates by
 five-fold cross-validation and T-RND ensembles three networks), which the matrix's time target
 cannot afford; Knockoff Nets runs with its defaults.
@@ -32,10 +34,12 @@ cannot afford; Knockoff Nets runs with its defaults.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -99,6 +103,7 @@ INDEPENDENT_FAMILIES = (
     ("cnn-pool", "cnn", "pool"),
 )
 CELLS = "cells.jsonl"
+EXTRACTION = "extraction.json"
 SUSPECTS = "suspects.jsonl"
 
 
@@ -149,6 +154,13 @@ class MatrixConfig:
             )
         if min(self.epochs, self.budget, self.cae_members, self.cae_budget) < 1:
             raise ModelheistError("epochs, budgets and ensemble sizes must be at least 1")
+        if self.seed < 0:
+            raise ModelheistError(f"the seed must be at least 0, got {self.seed}")
+        if self.cae_members > 100 or self.references > 100:
+            raise ModelheistError(
+                "at most 100 ensemble members and 100 reference models (their training seeds "
+                "would collide with the suspects')"
+            )
 
     @classmethod
     def small(cls, dataset: str = "digits", seed: int = 0) -> MatrixConfig:
@@ -172,6 +184,7 @@ class MatrixConfig:
             cae_epsilon=0.2,
             cae_steps=100,
             cae_threshold=0.5,
+            dawn_rate=0.05,
             removal_epochs=3,
             knockoff={"epochs": 10, "min_steps": 100},
             synthetic={"learning_rates": [2e-3], "members": 1, "epochs": 3, "final_epochs": 10,
@@ -195,7 +208,7 @@ def suspects_of(config: MatrixConfig) -> list[Suspect]:
     stolen = [
         Suspect("owner", "stolen", "the marked model", "the owner's model itself"),
         Suspect("knockoff-probs", "stolen", "extraction", f"Knockoff Nets, attacker split, probabilities, {b} queries via the API"),
-        Suspect("knockoff-ood", "stolen", "extraction", f"Knockoff Nets, {config.ood_dataset}, probabilities, {b} queries via the API"),
+        Suspect("knockoff-ood", "stolen", "extraction", f"Knockoff Nets, {config.ood_dataset}, probabilities, at most {b} queries (the set's size) via the API"),
         Suspect("knockoff-labels", "stolen", "extraction", f"Knockoff Nets, attacker split, labels, {b} queries via the API"),
         Suspect("jbda", "stolen", "extraction", f"JBDA, labels, {b} queries via the API"),
         Suspect("t-rnd", "stolen", "extraction", f"T-RND, labels, {b} queries via the API"),
@@ -225,13 +238,15 @@ class MatrixRun:
     def run(self, on_cell: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Every cell not yet in the folder; return the whole matrix document."""
         config = self.config
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._check_config()
         data = load_dataset(config.dataset, seed=config.seed)
         if len(data.validation) == 0 or len(data.pool) == 0:
             raise ModelheistError(f"{config.dataset} has no validation or attacker split")
-        owner, triggers, mark = self._owner(data)
-        schemes = self._schemes(owner, triggers, mark, data)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._check_config()
+        with self._timed("owner"):
+            owner, triggers, mark = self._owner(data)
+        with self._timed("secrets"):
+            schemes = self._schemes(owner, triggers, mark, data)
         known = {s["suspect"]: s for s in read_lines(self.folder / SUSPECTS)}
         ledger = Ledger.open(self.folder / "state")
         try:  # every suspect first, so that every cell sees the same DAWN sets
@@ -247,7 +262,9 @@ class MatrixRun:
             for name in SCHEME_COLUMNS:
                 if (suspect.name, name) in done:
                     continue
+                start = time.perf_counter()
                 cell = self._cell(suspect, name, models[suspect.name], schemes, sets)
+                cell["seconds"] = time.perf_counter() - start
                 append_line(self.folder / CELLS, cell)
                 if on_cell is not None:
                     on_cell(cell)
@@ -268,12 +285,25 @@ class MatrixRun:
             "summary": summarise(cells, self.config.significance),
         }
 
+    @contextlib.contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        """Record how long ``phase`` took in ``timings.jsonl`` (where a run spends its time)."""
+        start = time.perf_counter()
+        yield
+        append_line(
+            self.folder / "timings.jsonl",
+            {"phase": phase, "seconds": time.perf_counter() - start},
+        )
+
     def _check_config(self) -> None:
         """A folder belongs to one configuration: resuming with another would mix two runs."""
         path = self.folder / "config.json"
         mine = json.loads(json.dumps(asdict(self.config)))
         if path.is_file():
-            theirs = json.loads(path.read_text())
+            try:
+                theirs = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                raise ModelheistError(f"{path} is damaged; use another folder") from None
             if theirs != mine:
                 changed = sorted(k for k in mine if mine[k] != theirs.get(k))
                 raise ModelheistError(
@@ -414,9 +444,14 @@ class MatrixRun:
             owner
             if suspect.name == "owner"
             else self._model(
-                suspect.name, lambda: self._make(suspect, owner, data, ledger, extraction)
+                suspect.name,
+                lambda: self._make(suspect, owner, data, ledger, extraction),
+                extraction,
             )
         )
+        saved = self.folder / "models" / suspect.name / EXTRACTION
+        if not extraction and saved.is_file():  # made by an earlier, interrupted run
+            extraction = json.loads(saved.read_text())
         if suspect.name not in known:
             agreement = float(
                 (predict_labels(model, data.test.x) == predict_labels(owner, data.test.x)).mean()
@@ -487,14 +522,28 @@ class MatrixRun:
         return attack(**synthetic), data.pool.x, "labels"
 
     def _model(
-        self, name: str, make: Callable[[], Classifier], folder: Path | None = None
+        self,
+        name: str,
+        make: Callable[[], Classifier],
+        extra: dict[str, Any] | None = None,
+        folder: Path | None = None,
     ) -> Classifier:
-        """The model saved under ``folder`` (default: models/NAME), made and saved if absent."""
+        """The model saved under ``folder`` (default: models/NAME), made and saved if absent,
+        with what ``make`` wrote into ``extra`` (the queries an extraction spent) beside it."""
         folder = folder or self.folder / "models" / name
         if (folder / "card.json").is_file():
             return load_model(folder)
+        start = time.perf_counter()
         model = make()
-        _whole(folder, lambda tmp: save_model(model, tmp))
+        if extra is not None:
+            extra["seconds_to_make"] = time.perf_counter() - start
+
+        def write(tmp: Path) -> None:
+            save_model(model, tmp)
+            if extra:
+                (tmp / EXTRACTION).write_text(json.dumps(extra))
+
+        _whole(folder, write)
         return model
 
     # -- the cells ---------------------------------------------------------------------------
@@ -539,12 +588,20 @@ def cell_row(suspect: Suspect, scheme: str, evidence: Evidence | DawnVerdict) ->
     }
     if isinstance(evidence, DawnVerdict):
         matched = evidence.matching
+        reasons = [e.reason for e in evidence.clients.values() if e.decision == "cannot verify"]
+        if not evidence.clients:
+            reasons = ["no watermark set could reach the significance"]
         return {
             **row,
             "statistic_name": "watermark sets matched",
             "statistic": len(matched),
-            "reason": "" if evidence.clients else "no watermark set could reach the significance",
-            "details": {"matching_sets": matched, "sets_tested": len(evidence.clients)},
+            "reason": reasons[0] if evidence.decision == "cannot verify" and reasons else "",
+            "details": {
+                "matching_sets": matched,
+                "sets_tested": len(evidence.clients),
+                "bonferroni_m": evidence.tests,
+                "not_tested": evidence.not_tested,
+            },
         }
     return {
         **row,
@@ -565,7 +622,7 @@ def evidence_score(cell: dict[str, Any]) -> float:
 
 def summarise(cells: list[dict[str, Any]], significance: float) -> dict[str, dict[str, Any]]:
     """Per scheme: ROC AUC of :func:`evidence_score` between stolen and independent suspects
-    (None until both kinds have cells), detections, false accusations, "cannot verify" counts,
+    (None until both kinds have cells, or when no cell could decide), detections, false accusations, "cannot verify" counts,
     and mean queries per suspect."""
     summary = {}
     for scheme in SCHEME_COLUMNS:
@@ -575,7 +632,8 @@ def summarise(cells: list[dict[str, Any]], significance: float) -> dict[str, dic
         stolen = [c for c in group if c["kind"] == "stolen"]
         independent = [c for c in group if c["kind"] == "independent"]
         auc = None
-        if stolen and independent:
+        decided = any(c["decision"] != "cannot verify" for c in group)
+        if stolen and independent and decided:
             labels = [c["kind"] == "stolen" for c in group]
             auc = float(roc_auc_score(labels, [evidence_score(c) for c in group]))
         summary[scheme] = {
@@ -609,17 +667,28 @@ def _whole(folder: Path, write: Callable[[Path], Any]) -> None:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write a file whole or not at all."""
+    """Write a file whole or not at all (written, flushed to disk, then renamed)."""
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
+    with tmp.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
 def append_line(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line and flush it to disk (a crash loses at most the line being
-    written, which :func:`read_lines` skips)."""
-    with path.open("a") as handle:
-        handle.write(json.dumps(row) + "\n")
+    """Append one JSON line and flush it to disk. A crash loses at most the line being
+    written: :func:`read_lines` skips it, and the next append cuts it off first."""
+    with path.open("a+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size:
+            handle.seek(max(0, size - 65536))
+            tail = handle.read()
+            if not tail.endswith(b"\n"):  # a torn last line: cut back to the last newline
+                cut = tail.rfind(b"\n")
+                handle.truncate(size - len(tail) + cut + 1 if cut >= 0 else 0)
+        handle.seek(0, os.SEEK_END)
+        handle.write((json.dumps(row) + "\n").encode())
         handle.flush()
         os.fsync(handle.fileno())
 

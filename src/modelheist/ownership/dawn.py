@@ -121,8 +121,10 @@ class DawnVerdict:
 
     @property
     def p_value(self) -> float | None:
-        """The smallest per-set p-value times m (capped at 1): at most the significance exactly
-        when some set matched; None when no set was tested to the end."""
+        """The smallest per-set p-value times m (capped at 1), None when no set was tested to
+        the end: at most the significance exactly when some set matched. Tarone's m depends on
+        the significance, so this adjusted value decides at that level only; it is not a
+        p-value to read against other levels."""
         values = [e.p_value for e in self.clients.values() if e.p_value is not None]
         return min(1.0, self.tests * min(values)) if values else None
 
