@@ -91,7 +91,10 @@ def plot_matrix(document: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(1.3 * len(schemes) + 3, 0.3 * len(grid) + 1.8), dpi=120)
     level = -math.log10(document["config"]["significance"])
     top = max(level * 2, float(np.nanmax(values)) if np.isfinite(values).any() else 1.0)
-    image = ax.imshow(np.minimum(values, top), cmap="viridis", vmin=0, vmax=top, aspect="auto")
+    from matplotlib.colors import SymLogNorm
+
+    scale = SymLogNorm(linthresh=1.0, vmin=0.0, vmax=top)  # weak evidence stays visible
+    image = ax.imshow(values, cmap="viridis", norm=scale, aspect="auto")
     for row, (_, cells) in enumerate(grid):
         for col, scheme in enumerate(schemes):
             cell = cells.get(scheme)

@@ -239,7 +239,7 @@ class MatrixRun:
         """Every cell not yet in the folder; return the whole matrix document."""
         config = self.config
         data = load_dataset(config.dataset, seed=config.seed)
-        if len(data.validation) == 0 or len(data.pool) == 0:
+        if data.validation is None or len(data.validation) == 0 or len(data.pool) == 0:
             raise ModelheistError(f"{config.dataset} has no validation or attacker split")
         self.folder.mkdir(parents=True, exist_ok=True)
         self._check_config()
