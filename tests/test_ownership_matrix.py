@@ -93,6 +93,9 @@ def test_bad_configurations_are_refused():
         MatrixConfig(significance=1.5)
     with pytest.raises(ModelheistError, match="3 reference models"):
         MatrixConfig(references=2)
+    with pytest.raises(ModelheistError, match="must differ"):
+        MatrixConfig(dataset="mnist5k")
+    assert MatrixConfig.small("mnist5k").ood_dataset == "digits"
 
 
 def test_the_report_shows_every_cell(matrix_run, tmp_path):

@@ -223,16 +223,21 @@ def experiment_ownership(
     from dataclasses import replace
 
     from modelheist.experiments.matrix_report import write_matrix_report
-    from modelheist.experiments.ownership_matrix import MatrixConfig, MatrixRun
+    from modelheist.experiments.ownership_matrix import MatrixConfig, MatrixRun, default_ood
 
-    config = MatrixConfig.small(dataset, seed) if fast else MatrixConfig(dataset=dataset, seed=seed)
+    config = (
+        MatrixConfig.small(dataset, seed)
+        if fast
+        else MatrixConfig(dataset=dataset, ood_dataset=default_ood(dataset), seed=seed)
+    )
     changes: dict = {"significance": significance}
     if independents is not None:
         changes["independents"] = independents
     if budget is not None:
         changes["budget"] = budget
     config = replace(config, **changes)
-    folder = out or Path("runs") / f"ownership-{dataset}-seed{seed}"
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in dataset)
+    folder = out or Path("runs") / f"ownership-{safe}-seed{seed}"
     with progress_bar() as progress:
 
         def show(cell: dict) -> None:

@@ -154,6 +154,11 @@ class MatrixConfig:
             )
         if min(self.epochs, self.budget, self.cae_members, self.cae_budget) < 1:
             raise ModelheistError("epochs, budgets and ensemble sizes must be at least 1")
+        if self.ood_dataset == self.dataset:
+            raise ModelheistError(
+                f"the out-of-distribution transfer set must differ from the owner's dataset "
+                f"({self.dataset})"
+            )
         if self.seed < 0:
             raise ModelheistError(f"the seed must be at least 0, got {self.seed}")
         if self.cae_members > 100 or self.references > 100:
@@ -168,7 +173,7 @@ class MatrixConfig:
         few models, short training; its numbers are only indicative."""
         return cls(
             dataset=dataset,
-            ood_dataset="mnist5k",
+            ood_dataset=default_ood(dataset),
             seed=seed,
             epochs=15,
             budget=400,
@@ -190,6 +195,12 @@ class MatrixConfig:
             synthetic={"learning_rates": [2e-3], "members": 1, "epochs": 3, "final_epochs": 10,
                        "min_steps": 50, "seeds_per_class": 3},
         )  # fmt: skip
+
+
+def default_ood(dataset: str) -> str:
+    """The out-of-distribution transfer set for an owner's ``dataset``: MNIST (its 5,000
+    images), or digits when the owner's data is MNIST."""
+    return "digits" if dataset == "mnist5k" else "mnist5k"
 
 
 @dataclass(frozen=True)
