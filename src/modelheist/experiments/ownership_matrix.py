@@ -259,10 +259,11 @@ class MatrixRun:
         with self._timed("secrets"):
             schemes = self._schemes(owner, triggers, mark, data)
         known = {s["suspect"]: s for s in read_lines(self.folder / SUSPECTS)}
+        owner_labels = predict_labels(owner, data.test.x)  # each suspect's agreement, once
         ledger = Ledger.open(self.folder / "state")
         try:  # every suspect first, so that every cell sees the same DAWN sets
             models = {
-                suspect.name: self._suspect(suspect, owner, data, ledger, known)
+                suspect.name: self._suspect(suspect, owner, data, ledger, known, owner_labels)
                 for suspect in suspects_of(config)
             }
         finally:
@@ -448,8 +449,10 @@ class MatrixRun:
         data: Dataset,
         ledger: Ledger,
         known: dict[str, dict[str, Any]],
+        owner_labels: np.ndarray,
     ) -> Classifier:
-        """The suspect's model (made now, or read back), and its row in ``suspects.jsonl``."""
+        """The suspect's model (made now, or read back), and its row in ``suspects.jsonl``;
+        ``owner_labels``: the owner's labels of the evaluation split."""
         extraction: dict[str, Any] = {}
         model = (
             owner
@@ -464,9 +467,7 @@ class MatrixRun:
         if not extraction and saved.is_file():  # made by an earlier, interrupted run
             extraction = json.loads(saved.read_text())
         if suspect.name not in known:
-            agreement = float(
-                (predict_labels(model, data.test.x) == predict_labels(owner, data.test.x)).mean()
-            )
+            agreement = float((predict_labels(model, data.test.x) == owner_labels).mean())
             row = {
                 "suspect": suspect.name,
                 **asdict(suspect),
