@@ -21,7 +21,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from sklearn.metrics import roc_auc_score
 
@@ -30,12 +29,11 @@ from modelheist.api.service import PredictionService
 from modelheist.attacks.knockoff import KnockoffNets
 from modelheist.defenses.registry import parse_output
 from modelheist.experiments.extraction import measure_extraction
-from modelheist.experiments.fingerprints import extracted_surrogates, independent_references
+from modelheist.experiments.fingerprints import independent_references, make_fingerprint
 from modelheist.experiments.results import ResultsStore
 from modelheist.ownership.cae import (
     CAEGeneration,
     CAEScheme,
-    generate_fingerprint,
     reference_retentions,
     retention,
 )
@@ -65,17 +63,10 @@ def main() -> None:
             continue
         data, victim = fashion_mnist_victim(seed)
         base = 1000 * (seed + 1)
-        surrogates = extracted_surrogates(victim, data, GENERATION_MEMBERS, 5000, base)
-        references = independent_references(victim, data, GENERATION_MEMBERS, base + 100)
-        pick = np.random.default_rng(seed).permutation(len(data.train.x))[:CANDIDATES]
-        settings = CAEGeneration(epsilon=args.epsilon, seed=seed)
-        fingerprint = generate_fingerprint(
-            victim.module,
-            [m.module for m in surrogates],
-            [m.module for m in references],
-            data.train.x[pick],
-            settings,
-        )
+        fingerprint = make_fingerprint(
+            victim, data, CAEGeneration(epsilon=args.epsilon, seed=seed), GENERATION_MEMBERS,
+            GENERATION_MEMBERS, 5000, CANDIDATES, (base, base + 100, seed),
+        )  # fmt: skip
         held_out = []
         for index in range(10):  # surrogates not used in generation
             output = ("probs", "labels")[index % 2]

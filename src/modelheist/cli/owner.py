@@ -285,13 +285,12 @@ def fingerprint_cae(
     for flag, value in (("--surrogates", surrogates), ("--references", references)):
         positive(flag, value)
     positive("--candidates", candidates)
-    import numpy as np
 
-    from modelheist.experiments.fingerprints import extracted_surrogates, independent_references
+    from modelheist.experiments.fingerprints import make_fingerprint
     from modelheist.experiments.targets import victim_split
     from modelheist.models.classifier import TorchClassifier
     from modelheist.models.store import load_model
-    from modelheist.ownership.cae import CAEGeneration, generate_fingerprint
+    from modelheist.ownership.cae import CAEGeneration
 
     owner = load_model(model)
     if not isinstance(owner, TorchClassifier):
@@ -299,20 +298,11 @@ def fingerprint_cae(
     settings = CAEGeneration(
         epsilon=epsilon, steps=steps, threshold=threshold, size=size, seed=seed
     )
-    data = victim_split(owner)
-    pick = np.random.default_rng(seed).permutation(len(data.train.x))[:candidates]
     with progress_bar() as progress:
-        ensemble_s = extracted_surrogates(owner, data, surrogates, budget, seed, progress)
-        ensemble_r = independent_references(owner, data, references, seed + 10_000, progress)
-        fingerprint = generate_fingerprint(
-            owner.module,
-            [m.module for m in ensemble_s],
-            [m.module for m in ensemble_r],
-            data.train.x[pick],
-            settings,
-            tuple(owner.card.input_range) if owner.card.input_range else None,
-            progress,
-        )
+        fingerprint = make_fingerprint(
+            owner, victim_split(owner), settings, surrogates, references, budget, candidates,
+            (seed, seed + 10_000, seed), progress,
+        )  # fmt: skip
     fingerprint.save(secret_out)
     console.print(
         f"{len(fingerprint)} conferrable examples (conferrability "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 from rich.progress import Progress
 
 from modelheist.attacks.knockoff import KnockoffNets
@@ -16,6 +17,7 @@ from modelheist.errors import ModelheistError
 from modelheist.experiments.extraction import measure_extraction
 from modelheist.models.classifier import TorchClassifier
 from modelheist.models.training import TrainConfig, train_model
+from modelheist.ownership.cae import CAEGeneration, Fingerprint, generate_fingerprint
 
 
 def extracted_surrogates(
@@ -67,3 +69,33 @@ def independent_references(
             raise ModelheistError("a CAE ensemble member must be a network")
         models.append(model)
     return models
+
+
+def make_fingerprint(
+    owner: TorchClassifier,
+    data: Dataset,
+    settings: CAEGeneration,
+    surrogates: int = 5,
+    references: int = 5,
+    budget: int = 5000,
+    candidates: int = 1000,
+    seeds: tuple[int, int, int] = (0, 10_000, 0),
+    progress: Progress | None = None,
+) -> Fingerprint:
+    """The whole generation of Lukas et al. (§4): ``surrogates`` Knockoff Nets surrogates of
+    ``budget`` queries and ``references`` independent models (:func:`extracted_surrogates`,
+    :func:`independent_references`), then :func:`generate_fingerprint` from ``candidates`` of
+    the owner's training images. ``seeds``: the surrogates', the references' and the choice
+    of candidates."""
+    ensemble_s = extracted_surrogates(owner, data, surrogates, budget, seeds[0], progress)
+    ensemble_r = independent_references(owner, data, references, seeds[1], progress)
+    pick = np.random.default_rng(seeds[2]).permutation(len(data.train.x))[:candidates]
+    return generate_fingerprint(
+        owner.module,
+        [m.module for m in ensemble_s],
+        [m.module for m in ensemble_r],
+        data.train.x[pick],
+        settings,
+        tuple(owner.card.input_range) if owner.card.input_range else None,
+        progress,
+    )

@@ -61,7 +61,7 @@ from modelheist.data.registry import Dataset, Split, attacker_transfer_set, load
 from modelheist.defenses.registry import parse_defense, parse_output
 from modelheist.errors import ModelheistError
 from modelheist.experiments.extraction import measure_extraction
-from modelheist.experiments.fingerprints import extracted_surrogates, independent_references
+from modelheist.experiments.fingerprints import independent_references, make_fingerprint
 from modelheist.experiments.removal import RemovalSettings, removed_copy
 from modelheist.models.classifier import Classifier, TorchClassifier, accuracy, predict_labels
 from modelheist.models.store import load_model, save_model
@@ -72,7 +72,6 @@ from modelheist.ownership.cae import (
     CAEGeneration,
     CAEScheme,
     Fingerprint,
-    generate_fingerprint,
     reference_retentions,
 )
 from modelheist.ownership.dataset_inference import DatasetInferenceScheme, DatasetInferenceSecret
@@ -409,27 +408,17 @@ class MatrixRun:
         null_path = self.folder / "secrets" / "cae-references.json"
         if not (folder / "fingerprint.json").is_file():
             base = 1000 * (config.seed + 1)
-            surrogates = extracted_surrogates(
-                owner, data, config.cae_members, config.cae_budget, base, self.progress
-            )
-            references = independent_references(
-                owner, data, config.cae_members, base + 100, self.progress
-            )
-            pick = np.random.default_rng(config.seed).permutation(len(data.train.x))
             settings = CAEGeneration(
                 epsilon=config.cae_epsilon,
                 steps=config.cae_steps,
                 threshold=config.cae_threshold,
                 seed=config.seed,
             )
-            fingerprint = generate_fingerprint(
-                owner.module,
-                [m.module for m in surrogates],
-                [m.module for m in references],
-                data.train.x[pick[: config.cae_candidates]],
-                settings,
-                progress=self.progress,
-            )
+            fingerprint = make_fingerprint(
+                owner, data, settings, config.cae_members, config.cae_members,
+                config.cae_budget, config.cae_candidates, (base, base + 100, config.seed),
+                self.progress,
+            )  # fmt: skip
             _whole(folder, fingerprint.save)
         fingerprint = Fingerprint.load(folder)
         if not null_path.is_file():
