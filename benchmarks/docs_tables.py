@@ -632,6 +632,24 @@ def radioactive(rows: list[dict]) -> str:
             lines.append(
                 f"| {fraction:g} | {epochs} | {seed} | {len(group)} | " + " | ".join(cells) + " |"
             )
+    probes = [r for r in rows if r["measure"] == "linear-probe"]
+    if probes:
+        lines += [
+            "",
+            "| q | marker epochs | seeds | linear probe on the marker's features: acc. "
+            "| mean cosine | white-box log10 p | detected at 1e-4 |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+    for fraction, epochs in settings:
+        group = [r["metrics"] for r in probes if (r["fraction"], r["epochs"]) == (fraction, epochs)]
+        if group:
+            lines.append(
+                f"| {fraction:g} | {epochs} | {len(group)} "
+                f"| {_spread([m['test_accuracy'] for m in group], 4)} "
+                f"| {_spread([m['white_box_statistic'] for m in group], 3)} "
+                f"| {_spread([m['white_box_log10_p'] for m in group], 1)} "
+                f"| {_verified([m['white_box_decision'] == 'stolen' for m in group])} |"
+            )
     note = (
         "Targets: the marked victim detected at p < 1e-4 (q = 10%); the independent models' "
         "p-values uniform (KS p >= 0.05, at least 20 models)."
@@ -648,11 +666,9 @@ def dataset_inference(rows: list[dict]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
 
-    def kind_of(row: dict) -> str:  # independent models are one row each, shown together
-        return "independent models" if row["kind"] == "independent" else row["suspect"]
-
-    for name in dict.fromkeys(kind_of(r) for r in rows):
-        group = [r["metrics"] for r in rows if kind_of(r) == name]
+    rows = [r for r in rows if r.get("construction", "calibrated") == "calibrated"]
+    for name in dict.fromkeys(_suspect_kind(r) for r in rows):
+        group = [r["metrics"] for r in rows if _suspect_kind(r) == name]
         p_values = [m["p_value"] for m in group if m["p_value"] is not None]
         aggregates = [m["paper_aggregate"] for m in group if m.get("paper_aggregate") is not None]
         lines.append(
@@ -667,6 +683,34 @@ def dataset_inference(rows: list[dict]) -> str:
         "p < 1e-3; the false-positive rate on independent models reported."
     )
     return "\n".join([*lines, "", note, "", provenance(rows)])
+
+
+def _suspect_kind(row: dict) -> str:
+    """A dataset-inference row's suspect; independent models are shown together."""
+    return "independent models" if row["kind"] == "independent" else row["suspect"]
+
+
+def dataset_inference_notebook(rows: list[dict]) -> str:
+    """The authors' notebooks' number on the same suspects: the harmonic mean of 100 draws of
+    m rows of 30 images, and the one test over every scored row."""
+    rows = [r for r in rows if r.get("construction") == "reference-notebook"]
+    if not rows:
+        return "(no results yet)"
+    lines = [
+        "| suspect | runs | images per row | m (rows) | harmonic mean p (largest) "
+        "| harmonic mean p (smallest) | below 1e-30 | all rows' p (largest) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in dict.fromkeys(_suspect_kind(r) for r in rows):
+        group = [r["metrics"] for r in rows if _suspect_kind(r) == name]
+        means = [m["harmonic_mean_p"] for m in group]
+        lines.append(
+            f"| {name} | {len(group)} | {group[0]['images_per_row']} | {group[0]['m']} "
+            f"| {_p(max(means))} | {_p(min(means))} "
+            f"| {_verified([p < 1e-30 for p in means])} "
+            f"| {_p(max(m['all_rows_p'] for m in group))} |"
+        )
+    return "\n".join([*lines, "", provenance(rows)])
 
 
 def cae(rows: list[dict]) -> str:
@@ -793,6 +837,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "dawn": (("dawn.jsonl",), dawn),
     "radioactive": (("radioactive.jsonl",), radioactive),
     "dataset_inference": (("dataset_inference.jsonl",), dataset_inference),
+    "dataset_inference_notebook": (("dataset_inference.jsonl",), dataset_inference_notebook),
     "cae": (("cae.jsonl",), cae),
     "ownership_matrix": (("ownership_matrix.jsonl",), ownership_matrix),
     "ownership_cells": (("ownership_matrix.jsonl",), ownership_cells),

@@ -9,8 +9,11 @@ training split, marks q of it, and trains the victim on the marked data; a victi
 clean data with the same seed gives the accuracy the mark costs. Independent models (never
 trained on the marked data): CNNs, GroupNorm CNNs and MLPs trained on the attacker's pool with
 their own seeds, and CNNs trained on the validation split; each is tested against every seed's
-mark, white-box (its weights) and black-box (its probabilities). Rows go to
-benchmarks/results/radioactive.jsonl; runs already there are skipped.
+mark, white-box (its weights) and black-box (its probabilities). And the paper's easiest
+setting (§5.2, its Table 1): the marking network's own features frozen, a logistic regression
+(scikit-learn, multinomial) fitted on them over the marked training set as its new last layer,
+tested white-box (measure ``linear-probe``). Rows go to benchmarks/results/radioactive.jsonl;
+runs already there are skipped.
 
     python benchmarks/radioactive.py [--seeds 3] [--fraction 0.1] [--epochs 10]
 """
@@ -18,16 +21,21 @@ benchmarks/results/radioactive.jsonl; runs already there are skipped.
 from __future__ import annotations
 
 import argparse
+import copy
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import torch
 from rich.console import Console
+from sklearn.linear_model import LogisticRegression
 
 from modelheist.api.local import LocalOracle
 from modelheist.api.service import PredictionService
 from modelheist.data.registry import load_dataset
 from modelheist.experiments.results import ResultsStore
 from modelheist.models import TrainConfig, train_model
+from modelheist.models.anatomy import features, split_head
 from modelheist.models.classifier import accuracy
 from modelheist.oracle import WhiteBoxOracle
 from modelheist.ownership.radioactive import RadioactiveData, RadioactiveMarking, RadioactiveScheme
@@ -61,6 +69,18 @@ def evidence_metrics(scheme: RadioactiveScheme, model, white: bool) -> dict:
     return metrics
 
 
+def linear_probe(marker, x: np.ndarray, y: np.ndarray, seed: int):
+    """A copy of ``marker`` whose last layer is a logistic regression fitted on its frozen
+    features of ``(x, y)`` (the paper's §5.2 setting)."""
+    probe = copy.deepcopy(marker)
+    _, head = split_head(probe.module)
+    fitted = LogisticRegression(max_iter=1000, random_state=seed).fit(features(marker.module, x), y)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(fitted.coef_.astype(np.float32)))
+        head.bias.copy_(torch.from_numpy(fitted.intercept_.astype(np.float32)))
+    return probe
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -85,6 +105,25 @@ def main() -> None:
             marker, data.train.x, data.train.y
         )
         marks[seed] = RadioactiveScheme(mark)
+        if (seed, "linear-probe", "marker-head") not in done:
+            x, y = RadioactiveData(mark).replace_data(data.train.x, data.train.y)
+            probe = linear_probe(marker, x, y, seed)
+            row = {
+                "benchmark": "radioactive",
+                "measure": "linear-probe",
+                "model": "marker-head",
+                **setting,
+                "epsilon": mark.epsilon,
+                "marked": len(mark.indices),
+                "queries_counted": 0,
+                "metrics": {
+                    "psnr": mark.psnr(),
+                    "test_accuracy": accuracy(probe, data.test.x, data.test.y),
+                    **evidence_metrics(marks[seed], probe, white=True),
+                },
+            }
+            store.append(row, seed=seed)
+            console.print(f"seed {seed} linear probe: {row['metrics']}", highlight=False)
         if (seed, "victim", "victim") in done:
             continue
         victim = train_model(data, "cnn", config, None, [RadioactiveData(mark)])

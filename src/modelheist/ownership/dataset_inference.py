@@ -280,7 +280,8 @@ Embedding = BlindWalk | MinGD
 EMBEDDINGS: dict[str, type[BlindWalk] | type[MinGD]] = {"blind-walk": BlindWalk, "mingd": MinGD}
 
 
-def _regressor(width: int) -> nn.Sequential:
+def regressor_network(width: int) -> nn.Sequential:
+    """The notebooks' regressor: Linear(width, 100), ReLU, Linear(100, 1), tanh."""
     return nn.Sequential(nn.Linear(width, 100), nn.ReLU(), nn.Linear(100, 1), nn.Tanh())
 
 
@@ -343,7 +344,7 @@ class DatasetInferenceSecret:
         mean = grouped.mean(axis=(0, 2))
         std = np.maximum(grouped.std(axis=(0, 2)), 1e-12)
         signs = np.concatenate([np.ones(regressor_samples), -np.ones(regressor_samples)])
-        weights = _train_regressor(_standardised(embedded, mean, std), signs, seed)
+        weights = train_regressor(_standardised(embedded, mean, std), signs, seed)
         return cls(
             weights=weights,
             feature_mean=mean,
@@ -359,7 +360,7 @@ class DatasetInferenceSecret:
     def score(self, embedded: np.ndarray) -> np.ndarray:
         """The regressor's score of each embedding row (higher: more like the owner's private
         data as its own model sees it)."""
-        net = _regressor(len(NOISE_TYPES) * self.embedding.per_type(self.num_classes))
+        net = regressor_network(len(NOISE_TYPES) * self.embedding.per_type(self.num_classes))
         net.load_state_dict({k: torch.from_numpy(v) for k, v in self.weights.items()})
         features = _standardised(embedded, self.feature_mean, self.feature_std)
         with torch.inference_mode():
@@ -440,11 +441,11 @@ def _standardised(embedded: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np
     )
 
 
-def _train_regressor(features: np.ndarray, signs: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+def train_regressor(features: np.ndarray, signs: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """The notebooks' regressor and loop: full-batch SGD, learning rate 0.1, 1,000 epochs."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = _regressor(features.shape[1])
+        net = regressor_network(features.shape[1])
         optimiser = torch.optim.SGD(net.parameters(), lr=0.1)
         inputs = torch.from_numpy(features)
         target = torch.from_numpy(signs.astype(np.float32))
@@ -504,7 +505,7 @@ class DatasetInferenceScheme(OwnershipScheme):
         return Finding(
             "score difference",
             float(private[:m].mean() - public[:m].mean()),
-            _p(test.pvalue),
+            finite_p_value(test.pvalue),
             details,
         )
 
@@ -516,10 +517,10 @@ class DatasetInferenceScheme(OwnershipScheme):
         for _ in range(self.draws):
             pick = rng.permutation(len(private))[:m]
             result = ttest_ind(private[pick], public[pick], equal_var=False, alternative="greater")
-            p_values.append(max(_p(result.pvalue), 1e-300))
+            p_values.append(max(finite_p_value(result.pvalue), 1e-300))
         return float(hmean(p_values))
 
 
-def _p(value: float) -> float:
+def finite_p_value(value: float) -> float:
     """A t-test's p-value; NaN (no spread in either sample) counts as no evidence."""
     return float(value) if math.isfinite(value) else 1.0

@@ -1,0 +1,161 @@
+"""Dataset inference as the reference notebooks compute it (Maini et al., ICLR '21; the authors'
+code, cleverhans-lab/dataset-inference, ``src/notebooks/*_rand.ipynb``, cells 8 to 20),
+reproduced to explain the p-values the paper and Szyller & Asokan's conflict table publish
+(p < 1e-30 where modelheist's calibrated test, :class:`DatasetInferenceScheme`, finds none).
+
+The notebooks differ from the paper's description in three ways, each reproduced here:
+
+1. **A row is 30 images, not one.** The Blind Walk distances of n images, a tensor of shape
+   (n, 10 directions, 3 noise types), are standardised per noise type with the owner's private
+   statistics and reshaped by ``tensor.T.reshape(n, 30)``: row r holds the distances of images
+   30r, ..., 30r + 29 along *one* direction in *one* norm. The regressor scores such rows, and
+   the t-test counts them as samples, so m rows reveal 30 m images and average 30 of them.
+2. **The regressor is scored on the images it was trained on.** It is trained on rows 0 to
+   n/2 - 1 (the L-inf directions and half the L2 ones) and scored on rows n/2 to n - 1 (the
+   other L2 directions and the L1 ones) of the same n images.
+3. **The reported number is the harmonic mean** of the one-sided Welch p-values of 100 draws of
+   m rows (m = 10 in the paper's tables; the same positions on the private and the public side),
+   which is smaller than a valid p-value.
+
+:class:`NotebookInference` is for comparison only: it computes the notebooks' number and the
+single Welch test over every scored row that the notebooks also print. modelheist decides
+ownership with :class:`~modelheist.ownership.dataset_inference.DatasetInferenceScheme` alone.
+Deliberate deviations: the Blind Walk directions are drawn from ``embedding.seed``, the same for
+every model (the notebooks draw fresh ones per model); the images are a seeded random choice
+of the private and public sets (the notebooks: the first n of each).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from rich.progress import Progress
+from scipy.stats import hmean, ttest_ind
+
+from modelheist.errors import ModelheistError
+from modelheist.oracle import Oracle
+from modelheist.ownership.dataset_inference import (
+    NOISE_TYPES,
+    BlindWalk,
+    finite_p_value,
+    regressor_network,
+    train_regressor,
+)
+
+
+def notebook_rows(embedded: np.ndarray) -> np.ndarray:
+    """The notebooks' rows of an (n, 3 k) embedding ordered noise type by noise type: what
+    ``tensor.T.reshape(n, 3 k)`` gives for their (n, k, 3) tensor; row r holds 3 k
+    consecutive images' distances along one direction in one norm."""
+    n, width = embedded.shape
+    return np.ascontiguousarray(embedded.T).reshape(n, width)
+
+
+@dataclass(frozen=True)
+class NotebookReference:
+    """What :meth:`NotebookInference.fit` keeps: the images, the owner's statistics and the
+    regressor's weights."""
+
+    private: tuple[np.ndarray, np.ndarray]
+    public: tuple[np.ndarray, np.ndarray]
+    mean: np.ndarray
+    std: np.ndarray
+    weights: dict[str, np.ndarray] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class NotebookInference:
+    """The notebooks' dataset inference: ``samples`` private and as many public images (the
+    notebooks' 1,000), ``m`` rows per draw (their tables' 10), ``draws`` draws (their 100);
+    ``seed`` picks the images, the regressor's initialisation and the draws."""
+
+    embedding: BlindWalk = field(default_factory=BlindWalk)
+    samples: int = 1000
+    m: int = 10
+    draws: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.samples < 4 or self.samples % 2:
+            raise ModelheistError(f"samples must be even and at least 4, got {self.samples}")
+        if not 2 <= self.m <= self.samples // 2 or self.draws < 1:
+            raise ModelheistError(f"m must lie in [2, {self.samples // 2}] and draws be at least 1")
+
+    def fit(
+        self,
+        owner: Oracle,
+        private: tuple[np.ndarray, np.ndarray],
+        public: tuple[np.ndarray, np.ndarray],
+        progress: Progress | None = None,
+    ) -> NotebookReference:
+        """Embed ``samples`` of the owner's ``private`` and ``public`` (inputs, labels) through
+        ``owner`` and train the regressor on the first half of the rows (cells 8 to 12)."""
+        if min(len(private[0]), len(public[0])) < self.samples:
+            raise ModelheistError(
+                f"the notebooks' construction needs {self.samples} private and public samples"
+            )
+        rng = np.random.default_rng(self.seed)
+        p_pick = np.sort(rng.permutation(len(private[0]))[: self.samples])
+        q_pick = np.sort(rng.permutation(len(public[0]))[: self.samples])
+        chosen_private = (private[0][p_pick], private[1][p_pick])
+        chosen_public = (public[0][q_pick], public[1][q_pick])
+        own_private = self._embed(owner, chosen_private, progress)
+        own_public = self._embed(owner, chosen_public, progress)
+        grouped = own_private.reshape(self.samples, len(NOISE_TYPES), -1)
+        mean = grouped.mean(axis=(0, 2))
+        std = np.maximum(grouped.std(axis=(0, 2), ddof=1), 1e-12)  # torch's std: unbiased
+        half = self.samples // 2
+        rows_private = self._rows(own_private, mean, std)[:half]
+        rows_public = self._rows(own_public, mean, std)[:half]
+        signs = np.concatenate([np.ones(half), -np.ones(half)])
+        weights = train_regressor(
+            np.concatenate([rows_private, rows_public]).astype(np.float32), signs, self.seed
+        )
+        return NotebookReference(chosen_private, chosen_public, mean, std, weights)
+
+    def evaluate(
+        self, reference: NotebookReference, suspect: Oracle, progress: Progress | None = None
+    ) -> dict[str, float]:
+        """The notebooks' numbers for ``suspect``: ``harmonic_mean_p`` (their tables), the
+        one Welch test over every scored row (``all_rows_p``) and the mean score difference."""
+        half = self.samples // 2
+        scored = []
+        for images in (reference.private, reference.public):
+            rows = self._rows(self._embed(suspect, images, progress), reference.mean, reference.std)
+            scored.append(self._score(reference, rows[half:]))
+        private, public = scored
+        rng = np.random.default_rng([self.seed, 1])
+        p_values = []
+        for _ in range(self.draws):
+            pick = rng.permutation(half)[: self.m]
+            test = ttest_ind(private[pick], public[pick], equal_var=False, alternative="greater")
+            p_values.append(finite_p_value(test.pvalue))
+        whole = ttest_ind(private, public, equal_var=False, alternative="greater")
+        return {
+            "harmonic_mean_p": float(hmean(np.maximum(p_values, 1e-300))),
+            "all_rows_p": finite_p_value(whole.pvalue),
+            "score_difference": float(private.mean() - public.mean()),
+            "m": self.m,
+            "draws": self.draws,
+            "images_per_row": self.embedding.directions * len(NOISE_TYPES),
+        }
+
+    def _embed(
+        self, oracle: Oracle, images: tuple[np.ndarray, np.ndarray], progress: Progress | None
+    ) -> np.ndarray:
+        embedded, _ = self.embedding.embed(oracle, images[0], images[1], progress)
+        return embedded
+
+    def _rows(self, embedded: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+        grouped = embedded.reshape(len(embedded), len(NOISE_TYPES), -1)
+        standardised = (grouped - mean[None, :, None]) / std[None, :, None]
+        return notebook_rows(standardised.reshape(len(embedded), -1))
+
+    @staticmethod
+    def _score(reference: NotebookReference, rows: np.ndarray) -> np.ndarray:
+        net = regressor_network(rows.shape[1])
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in reference.weights.items()})
+        with torch.inference_mode():
+            return net(torch.from_numpy(rows.astype(np.float32))).squeeze(1).double().numpy()
