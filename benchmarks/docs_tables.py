@@ -586,20 +586,19 @@ def radioactive(rows: list[dict]) -> str:
     from scipy.stats import kstest
 
     lines = [
-        "| q | epochs | seeds | PSNR (dB) | clean acc. | marked acc. | white-box log10 p "
+        "| q | epsilon | epochs | seeds | PSNR (dB) | clean acc. | marked acc. | white-box log10 p "
         "| black-box loss diff. | control loss diff. | black-box p (largest) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     victims = [r for r in rows if r["measure"] == "victim"]
-    settings = sorted({(r["fraction"], r["epochs"]) for r in rows})
-    for fraction, epochs in settings:
-        group = [
-            r["metrics"] for r in victims if (r["fraction"], r["epochs"]) == (fraction, epochs)
-        ]
+    settings = sorted({_radioactive_setting(r) for r in rows})
+    for setting in settings:
+        fraction, epsilon, epochs = setting
+        group = [r["metrics"] for r in victims if _radioactive_setting(r) == setting]
         if not group:
             continue
         lines.append(
-            f"| {fraction:g} | {epochs} | {len(group)} | {_spread([m['psnr'] for m in group], 1)} "
+            f"| {fraction:g} | {epsilon:.3g} | {epochs} | {len(group)} | {_spread([m['psnr'] for m in group], 1)} "
             f"| {_spread([m['clean_accuracy'] for m in group], 4)} "
             f"| {_spread([m['test_accuracy'] for m in group], 4)} "
             f"| {_spread([m['white_box_log10_p'] for m in group], 1)} "
@@ -609,15 +608,14 @@ def radioactive(rows: list[dict]) -> str:
         )
     lines += [
         "",
-        "| q | epochs | mark (seed) | independent models | white-box: smallest p | KS p "
+        "| q | epsilon | epochs | mark (seed) | independent models | white-box: smallest p | KS p "
         "| accused at 1e-4 | black-box: smallest p | KS p | accused at 1e-4 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for fraction, epochs in settings:
+    for setting in settings:
+        fraction, epsilon, epochs = setting
         independent = [
-            r
-            for r in rows
-            if r["measure"] == "independent" and (r["fraction"], r["epochs"]) == (fraction, epochs)
+            r for r in rows if r["measure"] == "independent" and _radioactive_setting(r) == setting
         ]
         for seed in sorted({r["seed"] for r in independent}):
             group = [r["metrics"] for r in independent if r["seed"] == seed]
@@ -630,21 +628,24 @@ def radioactive(rows: list[dict]) -> str:
                     _verified([m[f"{mode}_decision"] == "stolen" for m in group]),
                 ]
             lines.append(
-                f"| {fraction:g} | {epochs} | {seed} | {len(group)} | " + " | ".join(cells) + " |"
+                f"| {fraction:g} | {epsilon:.3g} | {epochs} | {seed} | {len(group)} | "
+                + " | ".join(cells)
+                + " |"
             )
     probes = [r for r in rows if r["measure"] == "linear-probe"]
     if probes:
         lines += [
             "",
-            "| q | marker epochs | seeds | linear probe on the marker's features: acc. "
+            "| q | epsilon | marker epochs | seeds | linear probe on the marker's features: acc. "
             "| mean cosine | white-box log10 p | detected at 1e-4 |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-    for fraction, epochs in settings:
-        group = [r["metrics"] for r in probes if (r["fraction"], r["epochs"]) == (fraction, epochs)]
+    for setting in settings:
+        fraction, epsilon, epochs = setting
+        group = [r["metrics"] for r in probes if _radioactive_setting(r) == setting]
         if group:
             lines.append(
-                f"| {fraction:g} | {epochs} | {len(group)} "
+                f"| {fraction:g} | {epsilon:.3g} | {epochs} | {len(group)} "
                 f"| {_spread([m['test_accuracy'] for m in group], 4)} "
                 f"| {_spread([m['white_box_statistic'] for m in group], 3)} "
                 f"| {_spread([m['white_box_log10_p'] for m in group], 1)} "
@@ -683,6 +684,12 @@ def dataset_inference(rows: list[dict]) -> str:
         "p < 1e-3; the false-positive rate on independent models reported."
     )
     return "\n".join([*lines, "", note, "", provenance(rows)])
+
+
+def _radioactive_setting(row: dict) -> tuple[float, float, int]:
+    """A radioactive row's (q, epsilon, epochs); rows from before epsilon was a setting were
+    made with the paper's 10/255."""
+    return (row["fraction"], row.get("epsilon", 10 / 255), row["epochs"])
 
 
 def _suspect_kind(row: dict) -> str:
