@@ -107,8 +107,10 @@ def record_notebook(
     name: str,
     kind: str,
     model,
+    extra: dict | None = None,
 ) -> str:
-    """The notebooks' numbers for ``model`` (labels only); a line for the console."""
+    """The notebooks' numbers for ``model`` (labels only), with ``extra`` (a surrogate's
+    fidelity: the same models as the calibrated rows'); a line for the console."""
     oracle = labels_of(model)
     found = notebook.evaluate(reference, oracle)
     store.append(
@@ -121,7 +123,7 @@ def record_notebook(
             "revealed": notebook.samples,
             "embedding": "blind-walk",
             "queries_counted": oracle.queries_used,
-            "metrics": found,
+            "metrics": {**found, **(extra or {})},
         },
         seed=seed,
     )
@@ -159,7 +161,7 @@ def run_seed(store: ResultsStore, seed: int, independent: int, console: Console)
         if (seed, name, "calibrated") not in done:
             console.print(record(store, scheme, seed, name, kind, model, extra), highlight=False)
         if (seed, name, NOTEBOOK) not in done:
-            line = record_notebook(store, notebook, reference, seed, name, kind, model)
+            line = record_notebook(store, notebook, reference, seed, name, kind, model, extra)
             console.print(line, highlight=False)
 
     def finished(name: str) -> bool:

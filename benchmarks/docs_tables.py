@@ -586,7 +586,7 @@ def radioactive(rows: list[dict]) -> str:
     from scipy.stats import kstest
 
     lines = [
-        "| q | epsilon | epochs | seeds | PSNR (dB) | clean acc. | marked acc. | white-box log10 p "
+        "| q | epsilon (/255) | epochs | seeds | PSNR (dB) | clean acc. | marked acc. | white-box log10 p "
         "| black-box loss diff. | control loss diff. | black-box p (largest) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -598,7 +598,7 @@ def radioactive(rows: list[dict]) -> str:
         if not group:
             continue
         lines.append(
-            f"| {fraction:g} | {epsilon:.3g} | {epochs} | {len(group)} | {_spread([m['psnr'] for m in group], 1)} "
+            f"| {fraction:g} | {epsilon:g} | {epochs} | {len(group)} | {_spread([m['psnr'] for m in group], 1)} "
             f"| {_spread([m['clean_accuracy'] for m in group], 4)} "
             f"| {_spread([m['test_accuracy'] for m in group], 4)} "
             f"| {_spread([m['white_box_log10_p'] for m in group], 1)} "
@@ -608,7 +608,7 @@ def radioactive(rows: list[dict]) -> str:
         )
     lines += [
         "",
-        "| q | epsilon | epochs | mark (seed) | independent models | white-box: smallest p | KS p "
+        "| q | epsilon (/255) | epochs | mark (seed) | independent models | white-box: smallest p | KS p "
         "| accused at 1e-4 | black-box: smallest p | KS p | accused at 1e-4 |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -628,7 +628,7 @@ def radioactive(rows: list[dict]) -> str:
                     _verified([m[f"{mode}_decision"] == "stolen" for m in group]),
                 ]
             lines.append(
-                f"| {fraction:g} | {epsilon:.3g} | {epochs} | {seed} | {len(group)} | "
+                f"| {fraction:g} | {epsilon:g} | {epochs} | {seed} | {len(group)} | "
                 + " | ".join(cells)
                 + " |"
             )
@@ -636,7 +636,7 @@ def radioactive(rows: list[dict]) -> str:
     if probes:
         lines += [
             "",
-            "| q | epsilon | marker epochs | seeds | linear probe on the marker's features: acc. "
+            "| q | epsilon (/255) | marker epochs | seeds | linear probe on the marker's features: acc. "
             "| mean cosine | white-box log10 p | detected at 1e-4 |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
@@ -645,7 +645,7 @@ def radioactive(rows: list[dict]) -> str:
         group = [r["metrics"] for r in probes if _radioactive_setting(r) == setting]
         if group:
             lines.append(
-                f"| {fraction:g} | {epsilon:.3g} | {epochs} | {len(group)} "
+                f"| {fraction:g} | {epsilon:g} | {epochs} | {len(group)} "
                 f"| {_spread([m['test_accuracy'] for m in group], 4)} "
                 f"| {_spread([m['white_box_statistic'] for m in group], 3)} "
                 f"| {_spread([m['white_box_log10_p'] for m in group], 1)} "
@@ -689,7 +689,7 @@ def dataset_inference(rows: list[dict]) -> str:
 def _radioactive_setting(row: dict) -> tuple[float, float, int]:
     """A radioactive row's (q, epsilon, epochs); rows from before epsilon was a setting were
     made with the paper's 10/255."""
-    return (row["fraction"], row.get("epsilon", 10 / 255), row["epochs"])
+    return (row["fraction"], round(row.get("epsilon", 10 / 255) * 255, 2), row["epochs"])
 
 
 def _suspect_kind(row: dict) -> str:

@@ -16,13 +16,14 @@ tested white-box (measure ``linear-probe``). Rows go to benchmarks/results/radio
 runs already there are skipped.
 
     python benchmarks/radioactive.py [--seeds 3] [--fraction 0.1] [--epochs 10]
-        [--epsilon 0.0392] [--independent 20]
+        [--epsilon-255 10] [--independent 20]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -89,9 +90,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--epsilon", type=float, default=EPSILON, help="L-inf bound (10/255)")
+    parser.add_argument(
+        "--epsilon-255", type=float, default=10.0, help="L-inf bound in 8-bit levels (10: 10/255)"
+    )
     parser.add_argument("--independent", type=int, default=len(INDEPENDENT))
     args = parser.parse_args()
+    if not 0 <= args.independent <= len(INDEPENDENT):
+        parser.error(f"--independent must lie in [0, {len(INDEPENDENT)}]")
+    if not 0 < args.epsilon_255 < 255:
+        parser.error("--epsilon-255 must lie in (0, 255)")
+    args.epsilon = args.epsilon_255 / 255
     console = Console(stderr=True)
     store = ResultsStore(STORE)
     store.freeze_environment()
@@ -99,8 +107,8 @@ def main() -> None:
     done = {
         (r["seed"], r["measure"], r.get("model"))
         for r in store.rows()
-        if (r["fraction"], r["epochs"], r.get("epsilon", EPSILON))
-        == (args.fraction, args.epochs, args.epsilon)
+        if (r["fraction"], r["epochs"]) == (args.fraction, args.epochs)
+        and math.isclose(r.get("epsilon", EPSILON), args.epsilon)
     }
     data = load_dataset("fashion-mnist", seed=0)
     marks = {}

@@ -289,7 +289,14 @@ def verify_dataset_inference(
 @user_errors
 def verify_cae(
     fingerprint: Annotated[Path, typer.Option(help="The fingerprint folder (fingerprint cae).")],
-    reference: ReferenceOption = None,
+    reference: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--reference",
+            help="An independently trained reference model not used in generation (repeat, at "
+            "least 3): their retentions of the fingerprint are the test's null sample.",
+        ),
+    ] = None,
     suspect: SuspectOption = None,
     target: TargetOption = None,
     api_key: ApiKeyOption = None,

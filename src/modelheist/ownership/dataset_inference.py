@@ -340,11 +340,9 @@ class DatasetInferenceSecret:
             embedded, _ = embedding.embed(owner, x, y, progress)
         except CannotVerify as exc:
             raise ModelheistError(str(exc)) from None
-        grouped = embedded.reshape(len(x), len(NOISE_TYPES), -1)
-        mean = grouped.mean(axis=(0, 2))
-        std = np.maximum(grouped.std(axis=(0, 2)), 1e-12)
+        mean, std = noise_type_statistics(embedded)
         signs = np.concatenate([np.ones(regressor_samples), -np.ones(regressor_samples)])
-        weights = train_regressor(_standardised(embedded, mean, std), signs, seed)
+        weights = train_regressor(standardised(embedded, mean, std), signs, seed)
         return cls(
             weights=weights,
             feature_mean=mean,
@@ -360,11 +358,7 @@ class DatasetInferenceSecret:
     def score(self, embedded: np.ndarray) -> np.ndarray:
         """The regressor's score of each embedding row (higher: more like the owner's private
         data as its own model sees it)."""
-        net = regressor_network(len(NOISE_TYPES) * self.embedding.per_type(self.num_classes))
-        net.load_state_dict({k: torch.from_numpy(v) for k, v in self.weights.items()})
-        features = _standardised(embedded, self.feature_mean, self.feature_std)
-        with torch.inference_mode():
-            return net(torch.from_numpy(features)).squeeze(1).double().numpy()
+        return score_rows(self.weights, standardised(embedded, self.feature_mean, self.feature_std))
 
     def save(self, folder: str | Path) -> Path:
         """Write the secret to a new folder (safetensors + JSON)."""
@@ -432,7 +426,23 @@ def _embedding(card: dict) -> Embedding:
     return EMBEDDINGS[kind](**params)
 
 
-def _standardised(embedded: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+def noise_type_statistics(embedded: np.ndarray, ddof: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and standard deviation of an (n, 3 k) embedding per noise type, over samples
+    and directions (the statistics the regressor's features are standardised with)."""
+    grouped = embedded.reshape(len(embedded), len(NOISE_TYPES), -1)
+    return grouped.mean(axis=(0, 2)), np.maximum(grouped.std(axis=(0, 2), ddof=ddof), 1e-12)
+
+
+def score_rows(weights: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """The regressor with ``weights`` applied to standardised ``rows``: one score each."""
+    net = regressor_network(rows.shape[1])
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    with torch.inference_mode():
+        return net(torch.from_numpy(rows.astype(np.float32))).squeeze(1).double().numpy()
+
+
+def standardised(embedded: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """An (n, 3 k) embedding standardised per noise type with ``mean`` and ``std``."""
     grouped = embedded.reshape(len(embedded), len(NOISE_TYPES), -1)
     return (
         ((grouped - mean[None, :, None]) / std[None, :, None])
@@ -512,13 +522,21 @@ class DatasetInferenceScheme(OwnershipScheme):
     def _paper_aggregate(self, private: np.ndarray, public: np.ndarray, m: int) -> float:
         """The notebooks' number: the harmonic mean of the Welch p-values of ``draws`` random
         draws of ``m`` pairs from every revealed sample (not a valid p-value; reported only)."""
-        rng = np.random.default_rng(0)
-        p_values = []
-        for _ in range(self.draws):
-            pick = rng.permutation(len(private))[:m]
-            result = ttest_ind(private[pick], public[pick], equal_var=False, alternative="greater")
-            p_values.append(max(finite_p_value(result.pvalue), 1e-300))
-        return float(hmean(p_values))
+        return harmonic_mean_of_draws(private, public, m, self.draws, np.random.default_rng(0))
+
+
+def harmonic_mean_of_draws(
+    private: np.ndarray, public: np.ndarray, m: int, draws: int, rng: np.random.Generator
+) -> float:
+    """The notebooks' aggregate (``get_p_values``, ``hmean``): the harmonic mean of the
+    one-sided Welch p-values of ``draws`` draws of ``m`` positions, the same on both sides, of
+    the scores ``private`` and ``public`` (not a valid p-value)."""
+    p_values = []
+    for _ in range(draws):
+        pick = rng.permutation(len(private))[:m]
+        result = ttest_ind(private[pick], public[pick], equal_var=False, alternative="greater")
+        p_values.append(max(finite_p_value(result.pvalue), 1e-300))
+    return float(hmean(p_values))
 
 
 def finite_p_value(value: float) -> float:

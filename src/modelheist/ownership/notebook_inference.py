@@ -7,32 +7,35 @@ The notebooks differ from the paper's description in three ways, each reproduced
 
 1. **A row is 30 images, not one.** The Blind Walk distances of n images, a tensor of shape
    (n, 10 directions, 3 noise types), are standardised per noise type with the owner's private
-   statistics and reshaped by ``tensor.T.reshape(n, 30)``: row r holds the distances of images
-   30r, ..., 30r + 29 along *one* direction in *one* norm. The regressor scores such rows, and
-   the t-test counts them as samples, so m rows reveal 30 m images and average 30 of them.
+   statistics and reshaped by ``tensor.T.reshape(n, 30)``: row r holds entries 30 r to
+   30 r + 29 of the tensor read in (noise type, direction, image) order, i.e. the distances of
+   images 30 r mod n onwards along one direction in one norm (a row that reaches the n-th image
+   continues with the next direction). The regressor scores such rows, and the t-test counts
+   them as samples, so m rows average about 30 m images' distances.
 2. **The regressor is scored on the images it was trained on.** It is trained on rows 0 to
    n/2 - 1 (the L-inf directions and half the L2 ones) and scored on rows n/2 to n - 1 (the
    other L2 directions and the L1 ones) of the same n images.
 3. **The reported number is the harmonic mean** of the one-sided Welch p-values of 100 draws of
-   m rows (m = 10 in the paper's tables; the same positions on the private and the public side),
-   which is smaller than a valid p-value.
+   m rows (m = 10 in the paper's tables; the same positions on the private and the public side).
+   It is not a valid p-value: the draws overlap, and a harmonic mean lies below the mean.
 
 :class:`NotebookInference` is for comparison only: it computes the notebooks' number and the
 single Welch test over every scored row that the notebooks also print. modelheist decides
 ownership with :class:`~modelheist.ownership.dataset_inference.DatasetInferenceScheme` alone.
-Deliberate deviations: the Blind Walk directions are drawn from ``embedding.seed``, the same for
-every model (the notebooks draw fresh ones per model); the images are a seeded random choice
-of the private and public sets (the notebooks: the first n of each).
+Deliberate deviations: the Blind Walk directions are drawn from ``embedding.seed`` (private
+images) and ``embedding.seed + 1`` (public ones), the same for every model (the notebooks draw
+fresh ones per model and call); the images are a seeded random choice of the private and public
+sets (the notebooks: the first n of each). Its cost: every model walks from 2 n images (30
+walks each, up to ``steps`` queries per walk).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-import torch
 from rich.progress import Progress
-from scipy.stats import hmean, ttest_ind
+from scipy.stats import ttest_ind
 
 from modelheist.errors import ModelheistError
 from modelheist.oracle import Oracle
@@ -40,7 +43,10 @@ from modelheist.ownership.dataset_inference import (
     NOISE_TYPES,
     BlindWalk,
     finite_p_value,
-    regressor_network,
+    harmonic_mean_of_draws,
+    noise_type_statistics,
+    score_rows,
+    standardised,
     train_regressor,
 )
 
@@ -58,6 +64,7 @@ class NotebookReference:
     """What :meth:`NotebookInference.fit` keeps: the images, the owner's statistics and the
     regressor's weights."""
 
+    samples: int
     private: tuple[np.ndarray, np.ndarray]
     public: tuple[np.ndarray, np.ndarray]
     mean: np.ndarray
@@ -101,40 +108,29 @@ class NotebookInference:
         q_pick = np.sort(rng.permutation(len(public[0]))[: self.samples])
         chosen_private = (private[0][p_pick], private[1][p_pick])
         chosen_public = (public[0][q_pick], public[1][q_pick])
-        own_private = self._embed(owner, chosen_private, progress)
-        own_public = self._embed(owner, chosen_public, progress)
-        grouped = own_private.reshape(self.samples, len(NOISE_TYPES), -1)
-        mean = grouped.mean(axis=(0, 2))
-        std = np.maximum(grouped.std(axis=(0, 2), ddof=1), 1e-12)  # torch's std: unbiased
+        own_private = self._embed(owner, chosen_private, 0, progress)
+        own_public = self._embed(owner, chosen_public, 1, progress)
+        mean, std = noise_type_statistics(own_private, ddof=1)  # torch's std: unbiased
         half = self.samples // 2
-        rows_private = self._rows(own_private, mean, std)[:half]
-        rows_public = self._rows(own_public, mean, std)[:half]
+        rows = [notebook_rows(standardised(e, mean, std))[:half] for e in (own_private, own_public)]
         signs = np.concatenate([np.ones(half), -np.ones(half)])
-        weights = train_regressor(
-            np.concatenate([rows_private, rows_public]).astype(np.float32), signs, self.seed
-        )
-        return NotebookReference(chosen_private, chosen_public, mean, std, weights)
+        weights = train_regressor(np.concatenate(rows), signs, self.seed)
+        return NotebookReference(self.samples, chosen_private, chosen_public, mean, std, weights)
 
     def evaluate(
         self, reference: NotebookReference, suspect: Oracle, progress: Progress | None = None
     ) -> dict[str, float]:
         """The notebooks' numbers for ``suspect``: ``harmonic_mean_p`` (their tables), the
         one Welch test over every scored row (``all_rows_p``) and the mean score difference."""
-        half = self.samples // 2
-        scored = []
-        for images in (reference.private, reference.public):
-            rows = self._rows(self._embed(suspect, images, progress), reference.mean, reference.std)
-            scored.append(self._score(reference, rows[half:]))
-        private, public = scored
-        rng = np.random.default_rng([self.seed, 1])
-        p_values = []
-        for _ in range(self.draws):
-            pick = rng.permutation(half)[: self.m]
-            test = ttest_ind(private[pick], public[pick], equal_var=False, alternative="greater")
-            p_values.append(finite_p_value(test.pvalue))
+        if reference.samples != self.samples:
+            raise ModelheistError(
+                f"the reference was fitted with {reference.samples} samples, not {self.samples}"
+            )
+        private, public = (self._scores(reference, suspect, side, progress) for side in (0, 1))
         whole = ttest_ind(private, public, equal_var=False, alternative="greater")
+        rng = np.random.default_rng([self.seed, 1])
         return {
-            "harmonic_mean_p": float(hmean(np.maximum(p_values, 1e-300))),
+            "harmonic_mean_p": harmonic_mean_of_draws(private, public, self.m, self.draws, rng),
             "all_rows_p": finite_p_value(whole.pvalue),
             "score_difference": float(private.mean() - public.mean()),
             "m": self.m,
@@ -142,20 +138,27 @@ class NotebookInference:
             "images_per_row": self.embedding.directions * len(NOISE_TYPES),
         }
 
-    def _embed(
-        self, oracle: Oracle, images: tuple[np.ndarray, np.ndarray], progress: Progress | None
+    def _scores(
+        self,
+        reference: NotebookReference,
+        suspect: Oracle,
+        side: int,
+        progress: Progress | None,
     ) -> np.ndarray:
-        embedded, _ = self.embedding.embed(oracle, images[0], images[1], progress)
+        """The regressor's scores of the suspect's second half of rows, for the private
+        (``side`` 0) or the public (1) images (cells 15 and 17)."""
+        images = (reference.private, reference.public)[side]
+        embedded = self._embed(suspect, images, side, progress)
+        rows = notebook_rows(standardised(embedded, reference.mean, reference.std))
+        return score_rows(reference.weights, rows[self.samples // 2 :])
+
+    def _embed(
+        self,
+        oracle: Oracle,
+        images: tuple[np.ndarray, np.ndarray],
+        side: int,
+        progress: Progress | None,
+    ) -> np.ndarray:
+        walk = replace(self.embedding, seed=self.embedding.seed + side)
+        embedded, _ = walk.embed(oracle, images[0], images[1], progress)
         return embedded
-
-    def _rows(self, embedded: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-        grouped = embedded.reshape(len(embedded), len(NOISE_TYPES), -1)
-        standardised = (grouped - mean[None, :, None]) / std[None, :, None]
-        return notebook_rows(standardised.reshape(len(embedded), -1))
-
-    @staticmethod
-    def _score(reference: NotebookReference, rows: np.ndarray) -> np.ndarray:
-        net = regressor_network(rows.shape[1])
-        net.load_state_dict({k: torch.from_numpy(v) for k, v in reference.weights.items()})
-        with torch.inference_mode():
-            return net(torch.from_numpy(rows.astype(np.float32))).squeeze(1).double().numpy()
