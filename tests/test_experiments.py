@@ -162,3 +162,26 @@ def test_named_transfer_sets(digits):
     for spec in ("mixed:in=0", "mixed:colour=3", "mixed:in=x"):
         with pytest.raises(ModelheistError, match="transfer set"):
             transfer_set(spec, digits, 0)
+
+
+def test_the_stores_own_rows_do_not_mark_the_commit_dirty_but_code_does(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results").mkdir()
+    store = ResultsStore(tmp_path / "results" / "bench.jsonl", command="bench")
+    store.append({"metrics": {"a": 1}}, seed=0)
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+
+    store.append({"metrics": {"a": 2}}, seed=1)  # from here on the store itself is changed
+    second = store.append({"metrics": {"a": 2}}, seed=1)
+    assert not second["commit"].endswith("+dirty")
+    assert second["changed_files"] == ["results/bench.jsonl"]
+
+    (tmp_path / "code.py").write_text("x = 2\n")
+    third = store.append({"metrics": {"a": 3}}, seed=2)
+    assert third["commit"].endswith("+dirty")
+    assert third["changed_files"] == ["code.py", "results/bench.jsonl"]

@@ -31,19 +31,28 @@ def _git(root: Path, *args: str) -> str | None:
     return out.stdout.rstrip() if out.returncode == 0 else None
 
 
-def _commit(root: Path) -> tuple[str, list[str]]:
+def _commit(root: Path, store_folder: Path | None = None) -> tuple[str, list[str]]:
     """The checkout's commit, marked ``+dirty`` when tracked files have changed since, and the
-    changed files."""
+    changed files. Rows already appended to a results store in ``store_folder`` are listed but
+    do not mark it dirty: they are data, not code, and a benchmark resumed (or a second one run
+    after the first) would otherwise misreport the commit its code came from."""
     head = (_git(root, "rev-parse", "--short", "HEAD") or "").strip() or None
     if head is None:
         return "unknown", []
     status = _git(root, "status", "--porcelain", "--untracked-files=no") or ""
     changed = sorted(line[3:] for line in status.splitlines() if line.strip())
-    return head + ("+dirty" if changed else ""), changed
+    store_prefix = _git(store_folder, "rev-parse", "--show-prefix") if store_folder else None
+    code = [
+        name
+        for name in changed
+        if not (store_prefix and name.startswith(store_prefix) and name.endswith(".jsonl"))
+    ]
+    return head + ("+dirty" if code else ""), changed
 
 
-def environment(root: Path | None = None) -> dict[str, Any]:
-    """Where and with what a run happens: commit, date, machine and package versions."""
+def environment(root: Path | None = None, store_folder: Path | None = None) -> dict[str, Any]:
+    """Where and with what a run happens: commit, date, machine and package versions (the
+    results store's own rows in ``store_folder`` do not count as changes to the code)."""
     versions = {}
     for package in PACKAGES:
         try:
@@ -53,7 +62,7 @@ def environment(root: Path | None = None) -> dict[str, Any]:
     # MODELHEIST_COMMIT: the commit a copy of the checkout on another machine was made from,
     # when that copy carries no git history or a stale one
     given = os.environ.get("MODELHEIST_COMMIT", "")
-    commit, changed = _commit(root or Path.cwd())
+    commit, changed = _commit(root or Path.cwd(), store_folder)
     source = "git"
     if given:
         commit, changed, source = given, [], "MODELHEIST_COMMIT"
@@ -100,14 +109,18 @@ class ResultsStore:
     def freeze_environment(self) -> None:
         """Record the commit and versions now, when the code that will run is loaded, rather
         than at each row (a checkout edited during a long run would misreport it)."""
-        self._environment = environment(self.path.resolve().parent)
+        self._environment = self._current_environment()
+
+    def _current_environment(self) -> dict[str, Any]:
+        folder = self.path.resolve().parent
+        return environment(folder, store_folder=folder)
 
     def append(self, row: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
         """Append ``row`` (its metrics and parameters) with the command and environment."""
         record = {
             "command": self.command
             or " ".join(["python", _shown(Path(sys.argv[0])), *sys.argv[1:]]),
-            **(self._environment or environment(self.path.resolve().parent)),
+            **(self._environment or self._current_environment()),
             "seed": seed,
             **row,
         }
