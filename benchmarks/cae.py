@@ -4,7 +4,7 @@ none used in generation; the paper: 1.0).
 
 For each seed: the Fashion-MNIST victim of examples/knockoff-fashion-mnist.toml (cached); the
 generation ensemble, 5 Knockoff Nets surrogates (5,000 queries, probabilities, the attacker's
-split) and 5 CNNs trained on the attacker's split; 1,000 candidates from the owner's training
+split) and 5 CNNs trained on the attacker's split; 2,000 candidates from the owner's training
 split; the fingerprint (at most 100 examples at conferrability >= 0.85). Then, none of them used
 in generation: 10 more surrogates (Knockoff Nets, probabilities and labels, 5,000 and 10,000
 queries, other seeds), 10 more independent CNNs (the attacker's split, other seeds) and 5
@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_scenarios import fashion_mnist_victim  # noqa: E402
 
 STORE = Path(__file__).resolve().parent / "results" / "cae.jsonl"
-GENERATION_MEMBERS, CANDIDATES = 5, 1000
+GENERATION_MEMBERS, CANDIDATES = 5, 2000
 
 
 def labels_of(model) -> LocalOracle:

@@ -69,6 +69,7 @@ def test_conferrability_is_a_product_of_transfer_and_non_transfer(cae_setup, dig
         ({"steps": 0}, "steps"),
         ({"dropout": 1.0}, "dropout"),
         ({"threshold": 1.0}, "threshold"),
+        ({"batch_size": 0}, "batch size"),
     ],
 )
 def test_bad_generation_settings_are_one_line_errors(settings, message):

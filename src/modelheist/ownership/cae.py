@@ -41,7 +41,7 @@ owner's model gives it* reaches the threshold, so that surrogates share that lab
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -115,8 +115,9 @@ class Fingerprint:
 class CAEGeneration:
     """Hyper-parameters of :func:`generate_fingerprint`: the L-infinity bound ``epsilon``,
     ``steps`` Adam steps of ``lr``, the loss weights ``alpha``, ``beta``, ``gamma``, the
-    members' ``dropout``, the conferrability ``threshold`` an example must reach, and how many
-    examples to keep (``size``)."""
+    members' ``dropout``, the conferrability ``threshold`` an example must reach, how many
+    examples to keep (``size``) and how many candidates are optimised together
+    (``batch_size``)."""
 
     epsilon: float = 0.1
     steps: int = 200
@@ -127,11 +128,14 @@ class CAEGeneration:
     dropout: float = 0.3
     threshold: float = 0.85
     size: int = 100
+    batch_size: int = 100
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.epsilon < 1.0 or self.steps < 1 or self.lr <= 0 or self.size < 1:
             raise ModelheistError("CAE needs epsilon in (0, 1), steps and size >= 1, lr > 0")
+        if self.batch_size < 1:
+            raise ModelheistError("CAE needs a batch size >= 1")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 < self.threshold < 1.0:
             raise ModelheistError("CAE needs dropout in [0, 1) and a threshold in (0, 1)")
 
@@ -173,6 +177,45 @@ def conferrability(
     return scores[torch.arange(len(xs)), torch.from_numpy(labels)].double().numpy()
 
 
+def _optimise(
+    source: nn.Module,
+    surrogates: Sequence[nn.Module],
+    references: Sequence[nn.Module],
+    start: torch.Tensor,
+    settings: CAEGeneration,
+    bounds: tuple[float, float],
+    generator: torch.Generator,
+    advance: Callable[[], None],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of candidates through ``settings.steps`` Adam steps of the CAE loss (module
+    docstring); the perturbed batch and the owner's original probabilities on it."""
+    low, high = bounds
+    with torch.no_grad():
+        original = torch.softmax(source(start), dim=1)
+    delta = (torch.rand(start.shape, generator=generator) * 2 - 1) * settings.epsilon * 0.1
+    delta.requires_grad_(True)
+    optimiser = torch.optim.Adam([delta], lr=settings.lr)
+    for _ in range(settings.steps):
+        x = start + delta
+        s_mean = _mean_softmax(surrogates, x, _keep(len(surrogates), settings.dropout, generator))
+        r_mean = _mean_softmax(references, x, _keep(len(references), settings.dropout, generator))
+        confer = (s_mean * (1 - r_mean)).max(dim=1).values
+        log_source = F.log_softmax(source(x), dim=1)
+        loss = (
+            settings.alpha * -torch.log(confer.clamp_min(1e-12))
+            - settings.beta * -(original * log_source).sum(dim=1)
+            + settings.gamma * -(log_source.exp() * torch.log(s_mean.clamp_min(1e-12))).sum(1)
+        ).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        with torch.no_grad():
+            delta.clamp_(-settings.epsilon, settings.epsilon)
+            delta.copy_((start + delta).clamp(low, high) - start)
+        advance()
+    return (start + delta).detach(), original
+
+
 def generate_fingerprint(
     source: nn.Module,
     surrogates: Sequence[nn.Module],
@@ -183,7 +226,9 @@ def generate_fingerprint(
     progress: Progress | None = None,
 ) -> Fingerprint:
     """Optimise conferrable adversarial examples from the candidates ``x0`` and keep the
-    ``settings.size`` most conferrable of those at or above the threshold."""
+    ``settings.size`` most conferrable of those at or above the threshold. Candidates are
+    optimised ``settings.batch_size`` at a time (each example's loss is its own, so batches
+    are independent; small batches run about three times faster on a CPU than one large)."""
     if not surrogates or not references:
         raise ModelheistError("CAE needs at least one surrogate and one reference model")
     if len(x0) == 0:
@@ -194,44 +239,33 @@ def generate_fingerprint(
         member.eval()
         for parameter in member.parameters():
             parameter.requires_grad_(False)
-    start = torch.from_numpy(np.ascontiguousarray(x0, np.float32))
-    with torch.no_grad():
-        original = torch.softmax(source(start), dim=1)
-    delta = (torch.rand(start.shape, generator=generator) * 2 - 1) * settings.epsilon * 0.1
-    delta.requires_grad_(True)
-    optimiser = torch.optim.Adam([delta], lr=settings.lr)
-    task = progress.add_task("conferrable examples", total=settings.steps) if progress else None
+    batches = range(0, len(x0), settings.batch_size)
+    total = settings.steps * len(batches)
+    task = progress.add_task("conferrable examples", total=total) if progress else None
+
+    def advance() -> None:
+        if task is not None:
+            progress.advance(task)
+
+    perturbed, originals = [], []
     try:
-        for _ in range(settings.steps):
-            x = start + delta
-            s_mean = _mean_softmax(
-                surrogates, x, _keep(len(surrogates), settings.dropout, generator)
+        for first in batches:
+            start = torch.from_numpy(
+                np.ascontiguousarray(x0[first : first + settings.batch_size], np.float32)
             )
-            r_mean = _mean_softmax(
-                references, x, _keep(len(references), settings.dropout, generator)
+            x, original = _optimise(
+                source, surrogates, references, start, settings, (low, high), generator, advance
             )
-            confer = (s_mean * (1 - r_mean)).max(dim=1).values
-            log_source = F.log_softmax(source(x), dim=1)
-            loss = (
-                settings.alpha * -torch.log(confer.clamp_min(1e-12))
-                - settings.beta * -(original * log_source).sum(dim=1)
-                + settings.gamma * -(log_source.exp() * torch.log(s_mean.clamp_min(1e-12))).sum(1)
-            ).mean()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            with torch.no_grad():
-                delta.clamp_(-settings.epsilon, settings.epsilon)
-                delta.copy_((start + delta).clamp(low, high) - start)
-            if task is not None:
-                progress.advance(task)
+            perturbed.append(x)
+            originals.append(original)
     finally:
         for member in (source, *surrogates, *references):
             for parameter in member.parameters():
                 parameter.requires_grad_(True)
         if task is not None:
             progress.remove_task(task)
-    candidates = (start + delta).detach().numpy()
+    original = torch.cat(originals)
+    candidates = torch.cat(perturbed).numpy()
     with torch.inference_mode():
         labels = source(torch.from_numpy(candidates)).argmax(1).numpy()
     scores = conferrability(surrogates, references, candidates, labels)
@@ -258,6 +292,7 @@ def generate_fingerprint(
             "references": len(references),
             "candidates": len(x0),
             "threshold": settings.threshold,
+            "batch_size": settings.batch_size,
             "seed": settings.seed,
         },
     )
