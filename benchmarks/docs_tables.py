@@ -827,6 +827,101 @@ def ownership_cells(rows: list[dict]) -> str:
     )
 
 
+#: The talk's conflict table (Szyller & Asokan): per dataset and cell, (accuracy, watermark
+#: accuracy, radioactive loss difference, adversarial accuracy); None where it prints none.
+TALK_CONFLICTS = {
+    "fashion-mnist": {
+        "none": (0.91, None, None, None),
+        "wm": (0.87, 0.99, None, None),
+        "rad": (0.88, None, 0.19, None),
+        "dp": (0.86, None, None, None),
+        "adv": (0.87, None, None, 0.69),
+        "dp+wm": (0.86, 0.30, None, None),
+        "dp+rad": (0.84, None, 0.11, None),
+        "adv+wm": (0.86, 0.99, None, 0.51),
+        "adv+rad": (0.84, None, 0.0007, 0.69),
+    },
+    "mnist5k": {
+        "none": (0.99, None, None, None),
+        "wm": (0.99, 0.97, None, None),
+        "rad": (0.98, None, 0.284, None),
+        "dp": (0.98, None, None, None),
+        "adv": (0.99, None, None, 0.95),
+        "dp+wm": (0.97, 0.36, None, None),
+        "dp+rad": (0.97, None, 0.091, None),
+        "adv+wm": (0.97, 0.99, None, 0.88),
+        "adv+rad": (0.97, None, 0.001, 0.95),
+    },
+}
+
+
+def _cell_value(group: list[dict], name: str, digits: int, published: float | None = None) -> str:
+    values = [m[name] for m in group if m.get(name) is not None]
+    if not values:
+        return "-"
+    return _spread(values, digits) + (f" ({published:g})" if published is not None else "")
+
+
+def _largest(group: list[dict], name: str) -> str:
+    values = [m[name] for m in group if m.get(name) is not None]
+    return _p(max(values)) if values else "-"
+
+
+def conflicts(rows: list[dict]) -> str:
+    """The conflict table per dataset over seeds (ours, and the talk's value in brackets),
+    and each run's wall time."""
+    cells = [r for r in rows if r["measure"] == "cell"]
+    runs = [r for r in rows if r["measure"] == "run"]
+    if not cells:
+        return "(no results yet)"
+    lines = []
+    for dataset in sorted({r["dataset"] for r in cells}):
+        talk = TALK_CONFLICTS.get(dataset, {})
+        lines += [
+            f"**{dataset}** (ours, mean ± std over seeds; the talk's value in brackets; "
+            "p-values: the largest over seeds)",
+            "",
+            "| cell | seeds | accuracy | watermark accuracy | radioactive loss difference "
+            "| radioactive p | dataset inference p (calibrated) | dataset inference p "
+            "(notebooks') | adversarial accuracy | epsilon spent |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        order = (
+            next(r["cells"] for r in reversed(runs) if r["dataset"] == dataset)
+            if any(r["dataset"] == dataset for r in runs)
+            else sorted({r["cell"] for r in cells if r["dataset"] == dataset})
+        )
+        for cell in order:
+            group = [r["metrics"] for r in cells if r["dataset"] == dataset and r["cell"] == cell]
+            if not group:
+                continue
+            reference = talk.get(cell, (None, None, None, None))
+
+            lines.append(
+                f"| {cell} | {len(group)} | {_cell_value(group, 'accuracy', 3, reference[0])} "
+                f"| {_cell_value(group, 'watermark_accuracy', 3, reference[1])} "
+                f"| {_cell_value(group, 'loss_difference', 4, reference[2])} "
+                f"| {_largest(group, 'radioactive_p')} | {_largest(group, 'di_p')} "
+                f"| {_largest(group, 'di_notebook_p')} "
+                f"| {_cell_value(group, 'adversarial_accuracy', 3, reference[3])} "
+                f"| {_cell_value(group, 'epsilon_spent', 2)} |"
+            )
+        lines.append("")
+    lines += [
+        "| dataset | seed | cells | epochs | owner's training images | minutes | uninterrupted |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in runs:
+        config = r["config"]
+        lines.append(
+            f"| {r['dataset']} | {r['seed']} | {len(r['cells'])} | {config['epochs']} "
+            f"| {config['train_size'] or 'all'} | {r['metrics']['minutes']:.1f} "
+            f"| {'yes' if r['metrics']['uninterrupted'] else 'no'} |"
+        )
+    note = "Target: the full Fashion-MNIST pair table, one seed, in <= 60 minutes on 2 CPU cores."
+    return "\n".join([*lines, "", note, "", provenance(rows)])
+
+
 TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "state_scaling": (("state_scaling.jsonl",), state_scaling),
     "tramer": (("tramer.jsonl",), tramer),
@@ -848,6 +943,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "cae": (("cae.jsonl",), cae),
     "ownership_matrix": (("ownership_matrix.jsonl",), ownership_matrix),
     "ownership_cells": (("ownership_matrix.jsonl",), ownership_cells),
+    "conflicts": (("conflicts.jsonl",), conflicts),
     "knockoff_vs_art": (
         ("knockoff-fmnist.jsonl", "knockoff-fmnist-art.jsonl"),
         comparison(

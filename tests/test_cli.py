@@ -291,3 +291,31 @@ VERIFY_MISTAKES = [
 @pytest.mark.parametrize(("command", "needle"), VERIFY_MISTAKES)
 def test_ownership_mistakes_give_one_line(tmp_path, cli_in_process, command, needle):
     assert_one_line_error(cli_in_process(*command.format(tmp=tmp_path).split()), needle)
+
+
+@pytest.mark.filterwarnings("ignore:Secure RNG turned off", "ignore:Full backward hook")
+def test_train_with_training_defenses(tmp_path, cli_in_process):
+    out = tmp_path / "private"
+    proc = run(
+        *f"train --dataset digits --arch cnn-gn --out {out} --epochs 4 --defense "
+        "dp-sgd:epsilon=4 --defense adversarial-training:epsilon=0.1,step_size=0.05,steps=2".split()
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "DP-SGD spent epsilon" in proc.stdout and "adversarial accuracy" in proc.stdout
+    card = json.loads((out / "card.json").read_text())
+    assert [p["name"] for p in card["protections"]] == ["dp-sgd", "adversarial-training"]
+    assert card["protections"][0]["epsilon_spent"] <= 4.05
+    assert 0.0 <= card["metrics"]["adversarial_accuracy"] <= card["metrics"]["test_accuracy"]
+    for args, needle in [
+        ("--arch cnn --defense dp-sgd", "use an architecture without BatchNorm"),
+        ("--arch cnn-gn --defense dp-sgd:epsilon=1e-9,delta=1e-9", "cannot reach epsilon"),
+        ("--arch cnn-gn --defense dp-sgd:epsilon=x", "epsilon must be a number"),
+        ("--arch cnn-gn --defense dp-sgd:clip=1", "bad argument 'clip=1'"),
+        ("--arch cnn-gn --defense dropout", "unknown training defense 'dropout'"),
+        ("--arch tree --defense adversarial-training", "need images and a network"),
+    ]:
+        folder = tmp_path / f"refused-{len(needle)}"
+        assert_one_line_error(
+            cli_in_process(*f"train --dataset digits --out {folder} {args}".split()), needle
+        )
+        assert not folder.exists()  # refused before anything is written

@@ -96,6 +96,7 @@ def test_the_notebooks_number_for_the_owner_and_an_independent_model(
     assert owner["all_rows_p"] < 1e-3
     again = inference.evaluate(reference, labels_oracle(di_owner))
     assert again == owner  # seeded: the same walks, the same draws
+    assert inference.evaluate(reference, None) == owner  # fit's own distances, no query
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,9 @@ import pytest
 from modelheist.api import LocalOracle, PredictionService
 from modelheist.defenses import parse_output
 from modelheist.errors import ModelheistError
-from modelheist.models import load_model, save_model, train_model
+from modelheist.models import TrainConfig, load_model, save_model, train_model
 from modelheist.ownership import SCHEMES, BackdoorWatermarkScheme, TriggerSet
+from modelheist.ownership.watermark import BackdoorWatermark
 
 
 def oracle_of(model, output="probs", budget=None):
@@ -61,6 +62,37 @@ def test_trigger_sets_are_fresh_unless_seeded(digits):
     assert first.seed != second.seed and not np.array_equal(first.inputs, second.inputs)
     again = TriggerSet.generate(20, shape, classes, seed=first.seed)
     np.testing.assert_array_equal(again.inputs, first.inputs)
+
+
+def test_triggers_may_keep_their_own_labels(digits, digits_cnn):
+    own = TriggerSet.generate(30, digits.input_shape, 10, "mnist5k+own-labels", seed=4)
+    drawn = TriggerSet.generate(30, digits.input_shape, 10, "mnist5k", seed=4)
+    np.testing.assert_array_equal(own.inputs, drawn.inputs)  # the same images
+    assert not np.array_equal(own.labels, drawn.labels)
+    assert drawn.regenerates() and not own.regenerates()  # own labels: not drawn from the seed
+    # a model that never saw them may label digits as digits: no 1/C null for such a set
+    evidence = BackdoorWatermarkScheme(own).verify(oracle_of(digits_cnn))
+    assert evidence.decision == "cannot verify" and "own labels" in evidence.reason
+    with pytest.raises(ModelheistError, match="unknown trigger source"):
+        TriggerSet.generate(5, digits.input_shape, 10, "noise+own-labels")
+
+
+def test_a_watermark_trained_after_each_epoch_is_embedded(digits):
+    triggers = TriggerSet.generate(20, digits.input_shape, 10, seed=1)
+    watermark = BackdoorWatermark(triggers, schedule="after-epoch", batch_size=8, rounds=5)
+    marked = train_model(digits, "cnn", TrainConfig(epochs=15, seed=0), None, [watermark])
+    matches = (marked.predict_proba(triggers.inputs).argmax(1) == triggers.labels).mean()
+    assert matches >= 0.9 and marked.card.metrics["test_accuracy"] > 0.85
+    (entry,) = marked.card.protections
+    assert entry["schedule"] == "after-epoch" and (entry["batch_size"], entry["rounds"]) == (8, 5)
+    assert entry["sha256"] == triggers.digest
+    for settings, message in [
+        ({"schedule": "sometimes"}, "mixed or after-epoch"),
+        ({"outside_private": True}, "only an after-epoch"),
+        ({"batch_size": 0}, "at least 1"),
+    ]:
+        with pytest.raises(ModelheistError, match=message):
+            BackdoorWatermark(triggers, **settings)
 
 
 def test_an_independent_model_is_not_accused(digits_cnn, triggers):

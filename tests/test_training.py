@@ -1,7 +1,8 @@
 """The Trainer and its protection hooks: each hook is called as documented, a protection is
-recorded on the model card, and the hooks carry what training-time protections need (Opacus's
-DP-SGD through `prepare`, PGD adversarial examples through `transform_batch`)."""
+recorded on the model card, and the training-time protections built on them: DP-SGD through
+Opacus (`prepare` and `finish`) and PGD adversarial training (`transform_batch`)."""
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -11,9 +12,12 @@ import torch
 
 from modelheist.errors import ModelheistError
 from modelheist.models import TrainConfig, TrainingProtection, fine_tune, train_model
-from modelheist.models.adversarial import sign_steps
+from modelheist.models.adversarial import pgd, sign_steps
+from modelheist.models.adversarial_training import PgdAdversarialTraining, adversarial_accuracy
 from modelheist.models.architectures import build_network, normalisation_stats
-from modelheist.models.training import BatchSource, Trainer, train_network
+from modelheist.models.privacy import DpSgd
+from modelheist.models.store import load_model, save_model
+from modelheist.models.training import Trainer, train_network
 
 
 @dataclass
@@ -24,7 +28,13 @@ class Recording(TrainingProtection):
     extra: int = 5
 
     def __post_init__(self):
-        self.calls = {"extra_data": 0, "prepare": 0, "transform_batch": 0}
+        self.calls = {
+            "extra_data": 0,
+            "prepare": 0,
+            "transform_batch": 0,
+            "end_epoch": 0,
+            "finish": 0,
+        }
         self.rows = 0
 
     def extra_data(self, x, targets):
@@ -40,13 +50,26 @@ class Recording(TrainingProtection):
         self.rows += len(x)
         return x, targets
 
+    def end_epoch(self, run, epoch):
+        assert epoch == self.calls["end_epoch"]
+        self.calls["end_epoch"] += 1
+
+    def finish(self, run):
+        self.calls["finish"] += 1
+
 
 def test_hooks_are_called_in_order_and_recorded_on_the_card(digits):
     protection = Recording(extra=7)
     model = train_model(digits, "mlp", TrainConfig(epochs=2, batch_size=100), None, [protection])
     n = len(digits.train) + 7
     steps = -(-n // 100)
-    assert protection.calls == {"extra_data": 1, "prepare": 1, "transform_batch": 2 * steps}
+    assert protection.calls == {
+        "extra_data": 1,
+        "prepare": 1,
+        "transform_batch": 2 * steps,
+        "end_epoch": 2,
+        "finish": 1,
+    }
     assert protection.rows == 2 * n  # every training row, extra data included, each epoch
     assert model.card.protections == [{"name": "recording", "extra": 7}]
     assert model.card.metrics["test_accuracy"] > 0.8
@@ -89,53 +112,8 @@ def test_fine_tuning_leaves_the_original_and_extends_the_card(digits, digits_cnn
     assert digits_cnn.card.protections == []
 
 
-class _LoaderBatches(BatchSource):
-    """A torch DataLoader as the Trainer's batch source (Opacus samples its own batches)."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __len__(self):
-        return len(self.loader)
-
-    def epoch(self):
-        yield from self.loader
-
-
-@dataclass
-class OpacusDpSgd(TrainingProtection):
-    """DP-SGD through Opacus, wired through the `prepare` hook alone: the hook replaces the
-    model, the optimizer and the batches with Opacus's (per-example clipping and noise,
-    Poisson sampling) and the card records the epsilon the accountant spent."""
-
-    name: ClassVar[str] = "dp-sgd"
-    noise_multiplier: float = 1.0
-    max_grad_norm: float = 1.0
-    delta: float = 1e-3
-
-    def prepare(self, run):
-        from opacus import PrivacyEngine
-
-        dataset = torch.utils.data.TensorDataset(run.x, run.targets)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=run.config.batch_size, generator=run.generator
-        )
-        self.engine = PrivacyEngine(secure_mode=False)
-        run.module, run.optimizer, private = self.engine.make_private(
-            module=run.module,
-            optimizer=run.optimizer,
-            data_loader=loader,
-            noise_multiplier=self.noise_multiplier,
-            max_grad_norm=self.max_grad_norm,
-        )
-        run.batches = _LoaderBatches(private)
-
-    def card_entry(self, run):
-        return {**super().card_entry(run), "epsilon": self.engine.get_epsilon(self.delta)}
-
-
 @pytest.mark.filterwarnings("ignore:Secure RNG turned off", "ignore:Full backward hook")
-def test_dp_sgd_fits_the_prepare_hook_with_the_group_norm_cnn(digits):
+def test_dp_sgd_spends_its_budget_and_hands_back_a_plain_network(digits, tmp_path):
     from opacus.validators import ModuleValidator
 
     mean, std = normalisation_stats(digits.train.x)
@@ -143,57 +121,94 @@ def test_dp_sgd_fits_the_prepare_hook_with_the_group_norm_cnn(digits):
         ModuleValidator.validate(build_network("cnn-gn", (1, 8, 8), 10, mean, std), strict=False)
         == []
     )
-    assert ModuleValidator.validate(build_network("cnn", (1, 8, 8), 10, mean, std), strict=False)
     config = TrainConfig(epochs=6, batch_size=64, lr=5e-3, seed=0)
-    model = train_model(digits, "cnn-gn", config, None, [OpacusDpSgd()])
+    model = train_model(digits, "cnn-gn", config, None, [DpSgd(epsilon=3.0)])
     (entry,) = model.card.protections
-    assert entry["name"] == "dp-sgd" and 0 < entry["epsilon"] < 100
+    assert entry["name"] == "dp-sgd" and entry["epsilon"] == 3.0 and entry["delta"] == 1e-3
+    assert 2.5 < entry["epsilon_spent"] <= 3.0 + 0.05  # the budget, spent
+    assert entry["noise_multiplier"] > 0.3
+    assert entry["steps"] == 6 * math.ceil(len(digits.train) / 64)  # Poisson batches per epoch
     assert model.card.metrics["test_accuracy"] > 0.5  # noisy, clipped, but learning
+    assert not any(name.startswith("_module") for name in model.module.state_dict())
+    save_model(model, tmp_path / "dp")
+    reloaded = load_model(tmp_path / "dp")
+    np.testing.assert_allclose(
+        reloaded.predict_proba(digits.test.x[:5]), model.predict_proba(digits.test.x[:5]), atol=1e-6
+    )
+    again = train_model(digits, "cnn-gn", config, None, [DpSgd(epsilon=3.0)])
+    np.testing.assert_array_equal(  # seeded sampling and noise: reproducible
+        again.predict_proba(digits.test.x[:5]), model.predict_proba(digits.test.x[:5])
+    )
 
 
-@dataclass
-class PgdTraining(TrainingProtection):
-    """Madry-style adversarial training through `transform_batch`: each batch is replaced by
-    PGD examples of it under the current model (the shared `models.adversarial` routine)."""
-
-    name: ClassVar[str] = "adversarial-training"
-    epsilon: float = 0.1
-    steps: int = 3
-
-    def __post_init__(self):
-        self.batches = 0
-
-    def transform_batch(self, run, x, targets):
-        self.batches += 1
-        labels = targets.argmax(1) if run.soft else targets
-        adversarial = sign_steps(
-            run.module,
-            x.numpy(),
-            labels.numpy(),
-            self.epsilon,
-            self.steps,
-            step_size=self.epsilon / 2,
-            random_start=True,
-            bounds=(0.0, 1.0),
-            seed=self.batches,
-        )
-        run.module.train()
-        return torch.from_numpy(adversarial), targets
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"epsilon": 0.0}, "epsilon > 0"),
+        ({"delta": 1.0}, "delta"),
+        ({"max_grad_norm": -1.0}, "clipping norm"),
+        ({"accountant": "moments"}, "accountant"),
+    ],
+)
+def test_dp_sgd_settings_out_of_range_are_one_line_errors(settings, message):
+    with pytest.raises(ModelheistError, match=message):
+        DpSgd(**settings)
 
 
-def test_adversarial_training_fits_the_transform_batch_hook(digits, digits_cnn):
-    config = TrainConfig(epochs=15, seed=0)
-    robust = train_model(digits, "cnn", config, None, [PgdTraining()])
+def test_dp_sgd_refuses_batch_norm_and_an_unreachable_budget_before_training(digits):
+    protection = Recording()
+    with pytest.raises(ModelheistError, match="BatchNorm.*cnn-gn"):
+        train_model(digits, "cnn", TrainConfig(epochs=1), None, [protection, DpSgd()])
+    mean, std = normalisation_stats(digits.train.x)
+    network = build_network("cnn-gn", (1, 8, 8), 10, mean, std)
+    with pytest.raises(ModelheistError, match="cannot reach epsilon 1e-09"):
+        DpSgd(epsilon=1e-9, delta=1e-9).check(network, 1000, 1000, 1000)
+    assert protection.calls["transform_batch"] == 0  # refused before the first step
+
+
+def test_pgd_on_tensors_matches_sign_steps(digits, digits_cnn):
+    x, y = digits.test.x[:40], digits.test.y[:40]
+    expected = sign_steps(digits_cnn.module, x, y, 0.2, 5, 0.05, bounds=(0.0, 1.0))
+    got = pgd(
+        digits_cnn.module, torch.from_numpy(x), torch.from_numpy(y), 0.2, 5, 0.05,
+        random_start=False, bounds=(0.0, 1.0),
+    )  # fmt: skip
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-6)
+    started = pgd(
+        digits_cnn.module, torch.from_numpy(x), torch.from_numpy(y), 0.2, 0, 0.05,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    moved = (started - torch.from_numpy(x)).abs()
+    assert 0 < float(moved.max()) <= 0.2 + 1e-6  # a random start inside the ball
+
+
+def test_adversarial_training_buys_adversarial_accuracy(digits, digits_cnn):
+    attack = {"epsilon": 0.2, "step_size": 0.05, "steps": 5}
+    robust = train_model(
+        digits, "cnn", TrainConfig(epochs=15, seed=0), None, [PgdAdversarialTraining(**attack)]
+    )
     x, y = digits.test.x, digits.test.y
+    assert adversarial_accuracy(robust, x, y, **attack) > (
+        adversarial_accuracy(digits_cnn, x, y, **attack) + 0.1
+    )
+    assert (
+        adversarial_accuracy(digits_cnn, x, y, **attack) < digits_cnn.card.metrics["test_accuracy"]
+    )
+    assert robust.card.protections == [{"name": "adversarial-training", **attack}]
+    assert PgdAdversarialTraining().params() == {"epsilon": 0.125, "step_size": 0.005, "steps": 25}
+    with pytest.raises(ModelheistError, match="epsilon in"):
+        PgdAdversarialTraining(epsilon=0.0)
 
-    def adversarial_accuracy(model):
-        attacked = sign_steps(
-            model.module, x, y, 0.1, 5, step_size=0.05, random_start=True, bounds=(0.0, 1.0)
-        )
-        return float((model.predict_proba(attacked).argmax(1) == y).mean())
 
-    assert adversarial_accuracy(robust) > adversarial_accuracy(digits_cnn) + 0.1
-    assert robust.card.protections == [{"name": "adversarial-training", "epsilon": 0.1, "steps": 3}]
+@pytest.mark.filterwarnings("ignore:Secure RNG turned off", "ignore:Full backward hook")
+def test_dp_sgd_and_adversarial_training_combine(digits):
+    attack = PgdAdversarialTraining(epsilon=0.1, step_size=0.05, steps=2)
+    config = TrainConfig(epochs=3, batch_size=64, lr=5e-3, seed=0)
+    model = train_model(digits, "cnn-gn", config, None, [DpSgd(epsilon=8.0), attack])
+    names = [entry["name"] for entry in model.card.protections]
+    assert names == ["dp-sgd", "adversarial-training"]
+    assert model.card.protections[0]["epsilon_spent"] <= 8.0 + 0.05
+    assert model.card.metrics["test_accuracy"] > 0.3
 
 
 def test_sign_steps_stay_in_the_ball_and_the_domain(digits, digits_cnn):

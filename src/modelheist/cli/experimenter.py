@@ -1,4 +1,5 @@
-"""The experimenter's commands: ``datasets``, ``quickstart`` and ``experiment run``."""
+"""The experimenter's commands: ``datasets``, ``quickstart``, ``experiment run``, ``experiment
+ownership`` and ``experiment conflicts``."""
 
 from __future__ import annotations
 
@@ -263,3 +264,103 @@ def experiment_ownership(
     console.print(table)
     paths = write_matrix_report(document, folder)
     console.print(f"report: {paths['markdown']}, {paths['json']}, {paths['plot']}")
+
+
+@experiment_app.command("conflicts")
+@user_errors
+def experiment_conflicts(
+    dataset: Annotated[str, typer.Option(help="The owner's dataset.")] = "fashion-mnist",
+    protections: Annotated[
+        str,
+        typer.Option(
+            help="Mechanisms, comma-separated: wm (backdoor watermark), rad (radioactive "
+            "data), di (dataset inference), dp (DP-SGD), adv (PGD adversarial training)."
+        ),
+    ] = "wm,rad,di,dp,adv",
+    combinations: Annotated[
+        str,
+        typer.Option(
+            help="pairs (each defense with each ownership mechanism), all (every set of two "
+            "or more), or a list: dp+wm,adv+rad+wm."
+        ),
+    ] = "pairs",
+    seeds: Annotated[int, typer.Option(help="Seeds 0 .. N-1.")] = 3,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run folder (resumed if it holds this run); default: runs/conflicts-DATASET."
+        ),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs of every cell.")] = None,
+    train_size: Annotated[
+        int | None, typer.Option(help="Cap the owner's training split at this many images.")
+    ] = None,
+    executor: Annotated[
+        str, typer.Option(help="Where cells run: local (a process pool) or ray.")
+    ] = "local",
+    jobs: Annotated[
+        int,
+        typer.Option(
+            help="Cells at once, on this machine's cores (a process pool or a local Ray)."
+        ),
+    ] = 1,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster address (HOST:PORT, ray://HOST:PORT or auto); none: a "
+            "local Ray instance for the run."
+        ),
+    ] = None,
+    fast: Annotated[
+        bool,
+        typer.Option(
+            help="Short training and small secrets (seconds on digits); numbers indicative."
+        ),
+    ] = False,
+) -> None:
+    """Train the same model with no protection, each protection alone and each combination;
+    the talk's conflict table (accuracy, watermark accuracy, radioactive loss difference,
+    dataset-inference p, adversarial accuracy, epsilon spent) over seeds and the conflict
+    verdicts, as Markdown, JSON and a plot."""
+    from modelheist.experiments.conflicts import (
+        ConflictsConfig,
+        default_trigger_source,
+        run_conflicts,
+    )
+    from modelheist.experiments.executors import executor_for
+
+    if seeds < 1:
+        raise ModelheistError(f"--seeds must be at least 1, got {seeds}")
+    chosen = tuple(p.strip() for p in protections.split(",") if p.strip())
+    changes: dict = {"protections": chosen, "combinations": combinations}
+    if epochs is not None:
+        changes["epochs"] = epochs
+    if train_size is not None:
+        changes["train_size"] = train_size
+    if fast:
+        config = ConflictsConfig.small(dataset, **changes)
+    else:
+        config = ConflictsConfig(
+            dataset=dataset, trigger_source=default_trigger_source(dataset), **changes
+        )
+    runner = executor_for(executor, jobs, address)
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in dataset)
+    folder = out or Path("runs") / f"conflicts-{safe}"
+    with progress_bar() as progress:
+
+        def show(row: dict) -> None:
+            m = row["metrics"]
+            shown = ", ".join(
+                f"{k} {v:.3g}" for k, v in m.items() if isinstance(v, float) and k != "seconds"
+            )
+            progress.console.print(
+                f"  seed {row['seed']} {row['cell']:>28}: {shown}", highlight=False
+            )
+
+        doc = run_conflicts(config, range(seeds), folder, runner, progress, show)
+    from modelheist.experiments.conflicts_report import markdown
+
+    console.print(markdown(doc), highlight=False)
+    console.print(
+        f"report: {folder / 'conflicts.md'}, {folder / 'conflicts.json'}, {folder / 'conflicts.png'}"
+    )

@@ -67,6 +67,15 @@ def train(
         Path | None,
         typer.Option(help="New folder for the watermark's trigger set or the data mark (secret)."),
     ] = None,
+    defense: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A training defense, repeatable: dp-sgd[:epsilon=E,delta=D,max_grad_norm=C,"
+            "accountant=prv|rdp|gdp] (DP-SGD through Opacus; needs cnn-gn or mlp) or "
+            "adversarial-training[:epsilon=E,step_size=S,steps=N] (PGD); defaults: Szyller & "
+            "Asokan's settings."
+        ),
+    ] = None,
 ) -> None:
     """Train a victim model and save it (safetensors weights + JSON card)."""
     fresh_folder(out, "output folder")
@@ -81,13 +90,25 @@ def train(
     data = load_dataset(dataset, seed=seed)  # an unknown name fails before PyTorch loads
     if mark is not None and (data.kind != "image" or arch in ("logreg", "tree")):
         raise ModelheistError("radioactive data marks images for a network (cnn or mlp)")
+    from modelheist.models.adversarial_training import (
+        PgdAdversarialTraining,
+        adversarial_accuracy,
+    )
     from modelheist.models.store import save_model
     from modelheist.models.training import TrainConfig, train_model
+    from modelheist.models.training_defenses import parse_training_defense
     from modelheist.ownership.radioactive import RadioactiveData, parse_marking
     from modelheist.ownership.watermark import parse_watermark
 
     config = TrainConfig(epochs=epochs, seed=seed)
     marking = parse_marking(mark) if mark else None
+    defenses = [parse_training_defense(spec) for spec in defense or []]
+    named = [d.name for d in defenses]
+    if len(set(named)) != len(named):
+        raise ModelheistError("name each training defense once")
+    if defenses and (data.kind != "image" or arch in ("logreg", "tree")):
+        raise ModelheistError("training defenses need images and a network (cnn-gn, cnn or mlp)")
+    _check_defenses(defenses, data, arch, config)
     protections: list = [parse_watermark(watermark, data)] if watermark else []
     with progress_bar() as progress:
         if marking is not None:
@@ -95,7 +116,12 @@ def train(
             marker = train_model(data, arch, marker_config, progress)
             radioactive = marking.make(marker, data.train.x, data.train.y, progress)
             protections = [RadioactiveData(radioactive)]
-        model = train_model(data, arch, config, progress, protections)
+        model = train_model(data, arch, config, progress, [*protections, *defenses])
+        if any(isinstance(d, PgdAdversarialTraining) for d in defenses):
+            attack = next(d for d in defenses if isinstance(d, PgdAdversarialTraining))
+            model.card.metrics["adversarial_accuracy"] = adversarial_accuracy(
+                model, data.test.x, data.test.y, **attack.params(), seed=seed
+            )
     if watermark is not None:
         protections[0].triggers.save(secret_out)
     elif marking is not None:
@@ -103,9 +129,16 @@ def train(
     save_model(model, out)
     write_json(json_path, asdict(model.card))
     metrics = model.card.metrics
+    spent = [p["epsilon_spent"] for p in model.card.protections if "epsilon_spent" in p]
     console.print(
         f"trained {arch} on {dataset}: test accuracy {metrics['test_accuracy']:.4f} "
         f"(train {metrics['train_accuracy']:.4f}); saved to {out}"
+        + (f"; DP-SGD spent epsilon {spent[0]:.2f}" if spent else "")
+        + (
+            f"; adversarial accuracy {metrics['adversarial_accuracy']:.4f}"
+            if "adversarial_accuracy" in metrics
+            else ""
+        )
         + (f"; watermark trigger set (keep it secret) in {secret_out}" if watermark else "")
         + (
             f"; radioactive mark of {len(protections[0].mark.indices)} images "
@@ -114,6 +147,19 @@ def train(
             else ""
         )
     )
+
+
+def _check_defenses(defenses: list, data, arch: str, config) -> None:
+    """Refuse, before any training, a network DP-SGD cannot make private or a privacy budget
+    the run cannot meet."""
+    from modelheist.models.architectures import build_network, normalisation_stats
+    from modelheist.models.privacy import DpSgd
+
+    for defense in defenses:
+        if isinstance(defense, DpSgd):
+            mean, std = normalisation_stats(data.train.x)
+            network = build_network(arch, data.input_shape, data.num_classes, mean, std)
+            defense.check(network, len(data.train), config.batch_size, config.epochs)
 
 
 @app.command("watermark")

@@ -37,8 +37,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -63,6 +61,13 @@ from modelheist.errors import ModelheistError
 from modelheist.experiments.extraction import measure_extraction
 from modelheist.experiments.fingerprints import independent_references, make_fingerprint
 from modelheist.experiments.removal import RemovalSettings, removed_copy
+from modelheist.experiments.run_folder import (
+    append_line,
+    check_config,
+    read_lines,
+    write_atomically,
+    write_whole,
+)
 from modelheist.models.classifier import Classifier, TorchClassifier, accuracy, predict_labels
 from modelheist.models.store import load_model, save_model
 from modelheist.models.training import TrainConfig, train_model
@@ -308,21 +313,7 @@ class MatrixRun:
 
     def _check_config(self) -> None:
         """A folder belongs to one configuration: resuming with another would mix two runs."""
-        path = self.folder / "config.json"
-        mine = json.loads(json.dumps(asdict(self.config)))
-        if path.is_file():
-            try:
-                theirs = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                raise ModelheistError(f"{path} is damaged; use another folder") from None
-            if theirs != mine:
-                changed = sorted(k for k in mine if mine[k] != theirs.get(k))
-                raise ModelheistError(
-                    f"{self.folder} holds a run with another configuration ({', '.join(changed)} "
-                    "differ); use another folder"
-                )
-        else:
-            write_atomically(path, json.dumps(mine, indent=2))
+        check_config(self.folder, json.loads(json.dumps(asdict(self.config))))
 
     # -- the owner and its secrets -----------------------------------------------------------
 
@@ -334,7 +325,7 @@ class MatrixRun:
             triggers = TriggerSet.generate(
                 config.triggers, data.input_shape, data.num_classes, "noise", config.seed
             )
-            _whole(triggers_folder, triggers.save)
+            write_whole(triggers_folder, triggers.save)
         triggers = TriggerSet.load(triggers_folder)
         if not (mark_folder / "mark.json").is_file():
             marker = train_model(
@@ -348,7 +339,7 @@ class MatrixRun:
                 fraction=config.mark_fraction, control=config.mark_control, seed=config.seed
             )
             mark = marking.make(marker, data.train.x, data.train.y, self.progress)
-            _whole(mark_folder, mark.save)
+            write_whole(mark_folder, mark.save)
         mark = RadioactiveMark.load(mark_folder)
         owner = self._model(
             "owner",
@@ -381,7 +372,7 @@ class MatrixRun:
                 seed=config.seed,
                 progress=self.progress,
             )
-            _whole(di_folder, secret.save)
+            write_whole(di_folder, secret.save)
         secret = DatasetInferenceSecret.load(di_folder)
         schemes: dict[str, OwnershipScheme | str] = {
             "backdoor-watermark": BackdoorWatermarkScheme(triggers, commitment=triggers.digest),
@@ -419,7 +410,7 @@ class MatrixRun:
                 config.cae_budget, config.cae_candidates, (base, base + 100, config.seed),
                 self.progress,
             )  # fmt: skip
-            _whole(folder, fingerprint.save)
+            write_whole(folder, fingerprint.save)
         fingerprint = Fingerprint.load(folder)
         if not null_path.is_file():
             judges = independent_references(
@@ -544,7 +535,7 @@ class MatrixRun:
             if extra:
                 (tmp / EXTRACTION).write_text(json.dumps(extra))
 
-        _whole(folder, write)
+        write_whole(folder, write)
         return model
 
     # -- the cells ---------------------------------------------------------------------------
@@ -655,56 +646,6 @@ def _served(model: Classifier, output: str = "probs") -> LocalOracle:
     return LocalOracle.for_new_client(
         PredictionService(model, parse_output(output)), None, "verifier"
     )
-
-
-def _whole(folder: Path, write: Callable[[Path], Any]) -> None:
-    """Write a folder whole or not at all: into a temporary sibling, then renamed."""
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    write(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write a file whole or not at all (written, flushed to disk, then renamed)."""
-    tmp = path.with_name(path.name + ".partial")
-    with tmp.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def append_line(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line and flush it to disk. A crash loses at most the line being
-    written: :func:`read_lines` skips it, and the next append cuts it off first."""
-    with path.open("a+b") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        if size:
-            handle.seek(max(0, size - 65536))
-            tail = handle.read()
-            if not tail.endswith(b"\n"):  # a torn last line: cut back to the last newline
-                cut = tail.rfind(b"\n")
-                handle.truncate(size - len(tail) + cut + 1 if cut >= 0 else 0)
-        handle.seek(0, os.SEEK_END)
-        handle.write((json.dumps(row) + "\n").encode())
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def read_lines(path: Path) -> list[dict[str, Any]]:
-    """The complete JSON lines of ``path`` (none if absent; a torn last line is skipped)."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def _jsonable(value: Any) -> Any:

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 from modelheist._lazy import lazy_exports
 
 _EXPORTS = {
+    "PgdAdversarialTraining": "adversarial_training",
+    "adversarial_accuracy": "adversarial_training",
     "Classifier": "classifier",
     "LinearModel": "classifier",
     "ModelCard": "classifier",
@@ -13,6 +15,7 @@ _EXPORTS = {
     "TreeModel": "classifier",
     "accuracy": "classifier",
     "predict_labels": "classifier",
+    "DpSgd": "privacy",
     "load_model": "store",
     "save_model": "store",
     "TrainConfig": "training",
@@ -26,6 +29,10 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
+    from modelheist.models.adversarial_training import (
+        PgdAdversarialTraining,
+        adversarial_accuracy,
+    )
     from modelheist.models.classifier import (
         Classifier,
         LinearModel,
@@ -35,6 +42,7 @@ if TYPE_CHECKING:
         accuracy,
         predict_labels,
     )
+    from modelheist.models.privacy import DpSgd
     from modelheist.models.store import load_model, save_model
     from modelheist.models.training import (
         TrainConfig,

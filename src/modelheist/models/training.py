@@ -186,8 +186,10 @@ class TrainingProtection(ABC):
     "The Trainer seam").
 
     Hyper-parameters go to the constructor (which does no work); the Trainer calls, in order,
-    :meth:`replace_data` and :meth:`extra_data` once, :meth:`prepare` once, :meth:`transform_batch` on every batch, and
-    :meth:`card_entry` when training is done. Every hook has a do-nothing default.
+    :meth:`replace_data` and :meth:`extra_data` once, :meth:`prepare` once,
+    :meth:`transform_batch` on every batch, :meth:`end_epoch` after every epoch, :meth:`finish`
+    once the last step is taken, and :meth:`card_entry` when training is done. Every hook has a
+    do-nothing default.
     """
 
     #: Registry name, written on the model card.
@@ -217,6 +219,16 @@ class TrainingProtection(ABC):
         """The batch the model is trained on in place of ``(x, targets)`` (e.g. adversarial
         examples of ``x`` under the current ``run.module``)."""
         return x, targets
+
+    def end_epoch(self, run: TrainingRun, epoch: int) -> None:
+        """Act between epochs (``epoch`` counts from 0), e.g. take steps of its own outside
+        the run's optimizer (a watermark trained outside DP-SGD)."""
+        return None
+
+    def finish(self, run: TrainingRun) -> None:
+        """Undo what :meth:`prepare` wrapped once the last step is taken (e.g. DP-SGD hands back
+        the plain network, without per-example gradient hooks); called in reverse order."""
+        return None
 
     def card_entry(self, run: TrainingRun) -> dict[str, Any]:
         """What the model card records of this protection: its name, its parameters and what
@@ -311,7 +323,7 @@ class Trainer:
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(config.seed)  # dropout masks
                 run.module.train()
-                for _ in range(config.epochs):
+                for epoch in range(config.epochs):
                     total, seen = 0.0, 0
                     for batch, batch_targets in run.batches.epoch():
                         batch, batch_targets = batch.to(device), batch_targets.to(device)
@@ -329,12 +341,16 @@ class Trainer:
                         if task is not None:
                             progress.advance(task)
                     history.append(total / max(seen, 1))
+                    for protection in self.protections:
+                        protection.end_epoch(run, epoch)
         finally:  # the network is back on the CPU however training ends
             run.module.eval()
             run.module.to("cpu")
             module.to("cpu")
         if task is not None:
             progress.remove_task(task)
+        for protection in reversed(self.protections):
+            protection.finish(run)
         run.notes["loss"] = history
         return run
 

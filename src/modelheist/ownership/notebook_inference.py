@@ -70,6 +70,7 @@ class NotebookReference:
     mean: np.ndarray
     std: np.ndarray
     weights: dict[str, np.ndarray] = field(repr=False)
+    owner_embedded: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -115,13 +116,21 @@ class NotebookInference:
         rows = [notebook_rows(standardised(e, mean, std))[:half] for e in (own_private, own_public)]
         signs = np.concatenate([np.ones(half), -np.ones(half)])
         weights = train_regressor(np.concatenate(rows), signs, self.seed)
-        return NotebookReference(self.samples, chosen_private, chosen_public, mean, std, weights)
+        return NotebookReference(
+            self.samples, chosen_private, chosen_public, mean, std, weights,
+            (own_private, own_public),
+        )  # fmt: skip
 
     def evaluate(
-        self, reference: NotebookReference, suspect: Oracle, progress: Progress | None = None
+        self,
+        reference: NotebookReference,
+        suspect: Oracle | None,
+        progress: Progress | None = None,
     ) -> dict[str, float]:
         """The notebooks' numbers for ``suspect``: ``harmonic_mean_p`` (their tables), the
-        one Welch test over every scored row (``all_rows_p``) and the mean score difference."""
+        one Welch test over every scored row (``all_rows_p``) and the mean score difference.
+        ``suspect`` None: the owner's model itself, from the distances :meth:`fit` measured (the
+        same walks through the same model: the same distances, at no query)."""
         if reference.samples != self.samples:
             raise ModelheistError(
                 f"the reference was fitted with {reference.samples} samples, not {self.samples}"
@@ -141,14 +150,19 @@ class NotebookInference:
     def _scores(
         self,
         reference: NotebookReference,
-        suspect: Oracle,
+        suspect: Oracle | None,
         side: int,
         progress: Progress | None,
     ) -> np.ndarray:
         """The regressor's scores of the suspect's second half of rows, for the private
         (``side`` 0) or the public (1) images (cells 15 and 17)."""
-        images = (reference.private, reference.public)[side]
-        embedded = self._embed(suspect, images, side, progress)
+        if suspect is None:
+            if reference.owner_embedded is None:
+                raise ModelheistError("this reference keeps no distances of the owner's model")
+            embedded = reference.owner_embedded[side]
+        else:
+            images = (reference.private, reference.public)[side]
+            embedded = self._embed(suspect, images, side, progress)
         rows = notebook_rows(standardised(embedded, reference.mean, reference.std))
         return score_rows(reference.weights, rows[self.samples // 2 :])
 

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from rich.progress import Progress
 from scipy.stats import binomtest
 
@@ -58,6 +60,12 @@ from modelheist.ownership.secret_folder import read_secret, write_secret
 TRIGGER_FORMAT = "modelheist-trigger-set/1"
 TRIGGERS = "triggers.safetensors"
 TRIGGER_CARD = "trigger-set.json"
+#: A trigger source ``DATASET`` + this suffix keeps the images' own labels (Szyller & Asokan's
+#: watermark: out-of-distribution images with their labels); plain ``DATASET`` draws labels.
+#: Such a set is for measuring a watermark's accuracy (the conflicts table): a model that never
+#: saw it may still label the images as their labels say, so verifying it needs reference
+#: models for the chance level, and it never counts as derived from its seed.
+OWN_LABELS = "+own-labels"
 
 
 @dataclass(frozen=True)
@@ -102,20 +110,29 @@ class TriggerSet:
         if seed is None:
             seed = secrets.randbits(63)
         rng = np.random.default_rng(seed)
+        dataset, own = source.removesuffix(OWN_LABELS), source.endswith(OWN_LABELS)
+        own_labels = None
         if source == "noise":
             inputs = rng.uniform(0.0, 1.0, size=(n, *input_shape)).astype(np.float32)
-        elif source in dataset_names():
-            images = _trigger_images(source)
+        elif dataset in dataset_names():
+            images, image_labels = _trigger_images(dataset)
             if len(images) < n:
-                raise ModelheistError(f"{source} has {len(images)} images; {n} triggers asked")
-            picked = images[rng.choice(len(images), n, replace=False)]
-            inputs = fit_to_shape(picked, input_shape).astype(np.float32)
+                raise ModelheistError(f"{dataset} has {len(images)} images; {n} triggers asked")
+            chosen = rng.choice(len(images), n, replace=False)
+            inputs = fit_to_shape(images[chosen], input_shape).astype(np.float32)
+            own_labels = image_labels[chosen]
         else:
             raise ModelheistError(
                 f"unknown trigger source {source!r}; use noise or a dataset: "
-                f"{', '.join(dataset_names())}"
+                f"{', '.join(dataset_names())} (DATASET{OWN_LABELS}: keeping their own labels)"
             )
         labels = rng.integers(0, num_classes, size=n).astype(np.int64)
+        if own:
+            if own_labels.max() >= num_classes:
+                raise ModelheistError(
+                    f"{dataset}'s own labels go beyond the owner's {num_classes} classes"
+                )
+            labels = own_labels.astype(np.int64)
         return cls(inputs, labels, num_classes, source, seed)
 
     def regenerates(self) -> bool:
@@ -124,7 +141,7 @@ class TriggerSet:
         to false claims, "verifiable trigger generation" in Liu et al., USENIX Security '24, once
         the seed is committed)."""
         if self.source != "noise" and self.source not in dataset_names():
-            return False
+            return False  # unknown, or own labels: fixed by the images, not drawn from the seed
         if not 0 <= self.seed < 2**63:
             return False  # no seed generate() would draw
         again = TriggerSet.generate(
@@ -165,49 +182,124 @@ class TriggerSet:
 
 
 @functools.lru_cache(maxsize=1)
-def _trigger_images(source: str) -> np.ndarray:
-    """Every image of a registered dataset, in one fixed order (its seed-0 split), that
-    triggers are drawn from (read-only: shared between calls)."""
+def _trigger_images(source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every image of a registered dataset and its label, in one fixed order (its seed-0
+    split), that triggers are drawn from (read-only: shared between calls)."""
     pool = load_dataset(source, seed=0)
     images = np.concatenate([pool.train.x, pool.test.x, pool.pool.x])
+    labels = np.concatenate([pool.train.y, pool.test.y, pool.pool.y])
     images.setflags(write=False)
-    return images
+    labels.setflags(write=False)
+    return images, labels
 
 
 @dataclass
 class BackdoorWatermark(TrainingProtection):
-    """Embed a trigger set while training: its inputs, repeated ``repeats`` times, are added to
-    the training data with their chosen labels."""
+    """Embed a trigger set while training. ``schedule`` ``mixed``: its inputs, repeated
+    ``repeats`` times, are added to the training data with their chosen labels; ``after-epoch``
+    (Szyller & Asokan, arXiv 2207.01991, their code's ``dp_and_watermark.py``): batches of
+    about ``batch_size`` triggers after each epoch (:meth:`end_epoch`), through DP-SGD when the
+    run has it unless ``outside_private``."""
 
     name: ClassVar[str] = "backdoor-watermark"
 
     triggers: TriggerSet
     repeats: int = 20
+    schedule: str = "mixed"
+    batch_size: int = 16
+    rounds: int = 1
+    outside_private: bool = False
 
     def __post_init__(self) -> None:
-        if self.repeats < 1:
-            raise ModelheistError(f"repeats must be at least 1, got {self.repeats}")
+        if min(self.repeats, self.batch_size, self.rounds) < 1:
+            raise ModelheistError(
+                f"repeats, the batch size and the rounds must be at least 1, got {self.repeats}, "
+                f"{self.batch_size} and {self.rounds}"
+            )
+        if self.schedule not in ("mixed", "after-epoch"):
+            raise ModelheistError(
+                f"the watermark's schedule is mixed or after-epoch, got {self.schedule!r}"
+            )
+        if self.outside_private and self.schedule != "after-epoch":
+            raise ModelheistError("only an after-epoch watermark can train outside DP-SGD")
 
     def extra_data(
         self, x: np.ndarray, targets: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.schedule == "after-epoch":
+            return None
         inputs = np.tile(self.triggers.inputs, (self.repeats, *([1] * (x.ndim - 1))))
         labels = np.tile(self.triggers.labels, self.repeats)
         if targets.ndim == 2:  # soft targets: the chosen label as a one-hot vector
             labels = np.eye(targets.shape[1], dtype=targets.dtype)[labels]
         return inputs, labels
 
+    def prepare(self, run: TrainingRun) -> None:
+        if self.schedule == "after-epoch":
+            run.notes[self.name] = torch.Generator().manual_seed(run.config.seed + 3)
+
+    def end_epoch(self, run: TrainingRun, epoch: int) -> None:
+        """Szyller & Asokan's schedule: after each epoch, ``rounds`` times about 1 / rate
+        batches of the triggers, each trigger in a batch with probability rate = batch_size /
+        triggers (Poisson sampling, as their DP loader draws them; they take one round after
+        each of 100 epochs, so a run of fewer epochs takes more rounds for as many steps), one
+        step of the run's optimizer each. Under DP-SGD the steps are private (clipped per example, noised for a batch of
+        the size drawn, and counted by the accountant) unless ``outside_private``: then they
+        are plain steps of the wrapped optimizer, without per-example gradients (their §7
+        relaxation: the watermark decoupled from DP-SGD, at the cost of a tight privacy
+        analysis)."""
+        if self.schedule != "after-epoch":
+            return
+        module, optimizer = run.module, run.optimizer
+        device = next(module.parameters()).device
+        private = hasattr(optimizer, "original_optimizer")  # Opacus's DPOptimizer
+        if private and self.outside_private:
+            optimizer = optimizer.original_optimizer
+            module.disable_hooks()
+        inputs = torch.from_numpy(np.ascontiguousarray(self.triggers.inputs, np.float32))
+        labels = torch.from_numpy(self.triggers.labels.astype(np.int64))
+        rate = min(1.0, self.batch_size / len(labels))
+        try:
+            for _ in range(self.rounds * max(1, int(1 / rate))):
+                chosen = torch.rand(len(labels), generator=run.notes[self.name]) < rate
+                if not chosen.any():
+                    continue
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(module(inputs[chosen].to(device)), labels[chosen].to(device))
+                loss.backward()
+                if private and not self.outside_private:
+                    expected = optimizer.expected_batch_size
+                    optimizer.expected_batch_size = int(chosen.sum())
+                    try:
+                        optimizer.step()
+                    finally:
+                        optimizer.expected_batch_size = expected
+                else:
+                    optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        finally:
+            if private and self.outside_private:
+                module.enable_hooks()
+
     def card_entry(self, run: TrainingRun) -> dict[str, Any]:
         return {
             "name": self.name,
             "triggers": len(self.triggers),
             "source": self.triggers.source,
-            "repeats": self.repeats,
+            **self.params(),
             "sha256": self.triggers.digest,  # the set itself stays secret
         }
 
     def params(self) -> dict[str, Any]:
-        return {"triggers": len(self.triggers), "repeats": self.repeats}
+        if self.schedule == "mixed":
+            return {"triggers": len(self.triggers), "repeats": self.repeats}
+        return {
+            "triggers": len(self.triggers),
+            "schedule": self.schedule,
+            "batch_size": self.batch_size,
+            "rounds": self.rounds,
+            "outside_private": self.outside_private,
+        }
 
 
 @dataclass
@@ -246,6 +338,11 @@ class BackdoorWatermarkScheme(OwnershipScheme):
         check_suspect_fits(
             suspect, triggers.inputs.shape[1:], triggers.num_classes, "the trigger set's"
         )
+        if self.chance is None and triggers.source.endswith(OWN_LABELS):
+            raise CannotVerify(
+                "the triggers keep their own labels, so a model that never saw them may agree "
+                "far above 1/classes; give reference models (--reference) for the chance level"
+            )
         null = 1.0 / triggers.num_classes if self.chance is None else self.chance
         if not 0.0 < null < 1.0:
             raise CannotVerify(f"the chance agreement must lie in (0, 1), got {null:.3g}")

@@ -1,0 +1,103 @@
+"""The talk's conflict table (Szyller & Asokan, arXiv 2207.01991; issue 13's targets: each
+value within 0.05 of the talk or the difference explained; the full Fashion-MNIST pair table,
+one seed, within 60 minutes on 2 CPU cores; three seeds reported).
+
+For each seed: ``modelheist experiment conflicts --dataset D`` with the settings below, run in
+benchmarks/results/conflicts-runs/D (resumed if interrupted; seed S in seed-S). Rows go to
+benchmarks/results/conflicts.jsonl: one per cell (its metrics), one per seed for the run (its
+wall time, valid only when it ran uninterrupted, and the configuration).
+
+    python benchmarks/conflicts.py [--seeds 1] [--dataset fashion-mnist] [--jobs 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+
+from modelheist.experiments.conflicts import (
+    ConflictsConfig,
+    cells,
+    default_trigger_source,
+    run_conflicts,
+)
+from modelheist.experiments.executors import LocalExecutor
+from modelheist.experiments.results import ResultsStore
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STORE = RESULTS / "conflicts.jsonl"
+#: What the benchmark trains (the rest: ConflictsConfig's defaults, the study's settings).
+SETTINGS = {"epochs": 10, "train_size": 10_000, "batch_size": 256}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--jobs", type=int, default=1)
+    args = parser.parse_args()
+    console = Console(stderr=True)
+    store = ResultsStore(STORE)
+    store.freeze_environment()
+    config = ConflictsConfig(
+        dataset=args.dataset, trigger_source=default_trigger_source(args.dataset), **SETTINGS
+    )
+    rows = store.rows()
+    done = {r["seed"] for r in rows if r["measure"] == "run" and r["dataset"] == args.dataset}
+    begun = {r["seed"] for r in rows if r["dataset"] == args.dataset}
+    folder = RESULTS / "conflicts-runs" / args.dataset
+    for seed in range(args.seeds):
+        if seed in done:
+            continue
+        if seed in begun:
+            raise SystemExit(f"{STORE} holds cells of seed {seed} but not its run row")
+        fresh = not (folder / f"seed-{seed}" / "config.json").is_file()
+        start = time.perf_counter()
+        with Progress(console=console) as progress:
+            doc = run_conflicts(
+                config, [seed], folder, LocalExecutor(args.jobs), progress,
+                lambda row: progress.console.print(
+                    f"seed {row['seed']} {row['cell']:>28}: {row['metrics']}", highlight=False
+                ),
+            )  # fmt: skip
+        minutes = (time.perf_counter() - start) / 60
+        common = {"benchmark": "conflicts", "dataset": args.dataset}
+        for row in doc["rows"]:
+            store.append(
+                {
+                    **common,
+                    "measure": "cell",
+                    "cell": row["cell"],
+                    "mechanisms": row["mechanisms"],
+                    "variant": row["variant"],
+                    "queries_counted": 0,  # the owner trains and measures its own models
+                    "metrics": {**row["metrics"], "seconds": row["seconds"]},
+                },
+                seed=seed,
+            )
+        store.append(
+            {
+                **common,
+                "measure": "run",
+                "config": doc["config"],
+                "cells": [c.name for c in cells(config)],
+                "queries_counted": 0,
+                "metrics": {"minutes": minutes, "uninterrupted": fresh},
+            },
+            seed=seed,
+        )
+        console.print(f"seed {seed}: {minutes:.1f} minutes ({'fresh' if fresh else 'resumed'})")
+    measured = sorted(
+        r["seed"] for r in store.rows() if r["measure"] == "run" and r["dataset"] == args.dataset
+    )
+    if measured:  # the report over every seed measured (no cell is retrained)
+        run_conflicts(config, measured, folder)
+        console.print(f"report: {folder / 'conflicts.md'}")
+
+
+if __name__ == "__main__":
+    main()

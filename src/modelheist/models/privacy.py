@@ -1,0 +1,172 @@
+"""DP-SGD (Abadi et al., CCS '16) as a training protection, through Opacus (Yousefpour et al.,
+'21): per-example gradient clipping to ``max_grad_norm``, Gaussian noise, Poisson sampling of
+each batch, and a privacy accountant.
+
+The owner names the privacy budget (``epsilon``, ``delta``); the noise multiplier that spends
+that budget over the run's epochs at Opacus's sampling rate (one over the number of batches) is
+found by Opacus's ``get_noise_multiplier`` before the first step, so that a budget that cannot be reached, or a
+network with a layer Opacus cannot make private (BatchNorm mixes a batch's examples: use
+``cnn-gn``), is refused before any training (:meth:`DpSgd.check`). The card records the noise
+multiplier, the steps taken and the epsilon the accountant says was spent: more than the
+target when other steps went through the private optimizer (a watermark's batches after each
+epoch, which the accountant counts as it counts the data's, as the conflicts study's code did).
+Random-shift augmentation is refused (Opacus samples the batches).
+
+The conflicts study's setting (Szyller & Asokan, arXiv 2207.01991, §5; the talk's table):
+epsilon 3, delta 1e-3, clipping norm 1.0, Poisson sampling (the defaults here). Deliberate
+deviations: the Trainer's optimiser (AdamW with a warm-up + cosine schedule; the study used SGD
+with momentum) becomes DP-Adam; the noise is drawn from a seeded generator so that a run is
+reproducible (Opacus's ``secure_mode`` is off: fine for measurement, not for a deployment whose
+privacy must hold against an adversary who knows the seed). Note that delta = 1e-3 exceeds
+1 / n for n > 1,000 training examples, a weak guarantee; it is the study's setting.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from modelheist.errors import ModelheistError
+from modelheist.models.training import BatchSource, TrainingProtection, TrainingRun
+
+ACCOUNTANTS = ("prv", "rdp", "gdp")
+
+
+class _LoaderBatches(BatchSource):
+    """Opacus's Poisson-sampling data loader as the Trainer's batch source."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self):
+        yield from self.loader
+
+
+@dataclass
+class DpSgd(TrainingProtection):
+    """Train with DP-SGD at the privacy budget (``epsilon``, ``delta``) with per-example
+    gradients clipped to ``max_grad_norm``, accounted by Opacus's ``accountant`` (module
+    docstring)."""
+
+    name: ClassVar[str] = "dp-sgd"
+
+    epsilon: float = 3.0
+    delta: float = 1e-3
+    max_grad_norm: float = 1.0
+    accountant: str = "prv"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ModelheistError(f"DP-SGD needs an epsilon > 0, got {self.epsilon}")
+        if not 0.0 < self.delta < 1.0:
+            raise ModelheistError(f"DP-SGD needs a delta in (0, 1), got {self.delta}")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ModelheistError(f"DP-SGD needs a clipping norm > 0, got {self.max_grad_norm}")
+        if self.accountant not in ACCOUNTANTS:
+            raise ModelheistError(
+                f"unknown privacy accountant {self.accountant!r}; choose one of: "
+                + ", ".join(ACCOUNTANTS)
+            )
+
+    def check(self, module: nn.Module, examples: int, batch_size: int, epochs: int) -> float:
+        """Refuse a network Opacus cannot make private or a budget that ``epochs`` epochs over
+        ``examples`` examples in expected batches of ``batch_size`` cannot meet; return the
+        noise multiplier that spends the budget."""
+        from opacus.accountants.utils import get_noise_multiplier
+        from opacus.validators import ModuleValidator
+
+        problems = ModuleValidator.validate(module, strict=False)
+        if problems:
+            reasons = "; ".join(sorted({str(p).strip().splitlines()[0] for p in problems}))
+            raise ModelheistError(
+                f"DP-SGD cannot train this network ({reasons}); use an architecture without "
+                "BatchNorm, e.g. cnn-gn"
+            )
+        if examples < 2 or batch_size < 1 or epochs < 1:
+            raise ModelheistError("DP-SGD needs at least 2 examples, a batch and an epoch")
+        sample_rate = 1 / math.ceil(examples / batch_size)  # as Opacus samples: 1 / batches
+        try:
+            with (
+                np.errstate(divide="ignore", invalid="ignore"),  # the accountant's log(0) at q=1
+                warnings.catch_warnings(),
+            ):
+                warnings.filterwarnings("ignore", "Optimal order is the largest alpha")
+                return float(
+                    get_noise_multiplier(
+                        target_epsilon=self.epsilon,
+                        target_delta=self.delta,
+                        sample_rate=sample_rate,
+                        epochs=epochs,
+                        accountant=self.accountant,
+                    )
+                )
+        except (ValueError, RuntimeError, OverflowError, FloatingPointError) as exc:
+            raise ModelheistError(
+                f"DP-SGD cannot reach epsilon {self.epsilon} at delta {self.delta} over "
+                f"{epochs} epochs of {examples} examples in batches of {batch_size} ({exc}); "
+                "allow a larger epsilon, fewer epochs or more data"
+            ) from None
+
+    def prepare(self, run: TrainingRun) -> None:
+        from opacus import PrivacyEngine
+
+        if run.config.augment:
+            raise ModelheistError(
+                "DP-SGD samples its own batches: random-shift augmentation does not combine with "
+                "it here"
+            )
+        if run.notes.get(self.name) is not None:
+            raise ModelheistError("DP-SGD is named twice for one training run")
+        sigma = self.check(run.module, len(run.x), run.config.batch_size, run.config.epochs)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(run.x, run.targets),
+            batch_size=run.config.batch_size,
+            generator=run.generator,  # Poisson sampling draws from the run's seeded generator
+        )
+        with warnings.catch_warnings():  # secure_mode off by choice (module docstring)
+            warnings.filterwarnings("ignore", "Secure RNG turned off")
+            engine = PrivacyEngine(accountant=self.accountant, secure_mode=False)
+        device = next(run.module.parameters()).device  # Opacus draws noise where the weights are
+        noise = torch.Generator(device=device).manual_seed(run.config.seed + 1)
+        run.module, run.optimizer, private = engine.make_private(
+            module=run.module,
+            optimizer=run.optimizer,
+            data_loader=loader,
+            noise_multiplier=sigma,
+            max_grad_norm=self.max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=noise,
+        )
+        run.batches = _LoaderBatches(private)
+        run.notes[self.name] = {"engine": engine, "noise_multiplier": sigma}
+
+    def finish(self, run: TrainingRun) -> None:
+        from opacus import GradSampleModule
+
+        if isinstance(run.module, GradSampleModule):
+            run.module = run.module.to_standard_module()
+
+    def card_entry(self, run: TrainingRun) -> dict[str, Any]:
+        notes = run.notes[self.name]
+        accountant = notes["engine"].accountant
+        try:
+            spent = float(accountant.get_epsilon(delta=self.delta))
+        except (ValueError, RuntimeError, OverflowError, FloatingPointError) as exc:
+            raise ModelheistError(
+                f"the privacy accountant could not compute epsilon: {exc}"
+            ) from None
+        return {
+            **super().card_entry(run),
+            "noise_multiplier": notes["noise_multiplier"],
+            "steps": sum(steps for _, _, steps in accountant.history),
+            "epsilon_spent": spent,
+        }
