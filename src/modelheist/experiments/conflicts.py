@@ -436,8 +436,9 @@ def _folder_name(name: str) -> str:
 def measure_cell(
     config: ConflictsConfig, cell: Cell, model: TorchClassifier, data: Dataset, folder: Path
 ) -> dict[str, Any]:
-    """What every mechanism of ``cell`` is for (module docstring), plus test accuracy; dataset
-    inference and adversarial accuracy on every cell when asked."""
+    """What every mechanism of ``cell`` is for (module docstring), plus test accuracy;
+    adversarial accuracy on every cell when adv is asked, dataset inference on the cells
+    ``config.di_cells`` names when di is."""
     from modelheist.api.local import LocalOracle
     from modelheist.api.service import PredictionService
     from modelheist.oracle import WhiteBoxOracle
