@@ -241,13 +241,12 @@ class BackdoorWatermark(TrainingProtection):
     def end_epoch(self, run: TrainingRun, epoch: int) -> None:
         """Szyller & Asokan's schedule: after each epoch, ``rounds`` times about 1 / rate
         batches of the triggers, each trigger in a batch with probability rate = batch_size /
-        triggers (Poisson sampling, as their DP loader draws them; they take one round after
-        each of 100 epochs, so a run of fewer epochs takes more rounds for as many steps), one
-        step of the run's optimizer each. Under DP-SGD the steps are private (clipped per example, noised for a batch of
-        the size drawn, and counted by the accountant) unless ``outside_private``: then they
-        are plain steps of the wrapped optimizer, without per-example gradients (their §7
-        relaxation: the watermark decoupled from DP-SGD, at the cost of a tight privacy
-        analysis)."""
+        triggers (Poisson sampling, as their DP loader draws them; they take one round), one
+        step of the run's optimizer each. Under DP-SGD the steps are private (clipped per
+        example, noised for a batch of the size drawn, and counted by the accountant) unless
+        ``outside_private``: then they are plain steps of the wrapped optimizer, without
+        per-example gradients (their §7 relaxation: the watermark decoupled from DP-SGD, at the
+        cost of a tight privacy analysis)."""
         if self.schedule != "after-epoch":
             return
         module, optimizer = run.module, run.optimizer
