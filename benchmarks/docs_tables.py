@@ -886,9 +886,10 @@ def conflicts(rows: list[dict]) -> str:
             "(notebooks') | adversarial accuracy | epsilon spent |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
+        planned = [r["cells"] for r in runs if r["dataset"] == dataset]  # the run's table order
         order = (
-            next(r["cells"] for r in reversed(runs) if r["dataset"] == dataset)
-            if any(r["dataset"] == dataset for r in runs)
+            planned[-1]
+            if planned
             else sorted({r["cell"] for r in cells if r["dataset"] == dataset})
         )
         for cell in order:

@@ -117,8 +117,8 @@ def train(
             radioactive = marking.make(marker, data.train.x, data.train.y, progress)
             protections = [RadioactiveData(radioactive)]
         model = train_model(data, arch, config, progress, [*protections, *defenses])
-        if any(isinstance(d, PgdAdversarialTraining) for d in defenses):
-            attack = next(d for d in defenses if isinstance(d, PgdAdversarialTraining))
+        attack = next((d for d in defenses if isinstance(d, PgdAdversarialTraining)), None)
+        if attack is not None:
             model.card.metrics["adversarial_accuracy"] = adversarial_accuracy(
                 model, data.test.x, data.test.y, **attack.params(), seed=seed
             )
