@@ -5,14 +5,16 @@ none used in generation; the paper: 1.0).
 For each seed: the Fashion-MNIST victim of examples/knockoff-fashion-mnist.toml (cached); the
 generation ensemble, 5 Knockoff Nets surrogates (5,000 queries, probabilities, the attacker's
 split) and 5 CNNs trained on the attacker's split; 2,000 candidates from the owner's training
-split; the fingerprint (at most 100 examples at conferrability >= 0.85). Then, none of them used
+split (the ensemble cached in benchmarks/results/victims/); the fingerprint (at most 100
+examples at the conferrability threshold: the paper's 0.85 by default; see cae_validation.py
+for the setting chosen on validation models). Then, none of them used
 in generation: 10 more surrogates (Knockoff Nets, probabilities and labels, 5,000 and 10,000
 queries, other seeds), 10 more independent CNNs (the attacker's split, other seeds) and 5
 reference CNNs whose retentions are the judge's null sample. Per model its retention; per seed the ROC AUC of
 retention between surrogates and independent models, and each model's decision at 0.01 against
 the judge's references. Rows go to benchmarks/results/cae.jsonl.
 
-    python benchmarks/cae.py [--seeds 3] [--epsilon 0.1]
+    python benchmarks/cae.py [--seeds 3] [--epsilon 0.1] [--threshold 0.85]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from sklearn.metrics import roc_auc_score
 
@@ -29,11 +32,14 @@ from modelheist.api.service import PredictionService
 from modelheist.attacks.knockoff import KnockoffNets
 from modelheist.defenses.registry import parse_output
 from modelheist.experiments.extraction import measure_extraction
-from modelheist.experiments.fingerprints import independent_references, make_fingerprint
+from modelheist.experiments.fingerprints import extracted_surrogates, independent_references
 from modelheist.experiments.results import ResultsStore
+from modelheist.models.classifier import TorchClassifier
+from modelheist.models.store import load_model, save_model
 from modelheist.ownership.cae import (
     CAEGeneration,
     CAEScheme,
+    generate_fingerprint,
     reference_retentions,
     retention,
 )
@@ -41,32 +47,73 @@ from modelheist.ownership.cae import (
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_scenarios import fashion_mnist_victim  # noqa: E402
 
-STORE = Path(__file__).resolve().parent / "results" / "cae.jsonl"
-GENERATION_MEMBERS, CANDIDATES = 5, 2000
+RESULTS = Path(__file__).resolve().parent / "results"
+STORE = RESULTS / "cae.jsonl"
+GENERATION_MEMBERS, GENERATION_BUDGET, CANDIDATES = 5, 5000, 2000
+
+
+def generation_ensemble(victim, data, seed: int) -> tuple[list, list]:
+    """The seed's generation ensemble: GENERATION_MEMBERS Knockoff Nets surrogates (seeds from
+    1000 (seed + 1)) and as many independent references (from 1000 (seed + 1) + 100), trained
+    once and cached beside the seed's victim, so that the validation and the benchmark share
+    it."""
+    folder = RESULTS / "victims" / f"cae-ensemble-seed{seed}"
+    base = 1000 * (seed + 1)
+    names = [f"surrogate-{i}" for i in range(GENERATION_MEMBERS)]
+    names += [f"reference-{i}" for i in range(GENERATION_MEMBERS)]
+    if not all((folder / name / "card.json").is_file() for name in names):
+        members = extracted_surrogates(victim, data, GENERATION_MEMBERS, GENERATION_BUDGET, base)
+        members += independent_references(victim, data, GENERATION_MEMBERS, base + 100)
+        for name, model in zip(names, members, strict=True):
+            save_model(model, folder / name, overwrite=True)
+    members = [load_model(folder / name) for name in names]
+    if not all(isinstance(m, TorchClassifier) for m in members):
+        raise SystemExit(f"{folder}: a cached ensemble member is not a network")
+    return members[:GENERATION_MEMBERS], members[GENERATION_MEMBERS:]
+
+
+def fingerprint_of(victim, data, seed: int, settings: CAEGeneration, candidates: int):
+    """Generation from the seed's first ``candidates`` of the owner's training images (a
+    permutation seeded by ``seed``) against its cached ensemble."""
+    surrogates, references = generation_ensemble(victim, data, seed)
+    pick = np.random.default_rng(seed).permutation(len(data.train.x))[:candidates]
+    return generate_fingerprint(
+        victim.module,
+        [m.module for m in surrogates],
+        [m.module for m in references],
+        data.train.x[pick],
+        settings,
+        tuple(victim.card.input_range) if victim.card.input_range else None,
+    )
 
 
 def labels_of(model) -> LocalOracle:
     return LocalOracle.for_new_client(PredictionService(model, parse_output("labels")), None)
 
 
+def setting_of(row: dict) -> tuple[float, float, int]:
+    """A row's generation setting (rows before the threshold was a flag: 0.85, 2,000)."""
+    return row["epsilon"], row.get("threshold", 0.85), row.get("candidates", 2000)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epsilon", type=float, default=0.1)
+    parser.add_argument("--threshold", type=float, default=0.85)
     args = parser.parse_args()
     console = Console(stderr=True)
     store = ResultsStore(STORE)
     store.freeze_environment()
-    done = {r["seed"] for r in store.rows() if r.get("epsilon") == args.epsilon}
+    setting = (args.epsilon, args.threshold, CANDIDATES)
+    done = {r["seed"] for r in store.rows() if setting_of(r) == setting}
     for seed in range(args.seeds):
         if seed in done:
             continue
         data, victim = fashion_mnist_victim(seed)
         base = 1000 * (seed + 1)
-        fingerprint = make_fingerprint(
-            victim, data, CAEGeneration(epsilon=args.epsilon, seed=seed), GENERATION_MEMBERS,
-            GENERATION_MEMBERS, 5000, CANDIDATES, (base, base + 100, seed),
-        )  # fmt: skip
+        settings = CAEGeneration(epsilon=args.epsilon, threshold=args.threshold, seed=seed)
+        fingerprint = fingerprint_of(victim, data, seed, settings, CANDIDATES)
         held_out = []
         for index in range(10):  # surrogates not used in generation
             output = ("probs", "labels")[index % 2]
@@ -100,6 +147,9 @@ def main() -> None:
             {
                 "benchmark": "cae",
                 "epsilon": args.epsilon,
+                "threshold": args.threshold,
+                "candidates": CANDIDATES,
+                "steps": settings.steps,
                 "fingerprints": len(fingerprint),
                 "queries_counted": sum(len(fingerprint) for _ in models),
                 "metrics": {
