@@ -14,7 +14,7 @@ reference CNNs whose retentions are the judge's null sample. Per model its reten
 retention between surrogates and independent models, and each model's decision at 0.01 against
 the judge's references. Rows go to benchmarks/results/cae.jsonl.
 
-    python benchmarks/cae.py [--seeds 3] [--epsilon 0.1] [--threshold 0.85]
+    python benchmarks/cae.py [--seeds 3] [--epsilon 0.2] [--threshold 0.85]
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def setting_of(row: dict) -> tuple[float, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epsilon", type=float, default=0.1)
+    parser.add_argument("--epsilon", type=float, default=0.2)
     parser.add_argument("--threshold", type=float, default=0.85)
     args = parser.parse_args()
     console = Console(stderr=True)

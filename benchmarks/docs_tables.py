@@ -721,22 +721,27 @@ def dataset_inference_notebook(rows: list[dict]) -> str:
 
 
 def cae(rows: list[dict]) -> str:
-    """Conferrable adversarial examples: per epsilon, the ROC AUC of retention between held-out
-    surrogates and independent models over seeds, and their decisions against the judge."""
+    """Conferrable adversarial examples: per generation setting, the ROC AUC of retention
+    between held-out surrogates and independent models over seeds, and their decisions against
+    the judge."""
     lines = [
-        "| epsilon | seeds | fingerprints | ROC AUC | surrogates' retention | independent "
-        "models' retention | judge's references' retention | surrogates verified at 0.01 "
-        "| independent "
-        "accused at 0.01 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| epsilon | threshold | candidates | seeds | fingerprints | ROC AUC | surrogates' "
+        "retention | independent models' retention | judge's references' retention "
+        "| surrogates verified at 0.01 | independent accused at 0.01 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for epsilon in sorted({r["epsilon"] for r in rows}):
-        group = [r for r in rows if r["epsilon"] == epsilon]
+
+    def setting(row: dict) -> tuple[float, float, int]:  # rows before --threshold: 0.85, 2,000
+        return row["epsilon"], row.get("threshold", 0.85), row.get("candidates", 2000)
+
+    for epsilon, threshold, candidates in sorted({setting(r) for r in rows}):
+        group = [r for r in rows if setting(r) == (epsilon, threshold, candidates)]
         models = [m for r in group for m in r["metrics"]["models"]]
         surrogates = [m for m in models if m["kind"] == "surrogate"]
         independent = [m for m in models if m["kind"] == "independent"]
         lines.append(
-            f"| {epsilon:g} | {len(group)} | {_spread([r['fingerprints'] for r in group], 0)} "
+            f"| {epsilon:g} | {threshold:g} | {candidates:,} | {len(group)} "
+            f"| {_spread([r['fingerprints'] for r in group], 0)} "
             f"| {_spread([r['metrics']['roc_auc'] for r in group], 3)} "
             f"| {_spread([m['retention'] for m in surrogates], 3)} "
             f"| {_spread([m['retention'] for m in independent], 3)} "
@@ -746,6 +751,34 @@ def cae(rows: list[dict]) -> str:
         )
     note = "Target: ROC AUC >= 0.99 (10 surrogates, 10 independent models, none in generation)."
     return "\n".join([*lines, "", note, "", provenance(rows)])
+
+
+def cae_validation(rows: list[dict]) -> str:
+    """The CAE generation grid on validation models: per (epsilon, threshold), fingerprints,
+    validation ROC AUC and the gap between surrogates' and independent models' retention."""
+    lines = [
+        "| epsilon | threshold | seeds | fingerprints | validation ROC AUC | retention gap "
+        "| surrogates' retention | independent models' retention |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for epsilon, threshold in sorted({(r["epsilon"], r["threshold"]) for r in rows}):
+        group = [
+            r["metrics"] for r in rows if (r["epsilon"], r["threshold"]) == (epsilon, threshold)
+        ]
+        scored = [m for m in group if "roc_auc" in m]
+        models = [x for m in scored for x in m["models"]]
+
+        def shown(values: list[float]) -> str:
+            return _spread(values, 3) if values else "-"
+
+        lines.append(
+            f"| {epsilon:g} | {threshold:g} | {len(group)} "
+            f"| {_spread([m['fingerprints'] for m in group], 0)} "
+            f"| {shown([m['roc_auc'] for m in scored])} | {shown([m['gap'] for m in scored])} "
+            f"| {shown([x['retention'] for x in models if x['kind'] == 'surrogate'])} "
+            f"| {shown([x['retention'] for x in models if x['kind'] == 'independent'])} |"
+        )
+    return "\n".join([*lines, "", provenance(rows)])
 
 
 def ownership_matrix(rows: list[dict]) -> str:
@@ -942,6 +975,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "dataset_inference": (("dataset_inference.jsonl",), dataset_inference),
     "dataset_inference_notebook": (("dataset_inference.jsonl",), dataset_inference_notebook),
     "cae": (("cae.jsonl",), cae),
+    "cae_validation": (("cae-validation.jsonl",), cae_validation),
     "ownership_matrix": (("ownership_matrix.jsonl",), ownership_matrix),
     "ownership_cells": (("ownership_matrix.jsonl",), ownership_cells),
     "conflicts": (("conflicts.jsonl",), conflicts),

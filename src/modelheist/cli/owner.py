@@ -315,7 +315,7 @@ def fingerprint_cae(
         int, typer.Option(help="Training images the examples start from.")
     ] = 1000,
     size: Annotated[int, typer.Option(help="Fingerprints to keep at most.")] = 100,
-    epsilon: Annotated[float, typer.Option(help="L-infinity bound of the perturbation.")] = 0.1,
+    epsilon: Annotated[float, typer.Option(help="L-infinity bound of the perturbation.")] = 0.2,
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 200,
     threshold: Annotated[
         float, typer.Option(help="Conferrability an example must reach (paper: 0.85).")

@@ -138,7 +138,7 @@ class MatrixConfig:
     cae_members: int = 5
     cae_budget: int = 5_000
     cae_candidates: int = 1_000
-    cae_epsilon: float = 0.1
+    cae_epsilon: float = 0.2
     cae_steps: int = 200
     cae_threshold: float = 0.85
     removal_epochs: int = 10
