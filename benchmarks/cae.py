@@ -23,7 +23,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from sklearn.metrics import roc_auc_score
 
@@ -32,14 +31,17 @@ from modelheist.api.service import PredictionService
 from modelheist.attacks.knockoff import KnockoffNets
 from modelheist.defenses.registry import parse_output
 from modelheist.experiments.extraction import measure_extraction
-from modelheist.experiments.fingerprints import extracted_surrogates, independent_references
+from modelheist.experiments.fingerprints import (
+    extracted_surrogates,
+    independent_references,
+    make_fingerprint,
+)
 from modelheist.experiments.results import ResultsStore
 from modelheist.models.classifier import TorchClassifier
 from modelheist.models.store import load_model, save_model
 from modelheist.ownership.cae import (
     CAEGeneration,
     CAEScheme,
-    generate_fingerprint,
     reference_retentions,
     retention,
 )
@@ -72,21 +74,6 @@ def generation_ensemble(victim, data, seed: int) -> tuple[list, list]:
     return members[:GENERATION_MEMBERS], members[GENERATION_MEMBERS:]
 
 
-def fingerprint_of(victim, data, seed: int, settings: CAEGeneration, candidates: int):
-    """Generation from the seed's first ``candidates`` of the owner's training images (a
-    permutation seeded by ``seed``) against its cached ensemble."""
-    surrogates, references = generation_ensemble(victim, data, seed)
-    pick = np.random.default_rng(seed).permutation(len(data.train.x))[:candidates]
-    return generate_fingerprint(
-        victim.module,
-        [m.module for m in surrogates],
-        [m.module for m in references],
-        data.train.x[pick],
-        settings,
-        tuple(victim.card.input_range) if victim.card.input_range else None,
-    )
-
-
 def labels_of(model) -> LocalOracle:
     return LocalOracle.for_new_client(PredictionService(model, parse_output("labels")), None)
 
@@ -113,7 +100,10 @@ def main() -> None:
         data, victim = fashion_mnist_victim(seed)
         base = 1000 * (seed + 1)
         settings = CAEGeneration(epsilon=args.epsilon, threshold=args.threshold, seed=seed)
-        fingerprint = fingerprint_of(victim, data, seed, settings, CANDIDATES)
+        fingerprint = make_fingerprint(
+            victim, data, settings, candidates=CANDIDATES, seeds=(0, 0, seed),
+            ensemble=generation_ensemble(victim, data, seed),
+        )  # fmt: skip
         held_out = []
         for index in range(10):  # surrogates not used in generation
             output = ("probs", "labels")[index % 2]

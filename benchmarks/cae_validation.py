@@ -29,12 +29,12 @@ from sklearn.metrics import roc_auc_score
 
 from modelheist.attacks.knockoff import KnockoffNets
 from modelheist.experiments.extraction import measure_extraction
-from modelheist.experiments.fingerprints import independent_references
+from modelheist.experiments.fingerprints import independent_references, make_fingerprint
 from modelheist.experiments.results import ResultsStore
 from modelheist.ownership.cae import CAEGeneration, Fingerprint, retention
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cae import RESULTS, fingerprint_of, labels_of  # noqa: E402
+from cae import RESULTS, generation_ensemble, labels_of  # noqa: E402
 from run_scenarios import fashion_mnist_victim  # noqa: E402
 
 STORE = RESULTS / "cae-validation.jsonl"
@@ -101,7 +101,10 @@ def main() -> None:
             settings = CAEGeneration(
                 epsilon=epsilon, threshold=min(args.thresholds), size=CANDIDATES, seed=seed
             )
-            generated = fingerprint_of(victim, data, seed, settings, CANDIDATES)
+            generated = make_fingerprint(
+                victim, data, settings, candidates=CANDIDATES, seeds=(0, 0, seed),
+                ensemble=generation_ensemble(victim, data, seed),
+            )  # fmt: skip
             for threshold in [t for e, t in todo if e == epsilon]:
                 fingerprint = strongest(generated, threshold, SIZE)
                 metrics: dict = {"fingerprints": 0 if fingerprint is None else len(fingerprint)}

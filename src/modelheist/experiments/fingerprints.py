@@ -81,19 +81,24 @@ def make_fingerprint(
     candidates: int = 1000,
     seeds: tuple[int, int, int] = (0, 10_000, 0),
     progress: Progress | None = None,
+    ensemble: tuple[list[TorchClassifier], list[TorchClassifier]] | None = None,
 ) -> Fingerprint:
     """The whole generation of Lukas et al. (§4): ``surrogates`` Knockoff Nets surrogates of
     ``budget`` queries and ``references`` independent models (:func:`extracted_surrogates`,
     :func:`independent_references`), then :func:`generate_fingerprint` from ``candidates`` of
     the owner's training images. ``seeds``: the surrogates', the references' and the choice
-    of candidates."""
-    ensemble_s = extracted_surrogates(owner, data, surrogates, budget, seeds[0], progress)
-    ensemble_r = independent_references(owner, data, references, seeds[1], progress)
+    of candidates. ``ensemble``: the (surrogates, references) made earlier, used instead of
+    training them (the first two seeds then unused)."""
+    if ensemble is None:
+        ensemble = (
+            extracted_surrogates(owner, data, surrogates, budget, seeds[0], progress),
+            independent_references(owner, data, references, seeds[1], progress),
+        )
     pick = np.random.default_rng(seeds[2]).permutation(len(data.train.x))[:candidates]
     return generate_fingerprint(
         owner.module,
-        [m.module for m in ensemble_s],
-        [m.module for m in ensemble_r],
+        [m.module for m in ensemble[0]],
+        [m.module for m in ensemble[1]],
         data.train.x[pick],
         settings,
         tuple(owner.card.input_range) if owner.card.input_range else None,
