@@ -5,14 +5,15 @@ none used in generation; the paper: 1.0).
 For each seed: the Fashion-MNIST victim of examples/knockoff-fashion-mnist.toml (cached); the
 generation ensemble, 5 Knockoff Nets surrogates (5,000 queries, probabilities, the attacker's
 split) and 5 CNNs trained on the attacker's split; 2,000 candidates from the owner's training
-split (the ensemble cached in benchmarks/results/victims/); the fingerprint (at most 100
-examples at the conferrability threshold: the paper's 0.85 by default; see cae_validation.py
-for the setting chosen on validation models). Then, none of them used
-in generation: 10 more surrogates (Knockoff Nets, probabilities and labels, 5,000 and 10,000
+split; the fingerprint (at most 100 examples at the conferrability threshold, the paper's 0.85;
+the bound chosen on validation models by cae_validation.py). Then, none of them used in
+generation: 10 more surrogates (Knockoff Nets, probabilities and labels, 5,000 and 10,000
 queries, other seeds), 10 more independent CNNs (the attacker's split, other seeds) and 5
-reference CNNs whose retentions are the judge's null sample. Per model its retention; per seed the ROC AUC of
-retention between surrogates and independent models, and each model's decision at 0.01 against
-the judge's references. Rows go to benchmarks/results/cae.jsonl.
+reference CNNs whose retentions are the judge's null sample. Per model its retention; per seed
+the ROC AUC of retention between surrogates and independent models, and each model's decision
+at 0.01 against the judge's references. Every model is cached in
+benchmarks/results/victims/cae-seedN/, so an interrupted seed resumes. Rows go to
+benchmarks/results/cae.jsonl.
 
     python benchmarks/cae.py [--seeds 3] [--epsilon 0.2] [--threshold 0.85]
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -54,24 +56,49 @@ STORE = RESULTS / "cae.jsonl"
 GENERATION_MEMBERS, GENERATION_BUDGET, CANDIDATES = 5, 5000, 2000
 
 
+def cached(seed: int, name: str, make: Callable[[], object]) -> TorchClassifier:
+    """The seed's model ``name``: made once and kept in benchmarks/results/victims/cae-seedN/,
+    so that an interrupted seed resumes model by model and the validation shares the
+    ensemble."""
+    folder = RESULTS / "victims" / f"cae-seed{seed}" / name
+    if not (folder / "card.json").is_file():
+        save_model(make(), folder, overwrite=True)
+    model = load_model(folder)
+    if not isinstance(model, TorchClassifier):
+        raise SystemExit(f"{folder}: a cached model is not a network")
+    return model
+
+
 def generation_ensemble(victim, data, seed: int) -> tuple[list, list]:
     """The seed's generation ensemble: GENERATION_MEMBERS Knockoff Nets surrogates (seeds from
-    1000 (seed + 1)) and as many independent references (from 1000 (seed + 1) + 100), trained
-    once and cached beside the seed's victim, so that the validation and the benchmark share
-    it."""
-    folder = RESULTS / "victims" / f"cae-ensemble-seed{seed}"
+    1000 (seed + 1)) and as many independent references (from 1000 (seed + 1) + 100)."""
     base = 1000 * (seed + 1)
-    names = [f"surrogate-{i}" for i in range(GENERATION_MEMBERS)]
-    names += [f"reference-{i}" for i in range(GENERATION_MEMBERS)]
-    if not all((folder / name / "card.json").is_file() for name in names):
-        members = extracted_surrogates(victim, data, GENERATION_MEMBERS, GENERATION_BUDGET, base)
-        members += independent_references(victim, data, GENERATION_MEMBERS, base + 100)
-        for name, model in zip(names, members, strict=True):
-            save_model(model, folder / name, overwrite=True)
-    members = [load_model(folder / name) for name in names]
-    if not all(isinstance(m, TorchClassifier) for m in members):
-        raise SystemExit(f"{folder}: a cached ensemble member is not a network")
-    return members[:GENERATION_MEMBERS], members[GENERATION_MEMBERS:]
+    surrogates = [
+        cached(seed, f"ensemble-surrogate-{i}", lambda i=i: extracted_surrogates(
+            victim, data, 1, GENERATION_BUDGET, base + i)[0])
+        for i in range(GENERATION_MEMBERS)
+    ]  # fmt: skip
+    references = [
+        cached(seed, f"ensemble-reference-{i}", lambda i=i: independent_references(
+            victim, data, 1, base + 100 + i)[0])
+        for i in range(GENERATION_MEMBERS)
+    ]  # fmt: skip
+    return surrogates, references
+
+
+def independent(victim, data, seed: int, name: str, model_seed: int) -> TorchClassifier:
+    """A CNN of the victim's recipe trained on the attacker's split (cached)."""
+    return cached(seed, name, lambda: independent_references(victim, data, 1, model_seed)[0])
+
+
+def knockoff(victim, data, seed: int, name: str, budget: int, output: str, model_seed: int):
+    """A Knockoff Nets surrogate from the attacker's split (cached)."""
+    return cached(
+        seed, name, lambda: measure_extraction(
+            victim, KnockoffNets(), data.pool.x, None, budget, output, "fashion-mnist",
+            model_seed,
+        )[0].surrogate,
+    )  # fmt: skip
 
 
 def labels_of(model) -> LocalOracle:
@@ -108,14 +135,15 @@ def main() -> None:
         for index in range(10):  # surrogates not used in generation
             output = ("probs", "labels")[index % 2]
             budget = (5000, 10000)[(index // 2) % 2]
-            result, _ = measure_extraction(
-                victim, KnockoffNets(), data.pool.x, None, budget, output, "fashion-mnist",
-                base + 200 + index,
-            )  # fmt: skip
-            held_out.append((f"knockoff-{output}-{budget}-{index}", "surrogate", result.surrogate))
-        for index, model in enumerate(independent_references(victim, data, 10, base + 300)):
-            held_out.append((f"independent-{index}", "independent", model))
-        judges = independent_references(victim, data, 5, base + 400)
+            name = f"knockoff-{output}-{budget}-{index}"
+            model = knockoff(victim, data, seed, name, budget, output, base + 200 + index)
+            held_out.append((name, "surrogate", model))
+        for index in range(10):
+            name = f"independent-{index}"
+            held_out.append(
+                (name, "independent", independent(victim, data, seed, name, base + 300 + index))
+            )
+        judges = [independent(victim, data, seed, f"judge-{i}", base + 400 + i) for i in range(5)]
         null = tuple(reference_retentions(fingerprint, [labels_of(m) for m in judges]))
         scheme = CAEScheme(fingerprint, null)
         models = []
