@@ -314,7 +314,9 @@ def experiment_conflicts(
     fast: Annotated[
         bool,
         typer.Option(
-            help="Short training and small secrets (seconds on digits); numbers indicative."
+            help="The test suite's short run, for a look in seconds on --dataset digits: 12 "
+            "epochs at batch 64, 20 noise triggers, small dataset-inference secrets, DP-SGD "
+            "at epsilon 8 (not 3) and a 3-step PGD (0.15, step 0.05); numbers indicative."
         ),
     ] = False,
 ) -> None:
