@@ -61,6 +61,7 @@ def test_the_talks_pairs_and_the_relaxations_are_planned():
         ({"dp_epsilon": 0.0}, "epsilon > 0"),
         ({"adv_steps": 0}, "PGD needs"),
         ({"trigger_source": "fashion-mnist"}, "another dataset"),
+        ({"optimizer": "rmsprop"}, "adamw or sgd"),
     ],
 )
 def test_bad_settings_are_one_line_errors(changes, message):

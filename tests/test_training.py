@@ -89,6 +89,41 @@ def test_without_protections_training_is_deterministic(digits):
     np.testing.assert_array_equal(outputs[0][1], outputs[1][1])
 
 
+def test_sgd_with_momentum_trains_and_is_what_dp_sgd_makes_private(digits):
+    config = TrainConfig(epochs=4, batch_size=64, lr=0.05, optimizer="sgd", seed=0)
+    model = train_model(digits, "cnn-gn", config)
+    assert model.card.training["optimizer"] == "sgd" and model.card.training["momentum"] == 0.9
+    assert model.card.metrics["test_accuracy"] > 0.8
+    private = train_model(digits, "cnn-gn", config, None, [DpSgd(epsilon=3.0)])
+    assert private.card.metrics["test_accuracy"] > 0.3  # noisy, clipped, but learning
+    for settings, message in [
+        ({"optimizer": "rmsprop"}, "adamw or sgd"),
+        ({"optimizer": "sgd", "momentum": 1.0}, "momentum"),
+    ]:
+        with pytest.raises(ModelheistError, match=message):
+            TrainConfig(**settings)
+
+
+def test_no_trigger_step_is_taken_at_learning_rate_zero(digits):
+    """After the last epoch the schedule's rate is 0: the after-epoch watermark takes no step
+    there, so that, under DP-SGD, none is counted. One epoch: nothing but the data's steps."""
+    from modelheist.ownership.watermark import BackdoorWatermark, TriggerSet
+
+    triggers = TriggerSet.generate(20, digits.input_shape, 10, seed=1)
+    config = TrainConfig(epochs=1, batch_size=64, seed=0)
+    plain = train_model(digits, "cnn-gn", config, None, [DpSgd(epsilon=3.0)])
+    watermark = BackdoorWatermark(triggers, schedule="after-epoch", batch_size=8)
+    marked = train_model(digits, "cnn-gn", config, None, [watermark, DpSgd(epsilon=3.0)])
+    steps = [
+        next(e["steps"] for e in m.card.protections if e["name"] == "dp-sgd")
+        for m in (plain, marked)
+    ]
+    assert steps[0] == steps[1] == math.ceil(len(digits.train) / 64)
+    np.testing.assert_array_equal(
+        plain.predict_proba(digits.test.x[:5]), marked.predict_proba(digits.test.x[:5])
+    )
+
+
 def test_extra_data_must_match_the_training_data(digits):
     class Misshapen(Recording):
         def extra_data(self, x, targets):

@@ -292,6 +292,11 @@ def experiment_conflicts(
         ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs of every cell.")] = None,
+    optimizer: Annotated[
+        str | None,
+        typer.Option(help="adamw (default) or sgd (momentum 0.9, the study's optimiser)."),
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate of every cell.")] = None,
     train_size: Annotated[
         int | None, typer.Option(help="Cap the owner's training split at this many images.")
     ] = None,
@@ -335,8 +340,9 @@ def experiment_conflicts(
         raise ModelheistError(f"--seeds must be at least 1, got {seeds}")
     chosen = tuple(p.strip() for p in protections.split(",") if p.strip())
     changes: dict = {"protections": chosen, "combinations": combinations}
-    if epochs is not None:
-        changes["epochs"] = epochs
+    for name, value in (("epochs", epochs), ("optimizer", optimizer), ("lr", lr)):
+        if value is not None:
+            changes[name] = value
     if train_size is not None:
         changes["train_size"] = train_size
     if fast:

@@ -82,8 +82,10 @@ CONFIG = "config.json"
 
 @dataclass(frozen=True)
 class ConflictsConfig:
-    """What a conflicts run trains and measures (module docstring). ``epochs`` and
-    ``batch_size`` train every cell; ``train_size`` caps the owner's training split (None:
+    """What a conflicts run trains and measures (module docstring). ``epochs``,
+    ``batch_size``, ``optimizer`` (``adamw`` or the study's ``sgd`` with momentum 0.9; only
+    under SGD does the larger-clip relaxation mean larger steps), ``lr`` and
+    ``weight_decay`` train every cell; ``train_size`` caps the owner's training split (None:
     all of it); the mechanisms' settings default to the study's (100 triggers from
     ``trigger_source``, the other dataset's images with their own labels, trained in batches
     of 16 after each epoch, ``trigger_rounds`` passes each time (the study: one); q = 10% marked
@@ -100,6 +102,9 @@ class ConflictsConfig:
     architecture: str = "cnn-gn"
     epochs: int = 10
     batch_size: int = 256
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
     train_size: int | None = None
     triggers: int = 100
     trigger_source: str = "mnist5k+own-labels"
@@ -148,6 +153,7 @@ class ConflictsConfig:
             raise ModelheistError(f"di_cells is pairs or all, got {self.di_cells!r}")
         if self.adversarial_test < 1:
             raise ModelheistError("adversarial accuracy needs at least one test image")
+        self.train_config(self.seed)  # the optimiser's settings checked once, here
         DpSgd(self.dp_epsilon, self.dp_delta, self.dp_clip)  # each range checked once, here
         DpSgd(self.dp_epsilon, self.dp_delta, self.relaxed_clip)
         PgdAdversarialTraining(self.adv_epsilon, self.adv_step, self.adv_steps)
@@ -180,6 +186,17 @@ class ConflictsConfig:
             "adversarial_test": 200,
         }
         return cls(**{**settings, **changes})
+
+    def train_config(self, seed: int) -> TrainConfig:
+        """How every model of the run is trained (the cells, the radioactive marker)."""
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            optimizer=self.optimizer,
+            seed=seed,
+        )
 
     def trained(self) -> tuple[str, ...]:
         """The requested mechanisms that change training, in table order."""
@@ -333,7 +350,7 @@ def prepare_secrets(
         marker = train_model(
             data,
             config.architecture,
-            TrainConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed + 7),
+            config.train_config(config.seed + 7),
             progress,
         )
         assert isinstance(marker, TorchClassifier)
@@ -409,9 +426,12 @@ def run_cell(job: CellJob) -> dict[str, Any]:
         model = load_model(model_folder)
     else:
         # one training seed for every cell of a seed: cells differ in their protections only
-        train = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed)
         model = train_model(
-            data, config.architecture, train, None, _protections(config, cell, folder)
+            data,
+            config.architecture,
+            config.train_config(config.seed),
+            None,
+            _protections(config, cell, folder),
         )
         write_whole(model_folder, lambda tmp: save_model(model, tmp))
     trained_seconds = time.perf_counter() - start

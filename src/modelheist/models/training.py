@@ -42,6 +42,8 @@ from modelheist.models.classifier import (
 )
 from modelheist.models.device import training_device
 
+OPTIMIZERS = ("adamw", "sgd")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -55,6 +57,11 @@ class TrainConfig:
     temperature: float = 1.0
     temperature_weight: float = 1.0
     seed: int = 0
+    #: ``adamw`` (the default) or ``sgd`` (with ``momentum``: the optimiser of DP-SGD proper
+    #: and of Szyller & Asokan's conflicts study, where a larger clipping norm means larger
+    #: steps; Adam divides that scale out).
+    optimizer: str = "adamw"
+    momentum: float = 0.9
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
@@ -63,6 +70,20 @@ class TrainConfig:
             )
         if not 0.0 <= self.temperature_weight <= 1.0:
             raise ModelheistError("temperature_weight must lie in [0, 1]")
+        if self.optimizer not in OPTIMIZERS:
+            raise ModelheistError(
+                f"unknown optimizer {self.optimizer!r}; choose {' or '.join(OPTIMIZERS)}"
+            )
+        if not 0.0 <= self.momentum < 1.0:
+            raise ModelheistError(f"momentum must lie in [0, 1), got {self.momentum}")
+
+    def optimiser(self, parameters) -> torch.optim.Optimizer:
+        """The optimiser this configuration names, over ``parameters``."""
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(
+                parameters, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+            )
+        return torch.optim.AdamW(parameters, lr=self.lr, weight_decay=self.weight_decay)
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -243,7 +264,8 @@ class TrainingProtection(ABC):
 class Trainer:
     """The one training loop of every network in modelheist, victims and surrogates alike.
 
-    AdamW with a warm-up + cosine learning-rate schedule; cross-entropy on integer labels, or on
+    AdamW (or SGD with momentum, ``TrainConfig.optimizer``) with a warm-up + cosine
+    learning-rate schedule; cross-entropy on integer labels, or on
     probability vectors (soft labels, i.e. KL divergence up to a constant) with Hinton et al.'s
     ('15) distillation loss a * T^2 * CE(softmax(z / T), softmax(log p / T)) + (1 - a) * CE(z, p)
     when ``config.temperature`` T != 1 (a = ``config.temperature_weight``); optional
@@ -292,9 +314,7 @@ class Trainer:
         module.to(device)
         xs = torch.from_numpy(np.ascontiguousarray(x, np.float32))
         ts = torch.from_numpy(targets.astype(np.float32 if soft else np.int64))
-        optimiser = torch.optim.AdamW(
-            module.parameters(), lr=config.lr, weight_decay=config.weight_decay
-        )
+        optimiser = config.optimiser(module.parameters())
         generator = torch.Generator().manual_seed(config.seed)
         run = TrainingRun(
             module,

@@ -246,10 +246,14 @@ class BackdoorWatermark(TrainingProtection):
         example, noised for a batch of the size drawn, and counted by the accountant) unless
         ``outside_private``: then they are plain steps of the wrapped optimizer, without
         per-example gradients (their §7 relaxation: the watermark decoupled from DP-SGD, at the
-        cost of a tight privacy analysis)."""
+        cost of a tight privacy analysis). After the last epoch the schedule's learning rate is
+        0: a step then changes nothing, so none is taken (under DP-SGD it would still be
+        counted)."""
         if self.schedule != "after-epoch":
             return
         module, optimizer = run.module, run.optimizer
+        if all(group["lr"] == 0 for group in optimizer.param_groups):
+            return
         device = next(module.parameters()).device
         private = hasattr(optimizer, "original_optimizer")  # Opacus's DPOptimizer
         if private and self.outside_private:
