@@ -46,9 +46,14 @@ def main() -> None:
     config = ConflictsConfig(
         dataset=args.dataset, trigger_source=default_trigger_source(args.dataset), **SETTINGS
     )
-    rows = store.rows()
-    done = {r["seed"] for r in rows if r["measure"] == "run" and r["dataset"] == args.dataset}
-    begun = {r["seed"] for r in rows if r["dataset"] == args.dataset}
+    rows = [r for r in store.rows() if r["dataset"] == args.dataset]
+    runs = [r for r in rows if r["measure"] == "run"]
+    if any(r["config"] != config.as_json() for r in runs):
+        raise SystemExit(  # the run folder would refuse it too; say so before any work
+            f"{STORE} holds {args.dataset} runs of another configuration; move it aside first"
+        )
+    done = {r["seed"] for r in runs}
+    begun = {r["seed"] for r in rows}
     folder = RESULTS / "conflicts-runs" / args.dataset
     for seed in range(args.seeds):
         if seed in done:

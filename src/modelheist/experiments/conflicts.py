@@ -187,6 +187,10 @@ class ConflictsConfig:
         }
         return cls(**{**settings, **changes})
 
+    def as_json(self) -> dict[str, Any]:
+        """The configuration as its JSON form (tuples as lists), as run folders record it."""
+        return json.loads(json.dumps(asdict(self)))
+
     def train_config(self, seed: int) -> TrainConfig:
         """How every model of the run is trained (the cells, the radioactive marker)."""
         return TrainConfig(
@@ -551,7 +555,7 @@ class ConflictsRun:
         self._check_config()
         prepare_secrets(config, data, self.folder, progress)
         done = {row["cell"] for row in read_lines(self.folder / CELLS)}
-        settings = _config_json(config)
+        settings = config.as_json()
         return [
             CellJob(str(self.folder), settings, asdict(cell))
             for cell in cells(config)
@@ -569,11 +573,7 @@ class ConflictsRun:
         return sorted(latest.values(), key=lambda row: order.get(row["cell"], len(order)))
 
     def _check_config(self) -> None:
-        check_config(self.folder, _config_json(self.config), CONFIG)
-
-
-def _config_json(config: ConflictsConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(config)))
+        check_config(self.folder, self.config.as_json(), CONFIG)
 
 
 def run_conflicts(
@@ -612,6 +612,6 @@ def run_conflicts(
     if task is not None:
         progress.remove_task(task)
     rows = [row for run in runs.values() for row in run.rows()]
-    doc = document(_config_json(config), rows, cells(config))
+    doc = document(config.as_json(), rows, cells(config))
     write_report(doc, folder)
     return doc
