@@ -781,6 +781,31 @@ def cae_validation(rows: list[dict]) -> str:
     return "\n".join([*lines, "", provenance(rows)])
 
 
+def conflicts_validation(rows: list[dict]) -> str:
+    """The conflicts table's optimiser grid: validation accuracy of the unprotected and the
+    DP-SGD models per setting, mean ± std over seeds."""
+    lines = [
+        "| dataset | optimiser | learning rate | weight decay | seeds | none: validation acc. "
+        "| DP-SGD: validation acc. | mean |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    keys = dict.fromkeys((r["dataset"], r["optimizer"], r["lr"], r["weight_decay"]) for r in rows)
+    for dataset, optimizer, lr, weight_decay in keys:
+        group = [
+            r["metrics"]
+            for r in rows
+            if (r["dataset"], r["optimizer"], r["lr"], r["weight_decay"])
+            == (dataset, optimizer, lr, weight_decay)
+        ]
+        lines.append(
+            f"| {dataset} | {optimizer} | {lr:g} | {weight_decay:g} | {len(group)} "
+            f"| {_spread([m['none_validation_accuracy'] for m in group], 4)} "
+            f"| {_spread([m['dp_validation_accuracy'] for m in group], 4)} "
+            f"| {_spread([m['mean_validation_accuracy'] for m in group], 4)} |"
+        )
+    return "\n".join([*lines, "", provenance(rows)])
+
+
 def ownership_matrix(rows: list[dict]) -> str:
     """The ownership matrix, per scheme over seeds: ROC AUC between stolen and independent
     suspects, detections, false accusations, "cannot verify" cells, queries; and the runs."""
@@ -979,6 +1004,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "ownership_matrix": (("ownership_matrix.jsonl",), ownership_matrix),
     "ownership_cells": (("ownership_matrix.jsonl",), ownership_cells),
     "conflicts": (("conflicts.jsonl",), conflicts),
+    "conflicts_validation": (("conflicts-validation.jsonl",), conflicts_validation),
     "knockoff_vs_art": (
         ("knockoff-fmnist.jsonl", "knockoff-fmnist-art.jsonl"),
         comparison(
