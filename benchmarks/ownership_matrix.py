@@ -14,7 +14,9 @@ accusations), and one for the run (its wall time, valid only when it ran uninter
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
@@ -28,6 +30,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 STORE = RESULTS / "ownership_matrix.jsonl"
 
 
+def as_json(config: MatrixConfig) -> dict:
+    """The configuration as the run row records it."""
+    return json.loads(json.dumps(asdict(config)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=1)
@@ -37,6 +44,14 @@ def main() -> None:
     store = ResultsStore(STORE)
     store.freeze_environment()
     rows = store.rows()
+    for row in rows:
+        if row["measure"] == "run" and row["config"] != as_json(
+            MatrixConfig(dataset=row["dataset"], seed=row["seed"])
+        ):
+            raise SystemExit(  # its table would mix two configurations
+                f"{STORE} holds a run of another configuration (seed {row['seed']}, "
+                f"{row['dataset']}, commit {row['commit']}); move it aside first"
+            )
     done = {(r["seed"], r["dataset"]) for r in rows if r["measure"] == "run"}
     begun = {(r["seed"], r["dataset"]) for r in rows}
     for seed in range(args.seeds):
