@@ -12,7 +12,7 @@ queries, other seeds), 10 more independent CNNs (the attacker's split, other see
 reference CNNs whose retentions are the judge's null sample. Per model its retention; per seed
 the ROC AUC of retention between surrogates and independent models, and each model's decision
 at 0.01 against the judge's references. Every model is cached in
-benchmarks/results/victims/cae-seedN/, so an interrupted seed resumes. Rows go to
+benchmarks/results/victims/cae-VICTIM-seedN/, so an interrupted seed resumes. Rows go to
 benchmarks/results/cae.jsonl.
 
     python benchmarks/cae.py [--seeds 3] [--epsilon 0.2] [--threshold 0.85]
@@ -21,6 +21,7 @@ benchmarks/results/cae.jsonl.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,7 @@ from modelheist.experiments.fingerprints import (
     make_fingerprint,
 )
 from modelheist.experiments.results import ResultsStore
+from modelheist.experiments.run_folder import write_whole
 from modelheist.models.classifier import TorchClassifier
 from modelheist.models.store import load_model, save_model
 from modelheist.ownership.cae import (
@@ -56,13 +58,23 @@ STORE = RESULTS / "cae.jsonl"
 GENERATION_MEMBERS, GENERATION_BUDGET, CANDIDATES = 5, 5000, 2000
 
 
-def cached(seed: int, name: str, make: Callable[[], object]) -> TorchClassifier:
-    """The seed's model ``name``: made once and kept in benchmarks/results/victims/cae-seedN/,
-    so that an interrupted seed resumes model by model and the validation shares the
-    ensemble."""
-    folder = RESULTS / "victims" / f"cae-seed{seed}" / name
+def victim_tag(victim) -> str:
+    """A short digest of the victim's weights: cached models belong to one victim."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(victim.module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:8]
+
+
+def cached(victim, seed: int, name: str, make: Callable[[], object]) -> TorchClassifier:
+    """The seed's model ``name``: made once and kept, written whole, in
+    benchmarks/results/victims/cae-VICTIM-seedN/ (VICTIM: :func:`victim_tag`), so that an
+    interrupted seed resumes model by model and the validation shares the ensemble."""
+    folder = RESULTS / "victims" / f"cae-{victim_tag(victim)}-seed{seed}" / name
     if not (folder / "card.json").is_file():
-        save_model(make(), folder, overwrite=True)
+        model = make()
+        write_whole(folder, lambda tmp: save_model(model, tmp))
     model = load_model(folder)
     if not isinstance(model, TorchClassifier):
         raise SystemExit(f"{folder}: a cached model is not a network")
@@ -74,12 +86,12 @@ def generation_ensemble(victim, data, seed: int) -> tuple[list, list]:
     1000 (seed + 1)) and as many independent references (from 1000 (seed + 1) + 100)."""
     base = 1000 * (seed + 1)
     surrogates = [
-        cached(seed, f"ensemble-surrogate-{i}", lambda i=i: extracted_surrogates(
+        cached(victim, seed, f"ensemble-surrogate-{i}", lambda i=i: extracted_surrogates(
             victim, data, 1, GENERATION_BUDGET, base + i)[0])
         for i in range(GENERATION_MEMBERS)
     ]  # fmt: skip
     references = [
-        cached(seed, f"ensemble-reference-{i}", lambda i=i: independent_references(
+        cached(victim, seed, f"ensemble-reference-{i}", lambda i=i: independent_references(
             victim, data, 1, base + 100 + i)[0])
         for i in range(GENERATION_MEMBERS)
     ]  # fmt: skip
@@ -88,13 +100,15 @@ def generation_ensemble(victim, data, seed: int) -> tuple[list, list]:
 
 def independent(victim, data, seed: int, name: str, model_seed: int) -> TorchClassifier:
     """A CNN of the victim's recipe trained on the attacker's split (cached)."""
-    return cached(seed, name, lambda: independent_references(victim, data, 1, model_seed)[0])
+    return cached(
+        victim, seed, name, lambda: independent_references(victim, data, 1, model_seed)[0]
+    )
 
 
 def knockoff(victim, data, seed: int, name: str, budget: int, output: str, model_seed: int):
     """A Knockoff Nets surrogate from the attacker's split (cached)."""
     return cached(
-        seed, name, lambda: measure_extraction(
+        victim, seed, name, lambda: measure_extraction(
             victim, KnockoffNets(), data.pool.x, None, budget, output, "fashion-mnist",
             model_seed,
         )[0].surrogate,

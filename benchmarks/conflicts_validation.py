@@ -1,5 +1,6 @@
 """Choosing the conflicts table's optimiser and learning rate on the validation split (issue
-13; benchmarks/conflicts.py then trains every cell with the choice).
+13; the choice then goes into benchmarks/conflicts.py's SETTINGS, by hand, with this table
+behind it).
 
 The study trained every cell with SGD and momentum (one learning rate for all); the larger
 clipping-norm relaxation only means larger steps under SGD (Adam divides the scale out). Per
@@ -45,14 +46,16 @@ def main() -> None:
     store = ResultsStore(STORE)
     store.freeze_environment()
     done = {
-        (r["seed"], r["optimizer"], r["lr"]) for r in store.rows() if r["dataset"] == args.dataset
+        (r["seed"], r["optimizer"], r["lr"], r["weight_decay"])
+        for r in store.rows()
+        if r["dataset"] == args.dataset and r["training"] == SETTINGS
     }
     base = ConflictsConfig(
         dataset=args.dataset, trigger_source=default_trigger_source(args.dataset), **SETTINGS
     )
     for seed in range(args.seeds):
         for optimizer, lr, weight_decay in GRID:
-            if (seed, optimizer, lr) in done:
+            if (seed, optimizer, lr, weight_decay) in done:
                 continue
             config = replace(base, seed=seed, optimizer=optimizer, lr=lr, weight_decay=weight_decay)
             data = owner_data(config)

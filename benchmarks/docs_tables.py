@@ -785,20 +785,27 @@ def conflicts_validation(rows: list[dict]) -> str:
     """The conflicts table's optimiser grid: validation accuracy of the unprotected and the
     DP-SGD models per setting, mean ± std over seeds."""
     lines = [
-        "| dataset | optimiser | learning rate | weight decay | seeds | none: validation acc. "
-        "| DP-SGD: validation acc. | mean |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| dataset | epochs | training images | batch | optimiser | learning rate "
+        "| weight decay | seeds | none: validation acc. | DP-SGD: validation acc. | mean |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    keys = dict.fromkeys((r["dataset"], r["optimizer"], r["lr"], r["weight_decay"]) for r in rows)
-    for dataset, optimizer, lr, weight_decay in keys:
+
+    def key(row: dict) -> tuple:
+        training = row["training"]
+        return (
+            row["dataset"], training["epochs"], training["train_size"], training["batch_size"],
+            row["optimizer"], row["lr"], row["weight_decay"],
+        )  # fmt: skip
+
+    for dataset, epochs, size, batch, optimizer, lr, weight_decay in dict.fromkeys(map(key, rows)):
         group = [
             r["metrics"]
             for r in rows
-            if (r["dataset"], r["optimizer"], r["lr"], r["weight_decay"])
-            == (dataset, optimizer, lr, weight_decay)
+            if key(r) == (dataset, epochs, size, batch, optimizer, lr, weight_decay)
         ]
         lines.append(
-            f"| {dataset} | {optimizer} | {lr:g} | {weight_decay:g} | {len(group)} "
+            f"| {dataset} | {epochs} | {size:,} | {batch} | {optimizer} | {lr:g} "
+            f"| {weight_decay:g} | {len(group)} "
             f"| {_spread([m['none_validation_accuracy'] for m in group], 4)} "
             f"| {_spread([m['dp_validation_accuracy'] for m in group], 4)} "
             f"| {_spread([m['mean_validation_accuracy'] for m in group], 4)} |"

@@ -94,7 +94,17 @@ def test_sgd_with_momentum_trains_and_is_what_dp_sgd_makes_private(digits):
     model = train_model(digits, "cnn-gn", config)
     assert model.card.training["optimizer"] == "sgd" and model.card.training["momentum"] == 0.9
     assert model.card.metrics["test_accuracy"] > 0.8
-    private = train_model(digits, "cnn-gn", config, None, [DpSgd(epsilon=3.0)])
+
+    @dataclass
+    class OptimiserSeen(TrainingProtection):  # what DP-SGD made private, seen at the end
+        name: ClassVar[str] = "optimiser-seen"
+
+        def end_epoch(self, run, epoch):
+            self.private = type(run.optimizer.original_optimizer)
+
+    seen = OptimiserSeen()
+    private = train_model(digits, "cnn-gn", config, None, [DpSgd(epsilon=3.0), seen])
+    assert seen.private is torch.optim.SGD  # DP-SGD proper, not DP-Adam
     assert private.card.metrics["test_accuracy"] > 0.3  # noisy, clipped, but learning
     for settings, message in [
         ({"optimizer": "rmsprop"}, "adamw or sgd"),

@@ -296,7 +296,12 @@ def experiment_conflicts(
         str | None,
         typer.Option(help="adamw (default) or sgd (momentum 0.9, the study's optimiser)."),
     ] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate of every cell.")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Peak learning rate of every cell (default 2e-3).")
+    ] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="Weight decay of every cell (default 1e-4).")
+    ] = None,
     train_size: Annotated[
         int | None, typer.Option(help="Cap the owner's training split at this many images.")
     ] = None,
@@ -340,7 +345,12 @@ def experiment_conflicts(
         raise ModelheistError(f"--seeds must be at least 1, got {seeds}")
     chosen = tuple(p.strip() for p in protections.split(",") if p.strip())
     changes: dict = {"protections": chosen, "combinations": combinations}
-    for name, value in (("epochs", epochs), ("optimizer", optimizer), ("lr", lr)):
+    for name, value in (
+        ("epochs", epochs),
+        ("optimizer", optimizer),
+        ("lr", lr),
+        ("weight_decay", weight_decay),
+    ):
         if value is not None:
             changes[name] = value
     if train_size is not None:

@@ -246,9 +246,9 @@ class BackdoorWatermark(TrainingProtection):
         example, noised for a batch of the size drawn, and counted by the accountant) unless
         ``outside_private``: then they are plain steps of the wrapped optimizer, without
         per-example gradients (their §7 relaxation: the watermark decoupled from DP-SGD, at the
-        cost of a tight privacy analysis). After the last epoch the schedule's learning rate is
-        0: a step then changes nothing, so none is taken (under DP-SGD it would still be
-        counted)."""
+        cost of a tight privacy analysis). After the last epoch of a run of more than one step
+        the schedule's learning rate is 0: a step then changes nothing, so none is taken (under
+        DP-SGD it would still be counted); a one-epoch run therefore trains no trigger."""
         if self.schedule != "after-epoch":
             return
         module, optimizer = run.module, run.optimizer
