@@ -17,9 +17,10 @@ epsilon 3, delta 1e-3, clipping norm 1.0, Poisson sampling (the defaults here). 
 deviations: the Trainer's optimiser is made private as it is (SGD with momentum, as the study,
 when ``TrainConfig.optimizer`` is ``sgd``; AdamW, the default, becomes DP-Adam, for which a
 larger clipping norm changes little: Adam divides the common scale of the clipped gradients
-and the noise out), under a warm-up + cosine schedule (the study: one-cycle); the noise is drawn from a seeded generator so that a run is
-reproducible (Opacus's ``secure_mode`` is off: fine for measurement, not for a deployment whose
-privacy must hold against an adversary who knows the seed). Note that delta = 1e-3 exceeds
+and the noise out), under a warm-up + cosine schedule (the study: one-cycle); the noise is
+drawn from a seeded generator so that a run is reproducible (Opacus's ``secure_mode`` is off:
+fine for measurement, not for a deployment whose privacy must hold against an adversary who
+knows the seed). Note that delta = 1e-3 exceeds
 1 / n for n > 1,000 training examples, a weak guarantee; it is the study's setting.
 """
 
