@@ -14,9 +14,7 @@ accusations), and one for the run (its wall time, valid only when it ran uninter
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
@@ -30,11 +28,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 STORE = RESULTS / "ownership_matrix.jsonl"
 
 
-def as_json(config: MatrixConfig) -> dict:
-    """The configuration as the run row records it."""
-    return json.loads(json.dumps(asdict(config)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=1)
@@ -45,8 +38,9 @@ def main() -> None:
     store.freeze_environment()
     rows = store.rows()
     for row in rows:
-        if row["measure"] == "run" and row["config"] != as_json(
-            MatrixConfig(dataset=row["dataset"], seed=row["seed"])
+        if (
+            row["measure"] == "run"
+            and row["config"] != MatrixConfig(dataset=row["dataset"], seed=row["seed"]).as_json()
         ):
             raise SystemExit(  # its table would mix two configurations
                 f"{STORE} holds a run of another configuration (seed {row['seed']}, "

@@ -171,6 +171,11 @@ class MatrixConfig:
                 "would collide with the suspects')"
             )
 
+    def as_json(self) -> dict[str, Any]:
+        """The configuration as its JSON form (tuples as lists), as run folders and the
+        benchmark's run rows record it."""
+        return json.loads(json.dumps(asdict(self)))
+
     @classmethod
     def small(cls, dataset: str = "digits", seed: int = 0) -> MatrixConfig:
         """A run of about a minute on ``digits`` (the test suite's): every suspect and scheme,
@@ -313,7 +318,7 @@ class MatrixRun:
 
     def _check_config(self) -> None:
         """A folder belongs to one configuration: resuming with another would mix two runs."""
-        check_config(self.folder, json.loads(json.dumps(asdict(self.config))))
+        check_config(self.folder, self.config.as_json())
 
     # -- the owner and its secrets -----------------------------------------------------------
 
