@@ -1010,6 +1010,8 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "cae_validation": (("cae-validation.jsonl",), cae_validation),
     "ownership_matrix": (("ownership_matrix.jsonl",), ownership_matrix),
     "ownership_cells": (("ownership_matrix.jsonl",), ownership_cells),
+    "ownership_matrix_cae01": (("ownership_matrix-cae0.1.jsonl",), ownership_matrix),
+    "ownership_cells_cae01": (("ownership_matrix-cae0.1.jsonl",), ownership_cells),
     "conflicts": (("conflicts.jsonl",), conflicts),
     "conflicts_validation": (("conflicts-validation.jsonl",), conflicts_validation),
     "knockoff_vs_art": (
