@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
+FORTUNES_DIR := /usr/share/games/fortunes
+WORDS_FILE := /usr/share/dict/american-english
 
 .PHONY: setup demo test bench bench-serve bench-tramer bench-synthetic bench-adaptive bench-ownership bench-state docs-bench lint data clean
 
@@ -16,13 +18,18 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Debian's offline data: Fashion-MNIST, the fortune quotations and the word list (text sets).
 data:
-	@if [ -d $(FMNIST_DIR) ]; then :; \
+	@missing=""; \
+	[ -d $(FMNIST_DIR) ] || missing="$$missing dataset-fashion-mnist"; \
+	[ -f $(FORTUNES_DIR)/science ] || missing="$$missing fortunes fortunes-min"; \
+	[ -f $(WORDS_FILE) ] || missing="$$missing wamerican"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		(apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
-		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) \
-		 || echo "fashion-mnist: apt-get install dataset-fashion-mnist failed; quickstart will use mnist5k"; \
-	else echo "fashion-mnist: not root or no apt-get; skipping (sudo apt-get install dataset-fashion-mnist)"; fi
+		(apt-get install -y -qq $$missing >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $$missing >/dev/null 2>&1)) \
+		 || echo "data: apt-get install$$missing failed; quickstart will use mnist5k and the text sets are unavailable"; \
+	else echo "data: not root or no apt-get; skipping (sudo apt-get install$$missing)"; fi
 
 setup: $(STAMP) data
 

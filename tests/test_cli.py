@@ -92,6 +92,8 @@ MISTAKES = [
     ("train --dataset digits --arch resnet --out {tmp}/x", "unknown architecture"),
     ("train --dataset digits --arch mlp --out {tmp} --epochs 1", "already exists"),
     ("train --dataset digits --arch mlp --out {tmp}/x --epochs 0", "--epochs"),
+    ("train --dataset fortunes --arch mlp --out {tmp}/x", "fortunes holds text"),
+    (f"{ATTACK} fortunes --budget 5", "of the victim's kind"),
     (f"{ATTACK} breast-cancer --budget 0", "--budget"),
     (f"{ATTACK} breast-cancer --budget 5 --output softmax", "unknown output/defense spec"),
     (f"{ATTACK} nope --budget 5", "unknown dataset"),

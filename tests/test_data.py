@@ -146,3 +146,62 @@ def test_out_of_distribution_transfer_set_is_used_whole(digits):
     x = attacker_transfer_set("digits", load_dataset("mnist5k"))
     assert x.shape == (1797, 1, 28, 28)
     assert attacker_transfer_set("digits", digits) is digits.pool.x
+
+
+def _fortune_folder(folder, per_class=4):
+    """A small folder of fortune files: three topics, one quotation filed twice, one too long."""
+    folder.mkdir()
+    for topic in ("cats", "dogs", "fish"):
+        quotations = [f"A {topic} saying number {i},\n  over two lines." for i in range(per_class)]
+        (folder / topic).write_text("\n%\n".join([*quotations, "Shared by two topics."]) + "\n%\n")
+        (folder / f"{topic}.dat").write_bytes(b"\0" * 24)  # strfile's index: not a category
+    (folder / "ascii-art").write_text("  /\\_/\\\n ( o.o )\n%\n")
+    (folder / "tiny").write_text("Only one.\n%\n")
+    (folder / "cats.u8").symlink_to(folder / "cats")
+
+
+def test_fortunes_read_and_filtered(tmp_path, monkeypatch):
+    from modelheist.data.text import load_fortunes, read_fortune_file
+
+    _fortune_folder(tmp_path / "f")
+    assert (
+        read_fortune_file(tmp_path / "f" / "cats")[0] == "A cats saying number 0, over two lines."
+    )
+    texts, labels, classes = load_fortunes(tmp_path / "f", min_per_class=3)
+    assert classes == ("cats", "dogs", "fish")  # no .dat, .u8 link, ascii-art or small file
+    assert texts.dtype == object and len(texts) == 12  # the shared quotation is dropped
+    assert "Shared by two topics." not in set(texts)
+    assert np.bincount(labels).tolist() == [4, 4, 4]
+    with pytest.raises(DatasetUnavailableError, match="fewer than two"):
+        load_fortunes(tmp_path / "f", min_per_class=3, max_chars=20)
+    with pytest.raises(DatasetUnavailableError, match="apt-get install fortunes"):
+        load_fortunes(tmp_path / "missing")
+
+
+def test_fortunes_dataset_splits_text(tmp_path, monkeypatch):
+    from modelheist.data import registry
+
+    _fortune_folder(tmp_path / "f", per_class=150)
+    monkeypatch.setenv("MODELHEIST_FORTUNES", str(tmp_path / "f"))
+    registry._load_raw.cache_clear()
+    try:
+        data = load_dataset("fortunes", seed=3)
+        assert data.kind == "text" and data.input_shape == () and data.num_classes == 3
+        parts = [data.train.x, data.validation.x, data.test.x, data.pool.x]
+        assert sum(map(len, parts)) == 450
+        assert len(set().union(*map(set, parts))) == 450  # disjoint
+        assert all(isinstance(t, str) for t in data.pool.x)
+        np.testing.assert_array_equal(load_dataset("fortunes", seed=3).test.x, data.test.x)
+        with pytest.raises(DatasetUnavailableError, match="of the victim's kind"):
+            attacker_transfer_set("digits", data)
+    finally:
+        registry._load_raw.cache_clear()
+
+
+def test_word_list(tmp_path):
+    from modelheist.data.text import load_words
+
+    (tmp_path / "words").write_text("A\naardvark\naardvark's\nABC\nzebra\nzebra\ncafé\n")
+    assert load_words(tmp_path / "words") == ["aardvark", "zebra"]
+    with pytest.raises(DatasetUnavailableError, match="apt-get install wamerican"):
+        load_words(tmp_path / "nothing")

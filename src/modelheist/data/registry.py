@@ -10,7 +10,8 @@ A victim's card records its split; ``validation_fraction=0`` rebuilds the three-
 victims saved before the validation split existed.
 
 Images are float32 in [0, 1], shaped (n, C, H, W); tabular features are float32 (n, d), raw
-(models carry their own normalisation).
+(models carry their own normalisation); texts are an object array of ``str`` (n,), their input
+shape ``()``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from modelheist.data.cifar import read_cifar10_folder
 from modelheist.data.idx import find_idx_pair, read_idx
 from modelheist.errors import DatasetUnavailableError
 
-Kind = Literal["image", "tabular"]
+Kind = Literal["image", "tabular", "text"]
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -180,6 +181,13 @@ def _load_auto_mpg() -> _Raw:
     return _Raw("tabular", ("low-mpg", "medium-mpg", "high-mpg"), features, labels)
 
 
+def _load_fortunes() -> _Raw:
+    from modelheist.data.text import load_fortunes
+
+    texts, labels, classes = load_fortunes()
+    return _Raw("text", classes, texts, labels)
+
+
 REGISTRY: dict[str, DatasetInfo] = {
     info.name: info
     for info in (
@@ -206,6 +214,12 @@ REGISTRY: dict[str, DatasetInfo] = {
             "tabular",
             "UCI Auto MPG (mlxtend), 392 x 9: numeric and one-hot nominal features",
             _load_auto_mpg,
+        ),
+        DatasetInfo(
+            "fortunes",
+            "text",
+            "Debian's fortune quotations, about 13,800 sentences in 28 topic files (text)",
+            _load_fortunes,
         ),
     )
 }
@@ -306,9 +320,14 @@ def attacker_transfer(name: str, victim_data: Dataset) -> tuple[np.ndarray, np.n
     if name == victim_data.name:
         return victim_data.pool.x, victim_data.pool.y
     raw = _load_raw(name)
+    if (raw.kind == "text") != (victim_data.kind == "text"):
+        raise DatasetUnavailableError(
+            f"{name} holds {raw.kind} inputs and {victim_data.name} {victim_data.kind} ones: "
+            "the transfer set must be of the victim's kind"
+        )
     x = raw.x if raw.test is None else np.concatenate([raw.x, raw.test[0]])
     y = raw.y if raw.test is None else np.concatenate([raw.y, raw.test[1]])
-    return fit_to_shape(x, victim_data.input_shape), y
+    return (x if raw.kind == "text" else fit_to_shape(x, victim_data.input_shape)), y
 
 
 def dataset_available(name: str) -> bool:

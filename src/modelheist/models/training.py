@@ -456,6 +456,11 @@ def train_model(
         )
     if protections and arch in CLASSICAL_ARCHITECTURES:
         raise ModelheistError(f"training protections need a network, not {arch}")
+    if dataset.kind == "text":
+        raise ModelheistError(
+            f"{dataset.name} holds text; the image and tabular architectures "
+            f"({', '.join(architecture_names())}) cannot train on it"
+        )
     mean, std = normalisation_stats(dataset.train.x)
     card = ModelCard(
         architecture=arch,
