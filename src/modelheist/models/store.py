@@ -29,6 +29,7 @@ from modelheist.models.classifier import (
 )
 
 FORMAT = "modelheist-model/1"
+TEXT_ARCHITECTURE = "minilm"  # modelheist.models.text.ARCHITECTURE (that module loads transformers)
 WEIGHTS = "weights.safetensors"
 CARD = "card.json"
 _TREE_ARRAYS = ("children_left", "children_right", "feature", "threshold", "value")
@@ -40,7 +41,9 @@ def save_model(model: Classifier, folder: str | Path, overwrite: bool = False) -
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise ModelheistError(f"output folder {folder} already exists and is not empty")
     folder.mkdir(parents=True, exist_ok=True)
-    if isinstance(model, TorchClassifier):
+    if model.card.architecture == TEXT_ARCHITECTURE:  # the head and tuned layers only
+        save_torch(model.module.tuned_state(), str(folder / WEIGHTS))  # type: ignore[attr-defined]
+    elif isinstance(model, TorchClassifier):
         state = {k: v.detach().contiguous() for k, v in model.module.state_dict().items()}
         save_torch(state, str(folder / WEIGHTS))
     elif isinstance(model, LinearModel):
@@ -86,6 +89,10 @@ def load_model(folder: str | Path) -> Classifier:
     if not path.is_file():
         raise ModelLoadError(f"{folder} has no {WEIGHTS}")
     try:
+        if card.architecture == TEXT_ARCHITECTURE:
+            from modelheist.models.text import load_text_model  # imports transformers
+
+            return load_text_model(load_torch(str(path)), card)
         if card.architecture in TORCH_ARCHITECTURES:
             state = load_torch(str(path))
             norm = card.normalisation

