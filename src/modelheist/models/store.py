@@ -29,7 +29,10 @@ from modelheist.models.classifier import (
 )
 
 FORMAT = "modelheist-model/1"
-TEXT_ARCHITECTURE = "minilm"  # modelheist.models.text.ARCHITECTURE (that module loads transformers)
+# The text models' architectures, named here so that image models never import their modules
+# (modelheist.models.text loads transformers; modelheist.models.vader, vaderSentiment).
+TEXT_ARCHITECTURE = "minilm"
+VADER_ARCHITECTURE = "vader"
 WEIGHTS = "weights.safetensors"
 CARD = "card.json"
 _TREE_ARRAYS = ("children_left", "children_right", "feature", "threshold", "value")
@@ -43,6 +46,8 @@ def save_model(model: Classifier, folder: str | Path, overwrite: bool = False) -
     folder.mkdir(parents=True, exist_ok=True)
     if model.card.architecture == TEXT_ARCHITECTURE:  # the head and tuned layers only
         save_torch(model.module.tuned_state(), str(folder / WEIGHTS))  # type: ignore[attr-defined]
+    elif model.card.architecture == VADER_ARCHITECTURE:  # its stated calibration
+        save_numpy(model.calibration(), str(folder / WEIGHTS))  # type: ignore[attr-defined]
     elif isinstance(model, TorchClassifier):
         state = {k: v.detach().contiguous() for k, v in model.module.state_dict().items()}
         save_torch(state, str(folder / WEIGHTS))
@@ -107,6 +112,10 @@ def load_model(folder: str | Path) -> Classifier:
             net.load_state_dict(state, strict=True)
             return TorchClassifier(net, card)
         arrays = load_numpy(str(path))
+        if card.architecture == VADER_ARCHITECTURE:
+            from modelheist.models.vader import load_vader
+
+            return load_vader(arrays, card)
         if card.architecture == "logreg":
             return LinearModel(arrays["coef"], arrays["intercept"], card)
         if card.architecture == "tree":
