@@ -182,10 +182,14 @@ class HttpOracle(Oracle):
         return min(Oracle.max_batch, int(self.connect()._info["max_batch"]))  # type: ignore[index]
 
     def _query_batch(self, x: np.ndarray) -> Answer:
-        x = np.ascontiguousarray(x, np.float32)
-        if self.encoding == "npy":
+        if x.dtype == object:  # a text model's strings: JSON only
+            body = orjson.dumps({"inputs": [str(t) for t in x]})
+            content_type = "application/json"
+        elif self.encoding == "npy":
+            x = np.ascontiguousarray(x, np.float32)
             body, content_type = npy.encode(x), npy.MEDIA_TYPE
         else:
+            x = np.ascontiguousarray(x, np.float32)
             body = orjson.dumps({"inputs": x}, option=orjson.OPT_SERIALIZE_NUMPY)
             content_type = "application/json"
         path = f"/v1/models/{self.name}/predict"

@@ -69,6 +69,7 @@ from modelheist.errors import (
     UnderReviewError,
 )
 from modelheist.oracle.answer import Answer
+from modelheist.oracle.inputs import takes_text
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +216,19 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _predict_body(service: PredictionService) -> dict[str, Any]:
-    """The predict request body's schema, exact to the served model's input shape and range."""
-    input_shape, max_batch = service.input_shape, service.max_batch
+    """The predict request body's schema, exact to the served model's input shape and range;
+    a text model's is a JSON list of strings (one query each), with no .npy form."""
+    input_shape = service.input_shape
+    if takes_text(input_shape):
+        item: dict[str, Any] = {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": service.max_text_chars,
+        }
+        text = _batch_schema(service, item, "A batch of texts, one query each (not blank).")
+        return {"requestBody": {"required": True, "content": {"application/json": text}}}
     low, high = service.input_range or (-FLOAT32_MAX, FLOAT32_MAX)
-    item: dict[str, Any] = {"type": "number", "minimum": low, "maximum": high}
+    item = {"type": "number", "minimum": low, "maximum": high}
     if service.incomplete_queries:  # null: a missing feature
         item = {"anyOf": [item, {"type": "null"}]}
     for size in reversed(input_shape):
@@ -228,21 +238,9 @@ def _predict_body(service: PredictionService) -> dict[str, Any]:
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["inputs"],
-                        "properties": {
-                            "inputs": {
-                                "type": "array",
-                                "minItems": 1,
-                                "maxItems": max_batch,
-                                "description": f"A batch of inputs of shape ({shape}) each.",
-                                "items": item,
-                            }
-                        },
-                    }
-                },
+                "application/json": _batch_schema(
+                    service, item, f"A batch of inputs of shape ({shape}) each."
+                ),
                 npy.MEDIA_TYPE: {
                     "schema": {
                         "type": "string",
@@ -254,6 +252,18 @@ def _predict_body(service: PredictionService) -> dict[str, Any]:
             },
         }
     }
+
+
+def _batch_schema(service: PredictionService, item: dict[str, Any], description: str) -> dict:
+    """The JSON body ``{"inputs": [ITEM, ...]}`` of 1 to ``max_batch`` items."""
+    inputs = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": service.max_batch,
+        "description": description,
+        "items": item,
+    }
+    return {"schema": {"type": "object", "required": ["inputs"], "properties": {"inputs": inputs}}}
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -20,7 +20,6 @@ leaves every stage's state as it was.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import sqlite3
@@ -63,10 +62,13 @@ from modelheist.errors import (
 )
 from modelheist.models.classifier import Classifier
 from modelheist.oracle.answer import Answer, OutputKind, concatenate
+from modelheist.oracle.inputs import TEXT_SHAPE, as_batch, row_digests, takes_text
 
 log = logging.getLogger(__name__)
 #: Outstanding proof-of-work challenges kept per client (the oldest are dropped).
 MAX_CHALLENGES_PER_CLIENT = 16
+#: The longest string a text model is asked about, in characters (the fortunes are <= 1,000).
+MAX_TEXT_CHARS = 1000
 _STATELESS = StageState.read_only()
 
 
@@ -114,9 +116,9 @@ def _with_missing(x: np.ndarray) -> np.ndarray:
 
 
 def input_digests(x: np.ndarray) -> list[str]:
-    """SHA-256 of each input's float32 bytes (the audit log's input digest)."""
-    rows = np.ascontiguousarray(x, np.float32).reshape(len(x), -1)
-    return [hashlib.sha256(row.tobytes()).hexdigest() for row in rows]
+    """SHA-256 of each input's float32 bytes, or a string's UTF-8 bytes (the audit log's input
+    digest)."""
+    return row_digests(x)
 
 
 @dataclass
@@ -142,8 +144,15 @@ class PredictionService:
         name: str | None = None,
         leaves: bool = False,
         incomplete_queries: bool = False,
+        max_text_chars: int = MAX_TEXT_CHARS,
     ):
         check_pipeline(defenses)
+        if takes_text(model.card.input_shape):
+            numeric = [d.name for d in defenses if d.capabilities.numeric_inputs]
+            if numeric:
+                raise ModelheistError(
+                    f"{', '.join(numeric)} read inputs as numbers and cannot serve a text model"
+                )
         if (leaves or incomplete_queries) and not hasattr(model, "apply"):
             raise ModelheistError(
                 "leaf identities and incomplete queries need a decision tree model, not "
@@ -154,6 +163,7 @@ class PredictionService:
         self.model = model
         self.defenses = list(defenses)
         self.max_batch = max_batch
+        self.max_text_chars = max_text_chars
         self.name = name or f"{model.card.dataset}-{model.card.architecture}"
         self.rate_limiter = RateLimiter()
         self._ledger = ledger
@@ -437,7 +447,10 @@ class PredictionService:
         return result.answer
 
     def validate(self, inputs: object) -> np.ndarray:
-        """Return ``inputs`` as a float32 batch of the model's input shape, or raise."""
+        """Return ``inputs`` as a float32 batch of the model's input shape (a text model's:
+        an object array of strings), or raise."""
+        if takes_text(self.input_shape):
+            return self._validate_text(inputs)
         try:
             x = np.asarray(inputs)
         except (ValueError, TypeError) as exc:
@@ -476,6 +489,34 @@ class PredictionService:
                     f"values in [{x[present].min():g}, {x[present].max():g}]"
                 )
         return x
+
+    def _validate_text(self, inputs: object) -> np.ndarray:
+        """A text model's batch: a non-empty list of at most ``max_batch`` non-blank strings of
+        at most ``max_text_chars`` characters, each valid Unicode (no lone surrogates)."""
+        if isinstance(inputs, np.ndarray) and inputs.dtype.kind in "UO" and inputs.ndim == 1:
+            inputs = inputs.tolist()
+        if not isinstance(inputs, list) or not all(isinstance(t, str) for t in inputs):
+            raise InvalidQueryError(
+                'a text model takes a list of strings: {"inputs": ["...", ...]}'
+            )
+        if not inputs:
+            raise InvalidQueryError("empty batch: send at least one input")
+        if len(inputs) > self.max_batch:
+            raise InvalidQueryError(
+                f"batch of {len(inputs)} inputs exceeds the limit of {self.max_batch}"
+            )
+        for index, text in enumerate(inputs):
+            if not text.strip():
+                raise InvalidQueryError(f"input {index} is empty or blank")
+            if len(text) > self.max_text_chars:
+                raise InvalidQueryError(
+                    f"input {index} has {len(text)} characters; the limit is {self.max_text_chars}"
+                )
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidQueryError(f"input {index} is not valid Unicode text") from None
+        return as_batch(inputs, TEXT_SHAPE)
 
     # -- answering -------------------------------------------------------------------------------
 

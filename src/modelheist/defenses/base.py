@@ -102,7 +102,9 @@ class Capabilities:
     * ``output_kind`` — the granularity it leaves behind (None: as it came);
     * ``raises_alarms`` / ``refuses`` — it may raise alarms / refuse a request;
     * ``notes`` — the prefixes of the audit flags it may note (``"rounded"`` for
-      ``"rounded:2"``).
+      ``"rounded:2"``);
+    * ``numeric_inputs`` — it reads the inputs as numbers (distances, detectors, stored
+      arrays), so it cannot serve a text model.
     """
 
     stateful: bool = False
@@ -113,6 +115,7 @@ class Capabilities:
     raises_alarms: bool = False
     refuses: bool = False
     notes: tuple[str, ...] = ()
+    numeric_inputs: bool = False
 
     def __post_init__(self) -> None:
         if self.rowwise and (self.stateful or self.raises_alarms or self.refuses):

@@ -109,7 +109,11 @@ class Dawn(Defense):
 
     name: ClassVar[str] = "dawn"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        stateful=True, changes_labels=True, needs_probabilities=True, notes=("watermarked",)
+        stateful=True,
+        changes_labels=True,
+        needs_probabilities=True,
+        notes=("watermarked",),
+        numeric_inputs=True,
     )
 
     def __init__(

@@ -25,7 +25,7 @@ class InputHistory(Defense):
     """Keep each client's answered inputs and labels (``history:limit=N``)."""
 
     name: ClassVar[str] = "history"
-    capabilities: ClassVar[Capabilities] = Capabilities(stateful=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(stateful=True, numeric_inputs=True)
 
     def __init__(self, limit: int = 1_000_000):
         if limit < 1:

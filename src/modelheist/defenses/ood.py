@@ -113,7 +113,11 @@ class MaxSoftmaxOod(_WindowedOod):
 
     name: ClassVar[str] = "ood-msp"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        stateful=True, needs_probabilities=True, raises_alarms=True, notes=("ood",)
+        stateful=True,
+        needs_probabilities=True,
+        raises_alarms=True,
+        notes=("ood",),
+        numeric_inputs=True,
     )
 
     def __init__(
@@ -139,7 +143,7 @@ class OodClassifier(_WindowedOod):
 
     name: ClassVar[str] = "ood-classifier"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        stateful=True, raises_alarms=True, notes=("ood",)
+        stateful=True, raises_alarms=True, notes=("ood",), numeric_inputs=True
     )
 
     def __init__(

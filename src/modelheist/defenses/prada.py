@@ -97,7 +97,9 @@ class Prada(Defense):
     """PRADA's growing-set distance test (``prada:delta=0.95``); see the module docstring."""
 
     name: ClassVar[str] = "prada"
-    capabilities: ClassVar[Capabilities] = Capabilities(stateful=True, raises_alarms=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        stateful=True, raises_alarms=True, numeric_inputs=True
+    )
 
     def __init__(
         self,

@@ -35,16 +35,17 @@ from modelheist.defenses.base import Capabilities, Defense, StageContext, requir
 from modelheist.defenses.state import StageState
 from modelheist.errors import ModelheistError
 from modelheist.oracle.answer import Answer
+from modelheist.oracle.inputs import batch_digest
 
 #: The header a client puts its proof in: ``NONCE_HEX:COUNTER``.
 PROOF_HEADER = "X-Proof-Of-Work"
 
 
 def inputs_digest(x: np.ndarray) -> bytes:
-    """SHA-256 of a batch as the service sees it (its shape, then its float32 C-order bytes);
-    a proof is bound to it, so it cannot be reused for other inputs."""
-    x = np.ascontiguousarray(x, np.float32)
-    return hashlib.sha256(repr(tuple(x.shape)).encode() + x.tobytes()).digest()
+    """SHA-256 of a batch as the service sees it (:func:`~modelheist.oracle.inputs.batch_digest`:
+    its shape, then its float32 C-order bytes, or a text batch's strings); a proof is bound to
+    it, so it cannot be reused for other inputs."""
+    return batch_digest(x)
 
 
 def leading_zero_bits(digest: bytes) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 
 from modelheist.errors import RateLimitedError
 from modelheist.oracle.answer import Answer, OutputKind, concatenate
+from modelheist.oracle.inputs import as_batch
 
 
 class Oracle(ABC):
@@ -84,7 +85,7 @@ class Oracle(ABC):
 
     def query(self, x: np.ndarray) -> Answer:
         """Answers for ``x`` (split into batches the API accepts)."""
-        x = np.asarray(x, np.float32)  # NaN (a missing feature) passes through
+        x = as_batch(x, self.input_shape)  # float32 (NaN: a missing feature), or strings
         step = self.max_batch
         return concatenate([self._patient_query(x[i : i + step]) for i in range(0, len(x), step)])
 

@@ -27,7 +27,8 @@ class QueryLog:
     answers: list[Answer] = field(default_factory=list)
 
     def record(self, x: np.ndarray, answer: Answer) -> None:
-        self.inputs.append(np.array(x, np.float32, copy=True))
+        text = x.dtype == object  # a text model's strings
+        self.inputs.append(np.array(x, dtype=object if text else np.float32, copy=True))
         self.answers.append(answer)
 
     def __len__(self) -> int:
@@ -39,9 +40,12 @@ class QueryLog:
         return np.concatenate(self.inputs), concatenate(self.answers)
 
     def save(self, path: Path) -> Path:
-        """Write the log as an ``.npz`` of plain arrays (inputs, labels and, where the API
+        """Write the log as an ``.npz`` of plain arrays (inputs, a text model's as unicode
+        strings; labels and, where the API
         returned them, probabilities, top_k, top_k_probabilities, leaves); no pickles."""
         x, answer = self.joined()
+        if x.dtype == object:  # strings as a fixed-width unicode array: no pickle
+            x = np.array([str(t) for t in x], dtype=str)
         arrays = {"inputs": x, "labels": answer.labels}
         for name in ("probabilities", "top_k", "top_k_probabilities", "leaves"):
             value = getattr(answer, name)

@@ -1,0 +1,133 @@
+"""Text models behind the same API: strings in, one query per string, bad text refused with a
+4xx and nothing counted (a real uvicorn server on loopback, VADER as the served model)."""
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from modelheist.api import npy
+from modelheist.api.http_client import HttpOracle
+from modelheist.api.http_server import create_app, serve_in_thread
+from modelheist.api.ledger import Ledger
+from modelheist.api.local import LocalOracle
+from modelheist.api.service import PredictionService
+from modelheist.defenses import parse_defense
+from modelheist.errors import InvalidQueryError, ModelheistError
+from modelheist.oracle import BudgetedOracle
+
+pytest.importorskip("vaderSentiment", reason="the text extra is not installed")
+
+SENTENCES = ["What a lovely, wonderful day!", "The table is brown.", "I hate this awful mess."]
+
+
+@pytest.fixture(scope="module")
+def vader():
+    from modelheist.models.vader import vader_model
+
+    return vader_model()
+
+
+@pytest.fixture(scope="module")
+def served_text(vader, tmp_path_factory):
+    ledger = Ledger.open(tmp_path_factory.mktemp("state"))
+    keys = {"bob": ledger.add_client("bob"), "eve": ledger.add_client("eve", budget=4)}
+    service = PredictionService(vader, max_batch=8, ledger=ledger, name="vader")
+    with serve_in_thread(create_app(service)) as url:
+        yield url, service, ledger, keys
+
+
+def _post(url, key, body, content_type="application/json"):
+    headers = {"Content-Type": content_type, "Authorization": f"Bearer {key}"}
+    return httpx.post(f"{url}/v1/models/vader/predict", content=body, headers=headers, timeout=30)
+
+
+def test_strings_in_one_query_each(served_text, vader):
+    url, _, ledger, keys = served_text
+    before = ledger.client("bob").queries_used
+    response = _post(url, keys["bob"], orjson.dumps({"inputs": SENTENCES}))
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert [p["label"] for p in predictions] == [2, 1, 0]
+    np.testing.assert_allclose(
+        [p["probabilities"] for p in predictions], vader.predict_proba(SENTENCES), atol=1e-6
+    )
+    assert ledger.client("bob").queries_used == before + 3
+    schema = httpx.get(f"{url}/openapi.json").json()["paths"]["/v1/models/{name}/predict"]
+    content = schema["post"]["requestBody"]["content"]
+    assert list(content) == ["application/json"]  # no .npy for text
+    items = content["application/json"]["schema"]["properties"]["inputs"]["items"]
+    assert items == {"type": "string", "minLength": 1, "maxLength": 1000}
+
+
+BAD_TEXT = [
+    ({"inputs": [1, 2]}, "list of strings"),
+    ({"inputs": "one string, not a list"}, "list of strings"),
+    ({"inputs": [["nested"]]}, "list of strings"),
+    ({"inputs": []}, "empty batch"),
+    ({"inputs": ["fine", "   "]}, "input 1 is empty or blank"),
+    ({"inputs": ["x" * 1001]}, "the limit is 1000"),
+    ({"inputs": ["a"] * 9}, "exceeds the limit of 8"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), BAD_TEXT)
+def test_bad_text_is_refused_and_not_counted(served_text, body, message):
+    url, _, ledger, keys = served_text
+    before = ledger.client("bob").queries_used
+    response = _post(url, keys["bob"], orjson.dumps(body))
+    assert response.status_code == 422 and message in response.json()["error"]["message"]
+    assert ledger.client("bob").queries_used == before
+
+
+def test_invalid_encodings_are_refused(served_text):
+    url, _, ledger, keys = served_text
+    before = ledger.client("bob").queries_used
+    lone_surrogate = b'{"inputs": ["ok", "\\ud800"]}'
+    not_utf8 = b'{"inputs": ["\xff\xfe"]}'
+    as_npy = npy.encode(np.zeros((2, 3), np.float32))
+    for body, content_type in (
+        (lone_surrogate, "application/json"),
+        (not_utf8, "application/json"),
+        (as_npy, npy.MEDIA_TYPE),
+    ):
+        response = _post(url, keys["bob"], body, content_type)
+        assert 400 <= response.status_code < 500, (body[:20], response.text)
+    assert ledger.client("bob").queries_used == before
+
+
+def test_oracles_send_text_and_log_it(served_text, vader, tmp_path):
+    url, service, _, keys = served_text
+    over_http = HttpOracle(url, keys["bob"])
+    assert over_http.input_shape == ()
+    budgeted = BudgetedOracle(over_http, 10)
+    answer = budgeted.query(np.array(SENTENCES, dtype=object))
+    np.testing.assert_array_equal(answer.labels, [2, 1, 0])
+    saved = np.load(budgeted.log.save(tmp_path / "log.npz"), allow_pickle=False)
+    assert saved["inputs"].tolist() == SENTENCES and saved["labels"].tolist() == [2, 1, 0]
+    local = LocalOracle.for_new_client(service, budget=None, client_id="local")
+    np.testing.assert_array_equal(local.query(SENTENCES).labels, answer.labels)
+    with pytest.raises(InvalidQueryError, match="input 0 is empty"):
+        local.query([""])
+
+
+def test_budget_counts_strings(served_text):
+    url, _, ledger, keys = served_text
+    assert _post(url, keys["eve"], orjson.dumps({"inputs": SENTENCES})).status_code == 200
+    refused = _post(url, keys["eve"], orjson.dumps({"inputs": SENTENCES}))
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exhausted"
+    assert ledger.client("eve").queries_used == 3
+
+
+def test_stages_that_read_numbers_refuse_a_text_model(vader):
+    with pytest.raises(ModelheistError, match="prada read inputs as numbers"):
+        PredictionService(vader, [parse_defense("prada")])
+    rounded = PredictionService(vader, [parse_defense("round:1")])  # answers only: fine
+    oracle = LocalOracle(rounded, rounded.add_client("c", None))
+    assert oracle.query(SENTENCES).labels.tolist() == [2, 1, 0]
+
+
+def test_an_image_model_refuses_strings(digits_cnn):
+    service = PredictionService(digits_cnn)
+    with pytest.raises(InvalidQueryError, match="numbers"):
+        service.validate(["a sentence"])
