@@ -26,7 +26,7 @@ from modelheist.models.architectures import (
 )
 from modelheist.models.classifier import Classifier, ModelCard, TorchClassifier
 from modelheist.models.training import TrainConfig, train_network
-from modelheist.oracle import QueryLog
+from modelheist.oracle import Answer, QueryLog
 
 
 class AttackInterrupted(ModelheistError):
@@ -65,6 +65,8 @@ def partial_surrogate(
 ) -> Classifier | None:
     """A surrogate trained on every complete input of ``log`` (None if there is none)."""
     x, answer = log.joined()
+    if x.dtype == object:  # a text API's strings: the attacker's encoder, fine-tuned
+        return _partial_text_surrogate(x, answer, classes, seed, progress, len(log))
     complete = np.isfinite(x.reshape(len(x), -1)).all(axis=1)  # incomplete queries hold NaN
     if not complete.any():
         return None
@@ -95,3 +97,30 @@ def partial_surrogate(
         training={"partial": True, "queries": len(log), "output": answer.kind},
     )
     return TorchClassifier(net, card)
+
+
+def _partial_text_surrogate(
+    x: np.ndarray,
+    answer: Answer,
+    classes: list[str],
+    seed: int,
+    progress: Progress | None,
+    queries: int,
+) -> Classifier:
+    """The text encoder (top 2 layers and a head) fine-tuned on the answers bought."""
+    from modelheist.models.text import (
+        TextClassifier,
+        build_text_network,
+        fit_text_network,
+        text_card,
+    )
+
+    network = build_text_network(len(classes), tuned_layers=2, seed=seed)
+    config = TrainConfig(epochs=4, lr=2e-4, batch_size=32, seed=seed)
+    fit_text_network(
+        network, x, answer.soft_targets(len(classes)), config, progress, "partial surrogate"
+    )
+    card = text_card(
+        "surrogate", classes, 2, {"partial": True, "queries": queries, "output": answer.kind}
+    )
+    return TextClassifier(network, card)

@@ -1,0 +1,119 @@
+"""Thieves on Sesame Street (Krishna et al., ICLR '20): extracting a text classifier with
+nonsensical or natural queries and the attacker's own pre-trained encoder.
+
+The attacker sends ``budget`` queries (:mod:`modelheist.attacks.text_queries`: RANDOM word
+sequences from a vocabulary, or NATURAL sentences of its own text) and fine-tunes its
+pre-trained encoder on the answers: on the probability vectors (the paper's distillation
+variant, §3) where the API returns them, on one-hot labels otherwise. The paper fine-tunes
+BERT-large for 3 epochs at learning rate 3e-5 (batch 32) on all its layers; ours is MiniLM
+(:mod:`modelheist.models.text`) with its top ``tuned_layers`` and a fresh head, so its
+learning rate is larger (the head starts from nothing) and its ``epochs`` are chosen on the
+validation split (docs/benchmarks.md).
+
+``AttackerKnowledge.transfer_set`` is what the attacker holds: for RANDOM queries its
+vocabulary (one word per element), for NATURAL queries its texts. The surrogate's architecture
+is the encoder's (``minilm``); the victim's need not be (VADER is a lexicon).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from rich.progress import Progress
+
+from modelheist.attacks.base import AttackerKnowledge, ExtractionAttack
+from modelheist.attacks.text_queries import (
+    NATURAL_MAX_WORDS,
+    RANDOM_MAX_WORDS,
+    natural_queries,
+    random_word_queries,
+)
+from modelheist.errors import ModelheistError
+from modelheist.models.classifier import Classifier
+from modelheist.oracle import Oracle
+from modelheist.oracle.answer import Answer, concatenate
+from modelheist.oracle.inputs import takes_text
+
+QUERY_BATCH = 256
+
+
+@dataclass
+class ThievesAttack(ExtractionAttack):
+    """Krishna et al.'s extraction of a text API (see the module docstring)."""
+
+    queries: Literal["random", "natural"] = "random"
+    epochs: int = 4
+    lr: float = 2e-4
+    batch_size: int = 32
+    tuned_layers: int = 2
+    max_words: int = 0  # 0: the paper's (60 for RANDOM, 50 for NATURAL)
+
+    name: ClassVar[str] = "thieves"
+    title: ClassVar[str] = "Thieves (Krishna et al.)"
+    param_help: ClassVar[dict[str, str]] = {
+        "queries": "random (word sequences from the vocabulary) or natural (the attacker's texts)",
+        "epochs": "fine-tuning epochs of the attacker's encoder on the answers",
+        "lr": "fine-tuning learning rate (AdamW, warm-up and cosine decay)",
+        "batch_size": "fine-tuning batch size",
+        "tuned_layers": "top layers of the encoder fine-tuned (with a fresh head)",
+        "max_words": "longest query in words (0: 60 for random, 50 for natural, as the paper)",
+    }
+
+    def __post_init__(self) -> None:
+        if self.queries not in ("random", "natural"):
+            raise ModelheistError(f"queries must be random or natural, got {self.queries!r}")
+        if min(self.epochs, self.batch_size) < 1 or self.lr <= 0 or self.max_words < 0:
+            raise ModelheistError("epochs and batch size must be >= 1, lr > 0, max_words >= 0")
+
+    def _extract(
+        self, oracle: Oracle, knowledge: AttackerKnowledge, progress: Progress | None
+    ) -> tuple[Classifier, np.ndarray, dict[str, Any]]:
+        from modelheist.models.text import (
+            TextClassifier,
+            build_text_network,
+            fit_text_network,
+            text_card,
+        )
+        from modelheist.models.training import TrainConfig
+
+        if not takes_text(oracle.input_shape):
+            raise ModelheistError(f"{self.name} extracts text models; this API takes arrays")
+        rng = np.random.default_rng(knowledge.seed)
+        source = [str(t) for t in knowledge.transfer_set]
+        if self.queries == "random":
+            x = random_word_queries(
+                source, knowledge.budget, rng, self.max_words or RANDOM_MAX_WORDS
+            )
+        else:
+            x = natural_queries(source, knowledge.budget, rng, self.max_words or NATURAL_MAX_WORDS)
+        answer = self._ask(oracle, x, progress)
+        targets = answer.soft_targets(oracle.num_classes)  # one-hot where only labels came
+        config = TrainConfig(
+            epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=knowledge.seed
+        )
+        network = build_text_network(oracle.num_classes, self.tuned_layers, knowledge.seed)
+        fit_text_network(network, x, targets, config, progress, "fine-tune the surrogate")
+        card = text_card(
+            "surrogate",
+            oracle.classes,
+            self.tuned_layers,
+            {"attack": self.name, "queries": len(x), "output": answer.kind, "epochs": self.epochs},
+        )
+        details = {"query_kind": self.queries, "queries_sent": len(x), "output_kind": answer.kind}
+        # No index into the source: RANDOM takes words of it, NATURAL may take a sentence of a text.
+        return TextClassifier(network, card), np.zeros(0, np.int64), details
+
+    @staticmethod
+    def _ask(oracle: Oracle, x: np.ndarray, progress: Progress | None) -> Answer:
+        """The answers to ``x``, in batches (a progress bar where one is shown)."""
+        task = progress.add_task("query the API", total=len(x)) if progress is not None else None
+        answers = []
+        for start in range(0, len(x), QUERY_BATCH):
+            answers.append(oracle.query(x[start : start + QUERY_BATCH]))
+            if task is not None:
+                progress.advance(task, len(answers[-1].labels))
+        if task is not None:
+            progress.remove_task(task)
+        return concatenate(answers)

