@@ -89,17 +89,24 @@ def test_thieves_refuses_an_image_api(digits_cnn):
         ThievesAttack(queries="wiki")
 
 
-def test_an_interrupted_thief_keeps_what_it_bought(vader_oracle):
+def test_an_interrupted_thief_keeps_what_it_bought(vader_oracle, tmp_path):
     from modelheist.attacks.thieves import ThievesAttack
 
     service, _ = vader_oracle
     oracle = LocalOracle.for_new_client(service, budget=300, client_id="thief")
-    knowledge = AttackerKnowledge(np.array(WORDS, dtype=object), budget=1000)
+    (tmp_path / "words").write_text("\n".join([*WORDS, "zzqx"]))  # zzqx: no WordPiece word
+    knowledge = AttackerKnowledge(np.array([], dtype=object), budget=1000)
     with pytest.raises(AttackInterrupted) as stopped:
-        ThievesAttack(queries="random", epochs=1, tuned_layers=0, max_words=5).run(
-            oracle, knowledge
-        )
+        ThievesAttack(
+            queries="random",
+            epochs=1,
+            tuned_layers=0,
+            max_words=5,
+            vocabulary=str(tmp_path / "words"),
+        ).run(oracle, knowledge)
     assert len(stopped.value.log) == 256  # one whole batch; the second would exceed the budget
+    sent = " ".join(stopped.value.log.joined()[0]).split()
+    assert set(sent) <= set(WORDS) and "zzqx" not in sent
     partial = stopped.value.partial_surrogate()
     assert partial.card.architecture == "minilm" and partial.card.training["partial"] is True
     assert partial.predict_proba(np.array(["good"], dtype=object)).shape == (1, 3)

@@ -10,14 +10,16 @@ BERT-large for 3 epochs at learning rate 3e-5 (batch 32) on all its layers; ours
 learning rate is larger (the head starts from nothing) and its ``epochs`` are chosen on the
 validation split (docs/benchmarks.md).
 
-``AttackerKnowledge.transfer_set`` is what the attacker holds: for RANDOM queries its
-vocabulary (one word per element), for NATURAL queries its texts. The surrogate's architecture
+RANDOM queries need no data, only a vocabulary (``vocabulary``: a word list, one word per line;
+by default Debian's, kept to the words the encoder holds whole); NATURAL queries come from
+``AttackerKnowledge.transfer_set``, the attacker's own texts. The surrogate's architecture
 is the encoder's (``minilm``); the victim's need not be (VADER is a lexicon).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -27,9 +29,11 @@ from modelheist.attacks.base import AttackerKnowledge, ExtractionAttack
 from modelheist.attacks.text_queries import (
     NATURAL_MAX_WORDS,
     RANDOM_MAX_WORDS,
+    encoder_vocabulary,
     natural_queries,
     random_word_queries,
 )
+from modelheist.data.text import load_words
 from modelheist.errors import ModelheistError
 from modelheist.models.classifier import Classifier
 from modelheist.oracle import Oracle
@@ -49,6 +53,7 @@ class ThievesAttack(ExtractionAttack):
     batch_size: int = 32
     tuned_layers: int = 2
     max_words: int = 0  # 0: the paper's (60 for RANDOM, 50 for NATURAL)
+    vocabulary: str = ""  # RANDOM's word list ("": Debian's wamerican)
 
     name: ClassVar[str] = "thieves"
     title: ClassVar[str] = "Thieves (Krishna et al.)"
@@ -59,6 +64,8 @@ class ThievesAttack(ExtractionAttack):
         "batch_size": "fine-tuning batch size",
         "tuned_layers": "top layers of the encoder fine-tuned (with a fresh head)",
         "max_words": "longest query in words (0: 60 for random, 50 for natural, as the paper)",
+        "vocabulary": "random: a word list, one word per line (default: Debian's wamerican); "
+        "only words the encoder holds whole are drawn",
     }
 
     def __post_init__(self) -> None:
@@ -81,12 +88,14 @@ class ThievesAttack(ExtractionAttack):
         if not takes_text(oracle.input_shape):
             raise ModelheistError(f"{self.name} extracts text models; this API takes arrays")
         rng = np.random.default_rng(knowledge.seed)
-        source = [str(t) for t in knowledge.transfer_set]
         if self.queries == "random":
+            path = Path(self.vocabulary) if self.vocabulary else None
+            words = encoder_vocabulary(load_words(path))
             x = random_word_queries(
-                source, knowledge.budget, rng, self.max_words or RANDOM_MAX_WORDS
+                words, knowledge.budget, rng, self.max_words or RANDOM_MAX_WORDS
             )
         else:
+            source = [str(t) for t in knowledge.transfer_set]
             x = natural_queries(source, knowledge.budget, rng, self.max_words or NATURAL_MAX_WORDS)
         answer = self._ask(oracle, x, progress)
         targets = answer.soft_targets(oracle.num_classes)  # one-hot where only labels came
