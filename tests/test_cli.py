@@ -92,7 +92,13 @@ MISTAKES = [
     ("train --dataset digits --arch resnet --out {tmp}/x", "unknown architecture"),
     ("train --dataset digits --arch mlp --out {tmp} --epochs 1", "already exists"),
     ("train --dataset digits --arch mlp --out {tmp}/x --epochs 0", "--epochs"),
-    ("train --dataset fortunes --arch mlp --out {tmp}/x", "fortunes holds text"),
+    ("train --dataset fortunes --arch mlp --out {tmp}/x", "fortunes holds text: train minilm"),
+    ("train --dataset digits --arch minilm --out {tmp}/x", "digits holds image"),
+    (
+        "train --dataset fortunes --arch vader --out {tmp}/x --watermark backdoor "
+        "--secret-out {tmp}/s",
+        "are for images",
+    ),  # fmt: skip
     (f"{ATTACK} fortunes --budget 5", "of the victim's kind"),
     (f"{ATTACK} breast-cancer --budget 0", "--budget"),
     (f"{ATTACK} breast-cancer --budget 5 --output softmax", "unknown output/defense spec"),

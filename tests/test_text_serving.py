@@ -131,3 +131,14 @@ def test_an_image_model_refuses_strings(digits_cnn):
     service = PredictionService(digits_cnn)
     with pytest.raises(InvalidQueryError, match="numbers"):
         service.validate(["a sentence"])
+
+
+def test_train_saves_vader_for_the_text_set(tmp_path, cli_in_process):
+    from modelheist.models.store import load_model
+
+    proc = cli_in_process(*f"train --dataset fortunes --arch vader --out {tmp_path}/v".split())
+    assert proc.returncode == 0, proc.stderr
+    assert "VADER (not trained" in proc.stdout
+    model = load_model(tmp_path / "v")
+    assert model.card.dataset == "fortunes" and model.card.input_shape == []
+    assert model.predict_proba(SENTENCES).argmax(axis=1).tolist() == [2, 1, 0]

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -29,6 +29,41 @@ from modelheist.errors import ModelheistError
 if TYPE_CHECKING:
     from modelheist.api.ledger import Ledger
 
+#: The text classifiers' architectures (modelheist.models.text and modelheist.models.vader).
+TEXT_ARCHITECTURES = ("minilm", "vader")
+
+
+def _train_text(
+    data: Any, arch: str, out: Path, epochs: int, seed: int, json_path: Path | None
+) -> None:
+    """``train`` for a text set: the MiniLM victim, or VADER saved with its calibration."""
+    if data.kind != "text" or arch not in TEXT_ARCHITECTURES:
+        raise ModelheistError(
+            f"{data.name} holds {data.kind}: train {' or '.join(TEXT_ARCHITECTURES)} on text, "
+            "the other architectures on images or tables"
+        )
+    from dataclasses import asdict
+
+    from modelheist.models.store import save_model
+
+    if arch == "vader":
+        from modelheist.models.vader import vader_model
+
+        model = vader_model(data.name)
+        summary = "VADER (not trained; its authors' lexicon and rules)"
+    else:
+        from modelheist.models.text import train_text_model
+        from modelheist.models.training import TrainConfig
+
+        config = TrainConfig(epochs=epochs, lr=2e-4, batch_size=32, seed=seed)
+        with progress_bar() as progress:
+            model = train_text_model(data, config, progress=progress)
+        summary = f"trained minilm on {data.name}: test accuracy {model.card.metrics['test_accuracy']:.4f}"
+    save_model(model, out)
+    write_json(json_path, asdict(model.card))
+    console.print(f"{summary}; saved to {out}")
+
+
 keys_app = typer.Typer(
     help="Manage the API keys of a served model's clients.", no_args_is_help=True
 )
@@ -40,7 +75,11 @@ app.add_typer(keys_app, name="keys")
 def train(
     dataset: Annotated[str, typer.Option(help="Dataset name (see `modelheist datasets`).")],
     arch: Annotated[
-        str, typer.Option(help="Architecture: mlp, mlp1, cnn, cnn-gn, logreg or tree.")
+        str,
+        typer.Option(
+            help="Architecture: mlp, mlp1, cnn, cnn-gn, logreg or tree; for text, minilm "
+            "(the MiniLM encoder's top 2 layers fine-tuned with a head) or vader (not trained)."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="New folder for the model (weights + card).")],
     epochs: Annotated[int, typer.Option(help="Training epochs (networks).")] = 5,
@@ -88,6 +127,11 @@ def train(
     from modelheist.data.registry import load_dataset
 
     data = load_dataset(dataset, seed=seed)  # an unknown name fails before PyTorch loads
+    if data.kind == "text" or arch in TEXT_ARCHITECTURES:
+        if watermark or mark or defense:
+            raise ModelheistError("watermarks, data marks and training defenses are for images")
+        _train_text(data, arch, out, epochs, seed, json_path)
+        return
     if mark is not None and (data.kind != "image" or arch in ("logreg", "tree")):
         raise ModelheistError("radioactive data marks images for a network (cnn or mlp)")
     from modelheist.models.adversarial_training import (
