@@ -26,9 +26,12 @@ data:
 	[ -f $(WORDS_FILE) ] || missing="$$missing wamerican"; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		(apt-get install -y -qq $$missing >/dev/null 2>&1 || \
-		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $$missing >/dev/null 2>&1)) \
-		 || echo "data: apt-get install$$missing failed; quickstart will use mnist5k and the text sets are unavailable"; \
+		updated=""; for package in $$missing; do \
+			apt-get install -y -qq $$package >/dev/null 2>&1 || \
+			{ [ -z "$$updated" ] && updated=1 && apt-get update -qq >/dev/null 2>&1 && \
+			  apt-get install -y -qq $$package >/dev/null 2>&1; } || \
+			echo "data: apt-get install $$package failed (without fashion-mnist, quickstart uses mnist5k; without fortunes or wamerican, no text set)"; \
+		done; \
 	else echo "data: not root or no apt-get; skipping (sudo apt-get install$$missing)"; fi
 
 setup: $(STAMP) data

@@ -17,8 +17,11 @@ TOPICS = ("computers", "food", "startrek")
 @pytest.fixture(scope="module")
 def tiny_text_data():
     """Three fortune topics, 40 training and 20 test quotations each."""
+    from modelheist.data.registry import dataset_available
     from modelheist.data.text import load_fortunes
 
+    if not dataset_available("fortunes"):
+        pytest.skip("Debian's fortunes are not installed")
     x, y, classes = load_fortunes()
     rng = np.random.default_rng(0)
 

@@ -119,12 +119,21 @@ def test_budget_counts_strings(served_text):
     assert ledger.client("eve").queries_used == 3
 
 
-def test_stages_that_read_numbers_refuse_a_text_model(vader):
-    with pytest.raises(ModelheistError, match="prada read inputs as numbers"):
-        PredictionService(vader, [parse_defense("prada")])
-    rounded = PredictionService(vader, [parse_defense("round:1")])  # answers only: fine
-    oracle = LocalOracle(rounded, rounded.add_client("c", None))
-    assert oracle.query(SENTENCES).labels.tolist() == [2, 1, 0]
+@pytest.mark.parametrize(
+    "spec",
+    ["prada", "dawn", "history", "round:1", "top-k:1", "labels", "reverse-sigmoid", "noise",
+     "ood-msp:threshold=0.5", "pow:benign_mean=1.0,benign_std=0.5"],
+)  # fmt: skip
+def test_every_stage_serves_text_or_refuses_at_start_up(vader, spec):
+    stage = parse_defense(spec)
+    if stage.capabilities.numeric_inputs:
+        with pytest.raises(ModelheistError, match=f"{stage.name} read inputs as numbers"):
+            PredictionService(vader, [stage])
+        return
+    service = PredictionService(vader, [stage])
+    oracle = LocalOracle(service, service.add_client("c", None))
+    answer = oracle.query(SENTENCES * 4)  # answered, whatever the stage did to the answers
+    assert len(answer.labels) == 12 and oracle.queries_used == 12
 
 
 def test_an_image_model_refuses_strings(digits_cnn):
@@ -134,8 +143,11 @@ def test_an_image_model_refuses_strings(digits_cnn):
 
 
 def test_train_saves_vader_for_the_text_set(tmp_path, cli_in_process):
+    from modelheist.data.registry import dataset_available
     from modelheist.models.store import load_model
 
+    if not dataset_available("fortunes"):
+        pytest.skip("Debian's fortunes are not installed")
     proc = cli_in_process(*f"train --dataset fortunes --arch vader --out {tmp_path}/v".split())
     assert proc.returncode == 0, proc.stderr
     assert "VADER (not trained" in proc.stdout

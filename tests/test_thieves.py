@@ -70,6 +70,7 @@ def test_thieves_extracts_vader_with_natural_queries(vader_oracle):
         oracle, AttackerKnowledge(texts, budget=12, surrogate_architecture="minilm")
     )
     assert result.queries_used == oracle.queries_used == 12
+    assert result.details["loss"][-1] < result.details["loss"][0]  # it learned the answers
     assert result.surrogate.card.architecture == "minilm"
     assert result.details["output_kind"] == "probabilities"
     probe = np.array(["I love it, great!", "I hate it, awful."], dtype=object)
@@ -92,8 +93,16 @@ def test_thieves_refuses_an_image_api(digits_cnn):
 def test_an_interrupted_thief_keeps_what_it_bought(vader_oracle, tmp_path):
     from modelheist.attacks.thieves import ThievesAttack
 
+    class RevokedAfterOneBatch(LocalOracle):
+        """The owner revokes the key once the first batch is answered."""
+
+        def _query_batch(self, x):
+            answer = super()._query_batch(x)
+            self.service.ledger.revoke(self.client_id)
+            return answer
+
     service, _ = vader_oracle
-    oracle = LocalOracle.for_new_client(service, budget=300, client_id="thief")
+    oracle = RevokedAfterOneBatch(service, service.add_client("thief", None))
     (tmp_path / "words").write_text("\n".join([*WORDS, "zzqx"]))  # zzqx: no WordPiece word
     knowledge = AttackerKnowledge(np.array([], dtype=object), budget=1000)
     with pytest.raises(AttackInterrupted) as stopped:
@@ -104,9 +113,22 @@ def test_an_interrupted_thief_keeps_what_it_bought(vader_oracle, tmp_path):
             max_words=5,
             vocabulary=str(tmp_path / "words"),
         ).run(oracle, knowledge)
-    assert len(stopped.value.log) == 256  # one whole batch; the second would exceed the budget
+    assert len(stopped.value.log) == 256  # one whole batch; the second was refused
     sent = " ".join(stopped.value.log.joined()[0]).split()
     assert set(sent) <= set(WORDS) and "zzqx" not in sent
     partial = stopped.value.partial_surrogate()
     assert partial.card.architecture == "minilm" and partial.card.training["partial"] is True
     assert partial.predict_proba(np.array(["good"], dtype=object)).shape == (1, 3)
+
+
+def test_thieves_spends_what_the_api_has_left(vader_oracle):
+    from modelheist.attacks.thieves import ThievesAttack
+
+    service, _ = vader_oracle
+    oracle = LocalOracle.for_new_client(service, budget=6, client_id="poor")
+    texts = np.array(TEXTS, dtype=object)
+    attack = ThievesAttack(queries="natural", epochs=1, tuned_layers=0)
+    result = attack.run(oracle, AttackerKnowledge(texts, budget=100))
+    assert result.queries_used == oracle.queries_used == 6  # not interrupted at 100
+    with pytest.raises(ModelheistError, match="tuned_layers"):
+        ThievesAttack(tuned_layers=7)

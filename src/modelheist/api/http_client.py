@@ -183,7 +183,10 @@ class HttpOracle(Oracle):
 
     def _query_batch(self, x: np.ndarray) -> Answer:
         if x.dtype == object:  # a text model's strings: JSON only
-            body = orjson.dumps({"inputs": [str(t) for t in x]})
+            try:
+                body = orjson.dumps({"inputs": [str(t) for t in x]})
+            except orjson.JSONEncodeError as exc:  # e.g. a lone surrogate
+                raise InvalidQueryError(f"the texts cannot be sent as JSON: {exc}") from None
             content_type = "application/json"
         elif self.encoding == "npy":
             x = np.ascontiguousarray(x, np.float32)

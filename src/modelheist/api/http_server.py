@@ -125,8 +125,9 @@ class ErrorResponse(BaseModel):
 
 class ChallengeBody(BaseModel):
     """A proof-of-work challenge: find COUNTER such that
-    sha256(nonce || sha256(repr(shape) || float32 bytes of the inputs) || COUNTER as 8 bytes
-    big-endian) starts with ``bits`` zero bits, then resend the same inputs with the header
+    sha256(nonce || D || COUNTER as 8 bytes big-endian) starts with ``bits`` zero bits, where
+    D = sha256(repr(shape) || float32 bytes of the inputs), or, for a text model's batch of n
+    strings, sha256(repr((n,)) || each string's UTF-8 length as 8 bytes big-endian and bytes), then resend the same inputs with the header
     ``X-Proof-Of-Work: NONCE:COUNTER`` before ``expires`` (Unix time). Each challenge is
     single-use and bound to the inputs it was issued for."""
 

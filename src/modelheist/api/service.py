@@ -492,7 +492,8 @@ class PredictionService:
 
     def _validate_text(self, inputs: object) -> np.ndarray:
         """A text model's batch: a non-empty list of at most ``max_batch`` non-blank strings of
-        at most ``max_text_chars`` characters, each valid Unicode (no lone surrogates)."""
+        at most ``max_text_chars`` characters, each valid Unicode (no lone surrogates, no
+        NUL, which a saved query log's unicode arrays could not keep)."""
         if isinstance(inputs, np.ndarray) and inputs.dtype.kind in "UO" and inputs.ndim == 1:
             inputs = inputs.tolist()
         if not isinstance(inputs, list) or not all(isinstance(t, str) for t in inputs):
@@ -516,6 +517,8 @@ class PredictionService:
                 text.encode("utf-8")
             except UnicodeEncodeError:
                 raise InvalidQueryError(f"input {index} is not valid Unicode text") from None
+            if "\x00" in text:
+                raise InvalidQueryError(f"input {index} holds a NUL character")
         return as_batch(inputs, TEXT_SHAPE)
 
     # -- answering -------------------------------------------------------------------------------

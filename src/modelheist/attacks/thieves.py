@@ -40,6 +40,9 @@ from modelheist.oracle import Oracle
 from modelheist.oracle.answer import Answer, concatenate
 from modelheist.oracle.inputs import takes_text
 
+#: MiniLM's depth (modelheist.models.text loads transformers, so it is named here).
+ENCODER_LAYERS = 6
+
 QUERY_BATCH = 256
 
 
@@ -73,6 +76,8 @@ class ThievesAttack(ExtractionAttack):
             raise ModelheistError(f"queries must be random or natural, got {self.queries!r}")
         if min(self.epochs, self.batch_size) < 1 or self.lr <= 0 or self.max_words < 0:
             raise ModelheistError("epochs and batch size must be >= 1, lr > 0, max_words >= 0")
+        if not 0 <= self.tuned_layers <= ENCODER_LAYERS:
+            raise ModelheistError(f"tuned_layers must lie in [0, {ENCODER_LAYERS}]")
 
     def _extract(
         self, oracle: Oracle, knowledge: AttackerKnowledge, progress: Progress | None
@@ -88,29 +93,37 @@ class ThievesAttack(ExtractionAttack):
         if not takes_text(oracle.input_shape):
             raise ModelheistError(f"{self.name} extracts text models; this API takes arrays")
         rng = np.random.default_rng(knowledge.seed)
+        n = (
+            knowledge.budget
+            if oracle.remaining is None
+            else min(knowledge.budget, oracle.remaining)
+        )
         if self.queries == "random":
             path = Path(self.vocabulary) if self.vocabulary else None
             words = encoder_vocabulary(load_words(path))
-            x = random_word_queries(
-                words, knowledge.budget, rng, self.max_words or RANDOM_MAX_WORDS
-            )
+            x = random_word_queries(words, n, rng, self.max_words or RANDOM_MAX_WORDS)
         else:
             source = [str(t) for t in knowledge.transfer_set]
-            x = natural_queries(source, knowledge.budget, rng, self.max_words or NATURAL_MAX_WORDS)
+            x = natural_queries(source, n, rng, self.max_words or NATURAL_MAX_WORDS)
         answer = self._ask(oracle, x, progress)
         targets = answer.soft_targets(oracle.num_classes)  # one-hot where only labels came
         config = TrainConfig(
             epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=knowledge.seed
         )
         network = build_text_network(oracle.num_classes, self.tuned_layers, knowledge.seed)
-        fit_text_network(network, x, targets, config, progress, "fine-tune the surrogate")
+        losses = fit_text_network(network, x, targets, config, progress, "fine-tune the surrogate")
         card = text_card(
             "surrogate",
             oracle.classes,
             self.tuned_layers,
             {"attack": self.name, "queries": len(x), "output": answer.kind, "epochs": self.epochs},
         )
-        details = {"query_kind": self.queries, "queries_sent": len(x), "output_kind": answer.kind}
+        details = {
+            "query_kind": self.queries,
+            "queries_sent": len(x),
+            "output_kind": answer.kind,
+            "loss": losses,  # each fine-tuning epoch's mean loss
+        }
         # No index into the source: RANDOM takes words of it, NATURAL may take a sentence of a text.
         return TextClassifier(network, card), np.zeros(0, np.int64), details
 

@@ -113,11 +113,7 @@ class MaxSoftmaxOod(_WindowedOod):
 
     name: ClassVar[str] = "ood-msp"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        stateful=True,
-        needs_probabilities=True,
-        raises_alarms=True,
-        notes=("ood",),
-        numeric_inputs=True,
+        stateful=True, needs_probabilities=True, raises_alarms=True, notes=("ood",)
     )
 
     def __init__(

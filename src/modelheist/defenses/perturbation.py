@@ -28,6 +28,7 @@ from modelheist.defenses.secrets import SecretFile, require_key_file
 from modelheist.defenses.state import StageState
 from modelheist.errors import ModelheistError
 from modelheist.oracle.answer import Answer
+from modelheist.oracle.inputs import row_bytes
 
 _CLIP = 1e-9
 
@@ -92,16 +93,15 @@ class GaussianNoise(Defense):
     def noise(self, inputs: np.ndarray, classes: int) -> np.ndarray:
         """Standard normal draws (n, classes), a function of (key, input) alone.
 
-        Each input's float32 bytes, prefixed with the key (or the seed), are expanded by
+        Each input's float32 bytes (a text's UTF-8 bytes), prefixed with the key (or the seed), are expanded by
         SHAKE-256 into uniform 53-bit numbers, which Box-Muller turns into normals.
         """
         if self.key_file is not None:
             prefix = b"modelheist-noise-key:" + self.key_file.read() + b":"
         else:
             prefix = f"modelheist-noise:{self.seed}:".encode()
-        rows = np.ascontiguousarray(inputs, np.float32).reshape(len(inputs), -1)
         raw = b"".join(
-            hashlib.shake_256(prefix + row.tobytes()).digest(16 * classes) for row in rows
+            hashlib.shake_256(prefix + data).digest(16 * classes) for data in row_bytes(inputs)
         )
         bits = np.frombuffer(raw, np.uint64).reshape(len(inputs), 2, classes)
         uniform = ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53

@@ -110,7 +110,9 @@ class Challenge:
             "nonce": self.nonce,
             "bits": self.bits,
             "expires": self.expires,
-            "algorithm": "sha256(nonce || sha256(repr(shape) || float32 bytes) || counter:u64be)",
+            "algorithm": "sha256(nonce || D || counter:u64be); D = sha256(repr(shape) || "
+            "float32 bytes) for arrays, sha256(repr((n,)) || per text: len:u64be || utf8) "
+            "for texts",
             "header": PROOF_HEADER,
         }
 

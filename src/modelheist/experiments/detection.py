@@ -119,6 +119,8 @@ def load_query_log(path: str | Path) -> np.ndarray:
     plain arrays, read without pickles)."""
     try:
         with np.load(path, allow_pickle=False) as log:
+            if log["inputs"].dtype.kind == "U":
+                raise ModelheistError(f"{path} holds a text model's queries; detectors take arrays")
             inputs = np.asarray(log["inputs"], np.float32)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelheistError(f"{path} is not a query log with inputs: {exc}") from None

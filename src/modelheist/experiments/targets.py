@@ -106,11 +106,19 @@ def resolve_attack_target(
     victim = evaluation = None
     if victim_dir is not None:
         victim = load_model(victim_dir)
+        if not victim.card.input_shape:
+            raise ModelheistError(
+                f"{victim_dir} is a text model; the image and tabular attacks cannot query it"
+            )
         data = victim_split(victim)
         pool = attacker_transfer_set(transfer_set, data)
         evaluation = Evaluation.of(victim, data.test, seed=seed)
     else:
         assert remote is not None
+        if not remote.input_shape:
+            raise ModelheistError(
+                f"{target} serves a text model; the image and tabular attacks cannot query it"
+            )
         pool = fit_to_shape(
             attacker_transfer_set(transfer_set, load_dataset(transfer_set)), remote.input_shape
         )

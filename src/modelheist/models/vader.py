@@ -64,7 +64,8 @@ class VaderClassifier:
     def predict_proba(self, texts: np.ndarray | list[str]) -> np.ndarray:
         c = self.compound(texts)
         t = self.threshold
-        logits = self.scale * np.stack([-c - t, t - np.abs(c), c - t], axis=1)
+        # + 1e-9: at c = t exactly the authors' rule says positive (a tie picks neutral).
+        logits = self.scale * np.stack([-c - t, t - np.abs(c), c - t + 1e-9], axis=1)
         return softmax(logits, axis=1).astype(np.float32).reshape(len(c), len(CLASSES))
 
     def calibration(self) -> dict[str, np.ndarray]:

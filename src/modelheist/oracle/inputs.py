@@ -42,12 +42,14 @@ def batch_digest(x: np.ndarray) -> bytes:
     return hashlib.sha256(repr(tuple(x.shape)).encode() + x.tobytes()).digest()
 
 
-def row_digests(x: np.ndarray) -> list[str]:
-    """SHA-256 of each input (an audit record's input digest): its float32 bytes, or a
-    string's UTF-8 bytes."""
+def row_bytes(x: np.ndarray) -> list[bytes]:
+    """Each input as bytes: its float32 C-order bytes, or a string's UTF-8 bytes (what
+    per-input hashes, such as the audit digest and keyed noise, are taken over)."""
     if x.dtype == object:
-        return [
-            hashlib.sha256(str(t).encode("utf-8", errors="surrogatepass")).hexdigest() for t in x
-        ]
-    rows = np.ascontiguousarray(x, np.float32).reshape(len(x), -1)
-    return [hashlib.sha256(row.tobytes()).hexdigest() for row in rows]
+        return [str(t).encode("utf-8", errors="surrogatepass") for t in x]
+    return [row.tobytes() for row in np.ascontiguousarray(x, np.float32).reshape(len(x), -1)]
+
+
+def row_digests(x: np.ndarray) -> list[str]:
+    """SHA-256 of each input (an audit record's input digest), over :func:`row_bytes`."""
+    return [hashlib.sha256(data).hexdigest() for data in row_bytes(x)]
