@@ -1,5 +1,5 @@
 """Choosing the conflicts table's optimiser and learning rate on the validation split (issue
-13; the choice then goes into benchmarks/conflicts.py's SETTINGS, by hand, with this table
+13; the choice then goes into benchmarks/conflicts.py's OPTIMISER, by hand, with this table
 behind it).
 
 The study trained every cell with SGD and momentum (one learning rate for all); the larger
