@@ -42,8 +42,6 @@ def _train_text(
             f"{data.name} holds {data.kind}: train {' or '.join(TEXT_ARCHITECTURES)} on text, "
             "the other architectures on images or tables"
         )
-    from dataclasses import asdict
-
     from modelheist.models.store import save_model
 
     if arch == "vader":
