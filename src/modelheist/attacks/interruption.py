@@ -109,18 +109,23 @@ def _partial_text_surrogate(
 ) -> Classifier:
     """The text encoder (top 2 layers and a head) fine-tuned on the answers bought."""
     from modelheist.models.text import (
+        TUNED_LAYERS,
         TextClassifier,
         build_text_network,
         fit_text_network,
         text_card,
+        text_train_config,
     )
 
-    network = build_text_network(len(classes), tuned_layers=2, seed=seed)
-    config = TrainConfig(epochs=4, lr=2e-4, batch_size=32, seed=seed)
+    network = build_text_network(len(classes), TUNED_LAYERS, seed=seed)
+    config = text_train_config(seed=seed)
     fit_text_network(
         network, x, answer.soft_targets(len(classes)), config, progress, "partial surrogate"
     )
     card = text_card(
-        "surrogate", classes, 2, {"partial": True, "queries": queries, "output": answer.kind}
+        "surrogate",
+        classes,
+        TUNED_LAYERS,
+        {"partial": True, "queries": queries, "output": answer.kind},
     )
     return TextClassifier(network, card)

@@ -36,12 +36,16 @@ from modelheist.attacks.text_queries import (
 from modelheist.data.text import load_words
 from modelheist.errors import ModelheistError
 from modelheist.models.classifier import Classifier
+from modelheist.models.text import (  # constants only: transformers loads with the encoder
+    ENCODER_LAYERS,
+    TEXT_BATCH,
+    TEXT_EPOCHS,
+    TEXT_LR,
+    TUNED_LAYERS,
+)
 from modelheist.oracle import Oracle
 from modelheist.oracle.answer import Answer, concatenate
 from modelheist.oracle.inputs import takes_text
-
-#: MiniLM's depth (modelheist.models.text loads transformers, so it is named here).
-ENCODER_LAYERS = 6
 
 QUERY_BATCH = 256
 
@@ -51,10 +55,10 @@ class ThievesAttack(ExtractionAttack):
     """Krishna et al.'s extraction of a text API (see the module docstring)."""
 
     queries: Literal["random", "natural"] = "random"
-    epochs: int = 4
-    lr: float = 2e-4
-    batch_size: int = 32
-    tuned_layers: int = 2
+    epochs: int = TEXT_EPOCHS
+    lr: float = TEXT_LR
+    batch_size: int = TEXT_BATCH
+    tuned_layers: int = TUNED_LAYERS
     max_words: int = 0  # 0: the paper's (60 for RANDOM, 50 for NATURAL)
     vocabulary: str = ""  # RANDOM's word list ("": Debian's wamerican)
 

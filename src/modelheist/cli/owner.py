@@ -50,12 +50,10 @@ def _train_text(
         model = vader_model(data.name)
         summary = "VADER (not trained; its authors' lexicon and rules)"
     else:
-        from modelheist.models.text import train_text_model
-        from modelheist.models.training import TrainConfig
+        from modelheist.models.text import text_train_config, train_text_model
 
-        config = TrainConfig(epochs=epochs, lr=2e-4, batch_size=32, seed=seed)
         with progress_bar() as progress:
-            model = train_text_model(data, config, progress=progress)
+            model = train_text_model(data, text_train_config(epochs, seed), progress=progress)
         summary = f"trained minilm on {data.name}: test accuracy {model.card.metrics['test_accuracy']:.4f}"
     save_model(model, out)
     write_json(json_path, asdict(model.card))

@@ -27,12 +27,10 @@ from modelheist.models.classifier import (
     TorchClassifier,
     TreeModel,
 )
+from modelheist.models.text import ARCHITECTURE as TEXT_ARCHITECTURE  # no transformers yet
+from modelheist.models.vader import ARCHITECTURE as VADER_ARCHITECTURE  # no vaderSentiment yet
 
 FORMAT = "modelheist-model/1"
-# The text models' architectures, named here so that image models never import their modules
-# (modelheist.models.text loads transformers; modelheist.models.vader, vaderSentiment).
-TEXT_ARCHITECTURE = "minilm"
-VADER_ARCHITECTURE = "vader"
 WEIGHTS = "weights.safetensors"
 CARD = "card.json"
 _TREE_ARRAYS = ("children_left", "children_right", "feature", "threshold", "value")

