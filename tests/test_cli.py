@@ -122,6 +122,13 @@ MISTAKES = [
         f"{ATTACK} breast-cancer --budget 5 --strategy adaptive --transfer-labels {{tmp}}/z.npz",
         "an .npz archive",
     ),  # fmt: skip
+    ("attack thieves --victim {victim} --budget 5", "takes arrays, not text"),
+    ("attack thieves --victim {victim} --budget 5 --queries natural:", "natural:DATASET"),
+    ("attack thieves --victim {victim} --budget 5 --queries random:x", "natural:DATASET"),
+    (
+        "attack thieves --victim {victim} --budget 5 --queries natural:a --transfer-set b",
+        "give one",
+    ),  # fmt: skip
 ]
 # The text set's mistakes, where Debian's fortunes are installed (`make data`).
 MISTAKES += [

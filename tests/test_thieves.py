@@ -86,8 +86,11 @@ def test_thieves_refuses_an_image_api(digits_cnn):
     knowledge = AttackerKnowledge(np.array(WORDS, dtype=object), budget=5)
     with pytest.raises(ModelheistError, match="extracts text models"):
         ThievesAttack().run(oracle, knowledge)
-    with pytest.raises(ModelheistError, match="random or natural"):
-        ThievesAttack(queries="wiki")
+    for wrong in ("wiki", "natural:", "random:fortunes"):
+        with pytest.raises(ModelheistError, match="random, natural or natural:DATASET"):
+            ThievesAttack(queries=wrong)
+    assert ThievesAttack(queries="natural:fortunes").transfer_source() == "fortunes"
+    assert not ThievesAttack().needs_transfer_set()
 
 
 def test_an_interrupted_thief_keeps_what_it_bought(vader_oracle, tmp_path):
@@ -132,3 +135,47 @@ def test_thieves_spends_what_the_api_has_left(vader_oracle):
     assert result.queries_used == oracle.queries_used == 6  # not interrupted at 100
     with pytest.raises(ModelheistError, match="tuned_layers"):
         ThievesAttack(tuned_layers=7)
+
+
+def test_text_evaluation_measures_agreement_and_accuracy_only_where_labels_fit():
+    from types import SimpleNamespace
+
+    from modelheist.experiments.extraction import Evaluation
+    from modelheist.models.vader import vader_model
+
+    vader = vader_model()
+    split = SimpleNamespace(x=np.array(TEXTS, dtype=object), y=np.array([2, 0, 1, 2, 0]))
+    own = Evaluation.of(vader, split)  # the split's labels are VADER's classes
+    assert own.uniform_inputs is None and own.victim_accuracy == 1.0
+    assert own.score(vader) == (1.0, 1.0, None)
+    topics = Evaluation.of(vader, split, classes=["art", "love", "work"])  # not VADER's classes
+    assert topics.victim_accuracy is None and topics.score(vader) == (None, 1.0, None)
+
+
+def test_cli_thieves_extracts_a_served_text_model_with_random_queries(tmp_path, cli_in_process):
+    """``modelheist attack thieves --target URL`` against VADER on a real loopback server:
+    RANDOM queries need no data, every string is one query, the surrogate is saved."""
+    import json
+
+    from modelheist.api.http_server import create_app, serve_in_thread
+    from modelheist.api.ledger import Ledger
+    from modelheist.models.store import load_model
+    from modelheist.models.vader import vader_model
+
+    ledger = Ledger.open(tmp_path / "state")
+    key = ledger.add_client("thief")
+    service = PredictionService(vader_model(), ledger=ledger, name="vader")
+    (tmp_path / "words").write_text("\n".join(WORDS))
+    with serve_in_thread(create_app(service)) as url:
+        proc = cli_in_process(
+            *f"attack thieves --target {url} --api-key {key} --budget 40 "
+            f"--queries random --max-words 6 --epochs 1 --tuned-layers 0 "
+            f"--vocabulary {tmp_path}/words --out {tmp_path}/s --json {tmp_path}/r.json".split()
+        )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["queries_used"] == 40 == ledger.client("thief").queries_used
+    assert report["fidelity_test"] is None and report["details"]["query_kind"] == "random"
+    surrogate = load_model(tmp_path / "s")
+    assert surrogate.card.classes == ["negative", "neutral", "positive"]
+    assert surrogate.predict_proba(np.array(["good"], dtype=object)).shape == (1, 3)

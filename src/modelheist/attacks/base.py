@@ -90,6 +90,18 @@ class ExtractionAttack(ABC):
     local_service: ClassVar[dict[str, bool]] = {}
     #: Help for the attack's use of the transfer set's own labels (None: it uses none).
     transfer_labels_help: ClassVar[str | None] = None
+    #: Whether the attack extracts text models (strings in) rather than arrays.
+    extracts_text: ClassVar[bool] = False
+
+    def transfer_source(self) -> str | None:
+        """The dataset this configuration names as the source of its queries, where its own
+        options name one (Thieves' ``natural:DATASET``); None: the caller's choice."""
+        return None
+
+    def needs_transfer_set(self) -> bool:
+        """Whether this configuration queries with the attacker's data (RANDOM word queries
+        need none)."""
+        return True
 
     def display_name(self) -> str:
         """The attack's name in tables (with its variant, where it has one)."""

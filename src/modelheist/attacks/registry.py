@@ -7,6 +7,7 @@ from modelheist.attacks.equation_solving import LogisticEquationSolving, MlpEqua
 from modelheist.attacks.knockoff import KnockoffNets
 from modelheist.attacks.labels_only import AdaptiveRetraining, LowdMeek
 from modelheist.attacks.synthetic import JacobianAugmentation, NonTargetedIfgsm, TargetedRandom
+from modelheist.attacks.thieves import ThievesAttack
 from modelheist.attacks.tree_path import TreePathFinding
 
 ATTACKS: dict[str, type[ExtractionAttack]] = {
@@ -21,5 +22,6 @@ ATTACKS: dict[str, type[ExtractionAttack]] = {
         JacobianAugmentation,
         TargetedRandom,
         NonTargetedIfgsm,
+        ThievesAttack,
     )
 }

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 from rich.progress import Progress
@@ -54,7 +54,7 @@ QUERY_BATCH = 256
 class ThievesAttack(ExtractionAttack):
     """Krishna et al.'s extraction of a text API (see the module docstring)."""
 
-    queries: Literal["random", "natural"] = "random"
+    queries: str = "random"  # random, natural or natural:DATASET
     epochs: int = TEXT_EPOCHS
     lr: float = TEXT_LR
     batch_size: int = TEXT_BATCH
@@ -65,7 +65,8 @@ class ThievesAttack(ExtractionAttack):
     name: ClassVar[str] = "thieves"
     title: ClassVar[str] = "Thieves (Krishna et al.)"
     param_help: ClassVar[dict[str, str]] = {
-        "queries": "random (word sequences from the vocabulary) or natural (the attacker's texts)",
+        "queries": "random (word sequences from the vocabulary), natural (the attacker's texts: "
+        "its pool of the victim's dataset) or natural:DATASET (another text dataset's pool)",
         "epochs": "fine-tuning epochs of the attacker's encoder on the answers",
         "lr": "fine-tuning learning rate (AdamW, warm-up and cosine decay)",
         "batch_size": "fine-tuning batch size",
@@ -75,13 +76,24 @@ class ThievesAttack(ExtractionAttack):
         "only words the encoder holds whole are drawn",
     }
 
+    extracts_text: ClassVar[bool] = True
+
     def __post_init__(self) -> None:
-        if self.queries not in ("random", "natural"):
-            raise ModelheistError(f"queries must be random or natural, got {self.queries!r}")
+        kind, colon, source = self.queries.partition(":")
+        if kind not in ("random", "natural") or (colon and (kind == "random" or not source)):
+            raise ModelheistError(
+                f"queries must be random, natural or natural:DATASET, got {self.queries!r}"
+            )
         if min(self.epochs, self.batch_size) < 1 or self.lr <= 0 or self.max_words < 0:
             raise ModelheistError("epochs and batch size must be >= 1, lr > 0, max_words >= 0")
         if not 0 <= self.tuned_layers <= ENCODER_LAYERS:
             raise ModelheistError(f"tuned_layers must lie in [0, {ENCODER_LAYERS}]")
+
+    def transfer_source(self) -> str | None:
+        return self.queries.partition(":")[2] or None
+
+    def needs_transfer_set(self) -> bool:
+        return self.queries != "random"
 
     def _extract(
         self, oracle: Oracle, knowledge: AttackerKnowledge, progress: Progress | None
@@ -102,7 +114,7 @@ class ThievesAttack(ExtractionAttack):
             if oracle.remaining is None
             else min(knowledge.budget, oracle.remaining)
         )
-        if self.queries == "random":
+        if not self.needs_transfer_set():
             path = Path(self.vocabulary) if self.vocabulary else None
             words = encoder_vocabulary(load_words(path))
             x = random_word_queries(words, n, rng, self.max_words or RANDOM_MAX_WORDS)
@@ -123,7 +135,7 @@ class ThievesAttack(ExtractionAttack):
             {"attack": self.name, "queries": len(x), "output": answer.kind, "epochs": self.epochs},
         )
         details = {
-            "query_kind": self.queries,
+            "query_kind": self.queries.partition(":")[0],
             "queries_sent": len(x),
             "output_kind": answer.kind,
             "loss": losses,  # each fine-tuning epoch's mean loss

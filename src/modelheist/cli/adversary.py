@@ -229,6 +229,14 @@ def run_attack(
 
     fresh_folder(out, "output folder")
     positive("--budget", budget)
+    source = attack.transfer_source()
+    if source is not None:
+        if transfer_set not in (None, source):
+            raise ModelheistError(
+                f"the attack's options name {source} as its queries' source and --transfer-set "
+                f"{transfer_set}: give one"
+            )
+        transfer_set = source
     where = resolve_attack_target(
         victim,
         target,
@@ -238,6 +246,8 @@ def run_attack(
         seed,
         local_output=type(attack).local_output,
         service_options=service_options,
+        text=attack.extracts_text,
+        needs_data=attack.needs_transfer_set(),
     )
     try:
         with progress_bar() as progress:

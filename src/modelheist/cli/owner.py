@@ -29,32 +29,22 @@ from modelheist.errors import ModelheistError
 if TYPE_CHECKING:
     from modelheist.api.ledger import Ledger
 
-#: The text classifiers' architectures (modelheist.models.text and modelheist.models.vader).
-TEXT_ARCHITECTURES = ("minilm", "vader")
-
 
 def _train_text(
     data: Any, arch: str, out: Path, epochs: int, seed: int, json_path: Path | None
 ) -> None:
     """``train`` for a text set: the MiniLM victim, or VADER saved with its calibration."""
-    if data.kind != "text" or arch not in TEXT_ARCHITECTURES:
-        raise ModelheistError(
-            f"{data.name} holds {data.kind}: train {' or '.join(TEXT_ARCHITECTURES)} on text, "
-            "the other architectures on images or tables"
-        )
     from modelheist.models.store import save_model
+    from modelheist.models.victims import train_victim
 
-    if arch == "vader":
-        from modelheist.models.vader import vader_model
-
-        model = vader_model(data.name)
-        summary = "VADER (not trained; its authors' lexicon and rules)"
-    else:
-        from modelheist.models.text import text_train_config, train_text_model
-
-        with progress_bar() as progress:
-            model = train_text_model(data, text_train_config(epochs, seed), progress=progress)
-        summary = f"trained minilm on {data.name}: test accuracy {model.card.metrics['test_accuracy']:.4f}"
+    with progress_bar() as progress:
+        model = train_victim(data, arch, epochs, seed, progress)
+    summary = (
+        "VADER (not trained; its authors' lexicon and rules)"
+        if arch == "vader"
+        else f"trained {arch} on {data.name}: test accuracy "
+        f"{model.card.metrics['test_accuracy']:.4f}"
+    )
     save_model(model, out)
     write_json(json_path, asdict(model.card))
     console.print(f"{summary}; saved to {out}")
@@ -123,6 +113,8 @@ def train(
     from modelheist.data.registry import load_dataset
 
     data = load_dataset(dataset, seed=seed)  # an unknown name fails before PyTorch loads
+    from modelheist.models.victims import TEXT_ARCHITECTURES
+
     if data.kind == "text" or arch in TEXT_ARCHITECTURES:
         if watermark or mark or defense:
             raise ModelheistError("watermarks, data marks and training defenses are for images")

@@ -6,6 +6,7 @@ modelheist reports is computed the same way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,9 @@ from modelheist.defenses.registry import parse_output
 from modelheist.metrics import uniform_inputs
 from modelheist.models.architectures import TORCH_ARCHITECTURES
 from modelheist.models.classifier import Classifier, predict_labels
+from modelheist.models.text import ARCHITECTURE as TEXT_ARCHITECTURE  # no transformers yet
 from modelheist.oracle import Oracle
+from modelheist.oracle.inputs import takes_text
 
 
 @dataclass(frozen=True)
@@ -53,39 +56,68 @@ def uniform_box(
 @dataclass(frozen=True)
 class Evaluation:
     """The victim's labels on the evaluation split and on uniform inputs, computed once and
-    shared by every surrogate measured against that victim."""
+    shared by every surrogate measured against that victim.
+
+    A text victim has no uniform inputs (no box to draw strings from): its 1-R_unif is None.
+    A victim whose classes are not the split's (VADER's sentiments on topic-labelled
+    quotations) has no accuracy: only agreement (1-R_test) is measured.
+    """
 
     split: Split
     victim_test_labels: np.ndarray
-    uniform_inputs: np.ndarray
-    victim_uniform_labels: np.ndarray
+    uniform_inputs: np.ndarray | None
+    victim_uniform_labels: np.ndarray | None
+    labelled: bool = True  # the split's labels are the victim's classes
 
     @classmethod
     def of(
-        cls, victim: Classifier, split: Split, n_uniform: int = 5000, seed: int = 0
+        cls,
+        victim: Classifier,
+        split: Split,
+        n_uniform: int = 5000,
+        seed: int = 0,
+        classes: Sequence[str] | None = None,
     ) -> Evaluation:
+        """``classes``: the split's class names, where known (None: the victim's own)."""
+        labelled = classes is None or list(classes) == list(victim.card.classes)
+        if takes_text(tuple(victim.card.input_shape)):
+            return cls(split, predict_labels(victim, split.x), None, None, labelled)
         low, high = uniform_box(victim, split.x)
         uniform = uniform_inputs(tuple(victim.card.input_shape), n_uniform, seed, low, high)
-        return cls(split, predict_labels(victim, split.x), uniform, predict_labels(victim, uniform))
+        return cls(
+            split,
+            predict_labels(victim, split.x),
+            uniform,
+            predict_labels(victim, uniform),
+            labelled,
+        )
 
     @property
-    def victim_accuracy(self) -> float:
+    def victim_accuracy(self) -> float | None:
+        if not self.labelled:
+            return None
         return float((self.victim_test_labels == self.split.y).mean())
 
-    def score(self, surrogate: Classifier) -> tuple[float, float, float]:
-        """(surrogate accuracy, 1-R_test, 1-R_unif)."""
+    def score(self, surrogate: Classifier) -> tuple[float | None, float, float | None]:
+        """(surrogate accuracy, 1-R_test, 1-R_unif); None where not measured (see above)."""
         test = predict_labels(surrogate, self.split.x)
-        uniform = predict_labels(surrogate, self.uniform_inputs)
+        uniform = None
+        if self.uniform_inputs is not None:
+            agree = predict_labels(surrogate, self.uniform_inputs) == self.victim_uniform_labels
+            uniform = float(agree.mean())
         return (
-            float((test == self.split.y).mean()),
+            float((test == self.split.y).mean()) if self.labelled else None,
             float((test == self.victim_test_labels).mean()),
-            float((uniform == self.victim_uniform_labels).mean()),
+            uniform,
         )
 
 
 def default_surrogate(input_shape: tuple[int, ...], victim_architecture: str | None = None) -> str:
     """The attacker's network: the victim's when that is a network (the attacker knows the
-    general structure, as in PRADA and Knockoff), else a CNN for images and an MLP otherwise."""
+    general structure, as in PRADA and Knockoff), else a CNN for images, the text encoder for
+    text and an MLP otherwise."""
+    if takes_text(input_shape):
+        return TEXT_ARCHITECTURE
     if victim_architecture in TORCH_ARCHITECTURES:
         return victim_architecture
     return "cnn" if len(input_shape) == 3 else "mlp"

@@ -37,7 +37,7 @@ from modelheist.experiments.scenario import Scenario, first_difference
 from modelheist.experiments.transfers import TransferSet, transfer_set
 from modelheist.models.classifier import Classifier
 from modelheist.models.store import load_model, save_model
-from modelheist.models.training import TrainConfig, train_model
+from modelheist.models.victims import train_victim
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +165,9 @@ class ScenarioRunner:
             if point.seed != current_seed:
                 transfers = {}
                 data, victim = self.victim(scenario, point.seed)
-                test = Evaluation.of(victim, data.test, seed=point.seed)
+                test = Evaluation.of(victim, data.test, seed=point.seed, classes=data.classes)
                 validation = (
-                    Evaluation.of(victim, data.validation, seed=point.seed)
+                    Evaluation.of(victim, data.validation, seed=point.seed, classes=data.classes)
                     if data.validation is not None
                     else None
                 )
@@ -196,9 +196,7 @@ class ScenarioRunner:
         folder = self.victims / f"{recipe.dataset}-{recipe.arch}-{recipe_hash}-seed{seed}"
         if (folder / "card.json").is_file():
             return data, load_model(folder)
-        victim = train_model(
-            data, recipe.arch, TrainConfig(epochs=recipe.epochs, seed=seed), self.progress
-        )
+        victim = train_victim(data, recipe.arch, recipe.epochs, seed, self.progress)
         save_model(victim, folder, overwrite=True)
         return data, victim
 

@@ -26,6 +26,7 @@ from modelheist.experiments.extraction import Evaluation
 from modelheist.models.classifier import Classifier
 from modelheist.models.store import load_card, load_model
 from modelheist.oracle import Oracle
+from modelheist.oracle.inputs import takes_text
 
 
 def http_oracle(target: str, api_key: str | None, output: str | None = None) -> HttpOracle:
@@ -82,20 +83,23 @@ def resolve_attack_target(
     seed: int,
     local_output: str = "probs",
     service_options: dict[str, Any] | None = None,
+    text: bool = False,
+    needs_data: bool = True,
 ) -> AttackTarget:
     """Resolve --victim / --target / --api-key / --output / --transfer-set for an attack.
 
     Without ``transfer_set`` the attacker holds data of the victim's own task (its attacker
     pool). With a URL and no model folder the transfer set is the attacker pool of the
-    dataset's default split (seed 0). Everything that can fail on the user's input fails
-    here, before any query.
+    dataset's default split (seed 0), or nothing for an attack that ``needs_data`` not (RANDOM
+    word queries). ``text``: the attack extracts text models (Thieves), not arrays. Everything
+    that can fail on the user's input fails here, before any query.
     """
     if victim_dir is None and target is None:
         raise ModelheistError("name the victim: --victim DIR or --target URL --api-key KEY")
-    if transfer_set is None:
-        if victim_dir is None:
-            raise ModelheistError("name the attacker's data: --transfer-set DATASET")
+    if transfer_set is None and victim_dir is not None:
         transfer_set = load_card(victim_dir).dataset
+    if transfer_set is None and needs_data:
+        raise ModelheistError("name the attacker's data: --transfer-set DATASET")
     remote = None
     if target is not None:
         remote = http_oracle(target, api_key, output)
@@ -106,25 +110,42 @@ def resolve_attack_target(
     victim = evaluation = None
     if victim_dir is not None:
         victim = load_model(victim_dir)
-        if not victim.card.input_shape:
-            raise ModelheistError(
-                f"{victim_dir} is a text model; the image and tabular attacks cannot query it"
-            )
+        _check_kind(takes_text(victim.card.input_shape), text, str(victim_dir))
         data = victim_split(victim)
-        pool = attacker_transfer_set(transfer_set, data)
-        evaluation = Evaluation.of(victim, data.test, seed=seed)
+        pool = attacker_transfer_set(transfer_set or data.name, data)
+        evaluation = Evaluation.of(victim, data.test, seed=seed, classes=data.classes)
     else:
         assert remote is not None
-        if not remote.input_shape:
-            raise ModelheistError(
-                f"{target} serves a text model; the image and tabular attacks cannot query it"
+        _check_kind(takes_text(remote.input_shape), text, target or "")
+        if transfer_set is None:
+            pool = np.empty(0, dtype=object)
+        elif text:
+            pool = _text_pool(transfer_set)
+        else:
+            pool = fit_to_shape(
+                attacker_transfer_set(transfer_set, load_dataset(transfer_set)), remote.input_shape
             )
-        pool = fit_to_shape(
-            attacker_transfer_set(transfer_set, load_dataset(transfer_set)), remote.input_shape
-        )
     if remote is not None:
         oracle: Oracle = remote
     else:
         assert victim is not None
         oracle = local_oracle(victim, output, service_options=service_options)
-    return AttackTarget(oracle, victim, evaluation, pool, transfer_set, output)
+    return AttackTarget(oracle, victim, evaluation, pool, transfer_set or "", output)
+
+
+def _check_kind(model_takes_text: bool, attack_takes_text: bool, where: str) -> None:
+    if model_takes_text and not attack_takes_text:
+        raise ModelheistError(
+            f"{where} is a text model; the image and tabular attacks cannot query it "
+            "(use `modelheist attack thieves`)"
+        )
+    if attack_takes_text and not model_takes_text:
+        raise ModelheistError(f"{where} takes arrays, not text; this attack extracts text models")
+
+
+def _text_pool(name: str) -> np.ndarray:
+    """The attacker's texts of dataset ``name`` (its attacker pool at the default split)."""
+    data = load_dataset(name)
+    if data.kind != "text":
+        raise ModelheistError(f"{name} holds {data.kind} inputs; the attack queries with text")
+    return data.pool.x
