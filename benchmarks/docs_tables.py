@@ -125,7 +125,7 @@ def comparison(
             {r["queries_counted"] for c in cells.values() for g in c.values() for r in g}
         )
         used = [r for c in cells.values() for g in c.values() for r in g]
-        victims = [r["metrics"]["victim_accuracy"] for r in used]
+        victims = [v for r in used if (v := r["metrics"]["victim_accuracy"]) is not None]
         notes = [f"Metric: {metric}, mean ± standard deviation over seeds."]
         if victims:
             notes.append(f"Victim test accuracy {_mean_std(victims)} over the runs.")
@@ -988,6 +988,8 @@ def conflicts(rows: list[dict]) -> str:
     return "\n".join([*lines, "", note, "", provenance(rows)])
 
 
+THIEVES_SERIES = [("thieves-fortunes", v, v.upper()) for v in ("random", "natural")]
+
 TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "state_scaling": (("state_scaling.jsonl",), state_scaling),
     "tramer": (("tramer.jsonl",), tramer),
@@ -1053,6 +1055,32 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
                 ("adaptive-knockoff-art", "art-adaptive", "ART adaptive"),
             ],
             keys=("budget",),
+        ),
+    ),
+    "thieves_fortunes": (
+        ("thieves-fortunes.jsonl",),
+        comparison(THIEVES_SERIES, keys=("budget",)),
+    ),
+    "thieves_fortunes_share": (
+        ("thieves-fortunes.jsonl",),
+        comparison(THIEVES_SERIES, keys=("budget",), metric="accuracy_share"),
+    ),
+    "thieves_vader": (
+        ("thieves-vader.jsonl",),
+        comparison(
+            [("thieves-vader", v, v.upper()) for v in ("random", "natural")], keys=("budget",)
+        ),
+    ),
+    "thieves_tuning": (
+        ("thieves-tuning.jsonl",),
+        comparison(
+            [
+                ("thieves-tuning", f"{kind}-{recipe}", f"{kind.upper()} {recipe}")
+                for kind in ("random", "natural")
+                for recipe in ("lr2e-4-e4", "lr5e-4-e4", "lr2e-4-e8")
+            ],
+            keys=("budget",),
+            metric="fidelity_validation",
         ),
     ),
     "synthetic": (

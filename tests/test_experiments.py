@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +121,22 @@ def test_bad_attacks_are_refused_before_any_run(tmp_path, runner):
     with pytest.raises(ModelheistError, match="min_stepz"):
         runner.run(wrong)
     assert not runner.store.path.exists()
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_every_example_scenario_loads_and_its_attack_takes_its_parameters(path, tmp_path):
+    """The scenario files behind the docs' tables parse, and each variant's parameters build
+    its attack (peers of benchmarks/peers.py are checked by their own runs)."""
+    from modelheist.attacks.registry import ATTACKS
+
+    scenario = Scenario.load(path)
+    if scenario.attack.name not in ATTACKS:
+        pytest.skip(f"{scenario.attack.name} is a peer of benchmarks/peers.py")
+    runner = ScenarioRunner(ResultsStore(tmp_path / "store.jsonl"), tmp_path / "victims")
+    runner.check(scenario)  # builds every variant's attack; refuses unknown parameters
 
 
 def test_experiment_run_from_the_command_line(tmp_path):

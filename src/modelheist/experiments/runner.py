@@ -234,6 +234,9 @@ class ScenarioRunner:
             "fidelity_uniform": uniform,
             "seconds": seconds,
         }
+        if accuracy is not None and test.victim_accuracy:
+            # Krishna et al.'s figure: the surrogate's accuracy as a share of the victim's
+            metrics["accuracy_share"] = accuracy / test.victim_accuracy
         if validation is not None:
             metrics["victim_accuracy_validation"] = validation.victim_accuracy
             metrics["fidelity_validation"] = validation.score(result.surrogate)[1]
