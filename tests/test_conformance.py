@@ -48,10 +48,12 @@ FAST_ATTACK_PARAMS = {
     "t-rnd": {"seeds_per_class": 2, "epochs": 1, "final_epochs": 1, "min_steps": 5, "folds": 2},
     "n-ifgsm": {"seeds_per_class": 2, "epochs": 1, "final_epochs": 1, "min_steps": 5, "folds": 2},
     "thieves": {"queries": "natural", "epochs": 1, "tuned_layers": 0},
+    "translate": {"epochs": 1},
 }
 #: The victim each attack is built for: "cnn" (digits CNN), "binary" (a breast-cancer logistic
-#: regression), "tree" (a breast-cancer tree served with leaf identities) or "text" (VADER on a
-#: few sentences), the output it is given and its budget.
+#: regression), "tree" (a breast-cancer tree served with leaf identities), "text" (VADER on a
+#: few sentences) or "translation" (a digits super-resolution network), the output it is given
+#: and its budget.
 ATTACK_SETTINGS = {
     "knockoff": ("cnn", "probs", 60),
     "knockoff-adaptive": ("cnn", "top-k:3", 60),
@@ -64,6 +66,7 @@ ATTACK_SETTINGS = {
     "t-rnd": ("cnn", "probs", 60),
     "n-ifgsm": ("cnn", "labels", 60),
     "thieves": ("text", "labels", 6),
+    "translate": ("translation", "probs", 60),
 }
 
 
@@ -233,6 +236,15 @@ def _vader_on_sentences():
     )
 
 
+def _digits_super_resolution():
+    """A digits 2x super-resolution victim (two epochs) and its task's splits."""
+    from modelheist.data.translation import load_translation
+    from modelheist.models.translation import train_translation_model, translation_train_config
+
+    data = load_translation("digits-sr")
+    return train_translation_model(data, "srcnn", translation_train_config(2)), data
+
+
 @pytest.mark.parametrize("case", sorted(VARIANTS))
 def test_attack_contract(case, digits_cnn, digits, binary_lr, tree, breast_cancer):
     name = VARIANTS[case]
@@ -242,6 +254,7 @@ def test_attack_contract(case, digits_cnn, digits, binary_lr, tree, breast_cance
         "binary": lambda: (binary_lr, breast_cancer),
         "tree": lambda: (tree, breast_cancer),
         "text": _vader_on_sentences,
+        "translation": _digits_super_resolution,
     }[kind]()
     attack = ATTACKS[name](**FAST_ATTACK_PARAMS[case])
     service = PredictionService(victim, parse_output(output), leaves=kind == "tree")
@@ -250,7 +263,10 @@ def test_attack_contract(case, digits_cnn, digits, binary_lr, tree, breast_cance
     assert 0 < result.queries_used <= budget
     assert service.client("attacker").queries_used == result.queries_used
     x = data.test.x[:3]
-    assert result.surrogate.predict_proba(x).shape == (3, victim.card.num_classes)
+    if victim.card.translates:  # images out
+        assert result.surrogate.translate(x).shape == (3, *victim.card.output_shape)
+    else:
+        assert result.surrogate.predict_proba(x).shape == (3, victim.card.num_classes)
     assert result.surrogate.card.classes == victim.card.classes
     assert result.attack == name and isinstance(result.params, dict)
     json.dumps(result.details)  # details are JSON (the CLI writes them)

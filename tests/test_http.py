@@ -70,6 +70,7 @@ def test_health_models_and_openapi(served):
         "input_range": [0.0, 1.0],
         "classes": [str(i) for i in range(10)],
         "output": "probabilities",
+        "output_shape": None,  # a classifier (an image-to-image model gives its images' shape)
         "max_batch": MAX_BATCH,
         "leaves": False,
         "incomplete_queries": False,

@@ -36,6 +36,7 @@ _KINDS: dict[str, OutputKind] = {
     "probabilities": "probabilities",
     "top_k": "top_k",
     "labels": "labels",
+    "images": "images",
 }
 
 
@@ -94,6 +95,8 @@ class HttpOracle(Oracle):
             response = self._http().request(method, path, content=body, headers=headers)
         except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
             raise ApiUnreachableError(f"cannot reach {self.url}{path}: {exc}") from None
+        if response.status_code < 400 and response.headers.get("content-type") == npy.MEDIA_TYPE:
+            return _npy_document(response, f"{self.url}{path}")  # an image-to-image answer
         try:
             document = orjson.loads(response.content)
         except orjson.JSONDecodeError:
@@ -196,19 +199,48 @@ class HttpOracle(Oracle):
             body = orjson.dumps({"inputs": x}, option=orjson.OPT_SERIALIZE_NUMPY)
             content_type = "application/json"
         path = f"/v1/models/{self.name}/predict"
-        proof: dict[str, str] = {}
+        headers: dict[str, str] = {}
+        if self.encoding == "npy" and self.output_kind == "images":
+            headers["Accept"] = npy.MEDIA_TYPE  # images come back as .npy too
         for _ in range(3):  # a challenge can expire or change between two tries
             try:
-                document = self._request("POST", path, body, content_type, proof)
+                document = self._request("POST", path, body, content_type, headers)
                 break
             except ProofOfWorkRequired as needed:
                 start = time.perf_counter()
-                proof = {PROOF_HEADER: solve_challenge(needed.challenge, x)}
+                headers[PROOF_HEADER] = solve_challenge(needed.challenge, x)
                 self.proof_seconds += time.perf_counter() - start
         else:
-            document = self._request("POST", path, body, content_type, proof)
+            document = self._request("POST", path, body, content_type, headers)
         self._used = int(document["queries_used"])
+        if "outputs" in document:
+            return _image_answer(document["outputs"], len(x), self.output_shape, self.url)
         return _answer(document["predictions"], len(self.classes))
+
+    @property
+    def output_shape(self) -> tuple[int, ...] | None:
+        shape = self.connect()._info.get("output_shape")  # type: ignore[union-attr]
+        return None if shape is None else tuple(shape)
+
+
+def _npy_document(response: httpx.Response, where: str) -> dict[str, Any]:
+    """A ``.npy`` answer as the JSON one reads: ``outputs`` and ``queries_used``."""
+    try:
+        outputs = npy.decode(response.content)
+        used = int(response.headers[npy.USED_HEADER])
+    except (InvalidQueryError, KeyError, ValueError):
+        raise ModelheistError(f"{where} answered with an unreadable .npy body") from None
+    return {"outputs": outputs, "queries_used": used}
+
+
+def _image_answer(outputs: Any, n: int, shape: tuple[int, ...] | None, where: str) -> Answer:
+    """An image-to-image model's answer, checked against the shape the API declares."""
+    images = np.asarray(outputs, np.float32)
+    if shape is None or images.shape != (n, *shape):
+        raise ModelheistError(
+            f"{where} answered images of shape {images.shape}, not ({n}, *{shape})"
+        )
+    return Answer.of_images(images)
 
 
 def _answer(predictions: list[dict[str, Any]], num_classes: int) -> Answer:

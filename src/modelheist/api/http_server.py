@@ -52,7 +52,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from modelheist.api import npy
 from modelheist.api.batching import MicroBatcher
 from modelheist.api.ledger import ClientRecord, Ledger
-from modelheist.api.service import PredictionService
+from modelheist.api.npy import REMAINING_HEADER, USED_HEADER
+from modelheist.api.service import PredictionService, Receipt
 from modelheist.defenses.proof_of_work import PROOF_HEADER
 from modelheist.errors import (
     AuthenticationError,
@@ -159,7 +160,13 @@ class Prediction(BaseModel):
 
 
 class PredictResponse(BaseModel):
-    predictions: list[Prediction]
+    """A classifier's answers are ``predictions``; an image-to-image model's are ``outputs``
+    (one image, nested lists of shape ``output_shape``, per input; or, asked with
+    ``Accept: application/x-npy``, one ``.npy`` array with the usage in the headers
+    ``X-Queries-Used`` and ``X-Queries-Remaining``)."""
+
+    predictions: list[Prediction] | None = None
+    outputs: list[Any] | None = None
     queries_used: int
     queries_remaining: int | None
 
@@ -170,6 +177,7 @@ class ModelInfo(BaseModel):
     input_range: list[float] | None
     classes: list[str]
     output: str
+    output_shape: list[int] | None = None
     max_batch: int
     leaves: bool
     incomplete_queries: bool
@@ -381,6 +389,25 @@ def _granular_rows(answer: Answer) -> list[dict[str, Any]]:
     return [{"label": label} for label in labels]
 
 
+def _image_response(images: np.ndarray, receipt: Receipt, as_npy: bool) -> Response:
+    """An image-to-image model's answer: JSON ``outputs``, or ``.npy`` bytes with the usage in
+    headers (see :class:`PredictResponse`)."""
+    if as_npy:
+        remaining = receipt.queries_remaining
+        headers = {
+            USED_HEADER: str(receipt.queries_used),
+            REMAINING_HEADER: "" if remaining is None else str(remaining),
+        }
+        return Response(npy.encode(images), media_type=npy.MEDIA_TYPE, headers=headers)
+    return _json(
+        {
+            "outputs": np.ascontiguousarray(images, np.float32),
+            "queries_used": receipt.queries_used,
+            "queries_remaining": receipt.queries_remaining,
+        }
+    )
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -515,6 +542,7 @@ def create_app(
             "classes": service.classes,
             "input_range": None if service.input_range is None else list(service.input_range),
             "output": service.output_kind,
+            "output_shape": None if service.output_shape is None else list(service.output_shape),
             "max_batch": service.max_batch,
             "leaves": service.leaves,
             "incomplete_queries": service.incomplete_queries,
@@ -591,6 +619,11 @@ def create_app(
         metrics.answered.labels(service.name, record.name).inc(len(x))
         for alarm in receipt.alarms:
             metrics.alarms.labels(service.name, record.name, alarm.stage).inc()
+        images = receipt.answer.images
+        if images is not None:
+            return _image_response(
+                images, receipt, npy.MEDIA_TYPE in request.headers.get("accept", "")
+            )
         return _json(
             {
                 "predictions": _prediction_rows(receipt.answer),

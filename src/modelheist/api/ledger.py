@@ -131,7 +131,7 @@ class AuditRecord:
     client: str
     model: str
     input_sha256: str
-    label: int
+    label: int  # -1: an image-to-image model's answer (no class)
     flags: tuple[str, ...]
 
 

@@ -62,6 +62,10 @@ class LocalOracle(Oracle):
         return self.service.input_range
 
     @property
+    def output_shape(self) -> tuple[int, ...] | None:
+        return self.service.output_shape
+
+    @property
     def returns_leaves(self) -> bool:
         return self.service.leaves
 

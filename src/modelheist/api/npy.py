@@ -17,6 +17,9 @@ from numpy.lib import format as npy_format
 from modelheist.errors import InvalidQueryError
 
 MEDIA_TYPE = "application/x-npy"
+#: Where a ``.npy`` answer (an image-to-image model's) carries the client's usage.
+USED_HEADER = "X-Queries-Used"
+REMAINING_HEADER = "X-Queries-Remaining"
 
 
 def encode(x: np.ndarray) -> bytes:

@@ -147,6 +147,13 @@ class PredictionService:
         max_text_chars: int = MAX_TEXT_CHARS,
     ):
         check_pipeline(defenses)
+        if model.card.translates and defenses:
+            # Szyller et al. ("Good Artists Copy", 2021): the classifiers' defenses do not carry
+            # over to image translation; none of these stages reads or writes an image answer
+            raise ModelheistError(
+                f"{', '.join(d.name for d in defenses)} defend classifiers; an image-to-image "
+                "model is served without defense stages"
+            )
         if takes_text(model.card.input_shape):
             numeric = [d.name for d in defenses if d.capabilities.numeric_inputs]
             if numeric:
@@ -225,8 +232,16 @@ class PredictionService:
         return None if bounds is None else (float(bounds[0]), float(bounds[1]))
 
     @property
+    def output_shape(self) -> tuple[int, ...] | None:
+        """An image-to-image model's output shape; None for a classifier."""
+        shape = self.model.card.output_shape
+        return None if shape is None else tuple(shape)
+
+    @property
     def output_kind(self) -> OutputKind:
         """The granularity that leaves the pipeline (the last stage that sets one wins)."""
+        if self.model.card.translates:
+            return "images"
         kind: OutputKind = "probabilities"
         for stage in self.defenses:
             kind = stage.capabilities.output_kind or kind
@@ -583,20 +598,25 @@ class PredictionService:
         """One forward pass over the admitted requests; a request whose output is not finite
         is refused alone."""
         x_all = np.concatenate([requests[i][1] for i in admitted])
-        probs_all = np.asarray(self.model.predict_proba(x_all), np.float64)
+        translates = self.model.card.translates
+        if translates:
+            out_all = np.asarray(self.model.translate(x_all), np.float32)  # type: ignore[attr-defined]
+        else:
+            out_all = np.asarray(self.model.predict_proba(x_all), np.float64)
         live: dict[int, _Pending] = {}
         offset = 0
         for i, client in admitted.items():
             x = requests[i][1]
-            probs = probs_all[offset : offset + len(x)]
+            out = out_all[offset : offset + len(x)]
             offset += len(x)
-            if not np.isfinite(probs).all():  # e.g. activations overflowed on huge inputs
+            if not np.isfinite(out).all():  # e.g. activations overflowed on huge inputs
                 results[i] = InvalidQueryError(
                     "the model's output is not finite for these inputs; send values of the "
                     "magnitude it was trained on"
                 )
                 continue
-            live[i] = _Pending(client, x, Answer(probs.argmax(axis=1), probs))
+            answer = Answer.of_images(out) if translates else Answer(out.argmax(axis=1), out)
+            live[i] = _Pending(client, x, answer)
         return live
 
     @staticmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import Any, ClassVar, final
+from typing import Any, ClassVar, Literal, final
 
 import numpy as np
 from rich.progress import Progress
@@ -21,6 +21,7 @@ from modelheist.attacks.interruption import AttackInterrupted
 from modelheist.errors import BudgetExceededError, IncompatibleOutputError, ModelheistError
 from modelheist.models.classifier import Classifier
 from modelheist.oracle import Answer, BudgetedOracle, Oracle, OutputKind
+from modelheist.oracle.answer import concatenate
 from modelheist.oracle.budgeted import QueryLog
 
 
@@ -90,8 +91,9 @@ class ExtractionAttack(ABC):
     local_service: ClassVar[dict[str, bool]] = {}
     #: Help for the attack's use of the transfer set's own labels (None: it uses none).
     transfer_labels_help: ClassVar[str | None] = None
-    #: Whether the attack extracts text models (strings in) rather than arrays.
-    extracts_text: ClassVar[bool] = False
+    #: The models the attack extracts: classifiers of arrays (images, tables), text
+    #: classifiers (strings in), or image-to-image models (images out).
+    extracts: ClassVar[Literal["arrays", "text", "translation"]] = "arrays"
 
     def transfer_source(self) -> str | None:
         """The dataset this configuration names as the source of its queries, where its own
@@ -199,3 +201,21 @@ def natural_inputs(knowledge: AttackerKnowledge, oracle: Oracle, attack: str) ->
             f"{tuple(oracle.input_shape)}"
         )
     return pool
+
+
+#: Inputs per request of :func:`ask_in_batches`.
+QUERY_BATCH = 256
+
+
+def ask_in_batches(oracle: Oracle, x: np.ndarray, progress: Progress | None) -> Answer:
+    """The answers to ``x``, asked in batches of :data:`QUERY_BATCH` (a progress bar where one
+    is shown), so that an interruption keeps every batch answered before it."""
+    task = progress.add_task("query the API", total=len(x)) if progress is not None else None
+    answers = []
+    for start in range(0, len(x), QUERY_BATCH):
+        answers.append(oracle.query(x[start : start + QUERY_BATCH]))
+        if task is not None:
+            progress.advance(task, len(answers[-1]))  # type: ignore[union-attr]
+    if task is not None:
+        progress.remove_task(task)  # type: ignore[union-attr]
+    return concatenate(answers)

@@ -67,6 +67,8 @@ def partial_surrogate(
     x, answer = log.joined()
     if x.dtype == object:  # a text API's strings: the attacker's encoder, fine-tuned
         return _partial_text_surrogate(x, answer, classes, seed, progress, len(log))
+    if answer.images is not None:  # an image-to-image API's outputs
+        return _partial_translation_surrogate(x, answer.images, seed, progress)
     complete = np.isfinite(x.reshape(len(x), -1)).all(axis=1)  # incomplete queries hold NaN
     if not complete.any():
         return None
@@ -129,3 +131,31 @@ def _partial_text_surrogate(
         {"partial": True, "queries": queries, "output": answer.kind},
     )
     return TextClassifier(network, card)
+
+
+def _partial_translation_surrogate(
+    x: np.ndarray, images: np.ndarray, seed: int, progress: Progress | None
+) -> Classifier:
+    """The attacker's translation network trained on the images bought."""
+    from modelheist.models.translation import (
+        SURROGATE_ARCHITECTURE,
+        TranslationModel,
+        build_translation_network,
+        fit_translation_network,
+        translation_card,
+        translation_train_config,
+    )
+
+    input_shape, output_shape = tuple(x.shape[1:]), tuple(images.shape[1:])
+    module = build_translation_network(SURROGATE_ARCHITECTURE, input_shape, output_shape, seed)
+    fit_translation_network(
+        module, x, images, translation_train_config(seed=seed), progress, "partial surrogate"
+    )
+    card = translation_card(
+        SURROGATE_ARCHITECTURE,
+        "surrogate",
+        input_shape,
+        output_shape,
+        {"partial": True, "queries": len(x), "output": "images"},
+    )
+    return TranslationModel(module, card)  # type: ignore[return-value]

@@ -8,6 +8,7 @@ from modelheist.attacks.knockoff import KnockoffNets
 from modelheist.attacks.labels_only import AdaptiveRetraining, LowdMeek
 from modelheist.attacks.synthetic import JacobianAugmentation, NonTargetedIfgsm, TargetedRandom
 from modelheist.attacks.thieves import ThievesAttack
+from modelheist.attacks.translate import TranslationExtraction
 from modelheist.attacks.tree_path import TreePathFinding
 
 ATTACKS: dict[str, type[ExtractionAttack]] = {
@@ -23,5 +24,6 @@ ATTACKS: dict[str, type[ExtractionAttack]] = {
         TargetedRandom,
         NonTargetedIfgsm,
         ThievesAttack,
+        TranslationExtraction,
     )
 }

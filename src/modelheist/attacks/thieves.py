@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from rich.progress import Progress
 
-from modelheist.attacks.base import AttackerKnowledge, ExtractionAttack
+from modelheist.attacks.base import AttackerKnowledge, ExtractionAttack, ask_in_batches
 from modelheist.attacks.text_queries import (
     NATURAL_MAX_WORDS,
     RANDOM_MAX_WORDS,
@@ -44,10 +44,7 @@ from modelheist.models.text import (  # constants only: transformers loads with 
     TUNED_LAYERS,
 )
 from modelheist.oracle import Oracle
-from modelheist.oracle.answer import Answer, concatenate
 from modelheist.oracle.inputs import takes_text
-
-QUERY_BATCH = 256
 
 
 @dataclass
@@ -76,7 +73,7 @@ class ThievesAttack(ExtractionAttack):
         "only words the encoder holds whole are drawn",
     }
 
-    extracts_text: ClassVar[bool] = True
+    extracts: ClassVar[Literal["arrays", "text", "translation"]] = "text"
 
     def __post_init__(self) -> None:
         kind, colon, source = self.queries.partition(":")
@@ -121,7 +118,7 @@ class ThievesAttack(ExtractionAttack):
         else:
             source = [str(t) for t in knowledge.transfer_set]
             x = natural_queries(source, n, rng, self.max_words or NATURAL_MAX_WORDS)
-        answer = self._ask(oracle, x, progress)
+        answer = ask_in_batches(oracle, x, progress)
         targets = answer.soft_targets(oracle.num_classes)  # one-hot where only labels came
         config = TrainConfig(
             epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=knowledge.seed
@@ -142,16 +139,3 @@ class ThievesAttack(ExtractionAttack):
         }
         # No index into the source: RANDOM takes words of it, NATURAL may take a sentence of a text.
         return TextClassifier(network, card), np.zeros(0, np.int64), details
-
-    @staticmethod
-    def _ask(oracle: Oracle, x: np.ndarray, progress: Progress | None) -> Answer:
-        """The answers to ``x``, in batches (a progress bar where one is shown)."""
-        task = progress.add_task("query the API", total=len(x)) if progress is not None else None
-        answers = []
-        for start in range(0, len(x), QUERY_BATCH):
-            answers.append(oracle.query(x[start : start + QUERY_BATCH]))
-            if task is not None:
-                progress.advance(task, len(answers[-1].labels))
-        if task is not None:
-            progress.remove_task(task)
-        return concatenate(answers)

@@ -229,6 +229,13 @@ def run_attack(
 
     fresh_folder(out, "output folder")
     positive("--budget", budget)
+    if attack.extracts == "translation":
+        if output is not None:
+            raise ModelheistError("--output applies to classifiers; an image model answers images")
+        _run_translation(
+            attack, budget, victim, target, api_key, transfer_set, out, json_path, seed
+        )
+        return
     source = attack.transfer_source()
     if source is not None:
         if transfer_set not in (None, source):
@@ -246,7 +253,7 @@ def run_attack(
         seed,
         local_output=type(attack).local_output,
         service_options=service_options,
-        text=attack.extracts_text,
+        text=attack.extracts == "text",
         needs_data=attack.needs_transfer_set(),
     )
     try:
@@ -275,6 +282,60 @@ def run_attack(
     row = asdict(measured)
     console.print(measurement_table([row], f"{attack.display_name()} against {target or victim}"))
     write_json(json_path, {**row, "params": result.params, "seed": seed, "details": result.details})
+
+
+def _run_translation(
+    attack: ExtractionAttack,
+    budget: int,
+    victim: Path | None,
+    target: str | None,
+    api_key: str | None,
+    transfer_set: str | None,
+    out: Path | None,
+    json_path: Path | None,
+    seed: int,
+) -> None:
+    """``attack translate``: run it, print and save PSNR and SSIM (see
+    :mod:`modelheist.experiments.translation`)."""
+    from dataclasses import asdict
+
+    from modelheist.attacks.interruption import AttackInterrupted
+    from modelheist.experiments.translation import measure_translation, resolve_translation_target
+    from modelheist.models.store import save_model
+
+    where = resolve_translation_target(victim, target, api_key, transfer_set)
+    try:
+        with progress_bar() as progress:
+            result, measured = measure_translation(attack, where, budget, seed, progress)
+    except AttackInterrupted as stop:
+        _keep_partial(stop, out, json_path, seed)
+    if out is not None:
+        save_model(result.surrogate, out)
+    row = asdict(measured)
+    table = Table(title=f"{attack.display_name()} against {target or victim}")
+    for column in ("queries", "", "PSNR (dB)", "SSIM"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(measured.queries_used),
+        "victim vs truth",
+        _figure(measured.victim_psnr),
+        _figure(measured.victim_ssim),
+    )
+    table.add_row(
+        "", "surrogate vs truth", _figure(measured.surrogate_psnr), _figure(measured.surrogate_ssim)
+    )
+    table.add_row(
+        "",
+        "surrogate vs victim",
+        _figure(measured.psnr_to_victim),
+        _figure(measured.ssim_to_victim),
+    )
+    console.print(table)
+    write_json(json_path, {**row, "params": result.params, "seed": seed, "details": result.details})
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _keep_partial(

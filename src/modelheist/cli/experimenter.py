@@ -35,6 +35,16 @@ def datasets() -> None:
         )
     for prefix, description in PREFIXES.items():
         table.add_row(f"{prefix}:<folder>", "image", "-", description)
+    for info in REGISTRY.values():  # the image-to-image tasks on each image set
+        if info.kind == "image":
+            available = "yes" if dataset_available(info.name) else "no"
+            for task, what in (
+                ("sr", "2x super-resolution"),
+                ("sketch", "the owner's drawing style"),
+            ):
+                table.add_row(
+                    f"{info.name}-{task}", "image-to-image", available, f"{info.name}: {what}"
+                )
     console.print(table)
 
 

@@ -50,6 +50,36 @@ def _train_text(
     console.print(f"{summary}; saved to {out}")
 
 
+def _train_translation(
+    dataset: str, arch: str, out: Path, epochs: int, seed: int, json_path: Path | None
+) -> None:
+    """``train`` for an image-to-image task (SOURCE-sr, SOURCE-sketch)."""
+    from modelheist.data.translation import load_translation
+    from modelheist.models.store import save_model
+    from modelheist.models.translation import (
+        ARCHITECTURES,
+        train_translation_model,
+        translation_train_config,
+    )
+
+    if arch not in ARCHITECTURES:
+        raise ModelheistError(
+            f"{dataset} is an image-to-image task: train {' or '.join(ARCHITECTURES)} on it"
+        )
+    data = load_translation(dataset, seed=seed)
+    with progress_bar() as progress:
+        model = train_translation_model(
+            data, arch, translation_train_config(epochs, seed), progress
+        )
+    save_model(model, out)
+    write_json(json_path, asdict(model.card))
+    metrics = model.card.metrics
+    console.print(
+        f"trained {arch} on {dataset}: test PSNR {metrics['test_psnr']:.2f} dB, "
+        f"SSIM {metrics['test_ssim']:.4f}; saved to {out}"
+    )
+
+
 keys_app = typer.Typer(
     help="Manage the API keys of a served model's clients.", no_args_is_help=True
 )
@@ -64,7 +94,8 @@ def train(
         str,
         typer.Option(
             help="Architecture: mlp, mlp1, cnn, cnn-gn, logreg or tree; for text, minilm "
-            "(the MiniLM encoder's top 2 layers fine-tuned with a head) or vader (not trained)."
+            "(the MiniLM encoder's top 2 layers fine-tuned with a head) or vader (not trained); "
+            "for an image-to-image task (SOURCE-sr, SOURCE-sketch), srcnn or espcn."
         ),
     ],
     out: Annotated[Path, typer.Option(help="New folder for the model (weights + card).")],
@@ -111,7 +142,16 @@ def train(
     fresh_folder(secret_out, "secret folder")
     positive("--epochs", epochs)
     from modelheist.data.registry import load_dataset
+    from modelheist.data.translation import is_translation
 
+    if is_translation(dataset):
+        if watermark or mark or defense:
+            raise ModelheistError(
+                "watermarks, data marks and training defenses are for classifiers; image "
+                "translation does not carry them (Szyller et al., 2021)"
+            )
+        _train_translation(dataset, arch, out, epochs, seed, json_path)
+        return
     data = load_dataset(dataset, seed=seed)  # an unknown name fails before PyTorch loads
     from modelheist.models.victims import TEXT_ARCHITECTURES
 

@@ -110,13 +110,17 @@ def resolve_attack_target(
     victim = evaluation = None
     if victim_dir is not None:
         victim = load_model(victim_dir)
-        _check_kind(takes_text(victim.card.input_shape), text, str(victim_dir))
+        _check_kind(
+            takes_text(victim.card.input_shape), text, str(victim_dir), victim.card.translates
+        )
         data = victim_split(victim)
         pool = attacker_transfer_set(transfer_set or data.name, data)
         evaluation = Evaluation.of(victim, data.test, seed=seed, classes=data.classes)
     else:
         assert remote is not None
-        _check_kind(takes_text(remote.input_shape), text, target or "")
+        _check_kind(
+            takes_text(remote.input_shape), text, target or "", remote.output_shape is not None
+        )
         if transfer_set is None:
             pool = np.empty(0, dtype=object)
         elif text:
@@ -133,7 +137,13 @@ def resolve_attack_target(
     return AttackTarget(oracle, victim, evaluation, pool, transfer_set or "", output)
 
 
-def _check_kind(model_takes_text: bool, attack_takes_text: bool, where: str) -> None:
+def _check_kind(
+    model_takes_text: bool, attack_takes_text: bool, where: str, translates: bool = False
+) -> None:
+    if translates:
+        raise ModelheistError(
+            f"{where} is an image-to-image model; extract it with `modelheist attack translate`"
+        )
     if model_takes_text and not attack_takes_text:
         raise ModelheistError(
             f"{where} is a text model; the image and tabular attacks cannot query it "

@@ -31,6 +31,12 @@ class ModelCard:
     input_range: list[float] | None = None
     members: int = 1  # > 1: an ensemble of that many networks of ``architecture``
     protections: list[dict[str, Any]] = field(default_factory=list)  # what training added
+    output_shape: list[int] | None = None  # an image-to-image model's output (no classes)
+
+    @property
+    def translates(self) -> bool:
+        """Whether the model maps images to images (modelheist.models.translation)."""
+        return self.output_shape is not None
 
     @property
     def num_classes(self) -> int:

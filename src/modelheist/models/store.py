@@ -42,7 +42,10 @@ def save_model(model: Classifier, folder: str | Path, overwrite: bool = False) -
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise ModelheistError(f"output folder {folder} already exists and is not empty")
     folder.mkdir(parents=True, exist_ok=True)
-    if model.card.architecture == TEXT_ARCHITECTURE:  # the head and tuned layers only
+    if model.card.translates:  # an image-to-image network
+        state = {k: v.detach().contiguous() for k, v in model.module.state_dict().items()}  # type: ignore[attr-defined]
+        save_torch(state, str(folder / WEIGHTS))
+    elif model.card.architecture == TEXT_ARCHITECTURE:  # the head and tuned layers only
         save_torch(model.module.tuned_state(), str(folder / WEIGHTS))  # type: ignore[attr-defined]
     elif model.card.architecture == VADER_ARCHITECTURE:  # its stated calibration
         save_numpy(model.calibration(), str(folder / WEIGHTS))  # type: ignore[attr-defined]
@@ -92,6 +95,10 @@ def load_model(folder: str | Path) -> Classifier:
     if not path.is_file():
         raise ModelLoadError(f"{folder} has no {WEIGHTS}")
     try:
+        if card.translates:
+            from modelheist.models.translation import load_translation_model
+
+            return load_translation_model(load_torch(str(path)), card)  # type: ignore[return-value]
         if card.architecture == TEXT_ARCHITECTURE:
             from modelheist.models.text import load_text_model  # imports transformers
 

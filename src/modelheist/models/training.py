@@ -313,7 +313,9 @@ class Trainer:
         device = training_device()
         module.to(device)
         xs = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-        ts = torch.from_numpy(targets.astype(np.float32 if soft else np.int64))
+        # float targets: probability vectors, or what a custom loss compares outputs with (images)
+        floating = soft or (self.loss is not None and targets.dtype.kind == "f")
+        ts = torch.from_numpy(targets.astype(np.float32 if floating else np.int64))
         optimiser = config.optimiser(module.parameters())
         generator = torch.Generator().manual_seed(config.seed)
         run = TrainingRun(

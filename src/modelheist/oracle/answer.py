@@ -12,17 +12,20 @@ from typing import Literal
 
 import numpy as np
 
-OutputKind = Literal["probabilities", "top_k", "labels"]
+OutputKind = Literal["probabilities", "top_k", "labels", "images"]
+#: The label of an answer that carries no class: an image-to-image model's.
+NO_LABEL = -1
 
 
 @dataclass(frozen=True)
 class Answer:
     """The API's answer to a batch of n queries, at some output granularity.
 
-    ``labels`` is always present. ``probabilities`` (n, c) is present when the API returns full
-    (possibly rounded or perturbed) probability vectors; ``top_k``/``top_k_probabilities``
-    (n, k) when it returns the k most likely classes; ``leaves`` the tree node reached, where a
-    tree API returns it (as BigML did).
+    ``labels`` is always present (:data:`NO_LABEL` for an image-to-image model's answers).
+    ``probabilities`` (n, c) is present when the API returns full (possibly rounded or
+    perturbed) probability vectors; ``top_k``/``top_k_probabilities`` (n, k) when it returns
+    the k most likely classes; ``leaves`` the tree node reached, where a tree API returns it (as
+    BigML did); ``images`` (n, C, H, W) an image-to-image model's outputs.
     """
 
     labels: np.ndarray
@@ -30,9 +33,17 @@ class Answer:
     top_k: np.ndarray | None = None
     top_k_probabilities: np.ndarray | None = None
     leaves: np.ndarray | None = None
+    images: np.ndarray | None = None
+
+    @classmethod
+    def of_images(cls, images: np.ndarray) -> Answer:
+        """An image-to-image model's answer (no class)."""
+        return cls(np.full(len(images), NO_LABEL, np.int64), images=images)
 
     @property
     def kind(self) -> OutputKind:
+        if self.images is not None:
+            return "images"
         if self.probabilities is not None:
             return "probabilities"
         return "top_k" if self.top_k is not None else "labels"
@@ -75,6 +86,7 @@ class Answer:
             pick(self.top_k),
             pick(self.top_k_probabilities),
             pick(self.leaves),
+            pick(self.images),
         )
 
 
@@ -93,4 +105,5 @@ def concatenate(answers: list[Answer]) -> Answer:
         cat("top_k"),
         cat("top_k_probabilities"),
         cat("leaves"),
+        cat("images"),
     )

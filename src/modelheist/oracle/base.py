@@ -59,6 +59,12 @@ class Oracle(ABC):
         return None
 
     @property
+    def output_shape(self) -> tuple[int, ...] | None:
+        """An image-to-image model's output shape (its answers are images); None for a
+        classifier."""
+        return None
+
+    @property
     def returns_leaves(self) -> bool:
         """Whether answers carry the tree node reached (``Answer.leaves``), as BigML's did."""
         return False
@@ -126,6 +132,10 @@ class ForwardingOracle(Oracle):
     @property
     def input_range(self) -> tuple[float, float] | None:
         return self.inner.input_range
+
+    @property
+    def output_shape(self) -> tuple[int, ...] | None:
+        return self.inner.output_shape
 
     @property
     def returns_leaves(self) -> bool:

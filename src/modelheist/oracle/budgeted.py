@@ -42,12 +42,12 @@ class QueryLog:
     def save(self, path: Path) -> Path:
         """Write the log as an ``.npz`` of plain arrays (inputs, a text model's as unicode
         strings; labels and, where the API returned them, probabilities, top_k,
-        top_k_probabilities, leaves); no pickles."""
+        top_k_probabilities, leaves, images); no pickles."""
         x, answer = self.joined()
         if x.dtype == object:  # strings as a fixed-width unicode array: no pickle
             x = np.array([str(t) for t in x], dtype=str)
         arrays = {"inputs": x, "labels": answer.labels}
-        for name in ("probabilities", "top_k", "top_k_probabilities", "leaves"):
+        for name in ("probabilities", "top_k", "top_k_probabilities", "leaves", "images"):
             value = getattr(answer, name)
             if value is not None:
                 arrays[name] = np.asarray(value)

@@ -27,8 +27,23 @@ from rich.progress import Progress
 
 from modelheist.errors import ModelheistError
 from modelheist.oracle import BudgetedOracle, Oracle, OutputKind
+from modelheist.oracle.inputs import takes_text
 
 Decision = Literal["stolen", "not stolen", "cannot verify"]
+
+
+ModelKind = Literal["image", "tabular", "text", "translation"]
+
+
+def model_kind(suspect: Oracle) -> ModelKind:
+    """What ``suspect`` is, from what its API declares: an image-to-image model (it answers
+    images), a text classifier (it takes strings), or an image or tabular classifier."""
+    if suspect.output_shape is not None:
+        return "translation"
+    shape = tuple(suspect.input_shape)
+    if takes_text(shape):
+        return "text"
+    return "image" if len(shape) == 3 else "tabular"
 
 
 class CannotVerify(ModelheistError):
@@ -100,6 +115,11 @@ class OwnershipScheme(ABC):
     supported_outputs: ClassVar[frozenset[OutputKind]] = frozenset(
         {"probabilities", "top_k", "labels"}
     )
+    #: The kinds of model the scheme marks (:func:`model_kind`); any other suspect gets
+    #: "cannot verify" before a query, saying so. No scheme marks image-to-image models:
+    #: Szyller et al. ("Good Artists Copy", 2021) found that the classifiers' watermarks do not
+    #: carry over to image translation.
+    applies_to: ClassVar[frozenset[ModelKind]] = frozenset({"image", "tabular"})
 
     @final
     def verify(
@@ -119,6 +139,20 @@ class OwnershipScheme(ABC):
             kind = suspect.output_kind
         except ModelheistError as exc:  # an unreachable API, a wrong key
             return self._cannot(significance, 0, f"the suspect cannot be queried: {exc}")
+        suspect_kind = model_kind(suspect)
+        if suspect_kind not in self.applies_to:
+            kinds = " and ".join(sorted(self.applies_to))
+            return self._cannot(
+                significance,
+                0,
+                f"{self.name} applies to {kinds} classifiers; the suspect is "
+                + (
+                    "an image-to-image model (classifier marks do not carry over to image "
+                    "translation: Szyller et al., 2021)"
+                    if suspect_kind == "translation"
+                    else f"a {suspect_kind} model"
+                ),
+            )
         if kind not in self.supported_outputs:
             return self._cannot(
                 significance,

@@ -57,7 +57,13 @@ from torch import nn
 
 from modelheist.errors import ModelheistError
 from modelheist.oracle import Oracle
-from modelheist.ownership.base import CannotVerify, Finding, OwnershipScheme, check_suspect_fits
+from modelheist.ownership.base import (
+    CannotVerify,
+    Finding,
+    ModelKind,
+    OwnershipScheme,
+    check_suspect_fits,
+)
 from modelheist.ownership.secret_folder import read_secret, write_secret
 
 FINGERPRINT_FORMAT = "modelheist-cae-fingerprint/1"
@@ -336,6 +342,7 @@ class CAEScheme(OwnershipScheme):
     least 3), by a Student-t prediction test on logit retention (module docstring)."""
 
     name: ClassVar[str] = "cae"
+    applies_to: ClassVar[frozenset[ModelKind]] = frozenset({"image"})  # it marks images
 
     fingerprint: Fingerprint
     references: tuple[float, ...] = ()

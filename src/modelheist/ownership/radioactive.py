@@ -66,7 +66,13 @@ from modelheist.models.classifier import TorchClassifier
 from modelheist.models.store import load_model, save_model
 from modelheist.models.training import TrainingProtection, TrainingRun, default_shift, random_shift
 from modelheist.oracle import Oracle
-from modelheist.ownership.base import CannotVerify, Finding, OwnershipScheme, check_suspect_fits
+from modelheist.ownership.base import (
+    CannotVerify,
+    Finding,
+    ModelKind,
+    OwnershipScheme,
+    check_suspect_fits,
+)
 from modelheist.ownership.secret_folder import read_secret, write_secret
 
 MARK_FORMAT = "modelheist-radioactive-mark/2"
@@ -424,6 +430,7 @@ class RadioactiveScheme(OwnershipScheme):
     """
 
     name: ClassVar[str] = "radioactive"
+    applies_to: ClassVar[frozenset[ModelKind]] = frozenset({"image"})  # it marks images
 
     mark: RadioactiveMark
     mode: Literal["auto", "white-box", "black-box"] = "auto"

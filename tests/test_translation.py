@@ -1,0 +1,196 @@
+"""Image-to-image models (Szyller et al., "Good Artists Copy", 2021) behind the same API: the
+tasks, the victims, serving images in and out (in process and over a real loopback server),
+the extraction attack, its CLI, and the ownership schemes' refusal to judge them."""
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+
+from modelheist.api import npy
+from modelheist.api.http_client import HttpOracle
+from modelheist.api.http_server import create_app, serve_in_thread
+from modelheist.api.ledger import Ledger
+from modelheist.api.local import LocalOracle
+from modelheist.api.service import PredictionService
+from modelheist.attacks.base import AttackerKnowledge
+from modelheist.attacks.interruption import AttackInterrupted
+from modelheist.data.translation import (
+    downsample,
+    is_translation,
+    load_translation,
+    sketch,
+    translation_names,
+)
+from modelheist.defenses import parse_defense
+from modelheist.errors import DatasetUnavailableError, InvalidQueryError, ModelheistError
+from modelheist.models.image_quality import psnr, ssim
+from modelheist.models.store import load_model, save_model
+
+
+@pytest.fixture(scope="module")
+def digits_sr():
+    return load_translation("digits-sr", seed=0)
+
+
+@pytest.fixture(scope="module")
+def sr_victim(digits_sr):
+    from modelheist.models.translation import train_translation_model, translation_train_config
+
+    return train_translation_model(digits_sr, "srcnn", translation_train_config(30, seed=0))
+
+
+def test_tasks_pair_inputs_with_the_owners_targets(digits_sr):
+    assert "fashion-mnist-sr" in translation_names() and is_translation("digits-sketch")
+    assert not is_translation("digits") and not is_translation("fortunes-sr")
+    assert digits_sr.input_shape == (1, 4, 4) and digits_sr.output_shape == (1, 8, 8)
+    block = digits_sr.train.y[0, 0, :2, :2].mean()
+    assert digits_sr.train.x[0, 0, 0, 0] == pytest.approx(block, abs=1e-6)  # 2x2 averages
+    flat = np.full((1, 1, 8, 8), 0.5, np.float32)
+    assert np.allclose(sketch(flat), 1 - 0.15 * 0.5)  # no stroke where nothing changes
+    edge = np.zeros((1, 1, 8, 8), np.float32)
+    edge[..., 4:] = 1.0
+    drawn = sketch(edge)
+    assert drawn.min() >= 0 and drawn.max() <= 1 and drawn[0, 0, 0, 3] < drawn[0, 0, 0, 0]
+    sketches = load_translation("digits-sketch", seed=0)
+    assert sketches.input_shape == sketches.output_shape == (1, 8, 8)
+    assert np.array_equal(sketches.test.x, digits_sr.test.y)  # one split, two tasks
+    with pytest.raises(DatasetUnavailableError, match="unknown translation task"):
+        load_translation("digits-blur")
+    with pytest.raises(DatasetUnavailableError, match="even sizes"):
+        downsample(np.zeros((1, 1, 7, 8), np.float32))
+
+
+def test_image_quality_measures():
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 1, 8, 8)).astype(np.float32)
+    assert psnr(a, a) == 100.0 and ssim(a, a) == pytest.approx(1.0)
+    noisy = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
+    assert 15 < psnr(noisy, a) < 25 and ssim(noisy, a) < 0.99
+    with pytest.raises(ValueError, match="one shape"):
+        psnr(a, a[:, :, :4, :4])
+
+
+def test_the_victim_beats_plain_upsampling_and_round_trips(sr_victim, digits_sr, tmp_path):
+    test = digits_sr.test
+    nearest = test.x.repeat(2, axis=2).repeat(2, axis=3)
+    assert sr_victim.card.metrics["test_psnr"] > psnr(nearest, test.y) + 1.0
+    assert sr_victim.card.output_shape == [1, 8, 8] and sr_victim.card.classes == []
+    loaded = load_model(save_model(sr_victim, tmp_path / "v"))
+    assert np.array_equal(loaded.translate(test.x[:5]), sr_victim.translate(test.x[:5]))
+
+
+def test_the_service_answers_images_counts_and_audits(sr_victim, digits_sr):
+    service = PredictionService(sr_victim)
+    oracle = LocalOracle.for_new_client(service, budget=10)
+    assert oracle.output_kind == "images" and oracle.output_shape == (1, 8, 8)
+    answer = oracle.query(digits_sr.test.x[:4])
+    assert answer.images.shape == (4, 1, 8, 8) and answer.labels.tolist() == [-1] * 4
+    assert np.array_equal(answer.images, sr_victim.translate(digits_sr.test.x[:4]))
+    assert oracle.queries_used == 4
+    assert [r.label for r in service.ledger.audit()] == [-1] * 4
+    for wrong in (np.zeros((2, 1, 8, 8)), np.full((2, 1, 4, 4), 2.0)):
+        with pytest.raises(InvalidQueryError):
+            oracle.query(wrong)
+    with pytest.raises(InvalidQueryError, match="numbers"):
+        service.validate(["a sentence"])
+    assert oracle.queries_used == 4  # nothing counted for a refused batch
+    with pytest.raises(ModelheistError, match="image-to-image model is served without"):
+        PredictionService(sr_victim, [parse_defense("labels")])
+
+
+def test_images_over_http_as_json_and_npy(sr_victim, digits_sr, tmp_path):
+    ledger = Ledger.open(tmp_path / "state")
+    key = ledger.add_client("eve", budget=20)
+    service = PredictionService(sr_victim, ledger=ledger, name="sr")
+    x = digits_sr.test.x[:3]
+    with serve_in_thread(create_app(service)) as url:
+        for encoding in ("npy", "json"):
+            oracle = HttpOracle(url, key, encoding=encoding)
+            assert oracle.output_shape == (1, 8, 8) and oracle.output_kind == "images"
+            assert np.array_equal(oracle.query(x).images, sr_victim.translate(x))
+        headers = {"Authorization": f"Bearer {key}", "Accept": npy.MEDIA_TYPE}
+        wrong = httpx.post(
+            f"{url}/v1/models/sr/predict",
+            content=npy.encode(np.zeros((2, 1, 8, 8), np.float32)),
+            headers={**headers, "Content-Type": npy.MEDIA_TYPE},
+        )
+        assert wrong.status_code == 422 and "shape" in wrong.json()["error"]["message"]
+        text = httpx.post(f"{url}/v1/models/sr/predict", json={"inputs": ["hi"]}, headers=headers)
+        assert text.status_code == 422
+    assert ledger.client("eve").queries_used == 6  # two batches of three; refusals not counted
+
+
+def test_translation_extraction_copies_the_victim(sr_victim, digits_sr):
+    from modelheist.attacks.translate import TranslationExtraction
+    from modelheist.experiments.translation import TranslationEvaluation
+
+    service = PredictionService(sr_victim)
+    oracle = LocalOracle.for_new_client(service, budget=None)
+    attack = TranslationExtraction(epochs=30)
+    result = attack.run(oracle, AttackerKnowledge(digits_sr.pool.x, budget=400, seed=1))
+    assert result.queries_used == oracle.queries_used == 400 == len(set(result.queried))
+    assert result.surrogate.card.architecture == "espcn"  # not the victim's srcnn
+    figures = TranslationEvaluation.of(sr_victim, digits_sr.test).score(result.surrogate)
+    assert figures["ssim_to_victim"] > 0.8 and figures["psnr_to_victim"] > 18
+    json.dumps(result.details)
+
+
+def test_translation_refuses_classifiers_and_keeps_what_it_bought(sr_victim, digits_sr, digits_cnn):
+    from modelheist.attacks.translate import TranslationExtraction
+
+    classifier = LocalOracle.for_new_client(PredictionService(digits_cnn), budget=None)
+    knowledge = AttackerKnowledge(digits_sr.pool.x, budget=10)
+    with pytest.raises(ModelheistError, match="cannot learn from probabilities"):
+        TranslationExtraction().run(classifier, knowledge)
+
+    class RevokedAfterOneBatch(LocalOracle):
+        def _query_batch(self, x):
+            answer = super()._query_batch(x)
+            self.service.ledger.revoke(self.client_id)
+            return answer
+
+    service = PredictionService(sr_victim)
+    oracle = RevokedAfterOneBatch(service, service.add_client("thief", None))
+    with pytest.raises(AttackInterrupted) as stopped:
+        TranslationExtraction(epochs=1).run(oracle, AttackerKnowledge(digits_sr.pool.x, 600))
+    assert len(stopped.value.log) == 256
+    partial = stopped.value.partial_surrogate()
+    assert partial.card.training["partial"] is True
+    assert partial.translate(digits_sr.test.x[:2]).shape == (2, 1, 8, 8)
+
+
+def test_ownership_schemes_say_they_do_not_apply(sr_victim, triggers):
+    from modelheist.ownership import SCHEMES
+
+    oracle = LocalOracle.for_new_client(PredictionService(sr_victim), None)
+    evidence = SCHEMES["backdoor-watermark"](triggers).verify(oracle)
+    assert evidence.decision == "cannot verify" and "image-to-image" in evidence.reason
+    assert oracle.queries_used == 0
+
+
+def test_cli_trains_and_extracts_a_translation_model(tmp_path, cli_in_process, digits_cnn):
+    trained = cli_in_process(
+        *f"train --dataset digits-sketch --arch srcnn --epochs 2 --out {tmp_path}/v".split()
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert "PSNR" in trained.stdout
+    attacked = cli_in_process(
+        *f"attack translate --victim {tmp_path}/v --budget 100 --epochs 2 "
+        f"--out {tmp_path}/s --json {tmp_path}/r.json".split()
+    )
+    assert attacked.returncode == 0, attacked.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["queries_used"] == 100 and report["ssim_to_victim"] is not None
+    assert load_model(tmp_path / "s").card.output_shape == [1, 8, 8]
+    save_model(digits_cnn, tmp_path / "cnn")
+    for command, needle in [
+        (f"attack translate --victim {tmp_path}/cnn --budget 5", "is a classifier"),
+        (f"attack knockoff --victim {tmp_path}/v --budget 5", "attack translate"),
+        (f"attack translate --victim {tmp_path}/v --budget 5 --output labels", "--output"),
+        (f"attack translate --victim {tmp_path}/v --budget 5 --arch unet", "arch must be"),
+        (f"train --dataset digits-sr --arch cnn --out {tmp_path}/x", "srcnn or espcn"),
+    ]:
+        proc = cli_in_process(*command.split())
+        assert proc.returncode == 2 and needle in proc.stderr, (command, proc.stderr)
