@@ -7,7 +7,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 FORTUNES_DIR := /usr/share/games/fortunes
 WORDS_FILE := /usr/share/dict/american-english
 
-.PHONY: setup demo test bench bench-serve bench-tramer bench-synthetic bench-adaptive bench-ownership bench-state docs-bench lint data clean
+.PHONY: setup demo test bench bench-serve bench-beyond bench-tramer bench-synthetic bench-adaptive bench-ownership bench-state docs-bench lint data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -77,6 +77,15 @@ bench-ownership: setup data
 bench-serve: setup
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/serve_load.py
+	$(BIN)/python benchmarks/serve_load.py --pipelines text
+	$(BIN)/python benchmarks/docs_tables.py
+
+# issue 14: Thieves on the text APIs, image-translation extraction (hours on 2 cores)
+bench-beyond: setup data
+	$(RUN_SCENARIOS) examples/thieves-tuning.toml examples/thieves-fortunes.toml \
+		examples/thieves-vader.toml
+	$(BIN)/python benchmarks/translation.py --validate
+	$(BIN)/python benchmarks/translation.py --seeds 3
 	$(BIN)/python benchmarks/docs_tables.py
 
 bench-state: setup

@@ -360,10 +360,12 @@ def prada_latency(rows: list[dict]) -> str:
 
 def serve_load(rows: list[dict]) -> str:
     """Throughput and latency per (pipeline, request, clients), mean ± std over the repetitions
-    of the latest run (the code as it now is), and the defended / undefended throughput ratio
-    taken within each repetition."""
-    latest = max(r["date"] for r in rows)
-    rows = [r for r in rows if r["date"] == latest]
+    of each pipeline's latest run (the code as it now is), and the defended / undefended
+    throughput ratio taken within each repetition."""
+    latest = defaultdict(str)
+    for row in rows:
+        latest[row["stack"]] = max(latest[row["stack"]], row["date"])
+    rows = [r for r in rows if r["date"] == latest[r["stack"]]]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["stack"], row["request"], row["clients"])].append(row)

@@ -8,6 +8,11 @@ clients: each of C concurrent clients sends its next request as soon as the prev
 arrives. Reports requests/s, images/s and p50/p99 latency; single-image requests at 1, 8 and 32
 clients, and 256-image batches.
 
+``--pipelines text`` (issue 14's target: p99 <= 100 ms at 8 clients for single sentences)
+serves the text models instead, without defenses: the fortune-topic MiniLM classifier
+(``--text-victim DIR``, or one trained for an epoch; latency does not depend on its accuracy)
+and VADER, each asked one quotation of the evaluation split per request.
+
 Each repetition measures the pipelines one after the other, so that the defended/undefended
 ratio is taken within one run; every row goes to benchmarks/results/serve_load.jsonl, from
 which docs/benchmarks.md's table is generated (mean ± standard deviation over repetitions).
@@ -163,11 +168,16 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--batch", type=int, default=256, help="images per batch request")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pipelines", choices=("image", "text"), default="image")
+    parser.add_argument("--text-victim", type=Path, help="MiniLM model folder (text pipelines)")
     args = parser.parse_args()
     store = ResultsStore(ROOT / "results" / "serve_load.jsonl")
     store.freeze_environment()
 
     work = Path(tempfile.mkdtemp(prefix="serve_load_"))
+    if args.pipelines == "text":
+        text_load(store, work, args)
+        return
     victim = args.victim
     if victim is None:
         victim = work / "victim"
@@ -219,6 +229,34 @@ def main() -> None:
                 r = asyncio.run(load(url, key, bodies, 8, args.duration, args.warmup, content_type))
                 request = f"{args.batch} images ({encoding})"
                 rows.append(record(store, repeat, stack_name, request, 8, r, args.batch))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def text_load(store: ResultsStore, work: Path, args: argparse.Namespace) -> None:
+    """Single sentences to the served text models (see the module docstring)."""
+    from modelheist.data import load_dataset
+
+    victims = {"text-minilm": args.text_victim, "text-vader": work / "vader"}
+    if victims["text-minilm"] is None:
+        victims["text-minilm"] = work / "minilm"
+        print("training the text victim (fortunes, MiniLM, 1 epoch)...", flush=True)
+        run("train", "--dataset", "fortunes", "--arch", "minilm", "--epochs", "1",
+            "--out", str(victims["text-minilm"]))  # fmt: skip
+    run("train", "--dataset", "fortunes", "--arch", "vader", "--out", str(victims["text-vader"]))
+    texts = load_dataset("fortunes", seed=0).test.x
+    rng = np.random.default_rng(0)
+    singles = [orjson.dumps({"inputs": [str(texts[i])]}) for i in rng.choice(len(texts), 256)]
+    for repeat, (stack_name, victim) in itertools.product(range(args.repeats), victims.items()):
+        state = work / f"state-{stack_name}-{repeat}"
+        key = run("keys", "add", "bench", "--state", str(state)).strip()
+        proc, base = start_server(victim, state, [])
+        url = f"{base}/v1/models/victim/predict"
+        try:
+            for clients in [int(c) for c in args.concurrency.split(",")]:
+                r = asyncio.run(load(url, key, singles, clients, args.duration, args.warmup))
+                record(store, repeat, stack_name, "1 sentence", clients, r, 1)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
