@@ -184,6 +184,13 @@ def test_cli_trains_and_extracts_a_translation_model(tmp_path, cli_in_process, d
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["queries_used"] == 100 and report["ssim_to_victim"] is not None
     assert load_model(tmp_path / "s").card.output_shape == [1, 8, 8]
+    np.save(tmp_path / "x.npy", np.full((2, 1, 8, 8), 0.5, np.float32))
+    asked = cli_in_process(
+        *f"query {tmp_path}/x.npy --victim {tmp_path}/v --json {tmp_path}/q.json".split()
+    )
+    assert asked.returncode == 0, asked.stderr
+    answers = json.loads((tmp_path / "q.json").read_text())
+    assert np.asarray(answers["outputs"][1]["image"]).shape == (1, 8, 8)
     save_model(digits_cnn, tmp_path / "cnn")
     for command, needle in [
         (f"attack translate --victim {tmp_path}/cnn --budget 5", "is a classifier"),

@@ -395,6 +395,9 @@ def query(
         oracle = local_oracle(load_model(victim), output or "probs", client="cli")
     x, names = read_inputs(inputs, oracle.input_shape)
     answer = oracle.query(x)
+    if answer.images is not None:  # an image-to-image model
+        _show_images(answer.images, names, target or str(victim), json_path, oracle)
+        return
     classes = oracle.classes
     table = Table(title=f"{len(x)} answers from {target or victim}")
     for column in ("input", "label", "class", "answer"):
@@ -422,4 +425,32 @@ def query(
     write_json(
         json_path,
         {"answers": rows, "queries_used": oracle.queries_used, "proof_seconds": proof_seconds},
+    )
+
+
+def _show_images(
+    images: np.ndarray, names: list[str], where: str, json_path: Path | None, oracle: Any
+) -> None:
+    """``query``'s report of an image-to-image model's answers: each output's shape and range
+    on screen, the images themselves in the JSON."""
+    table = Table(title=f"{len(images)} images from {where}")
+    for column in ("input", "output shape", "min", "mean", "max"):
+        table.add_column(column)
+    for name, image in zip(names, images, strict=True):
+        table.add_row(
+            name,
+            "x".join(map(str, image.shape)),
+            f"{image.min():.3f}",
+            f"{image.mean():.3f}",
+            f"{image.max():.3f}",
+        )
+    console.print(table)
+    write_json(
+        json_path,
+        {
+            "outputs": [
+                {"input": n, "image": i.tolist()} for n, i in zip(names, images, strict=True)
+            ],
+            "queries_used": oracle.queries_used,
+        },
     )
