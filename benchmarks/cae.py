@@ -15,7 +15,10 @@ at 0.01 against the judge's references. Every model is cached in
 benchmarks/results/victims/cae-VICTIM-seedN/, so an interrupted seed resumes. Rows go to
 benchmarks/results/cae.jsonl.
 
-    python benchmarks/cae.py [--seeds 3] [--epsilon 0.2] [--threshold 0.85]
+    python benchmarks/cae.py [--seeds 3] [--epsilon 0.2] [--threshold 0.85] [--min-size N]
+
+``--min-size N`` keeps at least N examples, the most conferrable below the threshold filling up
+(:class:`~modelheist.ownership.cae.CAEGeneration`'s ``min_size``; rows record it, 0 without).
 """
 
 from __future__ import annotations
@@ -119,9 +122,15 @@ def labels_of(model) -> LocalOracle:
     return LocalOracle.for_new_client(PredictionService(model, parse_output("labels")), None)
 
 
-def setting_of(row: dict) -> tuple[float, float, int]:
-    """A row's generation setting (rows before the threshold was a flag: 0.85, 2,000)."""
-    return row["epsilon"], row.get("threshold", 0.85), row.get("candidates", 2000)
+def setting_of(row: dict) -> tuple[float, float, int, int]:
+    """A row's generation setting (rows before the threshold was a flag: 0.85, 2,000; before
+    min_size: 0)."""
+    return (
+        row["epsilon"],
+        row.get("threshold", 0.85),
+        row.get("candidates", 2000),
+        row.get("min_size", 0),
+    )
 
 
 def main() -> None:
@@ -129,18 +138,21 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epsilon", type=float, default=0.2)
     parser.add_argument("--threshold", type=float, default=0.85)
+    parser.add_argument("--min-size", type=int, default=0)
     args = parser.parse_args()
     console = Console(stderr=True)
     store = ResultsStore(STORE)
     store.freeze_environment()
-    setting = (args.epsilon, args.threshold, CANDIDATES)
+    setting = (args.epsilon, args.threshold, CANDIDATES, args.min_size)
     done = {r["seed"] for r in store.rows() if setting_of(r) == setting}
     for seed in range(args.seeds):
         if seed in done:
             continue
         data, victim = fashion_mnist_victim(seed)
         base = 1000 * (seed + 1)
-        settings = CAEGeneration(epsilon=args.epsilon, threshold=args.threshold, seed=seed)
+        settings = CAEGeneration(
+            epsilon=args.epsilon, threshold=args.threshold, seed=seed, min_size=args.min_size
+        )
         fingerprint = make_fingerprint(
             victim, data, settings, candidates=CANDIDATES, seeds=(0, 0, seed),
             ensemble=generation_ensemble(victim, data, seed),
@@ -181,6 +193,7 @@ def main() -> None:
                 "epsilon": args.epsilon,
                 "threshold": args.threshold,
                 "candidates": CANDIDATES,
+                "min_size": args.min_size,
                 "steps": settings.steps,
                 "fingerprints": len(fingerprint),
                 "queries_counted": sum(len(fingerprint) for _ in models),

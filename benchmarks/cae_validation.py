@@ -14,7 +14,10 @@ largest validation ROC AUC, then the largest gap. Rows go to
 benchmarks/results/cae-validation.jsonl.
 
     python benchmarks/cae_validation.py [--seeds 1] [--epsilons 0.1,0.15,0.2]
-        [--thresholds 0.85,0.7,0.5]
+        [--thresholds 0.85,0.7,0.5] [--min-size N]
+
+``--min-size N``: each fingerprint is filled up to N with the most conferrable examples below
+its threshold (down to the grid's lowest threshold, the generation's; rows record it).
 """
 
 from __future__ import annotations
@@ -41,9 +44,18 @@ STORE = RESULTS / "cae-validation.jsonl"
 CANDIDATES, SIZE = 1000, 100
 
 
-def strongest(fingerprint: Fingerprint, threshold: float, size: int) -> Fingerprint | None:
-    """The ``size`` most conferrable examples at or above ``threshold`` (None if none)."""
-    passing = np.flatnonzero(fingerprint.conferrability >= threshold)
+def strongest(
+    fingerprint: Fingerprint, threshold: float, size: int, min_size: int = 0
+) -> Fingerprint | None:
+    """The ``size`` most conferrable examples at or above ``threshold``, filled up to
+    ``min_size`` with the most conferrable below it (None if none)."""
+    scores = fingerprint.conferrability
+    passing = np.flatnonzero(scores >= threshold)
+    if len(passing) < min_size:
+        below = np.flatnonzero(scores < threshold)
+        passing = np.concatenate(
+            [passing, below[np.argsort(-scores[below], kind="stable")[: min_size - len(passing)]]]
+        )
     if len(passing) == 0:
         return None
     kept = passing[np.argsort(-fingerprint.conferrability[passing], kind="stable")[:size]]
@@ -52,7 +64,7 @@ def strongest(fingerprint: Fingerprint, threshold: float, size: int) -> Fingerpr
         fingerprint.labels[kept],
         fingerprint.conferrability[kept],
         fingerprint.num_classes,
-        {**fingerprint.params, "threshold": threshold, "size": size},
+        {**fingerprint.params, "threshold": threshold, "size": size, "min_size": min_size},
     )
 
 
@@ -81,11 +93,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--epsilons", type=floats, default=[0.1, 0.15, 0.2])
     parser.add_argument("--thresholds", type=floats, default=[0.85, 0.7, 0.5])
+    parser.add_argument("--min-size", type=int, default=0)
     args = parser.parse_args()
     console = Console(stderr=True)
     store = ResultsStore(STORE)
     store.freeze_environment()
-    done = {(r["seed"], r["epsilon"], r["threshold"]) for r in store.rows()}
+    done = {
+        (r["seed"], r["epsilon"], r["threshold"])
+        for r in store.rows()
+        if r.get("min_size", 0) == args.min_size
+    }
     for seed in range(args.seeds):
         todo = [
             (epsilon, threshold)
@@ -106,7 +123,7 @@ def main() -> None:
                 ensemble=generation_ensemble(victim, data, seed),
             )  # fmt: skip
             for threshold in [t for e, t in todo if e == epsilon]:
-                fingerprint = strongest(generated, threshold, SIZE)
+                fingerprint = strongest(generated, threshold, SIZE, args.min_size)
                 metrics: dict = {"fingerprints": 0 if fingerprint is None else len(fingerprint)}
                 if fingerprint is not None:
                     retained = []
@@ -127,6 +144,7 @@ def main() -> None:
                         "benchmark": "cae-validation",
                         "epsilon": epsilon,
                         "threshold": threshold,
+                        "min_size": args.min_size,
                         "candidates": CANDIDATES,
                         "steps": settings.steps,
                         "queries_counted": metrics["fingerprints"] * len(models),

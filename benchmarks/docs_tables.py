@@ -727,22 +727,27 @@ def cae(rows: list[dict]) -> str:
     between held-out surrogates and independent models over seeds, and their decisions against
     the judge."""
     lines = [
-        "| epsilon | threshold | candidates | seeds | fingerprints | ROC AUC | surrogates' "
-        "retention | independent models' retention | judge's references' retention "
-        "| surrogates verified at 0.01 | independent accused at 0.01 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| epsilon | threshold | min size | candidates | seeds | fingerprints | ROC AUC "
+        "| surrogates' retention | independent models' retention | judge's references' "
+        "retention | surrogates verified at 0.01 | independent accused at 0.01 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
-    def setting(row: dict) -> tuple[float, float, int]:  # rows before --threshold: 0.85, 2,000
-        return row["epsilon"], row.get("threshold", 0.85), row.get("candidates", 2000)
+    def setting(row: dict) -> tuple[float, float, int, int]:  # earlier rows: 0.85, 2,000, 0
+        return (
+            row["epsilon"],
+            row.get("threshold", 0.85),
+            row.get("min_size", 0),
+            row.get("candidates", 2000),
+        )
 
-    for epsilon, threshold, candidates in sorted({setting(r) for r in rows}):
-        group = [r for r in rows if setting(r) == (epsilon, threshold, candidates)]
+    for epsilon, threshold, min_size, candidates in sorted({setting(r) for r in rows}):
+        group = [r for r in rows if setting(r) == (epsilon, threshold, min_size, candidates)]
         models = [m for r in group for m in r["metrics"]["models"]]
         surrogates = [m for m in models if m["kind"] == "surrogate"]
         independent = [m for m in models if m["kind"] == "independent"]
         lines.append(
-            f"| {epsilon:g} | {threshold:g} | {candidates:,} | {len(group)} "
+            f"| {epsilon:g} | {threshold:g} | {min_size} | {candidates:,} | {len(group)} "
             f"| {_spread([r['fingerprints'] for r in group], 0)} "
             f"| {_spread([r['metrics']['roc_auc'] for r in group], 3)} "
             f"| {_spread([m['retention'] for m in surrogates], 3)} "
@@ -804,14 +809,16 @@ def cae_validation(rows: list[dict]) -> str:
     """The CAE generation grid on validation models: per (epsilon, threshold), fingerprints,
     validation ROC AUC and the gap between surrogates' and independent models' retention."""
     lines = [
-        "| epsilon | threshold | seeds | fingerprints | validation ROC AUC | retention gap "
-        "| surrogates' retention | independent models' retention |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| epsilon | threshold | min size | seeds | fingerprints | validation ROC AUC "
+        "| retention gap | surrogates' retention | independent models' retention |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for epsilon, threshold in sorted({(r["epsilon"], r["threshold"]) for r in rows}):
-        group = [
-            r["metrics"] for r in rows if (r["epsilon"], r["threshold"]) == (epsilon, threshold)
-        ]
+
+    def setting(row: dict) -> tuple[float, float, int]:  # rows before min_size: 0
+        return row["epsilon"], row["threshold"], row.get("min_size", 0)
+
+    for epsilon, threshold, min_size in sorted({setting(r) for r in rows}):
+        group = [r["metrics"] for r in rows if setting(r) == (epsilon, threshold, min_size)]
         scored = [m for m in group if "roc_auc" in m]
         models = [x for m in scored for x in m["models"]]
 
@@ -819,7 +826,7 @@ def cae_validation(rows: list[dict]) -> str:
             return _spread(values, 3) if values else "-"
 
         lines.append(
-            f"| {epsilon:g} | {threshold:g} | {len(group)} "
+            f"| {epsilon:g} | {threshold:g} | {min_size} | {len(group)} "
             f"| {_spread([m['fingerprints'] for m in group], 0)} "
             f"| {shown([m['roc_auc'] for m in scored])} | {shown([m['gap'] for m in scored])} "
             f"| {shown([x['retention'] for x in models if x['kind'] == 'surrogate'])} "

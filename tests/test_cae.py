@@ -70,11 +70,33 @@ def test_conferrability_is_a_product_of_transfer_and_non_transfer(cae_setup, dig
         ({"dropout": 1.0}, "dropout"),
         ({"threshold": 1.0}, "threshold"),
         ({"batch_size": 0}, "batch size"),
+        ({"min_size": 101}, "min_size"),
     ],
 )
 def test_bad_generation_settings_are_one_line_errors(settings, message):
     with pytest.raises(ModelheistError, match=message):
         CAEGeneration(**settings)
+
+
+def test_min_size_fills_the_fingerprint_below_the_threshold(digits, digits_cnn):
+    """With a threshold almost nothing reaches, min_size keeps that many of the most
+    conferrable adversarial examples; without it, generation finds none and says so."""
+    from modelheist.experiments.fingerprints import extracted_surrogates, independent_references
+    from modelheist.ownership.cae import generate_fingerprint
+
+    surrogates = extracted_surrogates(digits_cnn, digits, 1, 300, seed=3)
+    references = independent_references(digits_cnn, digits, 1, seed=300)
+    ensemble = ([m.module for m in surrogates], [m.module for m in references])
+    settings = {"epsilon": 0.2, "steps": 30, "threshold": 0.999, "size": 20, "seed": 0}
+    filled = generate_fingerprint(
+        digits_cnn.module, *ensemble, digits.train.x[:80], CAEGeneration(**settings, min_size=8)
+    )
+    assert len(filled) == 8 and filled.params["min_size"] == 8
+    assert np.all(np.diff(filled.conferrability) <= 1e-12)  # the most conferrable first
+    with pytest.raises(ModelheistError, match="no candidate reached"):
+        generate_fingerprint(
+            digits_cnn.module, *ensemble, digits.train.x[:80], CAEGeneration(**settings)
+        )
 
 
 def test_a_fingerprint_round_trips_and_a_foreign_folder_is_refused(tmp_path, cae_setup):

@@ -392,6 +392,13 @@ def fingerprint_cae(
     threshold: Annotated[
         float, typer.Option(help="Conferrability an example must reach (paper: 0.85).")
     ] = 0.85,
+    min_size: Annotated[
+        int,
+        typer.Option(
+            help="Keep at least this many: the most conferrable below the threshold fill up "
+            "(0: the paper's rule, only those at the threshold)."
+        ),
+    ] = 0,
     seed: Annotated[
         int, typer.Option(help="Seed of the models, the candidates and the steps.")
     ] = 0,
@@ -414,7 +421,7 @@ def fingerprint_cae(
     if not isinstance(owner, TorchClassifier):
         raise ModelheistError("CAE fingerprints a network (its gradients are needed)")
     settings = CAEGeneration(
-        epsilon=epsilon, steps=steps, threshold=threshold, size=size, seed=seed
+        epsilon=epsilon, steps=steps, threshold=threshold, size=size, seed=seed, min_size=min_size
     )
     with progress_bar() as progress:
         fingerprint = make_fingerprint(
