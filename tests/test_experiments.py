@@ -139,6 +139,22 @@ def test_every_example_scenario_loads_and_its_attack_takes_its_parameters(path, 
     runner.check(scenario)  # builds every variant's attack; refuses unknown parameters
 
 
+def test_a_variant_naming_its_own_transfer_set_must_match_the_scenarios(tmp_path, runner):
+    text = """
+name = "thieves-source"
+budgets = [10]
+[victim]
+dataset = "digits"
+arch = "mlp"
+[attack]
+name = "thieves"
+[attack.variants]
+other = { queries = "natural:fortunes" }
+"""
+    with pytest.raises(ModelheistError, match='transfer_sets = \\["fortunes"\\]'):
+        runner.check(Scenario.load(write(tmp_path, text)))
+
+
 def test_experiment_run_from_the_command_line(tmp_path):
     scenario = write(tmp_path, TINY.replace("budgets = [60, 120]", "budgets = [60]"))
     store = tmp_path / "cli.jsonl"

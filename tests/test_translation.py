@@ -53,6 +53,11 @@ def test_tasks_pair_inputs_with_the_owners_targets(digits_sr):
     edge[..., 4:] = 1.0
     drawn = sketch(edge)
     assert drawn.min() >= 0 and drawn.max() <= 1 and drawn[0, 0, 0, 3] < drawn[0, 0, 0, 0]
+    faint = edge * 0.25  # a step of 0.25: Sobel magnitude 1, a stroke of half strength
+    assert sketch(faint)[0, 0, 4, 3] == pytest.approx(0.5)  # beside the step, on black
+    batch = np.concatenate([flat, edge, np.zeros_like(flat)])
+    for i in range(3):  # each image on its own: no stroke leaks from its neighbours
+        assert np.array_equal(sketch(batch)[i : i + 1], sketch(batch[i : i + 1]))
     sketches = load_translation("digits-sketch", seed=0)
     assert sketches.input_shape == sketches.output_shape == (1, 8, 8)
     assert np.array_equal(sketches.test.x, digits_sr.test.y)  # one split, two tasks
@@ -96,7 +101,7 @@ def test_the_service_answers_images_counts_and_audits(sr_victim, digits_sr):
     with pytest.raises(InvalidQueryError, match="numbers"):
         service.validate(["a sentence"])
     assert oracle.queries_used == 4  # nothing counted for a refused batch
-    with pytest.raises(ModelheistError, match="image-to-image model is served without"):
+    with pytest.raises(ModelheistError, match="image-to-image model is served without them"):
         PredictionService(sr_victim, [parse_defense("labels")])
 
 
@@ -119,7 +124,25 @@ def test_images_over_http_as_json_and_npy(sr_victim, digits_sr, tmp_path):
         assert wrong.status_code == 422 and "shape" in wrong.json()["error"]["message"]
         text = httpx.post(f"{url}/v1/models/sr/predict", json={"inputs": ["hi"]}, headers=headers)
         assert text.status_code == 422
-    assert ledger.client("eve").queries_used == 6  # two batches of three; refusals not counted
+        body = {"Content-Type": npy.MEDIA_TYPE}
+        raw = httpx.post(
+            f"{url}/v1/models/sr/predict", content=npy.encode(x[:2]), headers={**headers, **body}
+        )
+        assert raw.headers["content-type"] == npy.MEDIA_TYPE
+        assert (raw.headers["x-queries-used"], raw.headers["x-queries-remaining"]) == ("8", "12")
+        assert npy.decode(raw.content).shape == (2, 1, 8, 8)
+        refused = {**headers, **body, "Accept": f"{npy.MEDIA_TYPE};q=0, application/json"}
+        plain = httpx.post(
+            f"{url}/v1/models/sr/predict", content=npy.encode(x[:1]), headers=refused
+        )
+        assert len(plain.json()["outputs"]) == 1  # q=0: not .npy
+        from modelheist.ownership import SCHEMES
+
+        # the kind of model is read from /v1/models: no scheme judges an image-to-image model
+        scheme = SCHEMES["dawn"](x, np.zeros(len(x), np.int64), 10, "eve")
+        verdict = scheme.verify(HttpOracle(url, key))
+        assert verdict.decision == "cannot verify" and "image-to-image" in verdict.reason
+    assert ledger.client("eve").queries_used == 9  # refusals and verification not counted
 
 
 def test_translation_extraction_copies_the_victim(sr_victim, digits_sr):

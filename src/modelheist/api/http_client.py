@@ -3,7 +3,8 @@
 An attack runs the same against a URL as in-process: the oracle learns the input shape, classes
 and output granularity from ``/v1/models`` and its budget from ``/v1/account``, sends batches of
 at most the server's batch limit (as ``.npy`` bytes by default, or JSON), and turns the JSON
-answers back into :class:`~modelheist.oracle.Answer` objects. Floats travel as shortest
+answers (an image-to-image model's images also as ``.npy``) back into
+:class:`~modelheist.oracle.Answer` objects. Floats travel as shortest
 round-trip decimals (orjson), so an answer is bit-identical to the in-process one.
 """
 
@@ -95,7 +96,8 @@ class HttpOracle(Oracle):
             response = self._http().request(method, path, content=body, headers=headers)
         except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
             raise ApiUnreachableError(f"cannot reach {self.url}{path}: {exc}") from None
-        if response.status_code < 400 and response.headers.get("content-type") == npy.MEDIA_TYPE:
+        media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if response.status_code < 400 and media_type == npy.MEDIA_TYPE:
             return _npy_document(response, f"{self.url}{path}")  # an image-to-image answer
         try:
             document = orjson.loads(response.content)

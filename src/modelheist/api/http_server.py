@@ -389,6 +389,20 @@ def _granular_rows(answer: Answer) -> list[dict[str, Any]]:
     return [{"label": label} for label in labels]
 
 
+def _accepts_npy(accept: str | None) -> bool:
+    """Whether an ``Accept`` header asks for ``.npy`` (its media range named, with q > 0)."""
+    for media_range in (accept or "").split(","):
+        media_type, *parameters = (part.strip().lower() for part in media_range.split(";"))
+        if media_type != npy.MEDIA_TYPE:
+            continue
+        quality = next((p[2:] for p in parameters if p.startswith("q=")), "1")
+        try:
+            return float(quality) > 0
+        except ValueError:
+            return False
+    return False
+
+
 def _image_response(images: np.ndarray, receipt: Receipt, as_npy: bool) -> Response:
     """An image-to-image model's answer: JSON ``outputs``, or ``.npy`` bytes with the usage in
     headers (see :class:`PredictResponse`)."""
@@ -621,9 +635,7 @@ def create_app(
             metrics.alarms.labels(service.name, record.name, alarm.stage).inc()
         images = receipt.answer.images
         if images is not None:
-            return _image_response(
-                images, receipt, npy.MEDIA_TYPE in request.headers.get("accept", "")
-            )
+            return _image_response(images, receipt, _accepts_npy(request.headers.get("accept")))
         return _json(
             {
                 "predictions": _prediction_rows(receipt.answer),

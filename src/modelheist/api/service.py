@@ -3,7 +3,8 @@ PredictionService").
 
 The service authenticates a client by its API key, applies its rate limit, validates the query
 batch, enforces the client's budget, computes the model's probabilities and passes them through
-the ordered defense pipeline (output granularity and any other stages). Clients, budgets, each
+the ordered defense pipeline (output granularity and any other stages); an image-to-image
+model's output images go out as they are (it is served without stages). Clients, budgets, each
 stage's per-client state, alarms and the audit log live in a
 :class:`~modelheist.api.ledger.Ledger` (SQLite; a private in-memory one by default). An answer
 is returned only after its audit record, the client's usage, the stages' new state and any
@@ -151,8 +152,8 @@ class PredictionService:
             # Szyller et al. ("Good Artists Copy", 2021): the classifiers' defenses do not carry
             # over to image translation; none of these stages reads or writes an image answer
             raise ModelheistError(
-                f"{', '.join(d.name for d in defenses)} defend classifiers; an image-to-image "
-                "model is served without defense stages"
+                f"{', '.join(d.name for d in defenses)} (an output granularity or defense stage) "
+                "apply to classifiers; an image-to-image model is served without them"
             )
         if takes_text(model.card.input_shape):
             numeric = [d.name for d in defenses if d.capabilities.numeric_inputs]
@@ -215,7 +216,8 @@ class PredictionService:
     @property
     def pipeline(self) -> str:
         """The pipeline's identity; a client's saved stage state belongs to one pipeline."""
-        return " | ".join(stage.state_key() for stage in self.defenses) or "probs"
+        plain = "images" if self.model.card.translates else "probs"
+        return " | ".join(stage.state_key() for stage in self.defenses) or plain
 
     @property
     def input_shape(self) -> tuple[int, ...]:

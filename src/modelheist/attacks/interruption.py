@@ -68,7 +68,7 @@ def partial_surrogate(
     if x.dtype == object:  # a text API's strings: the attacker's encoder, fine-tuned
         return _partial_text_surrogate(x, answer, classes, seed, progress, len(log))
     if answer.images is not None:  # an image-to-image API's outputs
-        return _partial_translation_surrogate(x, answer.images, seed, progress)
+        return _partial_translation_surrogate(x, answer.images, architecture, seed, progress)
     complete = np.isfinite(x.reshape(len(x), -1)).all(axis=1)  # incomplete queries hold NaN
     if not complete.any():
         return None
@@ -134,10 +134,12 @@ def _partial_text_surrogate(
 
 
 def _partial_translation_surrogate(
-    x: np.ndarray, images: np.ndarray, seed: int, progress: Progress | None
+    x: np.ndarray, images: np.ndarray, architecture: str, seed: int, progress: Progress | None
 ) -> Classifier:
-    """The attacker's translation network trained on the images bought."""
+    """The attacker's translation network (``architecture``, else ESPCN) trained on the images
+    bought, with the translation recipe's defaults."""
     from modelheist.models.translation import (
+        ARCHITECTURES,
         SURROGATE_ARCHITECTURE,
         TranslationModel,
         build_translation_network,
@@ -146,13 +148,15 @@ def _partial_translation_surrogate(
         translation_train_config,
     )
 
+    if architecture not in ARCHITECTURES:
+        architecture = SURROGATE_ARCHITECTURE
     input_shape, output_shape = tuple(x.shape[1:]), tuple(images.shape[1:])
-    module = build_translation_network(SURROGATE_ARCHITECTURE, input_shape, output_shape, seed)
+    module = build_translation_network(architecture, input_shape, output_shape, seed)
     fit_translation_network(
         module, x, images, translation_train_config(seed=seed), progress, "partial surrogate"
     )
     card = translation_card(
-        SURROGATE_ARCHITECTURE,
+        architecture,
         "surrogate",
         input_shape,
         output_shape,

@@ -22,7 +22,6 @@ from rich.progress import Progress
 from modelheist.attacks.base import AttackerKnowledge, ExtractionAttack, ask_in_batches
 from modelheist.errors import ModelheistError
 from modelheist.models.classifier import Classifier
-from modelheist.models.training import TrainConfig
 from modelheist.models.translation import (
     ARCHITECTURES,
     SURROGATE_ARCHITECTURE,
@@ -33,6 +32,7 @@ from modelheist.models.translation import (
     build_translation_network,
     fit_translation_network,
     translation_card,
+    translation_train_config,
 )
 from modelheist.oracle import Oracle, OutputKind
 
@@ -88,13 +88,7 @@ class TranslationExtraction(ExtractionAttack):
         x = np.asarray(pool[queried], np.float32)
         answer = ask_in_batches(oracle, x, progress)
         assert answer.images is not None  # supported_outputs: images only
-        config = TrainConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            weight_decay=0.0,
-            seed=knowledge.seed,
-        )
+        config = translation_train_config(self.epochs, knowledge.seed, self.lr, self.batch_size)
         module = build_translation_network(
             self.arch, tuple(oracle.input_shape), tuple(output_shape), knowledge.seed
         )

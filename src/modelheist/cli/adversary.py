@@ -63,7 +63,8 @@ def _attack_command(cls: type[ExtractionAttack]) -> click.Command:
             "transfer_set",
             str | None,
             None,
-            "Dataset the attacker holds (default: the victim's own task's data).",
+            "Dataset the attacker holds (default: the victim's own task's data; for "
+            "`attack translate`, an image-to-image task such as fashion-mnist-sr).",
         ),
         _option("out", Path | None, None, "New folder for the surrogate model."),
         _option("json_path", Path | None, None, "", JsonOption),
@@ -311,6 +312,10 @@ def _run_translation(
         _keep_partial(stop, out, json_path, seed)
     if out is not None:
         save_model(result.surrogate, out)
+        if result.log is not None and len(result.log):
+            from modelheist.experiments.partial import LOG
+
+            result.log.save(out / LOG)  # every image sent and every image answered
     row = asdict(measured)
     table = Table(title=f"{attack.display_name()} against {target or victim}")
     for column in ("queries", "", "PSNR (dB)", "SSIM"):

@@ -25,26 +25,19 @@ from modelheist.errors import ModelheistError
 def datasets() -> None:
     """List the datasets modelheist knows and whether each is present here."""
     from modelheist.data.registry import PREFIXES, REGISTRY, dataset_available
+    from modelheist.data.translation import TASKS, translation_names
 
     table = Table(title="datasets")
     for col in ("name", "kind", "available", "description"):
         table.add_column(col)
+    available = {name: "yes" if dataset_available(name) else "no" for name in REGISTRY}
     for info in REGISTRY.values():
-        table.add_row(
-            info.name, info.kind, "yes" if dataset_available(info.name) else "no", info.description
-        )
+        table.add_row(info.name, info.kind, available[info.name], info.description)
     for prefix, description in PREFIXES.items():
         table.add_row(f"{prefix}:<folder>", "image", "-", description)
-    for info in REGISTRY.values():  # the image-to-image tasks on each image set
-        if info.kind == "image":
-            available = "yes" if dataset_available(info.name) else "no"
-            for task, what in (
-                ("sr", "2x super-resolution"),
-                ("sketch", "the owner's drawing style"),
-            ):
-                table.add_row(
-                    f"{info.name}-{task}", "image-to-image", available, f"{info.name}: {what}"
-                )
+    for name in translation_names():  # the image-to-image tasks on each image set
+        source, _, task = name.rpartition("-")
+        table.add_row(name, "image-to-image", available[source], f"{source}: {TASKS[task]}")
     console.print(table)
 
 

@@ -121,7 +121,16 @@ class ScenarioRunner:
         and attack parameters the attack does not take, before any run."""
         stored = [row for row in self.store.rows() if row.get("scenario") == scenario.name]
         for variant in scenario.attack.variants:
-            resolved = resolved_params(self._attack(scenario, variant))
+            attack = self._attack(scenario, variant)
+            source = attack.transfer_source()
+            transfers = scenario.transfer_sets or [scenario.victim.dataset]
+            if source is not None and any(name != source for name in transfers):
+                raise ModelheistError(
+                    f"{scenario.name}, variant {variant}: its queries come from {source}, not "
+                    f"the scenario's transfer sets ({', '.join(transfers)}); give it "
+                    f'transfer_sets = ["{source}"]'
+                )
+            resolved = resolved_params(attack)
             current = scenario.identity(variant)
             for row in stored:
                 if row.get("variant") != variant:

@@ -40,7 +40,13 @@ def http_oracle(target: str, api_key: str | None, output: str | None = None) -> 
 
 def victim_split(victim: Classifier) -> Dataset:
     """The data split a saved victim was trained on (recorded on its card; a card from before
-    the validation split has none)."""
+    the validation split has none). An image-to-image model's task is not a classification
+    set: it is refused in one line (:mod:`modelheist.experiments.translation` has its own)."""
+    if victim.card.translates:
+        raise ModelheistError(
+            f"the {victim.card.architecture} model of {victim.card.dataset} is an image-to-image "
+            "model; this command applies to classifiers"
+        )
     split = victim.card.training.get("split", {"seed": 0, "pool_fraction": 0.5})
     return load_dataset(
         victim.card.dataset,
@@ -98,13 +104,14 @@ def resolve_attack_target(
         raise ModelheistError("name the victim: --victim DIR or --target URL --api-key KEY")
     if transfer_set is None and victim_dir is not None:
         transfer_set = load_card(victim_dir).dataset
-    if transfer_set is None and needs_data:
-        raise ModelheistError("name the attacker's data: --transfer-set DATASET")
     remote = None
     if target is not None:
         remote = http_oracle(target, api_key, output)
         output = remote.output_kind  # connects now: an unreachable URL fails before any work
-    else:
+        _check_kind(takes_text(remote.input_shape), text, target, remote.output_shape is not None)
+    if transfer_set is None and needs_data:
+        raise ModelheistError("name the attacker's data: --transfer-set DATASET")
+    if target is None:
         output = output or local_output
         parse_output(output)  # a bad spec fails before any work
     victim = evaluation = None
@@ -118,9 +125,6 @@ def resolve_attack_target(
         evaluation = Evaluation.of(victim, data.test, seed=seed, classes=data.classes)
     else:
         assert remote is not None
-        _check_kind(
-            takes_text(remote.input_shape), text, target or "", remote.output_shape is not None
-        )
         if transfer_set is None:
             pool = np.empty(0, dtype=object)
         elif text:

@@ -20,7 +20,7 @@ from modelheist.errors import ModelheistError
 from modelheist.experiments.targets import http_oracle
 from modelheist.models.image_quality import psnr, ssim
 from modelheist.models.store import load_card, load_model
-from modelheist.models.translation import TranslationModel
+from modelheist.models.translation import SURROGATE_ARCHITECTURE, TranslationModel
 from modelheist.oracle import Oracle
 
 
@@ -142,7 +142,8 @@ def measure_translation(
 ) -> tuple[ExtractionResult, TranslationMeasurement]:
     """Run ``attack`` within ``budget`` queries and measure its surrogate (None where there is
     no local copy of the victim to measure against)."""
-    knowledge = AttackerKnowledge(where.pool, budget, "translation", seed)
+    architecture = str(getattr(attack, "arch", SURROGATE_ARCHITECTURE))  # its partial surrogate's
+    knowledge = AttackerKnowledge(where.pool, budget, architecture, seed)
     result = attack.run(where.oracle, knowledge, progress)
     figures: dict[str, Any] = dict.fromkeys(
         (

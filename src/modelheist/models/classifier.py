@@ -1,4 +1,6 @@
-"""The ``Classifier`` protocol every victim and surrogate follows, and its implementations.
+"""The ``Classifier`` protocol every classifier victim and surrogate follows, and its
+implementations (image-to-image models, :mod:`modelheist.models.translation`, share the
+:class:`ModelCard` but translate instead).
 
 A classifier maps a batch of raw inputs (NumPy, float32) to class probabilities. Networks are
 wrapped PyTorch modules; classical models (logistic regression, decision trees) are trained with

@@ -295,8 +295,10 @@ class Trainer:
         targets: np.ndarray,
         description: str = "training",
     ) -> TrainingRun:
-        """Train ``module`` on ``x`` against integer labels (1-D) or probability vectors (2-D);
-        return the finished run (its ``notes["loss"]`` holds each epoch's mean loss)."""
+        """Train ``module`` on ``x`` against integer labels (1-D) or probability vectors (2-D),
+        or, with a custom ``loss``, against any float targets (images, for a translation
+        network); return the finished run (its ``notes["loss"]`` holds each epoch's mean
+        loss)."""
         config = self.config
         if len(x) == 0:
             raise ModelheistError("cannot train on an empty set")

@@ -127,11 +127,14 @@ class TranslationModel:
         return np.concatenate(outputs).astype(np.float32)
 
 
-def translation_train_config(epochs: int = TRANSLATION_EPOCHS, seed: int = 0) -> TrainConfig:
-    """The :class:`TrainConfig` of the translation recipe above."""
-    return TrainConfig(
-        epochs=epochs, lr=TRANSLATION_LR, batch_size=TRANSLATION_BATCH, weight_decay=0.0, seed=seed
-    )
+def translation_train_config(
+    epochs: int = TRANSLATION_EPOCHS,
+    seed: int = 0,
+    lr: float = TRANSLATION_LR,
+    batch_size: int = TRANSLATION_BATCH,
+) -> TrainConfig:
+    """The :class:`TrainConfig` of the translation recipe above (no weight decay)."""
+    return TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=0.0, seed=seed)
 
 
 def fit_translation_network(

@@ -41,6 +41,7 @@ class ScreenedScheme(OwnershipScheme):
 
     def __post_init__(self) -> None:
         self.name = f"{self.inner.name}, screened"  # type: ignore[misc]
+        self.applies_to = self.inner.applies_to  # type: ignore[misc]
         if not self.references:
             raise ModelheistError("a screen needs at least one independent reference model")
         if not 0.0 < self.screen_significance < 1.0:
