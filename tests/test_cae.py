@@ -78,15 +78,13 @@ def test_bad_generation_settings_are_one_line_errors(settings, message):
         CAEGeneration(**settings)
 
 
-def test_min_size_fills_the_fingerprint_below_the_threshold(digits, digits_cnn):
+def test_min_size_fills_the_fingerprint_below_the_threshold(digits, digits_cnn, cae_setup):
     """With a threshold almost nothing reaches, min_size keeps that many of the most
     conferrable adversarial examples; without it, generation finds none and says so."""
-    from modelheist.experiments.fingerprints import extracted_surrogates, independent_references
     from modelheist.ownership.cae import generate_fingerprint
 
-    surrogates = extracted_surrogates(digits_cnn, digits, 1, 300, seed=3)
-    references = independent_references(digits_cnn, digits, 1, seed=300)
-    ensemble = ([m.module for m in surrogates], [m.module for m in references])
+    _, judges, surrogates, _ = cae_setup
+    ensemble = ([surrogates[0].module], [judges[0].module])
     settings = {"epsilon": 0.2, "steps": 30, "threshold": 0.999, "size": 20, "seed": 0}
     filled = generate_fingerprint(
         digits_cnn.module, *ensemble, digits.train.x[:80], CAEGeneration(**settings, min_size=8)
