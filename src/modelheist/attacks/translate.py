@@ -1,5 +1,5 @@
 """Extracting an image-to-image model (Szyller et al., "Good Artists Copy, Great Artists Steal",
-2021, §4): query the API with images of its input domain and train a translation network of
+2021): query the API with images of its input domain and train a translation network of
 the attacker's own choosing on the images it returns.
 
 The attacker holds images of the victim's input domain (its pool: for 2x super-resolution, the

@@ -1,5 +1,5 @@
 """One extraction of an image-to-image model and its figures (Szyller et al., "Good Artists
-Copy", 2021, §5): PSNR and SSIM of the surrogate's outputs against the ground truth and against
+Copy", 2021): PSNR and SSIM of the surrogate's outputs against the ground truth and against
 the victim's outputs on the evaluation split, next to the victim's own against the ground truth.
 """
 
