@@ -3,12 +3,12 @@
 the attacker's own choosing on the images it returns.
 
 The attacker holds images of the victim's input domain (its pool: for 2x super-resolution, the
-low-resolution images it wants enlarged). It sends ``budget`` of them, drawn without
-replacement (seeded), and trains its network (``arch``; ESPCN by default, not the victim's
-SRCNN, as the paper's adversary does not know the victim's architecture) on the answers with a
-pixel loss (mean squared error). The paper adds a perceptual (VGG) loss for style transfer; no
-pre-trained VGG is on this machine, and on 28x28 grey images the pixel loss is what PSNR and
-SSIM reward, so it is left out (a deliberate deviation).
+low-resolution images it wants enlarged), as in the paper, whose adversary queries with data
+of the victim's own domain and knows nothing of its architecture. It sends ``budget`` of them,
+drawn without replacement (seeded), and trains its network (``arch``; ESPCN by default, not
+the victim's SRCNN) on the answers with a pixel loss (mean squared error). A perceptual loss
+would need a pre-trained image network, which this machine does not hold; on 28x28 grey
+images the pixel loss is what PSNR and SSIM reward, so there is none (a deliberate choice).
 """
 
 from __future__ import annotations
