@@ -207,3 +207,21 @@ def cli_in_process():
         )
 
     return invoke
+
+
+@pytest.fixture
+def revoked_after_one_batch():
+    """A factory: an oracle of ``service`` for a new client whose key the owner revokes once
+    its first batch is answered (an attack cut short after it bought some answers)."""
+    from modelheist.api.local import LocalOracle
+
+    class RevokedAfterOneBatch(LocalOracle):
+        def _query_batch(self, x):
+            answer = super()._query_batch(x)
+            self.service.ledger.revoke(self.client_id)
+            return answer
+
+    def make(service, client="thief"):
+        return RevokedAfterOneBatch(service, service.add_client(client, None))
+
+    return make

@@ -93,19 +93,11 @@ def test_thieves_refuses_an_image_api(digits_cnn):
     assert not ThievesAttack().needs_transfer_set()
 
 
-def test_an_interrupted_thief_keeps_what_it_bought(vader_oracle, tmp_path):
+def test_an_interrupted_thief_keeps_what_it_bought(vader_oracle, tmp_path, revoked_after_one_batch):
     from modelheist.attacks.thieves import ThievesAttack
 
-    class RevokedAfterOneBatch(LocalOracle):
-        """The owner revokes the key once the first batch is answered."""
-
-        def _query_batch(self, x):
-            answer = super()._query_batch(x)
-            self.service.ledger.revoke(self.client_id)
-            return answer
-
     service, _ = vader_oracle
-    oracle = RevokedAfterOneBatch(service, service.add_client("thief", None))
+    oracle = revoked_after_one_batch(service)
     (tmp_path / "words").write_text("\n".join([*WORDS, "zzqx"]))  # zzqx: no WordPiece word
     knowledge = AttackerKnowledge(np.array([], dtype=object), budget=1000)
     with pytest.raises(AttackInterrupted) as stopped:

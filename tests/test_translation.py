@@ -160,7 +160,9 @@ def test_translation_extraction_copies_the_victim(sr_victim, digits_sr):
     json.dumps(result.details)
 
 
-def test_translation_refuses_classifiers_and_keeps_what_it_bought(sr_victim, digits_sr, digits_cnn):
+def test_translation_refuses_classifiers_and_keeps_what_it_bought(
+    sr_victim, digits_sr, digits_cnn, revoked_after_one_batch
+):
     from modelheist.attacks.translate import TranslationExtraction
 
     classifier = LocalOracle.for_new_client(PredictionService(digits_cnn), budget=None)
@@ -168,14 +170,7 @@ def test_translation_refuses_classifiers_and_keeps_what_it_bought(sr_victim, dig
     with pytest.raises(ModelheistError, match="cannot learn from probabilities"):
         TranslationExtraction().run(classifier, knowledge)
 
-    class RevokedAfterOneBatch(LocalOracle):
-        def _query_batch(self, x):
-            answer = super()._query_batch(x)
-            self.service.ledger.revoke(self.client_id)
-            return answer
-
-    service = PredictionService(sr_victim)
-    oracle = RevokedAfterOneBatch(service, service.add_client("thief", None))
+    oracle = revoked_after_one_batch(PredictionService(sr_victim))
     with pytest.raises(AttackInterrupted) as stopped:
         TranslationExtraction(epochs=1).run(oracle, AttackerKnowledge(digits_sr.pool.x, 600))
     assert len(stopped.value.log) == 256

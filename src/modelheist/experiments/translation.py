@@ -19,7 +19,7 @@ from modelheist.data.translation import Pairs, TranslationSet, load_translation
 from modelheist.errors import ModelheistError
 from modelheist.experiments.targets import http_oracle
 from modelheist.models.image_quality import psnr, ssim
-from modelheist.models.store import load_card, load_model
+from modelheist.models.store import load_model
 from modelheist.models.translation import SURROGATE_ARCHITECTURE, TranslationModel
 from modelheist.oracle import Oracle
 
@@ -107,11 +107,11 @@ def resolve_translation_target(
         )
     victim = evaluation = None
     if victim_dir is not None:
-        if not load_card(victim_dir).translates:
+        victim = load_model(victim_dir)
+        if not victim.card.translates:
             raise ModelheistError(
                 f"{victim_dir} is a classifier; `attack translate` extracts image-to-image models"
             )
-        victim = load_model(victim_dir)
         data = victim_translation_split(victim)  # type: ignore[arg-type]
         evaluation = TranslationEvaluation.of(victim, data.test)  # type: ignore[arg-type]
         if transfer_set is None or transfer_set == data.name:
