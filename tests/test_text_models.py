@@ -81,6 +81,34 @@ def test_text_victim_learns_and_round_trips(tiny_text_model, tiny_text_data, tmp
     assert probs.shape == (2, 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_length_chunks_cut_the_padding_and_keep_every_sentence_once():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 129, 300)
+    chunks = text.length_chunks(lengths, max_batch=8, overhead=64)
+    assert sorted(np.concatenate(chunks).tolist()) == list(range(300))
+    assert max(len(c) for c in chunks) <= 8
+
+    def cost(parts):
+        return sum(len(c) * lengths[c].max() + 64 for c in parts)
+
+    naive = np.array_split(np.argsort(lengths), range(8, 300, 8))  # sorted, full passes
+    assert cost(chunks) <= cost(naive)
+    one_long = np.array([128] + [10] * 7)
+    assert [c.tolist() for c in text.length_chunks(one_long, 8, overhead=16)] == [
+        list(range(1, 8)),
+        [0],
+    ]  # the long one alone: 7*10+16 + 128+16 < 8*128+16
+    assert len(text.length_chunks(np.full(64, 20), 8, overhead=16)) == 8  # equal: full passes
+    assert text.length_chunks(np.zeros(0, np.int64), 8) == []
+
+
+def test_chunked_predictions_match_one_sentence_at_a_time(tiny_text_model, tiny_text_data):
+    texts = tiny_text_data.test.x[:24]
+    together = tiny_text_model.logits(texts)
+    alone = np.concatenate([tiny_text_model.logits([t]) for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-4)
+
+
 def test_text_model_loads_only_beside_its_encoder(tiny_text_model, tmp_path):
     import json
 

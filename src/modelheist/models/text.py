@@ -156,9 +156,44 @@ def build_text_network(num_classes: int, tuned_layers: int, seed: int = 0) -> Te
         return TextNetwork(load_encoder(), num_classes, tuned_layers)
 
 
+#: The fixed cost of one forward pass in padded tokens' worth of work (:func:`length_chunks`):
+#: MiniLM-L6 on one CPU thread took about 8 ms a pass plus 0.14 ms a token, 50-60 tokens' worth.
+FORWARD_OVERHEAD_TOKENS = 64
+
+
+def length_chunks(
+    lengths: np.ndarray, max_batch: int, overhead: float = FORWARD_OVERHEAD_TOKENS
+) -> list[np.ndarray]:
+    """Split sentences of token ``lengths`` into forward passes of at most ``max_batch``, each
+    padded to its longest, minimising the padded tokens plus ``overhead`` per pass: sorted by
+    length, then the cheapest cut of the sorted order by dynamic programming. A few long
+    sentences then go alone instead of padding many short ones (at 8 random quotations a pass,
+    one chunk pads 2.4x the tokens it holds). Returns each pass's indices into ``lengths``."""
+    n = len(lengths)
+    if n == 0:
+        return []
+    order = np.argsort(lengths, kind="stable")
+    ordered = np.asarray(lengths, np.float64)[order]
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    cut = np.zeros(n + 1, np.int64)
+    for end in range(1, n + 1):
+        starts = np.arange(max(0, end - max_batch), end)
+        costs = best[starts] + (end - starts) * ordered[end - 1] + overhead
+        pick = int(np.argmin(costs))
+        best[end], cut[end] = costs[pick], starts[pick]
+    chunks = []
+    end = n
+    while end > 0:
+        chunks.append(order[cut[end] : end])
+        end = int(cut[end])
+    return chunks[::-1]
+
+
 class TextClassifier:
     """A :class:`TextNetwork` behind the Classifier protocol: strings in, probabilities out.
-    Sentences are predicted in chunks of similar length (sorted), so that little is padding."""
+    Sentences are predicted in passes of similar length (:func:`length_chunks`), so that little
+    of the work is padding."""
 
     def __init__(self, module: TextNetwork, card: ModelCard, batch_size: int = 64):
         self.module = module
@@ -168,14 +203,12 @@ class TextClassifier:
     def logits(self, texts: np.ndarray | list[str]) -> np.ndarray:
         texts = list(texts)
         max_tokens = int(self.card.training.get("max_tokens", MAX_TOKENS))
-        order = np.argsort([len(t) for t in texts], kind="stable")
         out = np.zeros((len(texts), self.card.num_classes), np.float32)
+        tokens = tokenise(texts, max_tokens)
         self.module.eval()
         with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                batch = tokenise([texts[i] for i in idx], max_tokens)
-                out[idx] = self.module(torch.from_numpy(batch)).numpy()
+            for idx in length_chunks(tokens[:, 1].sum(axis=1), self.batch_size):
+                out[idx] = self.module(torch.from_numpy(tokens[idx])).numpy()
         return out
 
     def predict_proba(self, texts: np.ndarray | list[str]) -> np.ndarray:
