@@ -14,10 +14,12 @@ largest validation ROC AUC, then the largest gap. Rows go to
 benchmarks/results/cae-validation.jsonl.
 
     python benchmarks/cae_validation.py [--seeds 1] [--epsilons 0.1,0.15,0.2]
-        [--thresholds 0.85,0.7,0.5] [--min-size N]
+        [--thresholds 0.85,0.7,0.5] [--min-sizes 0,50]
 
-``--min-size N``: each fingerprint is filled up to N with the most conferrable examples below
-its threshold (down to the grid's lowest threshold, the generation's; rows record it).
+``--min-sizes``: each fingerprint is filled up to N with the most conferrable examples below
+its threshold (down to the grid's lowest threshold, the generation's; rows record it; 0 = the
+paper's rule); one generation serves every N. The validation models are cached beside the
+ensemble (benchmarks/results/victims/), so a rerun with other settings trains nothing new.
 """
 
 from __future__ import annotations
@@ -30,14 +32,12 @@ import numpy as np
 from rich.console import Console
 from sklearn.metrics import roc_auc_score
 
-from modelheist.attacks.knockoff import KnockoffNets
-from modelheist.experiments.extraction import measure_extraction
-from modelheist.experiments.fingerprints import independent_references, make_fingerprint
+from modelheist.experiments.fingerprints import make_fingerprint
 from modelheist.experiments.results import ResultsStore
 from modelheist.ownership.cae import CAEGeneration, Fingerprint, retention
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cae import RESULTS, generation_ensemble, labels_of  # noqa: E402
+from cae import RESULTS, generation_ensemble, independent, knockoff, labels_of  # noqa: E402
 from run_scenarios import fashion_mnist_victim  # noqa: E402
 
 STORE = RESULTS / "cae-validation.jsonl"
@@ -69,17 +69,21 @@ def strongest(
 
 
 def validation_models(victim, data, seed: int) -> list[tuple[str, str, object]]:
+    """The seed's four validation surrogates and four validation CNNs (cached)."""
     base = 1000 * (seed + 1)
     models = []
     for index, (output, budget) in enumerate(
         [("probs", 5000), ("labels", 5000), ("probs", 10000), ("labels", 10000)]
     ):
-        result, _ = measure_extraction(
-            victim, KnockoffNets(), data.pool.x, None, budget, output, "fashion-mnist",
-            base + 500 + index,
-        )  # fmt: skip
-        models.append((f"knockoff-{output}-{budget}", "surrogate", result.surrogate))
-    for index, model in enumerate(independent_references(victim, data, 4, base + 600)):
+        name = f"knockoff-{output}-{budget}"
+        model = knockoff(
+            victim, data, seed, f"validation-{name}", budget, output, base + 500 + index
+        )
+        models.append((name, "surrogate", model))
+    for index in range(4):
+        model = independent(
+            victim, data, seed, f"validation-independent-{index}", base + 600 + index
+        )
         models.append((f"independent-{index}", "independent", model))
     return models
 
@@ -93,28 +97,25 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--epsilons", type=floats, default=[0.1, 0.15, 0.2])
     parser.add_argument("--thresholds", type=floats, default=[0.85, 0.7, 0.5])
-    parser.add_argument("--min-size", type=int, default=0)
+    parser.add_argument("--min-sizes", type=lambda t: [int(v) for v in t.split(",")], default=[0])
     args = parser.parse_args()
     console = Console(stderr=True)
     store = ResultsStore(STORE)
     store.freeze_environment()
-    done = {
-        (r["seed"], r["epsilon"], r["threshold"])
-        for r in store.rows()
-        if r.get("min_size", 0) == args.min_size
-    }
+    done = {(r["seed"], r["epsilon"], r["threshold"], r.get("min_size", 0)) for r in store.rows()}
     for seed in range(args.seeds):
         todo = [
-            (epsilon, threshold)
+            (epsilon, threshold, min_size)
             for epsilon in args.epsilons
             for threshold in args.thresholds
-            if (seed, epsilon, threshold) not in done
+            for min_size in args.min_sizes
+            if (seed, epsilon, threshold, min_size) not in done
         ]
         if not todo:
             continue
         data, victim = fashion_mnist_victim(seed)
         models = validation_models(victim, data, seed)
-        for epsilon in dict.fromkeys(e for e, _ in todo):
+        for epsilon in dict.fromkeys(e for e, _, _ in todo):
             settings = CAEGeneration(
                 epsilon=epsilon, threshold=min(args.thresholds), size=CANDIDATES, seed=seed
             )
@@ -122,8 +123,8 @@ def main() -> None:
                 victim, data, settings, candidates=CANDIDATES, seeds=(0, 0, seed),
                 ensemble=generation_ensemble(victim, data, seed),
             )  # fmt: skip
-            for threshold in [t for e, t in todo if e == epsilon]:
-                fingerprint = strongest(generated, threshold, SIZE, args.min_size)
+            for _, threshold, min_size in [cell for cell in todo if cell[0] == epsilon]:
+                fingerprint = strongest(generated, threshold, SIZE, min_size)
                 metrics: dict = {"fingerprints": 0 if fingerprint is None else len(fingerprint)}
                 if fingerprint is not None:
                     retained = []
@@ -144,7 +145,7 @@ def main() -> None:
                         "benchmark": "cae-validation",
                         "epsilon": epsilon,
                         "threshold": threshold,
-                        "min_size": args.min_size,
+                        "min_size": min_size,
                         "candidates": CANDIDATES,
                         "steps": settings.steps,
                         "queries_counted": metrics["fingerprints"] * len(models),
@@ -153,7 +154,7 @@ def main() -> None:
                     seed=seed,
                 )
                 console.print(
-                    f"seed {seed} epsilon {epsilon} threshold {threshold}: "
+                    f"seed {seed} epsilon {epsilon} threshold {threshold} min size {min_size}: "
                     f"{metrics['fingerprints']} fingerprints, "
                     f"ROC AUC {metrics.get('roc_auc', float('nan')):.3f}, "
                     f"gap {metrics.get('gap', float('nan')):.3f}"
