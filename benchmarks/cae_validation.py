@@ -16,9 +16,10 @@ benchmarks/results/cae-validation.jsonl.
     python benchmarks/cae_validation.py [--seeds 1] [--epsilons 0.1,0.15,0.2]
         [--thresholds 0.85,0.7,0.5] [--min-sizes 0,50]
 
-``--min-sizes``: each fingerprint is filled up to N with the most conferrable examples below
-its threshold (down to the grid's lowest threshold, the generation's; rows record it; 0 = the
-paper's rule); one generation serves every N. The validation models are cached beside the
+``--min-sizes``: each fingerprint is filled up to N with the most conferrable adversarial
+examples below its threshold, as ``CAEGeneration.min_size`` fills one (0 = the paper's rule;
+rows record N); one generation, keeping every adversarial candidate when some N > 0, serves
+every N. The validation models are cached beside the
 ensemble (benchmarks/results/victims/), so a rerun with other settings trains nothing new.
 """
 
@@ -117,7 +118,11 @@ def main() -> None:
         models = validation_models(victim, data, seed)
         for epsilon in dict.fromkeys(e for e, _, _ in todo):
             settings = CAEGeneration(
-                epsilon=epsilon, threshold=min(args.thresholds), size=CANDIDATES, seed=seed
+                epsilon=epsilon,
+                threshold=min(args.thresholds),
+                size=CANDIDATES,
+                seed=seed,
+                min_size=CANDIDATES if max(args.min_sizes) > 0 else 0,  # keep every candidate
             )
             generated = make_fingerprint(
                 victim, data, settings, candidates=CANDIDATES, seeds=(0, 0, seed),
@@ -134,10 +139,10 @@ def main() -> None:
                     kinds = [m["kind"] == "surrogate" for m in retained]
                     values = [m["retention"] for m in retained]
                     surrogate = [v for v, k in zip(values, kinds, strict=True) if k]
-                    independent = [v for v, k in zip(values, kinds, strict=True) if not k]
+                    independents = [v for v, k in zip(values, kinds, strict=True) if not k]
                     metrics |= {
                         "roc_auc": float(roc_auc_score(kinds, values)),
-                        "gap": float(np.mean(surrogate) - np.mean(independent)),
+                        "gap": float(np.mean(surrogate) - np.mean(independents)),
                         "models": retained,
                     }
                 store.append(

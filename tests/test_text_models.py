@@ -100,12 +100,17 @@ def test_length_chunks_cut_the_padding_and_keep_every_sentence_once():
     ]  # the long one alone: 7*10+16 + 128+16 < 8*128+16
     assert len(text.length_chunks(np.full(64, 20), 8, overhead=16)) == 8  # equal: full passes
     assert text.length_chunks(np.zeros(0, np.int64), 8) == []
+    with pytest.raises(ModelheistError, match="at least one"):
+        text.length_chunks(lengths, 0)
 
 
 def test_chunked_predictions_match_one_sentence_at_a_time(tiny_text_model, tiny_text_data):
-    texts = tiny_text_data.test.x[:24]
-    together = tiny_text_model.logits(texts)
-    alone = np.concatenate([tiny_text_model.logits([t]) for t in texts])
+    texts = [*tiny_text_data.test.x[:22], "ok", "word " * 200]  # a very short and a cut one
+    model = text.TextClassifier(tiny_text_model.module, tiny_text_model.card, batch_size=4)
+    lengths = text.tokenise(texts)[:, 1].sum(axis=1)
+    assert len(text.length_chunks(lengths, 4)) >= 6  # several passes, not one
+    together = model.logits(texts)
+    alone = np.concatenate([model.logits([t]) for t in texts])
     np.testing.assert_allclose(together, alone, atol=1e-4)
 
 

@@ -159,6 +159,8 @@ def build_text_network(num_classes: int, tuned_layers: int, seed: int = 0) -> Te
 #: The fixed cost of one forward pass in padded tokens' worth of work (:func:`length_chunks`):
 #: MiniLM-L6 on one CPU thread took about 8 ms a pass plus 0.14 ms a token, 50-60 tokens' worth.
 FORWARD_OVERHEAD_TOKENS = 64
+#: Sentences tokenised at once by :meth:`TextClassifier.logits` (a few MB of token ids).
+TOKENISE_BLOCK = 4096
 
 
 def length_chunks(
@@ -169,6 +171,8 @@ def length_chunks(
     length, then the cheapest cut of the sorted order by dynamic programming. A few long
     sentences then go alone instead of padding many short ones (at 8 random quotations a pass,
     one chunk pads 2.4x the tokens it holds). Returns each pass's indices into ``lengths``."""
+    if max_batch < 1:
+        raise ModelheistError(f"a forward pass holds at least one sentence, got {max_batch}")
     n = len(lengths)
     if n == 0:
         return []
@@ -204,11 +208,12 @@ class TextClassifier:
         texts = list(texts)
         max_tokens = int(self.card.training.get("max_tokens", MAX_TOKENS))
         out = np.zeros((len(texts), self.card.num_classes), np.float32)
-        tokens = tokenise(texts, max_tokens)
         self.module.eval()
         with torch.inference_mode():
-            for idx in length_chunks(tokens[:, 1].sum(axis=1), self.batch_size):
-                out[idx] = self.module(torch.from_numpy(tokens[idx])).numpy()
+            for start in range(0, len(texts), TOKENISE_BLOCK):  # bounded memory
+                tokens = tokenise(texts[start : start + TOKENISE_BLOCK], max_tokens)
+                for idx in length_chunks(tokens[:, 1].sum(axis=1), self.batch_size):
+                    out[start + idx] = self.module(torch.from_numpy(tokens[idx])).numpy()
         return out
 
     def predict_proba(self, texts: np.ndarray | list[str]) -> np.ndarray:
