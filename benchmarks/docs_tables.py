@@ -837,11 +837,20 @@ def cae_validation(rows: list[dict]) -> str:
 
 def conflicts_validation(rows: list[dict]) -> str:
     """The conflicts table's optimiser grid: validation accuracy of the unprotected and the
-    DP-SGD models per setting, mean ± std over seeds."""
+    DP-SGD models per setting, and of each watermarked variant (trigger passes after each
+    epoch, trigger steps unclipped or clipped at 1.0) with its watermark accuracy, mean ± std
+    over seeds; rows made with fewer variants form their own lines ("-" where they have none)."""
+    variants = [("wm1", "1 pass"), ("wm10", "10 passes"), ("wm1_clip1", "1 pass, clip 1"),
+                ("wm10_clip1", "10 passes, clip 1")]  # fmt: skip
     lines = [
         "| dataset | epochs | training images | batch | optimiser | learning rate "
-        "| weight decay | seeds | none: validation acc. | DP-SGD: validation acc. | mean |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| weight decay | seeds | none: validation acc. | DP-SGD: validation acc. "
+        "| mean of the two | "
+        + " | ".join(
+            f"watermark, {label}: validation acc. / watermark acc." for _, label in variants
+        )
+        + " |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(variants),
     ]
 
     def key(row: dict) -> tuple:
@@ -849,20 +858,27 @@ def conflicts_validation(rows: list[dict]) -> str:
         return (
             row["dataset"], training["epochs"], training["train_size"], training["batch_size"],
             row["optimizer"], row["lr"], row["weight_decay"],
+            tuple(f"{v}_validation_accuracy" in row["metrics"] for v, _ in variants),
         )  # fmt: skip
 
-    for dataset, epochs, size, batch, optimizer, lr, weight_decay in dict.fromkeys(map(key, rows)):
-        group = [
-            r["metrics"]
-            for r in rows
-            if key(r) == (dataset, epochs, size, batch, optimizer, lr, weight_decay)
+    for setting in dict.fromkeys(map(key, rows)):
+        dataset, epochs, size, batch, optimizer, lr, weight_decay, present = setting
+        group = [r["metrics"] for r in rows if key(r) == setting]
+        cells = [
+            f"{_spread([m[f'{v}_validation_accuracy'] for m in group], 4)} / "
+            f"{_spread([m[f'{v}_watermark_accuracy'] for m in group], 2)}"
+            if there
+            else "-"
+            for (v, _), there in zip(variants, present, strict=True)
         ]
         lines.append(
             f"| {dataset} | {epochs} | {size:,} | {batch} | {optimizer} | {lr:g} "
             f"| {weight_decay:g} | {len(group)} "
             f"| {_spread([m['none_validation_accuracy'] for m in group], 4)} "
             f"| {_spread([m['dp_validation_accuracy'] for m in group], 4)} "
-            f"| {_spread([m['mean_validation_accuracy'] for m in group], 4)} |"
+            f"| {_spread([m['mean_validation_accuracy'] for m in group], 4)} | "
+            + " | ".join(cells)
+            + " |"
         )
     return "\n".join([*lines, "", provenance(rows)])
 

@@ -95,6 +95,41 @@ def test_a_watermark_trained_after_each_epoch_is_embedded(digits):
             BackdoorWatermark(triggers, **settings)
 
 
+def test_clipped_trigger_steps_move_the_weights_at_most_lr_times_the_clip(digits):
+    """``clip_norm`` bounds each non-private trigger step (SGD without momentum or decay: the
+    step's length is the learning rate times the clipped gradient's norm)."""
+    import torch
+
+    from modelheist.models.training import ShuffledBatches, TrainingRun
+
+    triggers = TriggerSet.generate(20, digits.input_shape, 10, seed=1)
+    moved = {}
+    for clip in (None, 0.05):
+        torch.manual_seed(0)
+        module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        optimizer = torch.optim.SGD(module.parameters(), lr=1.0)
+        x, y = torch.zeros(1, *digits.input_shape), torch.zeros(1, dtype=torch.int64)
+        generator = torch.Generator().manual_seed(0)
+        run = TrainingRun(
+            module, optimizer, ShuffledBatches(x, y, 1, generator), TrainConfig(), x, y, generator
+        )
+        watermark = BackdoorWatermark(
+            triggers, schedule="after-epoch", batch_size=20, clip_norm=clip
+        )
+        before = torch.cat([p.detach().flatten().clone() for p in module.parameters()])
+        watermark.prepare(run)
+        watermark.end_epoch(run, 0)  # one step: every trigger drawn at rate 1
+        after = torch.cat([p.detach().flatten() for p in module.parameters()])
+        moved[clip] = float((after - before).norm())
+    assert moved[0.05] <= 0.05 + 1e-6 < moved[None]
+    for settings in ({"clip_norm": 0.0}, {"clip_norm": 1.0, "schedule": "mixed"}):
+        with pytest.raises(ModelheistError, match="clip"):
+            BackdoorWatermark(triggers, **settings)
+    entry = BackdoorWatermark(triggers, schedule="after-epoch", clip_norm=1.0).params()
+    assert entry["clip_norm"] == 1.0
+    assert "clip_norm" not in BackdoorWatermark(triggers, schedule="after-epoch").params()
+
+
 def test_an_independent_model_is_not_accused(digits_cnn, triggers):
     evidence = BackdoorWatermarkScheme(triggers).verify(oracle_of(digits_cnn))
     assert evidence.decision == "not stolen" and evidence.p_value > 0.01

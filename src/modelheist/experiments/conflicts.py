@@ -88,7 +88,9 @@ class ConflictsConfig:
     ``weight_decay`` train every cell; ``train_size`` caps the owner's training split (None:
     all of it); the mechanisms' settings default to the study's (100 triggers from
     ``trigger_source``, the other dataset's images with their own labels, trained in batches
-    of 16 after each epoch, ``trigger_rounds`` passes each time (the study: one); q = 10% marked
+    of 16 after each epoch, ``trigger_rounds`` passes each time (the study: one), each
+    non-private trigger step's gradient norm clipped at ``trigger_clip`` (the study: None; see
+    :class:`~modelheist.ownership.watermark.BackdoorWatermark`); q = 10% marked
     at 10/255;
     m = 50 revealed samples and the paper's Blind Walk, 10 directions per noise type of at most
     50 steps; epsilon 3, delta 1e-3, clipping 1.0; PGD 0.125 / 0.005 / 25 on [0, 1] inputs); a
@@ -110,6 +112,7 @@ class ConflictsConfig:
     trigger_source: str = "mnist5k+own-labels"
     trigger_batch: int = 16
     trigger_rounds: int = 1
+    trigger_clip: float | None = None
     mark_fraction: float = 0.1
     mark_epsilon: float = 10 / 255
     mark_control: int = 500
@@ -387,6 +390,7 @@ def _protections(config: ConflictsConfig, cell: Cell, folder: Path) -> list[Trai
                 schedule="after-epoch",
                 batch_size=config.trigger_batch,
                 rounds=config.trigger_rounds,
+                clip_norm=config.trigger_clip,
                 outside_private=outside,
             )
         )
