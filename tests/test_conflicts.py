@@ -62,6 +62,7 @@ def test_the_talks_pairs_and_the_relaxations_are_planned():
         ({"adv_steps": 0}, "PGD needs"),
         ({"trigger_source": "fashion-mnist"}, "another dataset"),
         ({"optimizer": "rmsprop"}, "adamw or sgd"),
+        ({"trigger_clip": 0.0}, "trigger_clip must be > 0"),
     ],
 )
 def test_bad_settings_are_one_line_errors(changes, message):
