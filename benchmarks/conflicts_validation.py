@@ -33,12 +33,17 @@ from pathlib import Path
 
 from rich.console import Console
 
-from modelheist.experiments.conflicts import ConflictsConfig, default_trigger_source, owner_data
+from modelheist.experiments.conflicts import (
+    ConflictsConfig,
+    default_trigger_source,
+    owner_data,
+    table_watermark,
+)
 from modelheist.experiments.results import ResultsStore
 from modelheist.models.classifier import accuracy
 from modelheist.models.privacy import DpSgd
 from modelheist.models.training import train_model
-from modelheist.ownership.watermark import BackdoorWatermark, TriggerSet
+from modelheist.ownership.watermark import TriggerSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conflicts import RESULTS, SETTINGS  # noqa: E402
@@ -89,14 +94,16 @@ def main() -> None:
                 config.triggers, data.input_shape, data.num_classes, config.trigger_source, seed
             )
             metrics = {}
-            for cell, protections in (
+            variants = {
+                name: replace(config, trigger_rounds=rounds, trigger_clip=clip)
+                for name, rounds, clip in WATERMARKS
+            }
+            cells = [
                 ("none", []),
                 ("dp", [DpSgd(config.dp_epsilon, config.dp_delta, config.dp_clip)]),
-                *(
-                    (name, [watermark(config, triggers, rounds, clip)])
-                    for name, rounds, clip in WATERMARKS
-                ),
-            ):
+                *((name, [table_watermark(v, triggers)]) for name, v in variants.items()),
+            ]
+            for cell, protections in cells:
                 model = train_model(
                     data, config.architecture, config.train_config(seed), None, protections
                 )
@@ -109,13 +116,7 @@ def main() -> None:
                     )
             metrics["mean_validation_accuracy"] = (
                 metrics["none_validation_accuracy"] + metrics["dp_validation_accuracy"]
-            ) / 2  # the first criterion's, kept comparable with the earlier rows'
-            for name, _, _ in WATERMARKS:
-                metrics[f"mean3_{name}_validation_accuracy"] = (
-                    metrics["none_validation_accuracy"]
-                    + metrics["dp_validation_accuracy"]
-                    + metrics[f"{name}_validation_accuracy"]
-                ) / 3
+            ) / 2  # the first criterion's, kept comparable with the earlier rows
             store.append(
                 {
                     "benchmark": "conflicts-validation",
@@ -130,20 +131,6 @@ def main() -> None:
                 seed=seed,
             )
             console.print(f"seed {seed} {optimizer} lr {lr:g}: {metrics}")
-
-
-def watermark(
-    config: ConflictsConfig, triggers: TriggerSet, rounds: int, clip: float | None
-) -> BackdoorWatermark:
-    """The conflicts table's watermark (benchmarks/conflicts.py) with ``rounds`` passes and
-    trigger steps clipped at ``clip``."""
-    return BackdoorWatermark(
-        triggers,
-        schedule="after-epoch",
-        batch_size=config.trigger_batch,
-        rounds=rounds,
-        clip_norm=clip,
-    )
 
 
 if __name__ == "__main__":

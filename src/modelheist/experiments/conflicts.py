@@ -373,11 +373,28 @@ def prepare_secrets(
         write_whole(secrets / "radioactive", mark.save)
 
 
+def table_watermark(
+    config: ConflictsConfig, triggers: Any, outside_private: bool = False
+) -> TrainingProtection:
+    """The table's watermark: ``triggers`` (a TriggerSet) trained after each epoch as
+    ``config`` says (batch, passes, clip), inside DP-SGD unless ``outside_private``."""
+    from modelheist.ownership.watermark import BackdoorWatermark
+
+    return BackdoorWatermark(
+        triggers,
+        schedule="after-epoch",
+        batch_size=config.trigger_batch,
+        rounds=config.trigger_rounds,
+        clip_norm=config.trigger_clip,
+        outside_private=outside_private,
+    )
+
+
 def _protections(config: ConflictsConfig, cell: Cell, folder: Path) -> list[TrainingProtection]:
     """The training protections of ``cell``, in the order the Trainer applies them: the data
     mark, the watermark, DP-SGD, adversarial training."""
     from modelheist.ownership.radioactive import RadioactiveData, RadioactiveMark
-    from modelheist.ownership.watermark import BackdoorWatermark, TriggerSet
+    from modelheist.ownership.watermark import TriggerSet
 
     protections: list[TrainingProtection] = []
     secrets = folder / "secrets"
@@ -386,16 +403,7 @@ def _protections(config: ConflictsConfig, cell: Cell, folder: Path) -> list[Trai
     if "wm" in cell.mechanisms:
         triggers = TriggerSet.load(secrets / "triggers")
         outside = cell.variant == "watermark-outside-dp"
-        protections.append(
-            BackdoorWatermark(
-                triggers,
-                schedule="after-epoch",
-                batch_size=config.trigger_batch,
-                rounds=config.trigger_rounds,
-                clip_norm=config.trigger_clip,
-                outside_private=outside,
-            )
-        )
+        protections.append(table_watermark(config, triggers, outside))
     if "dp" in cell.mechanisms:
         clip = config.relaxed_clip if cell.variant == "larger-clip" else config.dp_clip
         protections.append(DpSgd(config.dp_epsilon, config.dp_delta, clip))
