@@ -35,7 +35,7 @@ from sklearn.metrics import roc_auc_score
 
 from modelheist.experiments.fingerprints import make_fingerprint
 from modelheist.experiments.results import ResultsStore
-from modelheist.ownership.cae import CAEGeneration, Fingerprint, retention
+from modelheist.ownership.cae import CAEGeneration, Fingerprint, retention, select_conferrable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cae import RESULTS, generation_ensemble, independent, knockoff, labels_of  # noqa: E402
@@ -50,16 +50,9 @@ def strongest(
 ) -> Fingerprint | None:
     """The ``size`` most conferrable examples at or above ``threshold``, filled up to
     ``min_size`` with the most conferrable below it (None if none)."""
-    scores = fingerprint.conferrability
-    passing = np.flatnonzero(scores >= threshold)
-    if len(passing) < min_size:
-        below = np.flatnonzero(scores < threshold)
-        passing = np.concatenate(
-            [passing, below[np.argsort(-scores[below], kind="stable")[: min_size - len(passing)]]]
-        )
-    if len(passing) == 0:
+    kept = select_conferrable(fingerprint.conferrability, threshold, size, min_size)
+    if len(kept) == 0:
         return None
-    kept = passing[np.argsort(-fingerprint.conferrability[passing], kind="stable")[:size]]
     return Fingerprint(
         fingerprint.inputs[kept],
         fingerprint.labels[kept],

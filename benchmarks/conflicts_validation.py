@@ -78,7 +78,7 @@ def main() -> None:
         for r in store.rows()
         if r["dataset"] == args.dataset
         and r["training"] == SETTINGS
-        and "wm1_clip1_validation_accuracy" in r["metrics"]
+        and all(f"{name}_validation_accuracy" in r["metrics"] for name, _, _ in WATERMARKS)
     }
     grid = [g for g in GRID if g[0] == "sgd" and g[1] > 0.01] if args.sgd_only else GRID
     base = ConflictsConfig(
@@ -125,6 +125,15 @@ def main() -> None:
                     "lr": lr,
                     "weight_decay": weight_decay,
                     "training": SETTINGS,
+                    "watermarks": [
+                        {"name": name, "rounds": rounds, "clip": clip}
+                        for name, rounds, clip in WATERMARKS
+                    ],
+                    "triggers": {
+                        "count": config.triggers,
+                        "source": config.trigger_source,
+                        "batch": config.trigger_batch,
+                    },
                     "queries_counted": 0,
                     "metrics": metrics,
                 },

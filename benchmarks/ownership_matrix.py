@@ -6,7 +6,9 @@ defaults (:class:`modelheist.experiments.ownership_matrix.MatrixConfig`), run in
 benchmarks/results/ownership-matrix-runs/seed-S (resumed if interrupted). Rows go to
 benchmarks/results/ownership_matrix.jsonl: one per cell (suspect x scheme: p-value, decision,
 queries the suspect's oracle counted), one per scheme (ROC AUC, detections, false
-accusations), and one for the run (its wall time, valid only when it ran uninterrupted).
+accusations), one for the run (its wall time, valid only when it ran uninterrupted), and one
+for where the seed's time went (``phases``: read from the run folder's own records, also for a
+seed run before these rows existed).
 
     python benchmarks/ownership_matrix.py [--seeds 1] [--dataset fashion-mnist]
 """
@@ -15,17 +17,42 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import defaultdict
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import Progress
 
 from modelheist.experiments.matrix_report import write_matrix_report
-from modelheist.experiments.ownership_matrix import MatrixConfig, MatrixRun
+from modelheist.experiments.ownership_matrix import CELLS, SUSPECTS, MatrixConfig, MatrixRun
 from modelheist.experiments.results import ResultsStore
+from modelheist.experiments.run_folder import read_lines
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STORE = RESULTS / "ownership_matrix.jsonl"
+
+
+def phase_seconds(folder: Path) -> dict:
+    """Where a seed's time went, from its run folder: seconds per phase (``timings.jsonl``; a
+    phase resumed after an interruption adds its sittings), per suspect family (making the
+    suspects) and per scheme (deciding the cells)."""
+    phases: dict[str, float] = defaultdict(float)
+    sittings: dict[str, int] = defaultdict(int)
+    for row in read_lines(folder / "timings.jsonl"):
+        phases[row["phase"]] += row["seconds"]
+        sittings[row["phase"]] += 1
+    families: dict[str, float] = defaultdict(float)
+    for row in read_lines(folder / SUSPECTS):
+        families[row["family"]] += row.get("seconds_to_make", 0.0)
+    schemes: dict[str, float] = defaultdict(float)
+    for row in read_lines(folder / CELLS):
+        schemes[row["scheme"]] += row.get("seconds", 0.0)
+    return {
+        "phases": dict(phases),
+        "sittings": dict(sittings),
+        "suspect_families": dict(families),
+        "cell_schemes": dict(schemes),
+    }
 
 
 def main() -> None:
@@ -48,15 +75,27 @@ def main() -> None:
             )
     done = {(r["seed"], r["dataset"]) for r in rows if r["measure"] == "run"}
     begun = {(r["seed"], r["dataset"]) for r in rows}
+    phased = {(r["seed"], r["dataset"]) for r in rows if r["measure"] == "phases"}
+    common = {"benchmark": "ownership-matrix", "dataset": args.dataset}
+
+    def record_phases(seed: int, folder: Path) -> None:
+        if (seed, args.dataset) not in phased and (folder / "timings.jsonl").is_file():
+            store.append(
+                {**common, "measure": "phases", "queries_counted": 0,
+                 "metrics": phase_seconds(folder)},
+                seed=seed,
+            )  # fmt: skip
+
     for seed in range(args.seeds):
+        folder = RESULTS / "ownership-matrix-runs" / f"{args.dataset}-seed-{seed}"
         if (seed, args.dataset) in done:
+            record_phases(seed, folder)
             continue
         if (seed, args.dataset) in begun:  # a crash while its rows were written
             raise SystemExit(
                 f"{STORE} holds some rows of seed {seed} but not its run row; remove them first"
             )
         config = MatrixConfig(dataset=args.dataset, seed=seed)
-        folder = RESULTS / "ownership-matrix-runs" / f"{args.dataset}-seed-{seed}"
         fresh = not (folder / "config.json").is_file()
         start = time.perf_counter()
         with Progress(console=console) as progress:
@@ -69,7 +108,6 @@ def main() -> None:
             )
         minutes = (time.perf_counter() - start) / 60
         write_matrix_report(document, folder)
-        common = {"benchmark": "ownership-matrix", "dataset": args.dataset}
         suspects = {s["suspect"]: s for s in document["suspects"]}
         for cell in document["cells"]:
             made = suspects[cell["suspect"]]
@@ -124,6 +162,7 @@ def main() -> None:
             },
             seed=seed,
         )
+        record_phases(seed, folder)
         console.print(f"seed {seed}: {minutes:.1f} minutes ({'fresh' if fresh else 'resumed'})")
 
 

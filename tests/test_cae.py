@@ -20,6 +20,7 @@ from modelheist.ownership.cae import (
     conferrability,
     reference_retentions,
     retention,
+    select_conferrable,
 )
 
 
@@ -95,6 +96,19 @@ def test_min_size_fills_the_fingerprint_below_the_threshold(digits, digits_cnn, 
         generate_fingerprint(
             digits_cnn.module, *ensemble, digits.train.x[:80], CAEGeneration(**settings)
         )
+
+
+def test_selection_keeps_the_most_conferrable_eligible_and_fills_to_min_size():
+    scores = np.array([0.9, 0.2, 0.95, 0.6, 0.86, 0.7])
+    eligible = np.array([True, True, True, True, False, True])
+    assert select_conferrable(scores, 0.85, 10).tolist() == [2, 0, 4]
+    assert select_conferrable(scores, 0.85, 10, eligible=eligible).tolist() == [2, 0]
+    assert select_conferrable(scores, 0.85, 1, eligible=eligible).tolist() == [2]
+    filled = select_conferrable(scores, 0.85, 10, min_size=4, eligible=eligible)
+    assert filled.tolist() == [2, 0, 5, 3]  # two below the threshold, most conferrable first
+    assert select_conferrable(scores, 0.99, 10).tolist() == []
+    skip = eligible & (np.arange(6) != 5)  # an ineligible example is never a filler
+    assert select_conferrable(scores, 0.85, 10, min_size=4, eligible=skip).tolist() == [2, 0, 3, 1]
 
 
 def test_a_fingerprint_round_trips_and_a_foreign_folder_is_refused(tmp_path, cae_setup):

@@ -63,6 +63,7 @@ def test_the_talks_pairs_and_the_relaxations_are_planned():
         ({"trigger_source": "fashion-mnist"}, "another dataset"),
         ({"optimizer": "rmsprop"}, "adamw or sgd"),
         ({"trigger_clip": 0.0}, "trigger_clip must be > 0"),
+        ({"trigger_rounds": 0}, "trigger_rounds must be at least 1"),
     ],
 )
 def test_bad_settings_are_one_line_errors(changes, message):
@@ -215,6 +216,7 @@ def test_the_command_refuses_bad_input_in_one_line(tmp_path, cli_in_process):
         ("--executor slurm", "choose local or ray"),
         ("--executor ray --address nowhere", "HOST:PORT"),
         ("--jobs 0", "--jobs must be at least 1"),
+        ("--trigger-clip -1", "trigger_clip must be > 0"),
     ]:
         folder = tmp_path / f"refused-{len(needle)}"
         proc = cli_in_process(

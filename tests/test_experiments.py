@@ -218,3 +218,12 @@ def test_the_stores_own_rows_do_not_mark_the_commit_dirty_but_code_does(tmp_path
     third = store.append({"metrics": {"a": 3}}, seed=2)
     assert third["commit"].endswith("+dirty")
     assert third["changed_files"] == ["code.py", "results/bench.jsonl"]
+
+
+def test_a_run_folder_names_the_setting_an_older_configuration_lacks(tmp_path):
+    from modelheist.experiments.run_folder import check_config
+
+    check_config(tmp_path, {"seed": 0})
+    check_config(tmp_path, {"seed": 0})  # the same configuration resumes
+    with pytest.raises(ModelheistError, match=r"\(trigger_clip differ\)"):
+        check_config(tmp_path, {"seed": 0, "trigger_clip": None})

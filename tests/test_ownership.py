@@ -130,6 +130,44 @@ def test_clipped_trigger_steps_move_the_weights_at_most_lr_times_the_clip(digits
     assert "clip_norm" not in BackdoorWatermark(triggers, schedule="after-epoch").params()
 
 
+def test_the_clip_bounds_trigger_steps_outside_dp_sgd_and_leaves_private_ones_to_it(digits):
+    """Under Opacus, a trigger step ``outside_private`` is a plain step and is clipped; a
+    private one is left to DP-SGD's per-example clipping (here a bound that never bites, and
+    no noise, so the step is the raw gradient's)."""
+    import torch
+    from opacus import PrivacyEngine
+
+    from modelheist.models.training import ShuffledBatches, TrainingRun
+
+    triggers = TriggerSet.generate(20, digits.input_shape, 10, seed=1)
+    moved = {}
+    for outside in (True, False):
+        torch.manual_seed(0)
+        module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        x, y = torch.zeros(4, *digits.input_shape), torch.zeros(4, dtype=torch.int64)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+        module, optimizer, _ = PrivacyEngine().make_private(
+            module=module,
+            optimizer=torch.optim.SGD(module.parameters(), lr=1.0),
+            data_loader=loader,
+            noise_multiplier=0.0,
+            max_grad_norm=1e6,
+        )
+        generator = torch.Generator().manual_seed(0)
+        run = TrainingRun(
+            module, optimizer, ShuffledBatches(x, y, 4, generator), TrainConfig(), x, y, generator
+        )
+        watermark = BackdoorWatermark(
+            triggers, schedule="after-epoch", batch_size=20, outside_private=outside, clip_norm=0.05
+        )
+        before = torch.cat([p.detach().flatten().clone() for p in module.parameters()])
+        watermark.prepare(run)
+        watermark.end_epoch(run, 0)
+        after = torch.cat([p.detach().flatten() for p in module.parameters()])
+        moved[outside] = float((after - before).norm())
+    assert moved[True] <= 0.05 + 1e-6 < moved[False]
+
+
 def test_an_independent_model_is_not_accused(digits_cnn, triggers):
     evidence = BackdoorWatermarkScheme(triggers).verify(oracle_of(digits_cnn))
     assert evidence.decision == "not stolen" and evidence.p_value > 0.01

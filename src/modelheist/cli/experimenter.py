@@ -308,6 +308,17 @@ def experiment_conflicts(
     train_size: Annotated[
         int | None, typer.Option(help="Cap the owner's training split at this many images.")
     ] = None,
+    trigger_rounds: Annotated[
+        int | None,
+        typer.Option(help="Watermark trigger passes after each epoch (default 1, the study's)."),
+    ] = None,
+    trigger_clip: Annotated[
+        float | None,
+        typer.Option(
+            help="Clip each non-private trigger step's gradient norm at this (default: none, "
+            "the study's; a deviation for short, fast schedules)."
+        ),
+    ] = None,
     executor: Annotated[
         str, typer.Option(help="Where cells run: local (a process pool) or ray.")
     ] = "local",
@@ -353,6 +364,8 @@ def experiment_conflicts(
         ("optimizer", optimizer),
         ("lr", lr),
         ("weight_decay", weight_decay),
+        ("trigger_rounds", trigger_rounds),
+        ("trigger_clip", trigger_clip),
     ):
         if value is not None:
             changes[name] = value

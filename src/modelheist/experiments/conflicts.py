@@ -146,6 +146,8 @@ class ConflictsConfig:
             raise ModelheistError("each protection may be named once")
         if self.epochs < 1 or self.batch_size < 1 or self.seed < 0:
             raise ModelheistError("epochs and batch size must be >= 1 and the seed >= 0")
+        if self.trigger_rounds < 1:
+            raise ModelheistError(f"trigger_rounds must be at least 1, got {self.trigger_rounds}")
         if self.trigger_clip is not None and not self.trigger_clip > 0:
             raise ModelheistError(f"trigger_clip must be > 0 (or None), got {self.trigger_clip}")
         if self.train_size is not None and self.train_size < 100:

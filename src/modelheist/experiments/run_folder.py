@@ -76,7 +76,11 @@ def check_config(folder: Path, mine: dict[str, Any], name: str = "config.json") 
     except json.JSONDecodeError:
         raise ModelheistError(f"{path} is damaged; use another folder") from None
     if theirs != mine:
-        changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        changed = sorted(
+            k
+            for k in set(mine) | set(theirs)
+            if k not in mine or k not in theirs or mine[k] != theirs[k]
+        )
         raise ModelheistError(
             f"{folder} holds a run with another configuration ({', '.join(changed)} differ); "
             "use another folder"

@@ -229,6 +229,26 @@ def _optimise(
     return (start + delta).detach(), original
 
 
+def select_conferrable(
+    scores: np.ndarray,
+    threshold: float,
+    size: int,
+    min_size: int = 0,
+    eligible: np.ndarray | None = None,
+) -> np.ndarray:
+    """Indices of the ``size`` most conferrable ``eligible`` examples at or above
+    ``threshold``, most conferrable first; when fewer than ``min_size`` reach it, the most
+    conferrable eligible ones below it fill up to ``min_size`` (CAEGeneration.min_size).
+    Empty when none qualifies."""
+    eligible = np.ones(len(scores), bool) if eligible is None else eligible
+    passing = np.flatnonzero((scores >= threshold) & eligible)
+    if len(passing) < min_size:
+        below = np.flatnonzero((scores < threshold) & eligible)
+        fill = below[np.argsort(-scores[below], kind="stable")[: min_size - len(passing)]]
+        passing = np.concatenate([passing, fill])
+    return passing[np.argsort(-scores[passing], kind="stable")[:size]]
+
+
 def generate_fingerprint(
     source: nn.Module,
     surrogates: Sequence[nn.Module],
@@ -239,7 +259,8 @@ def generate_fingerprint(
     progress: Progress | None = None,
 ) -> Fingerprint:
     """Optimise conferrable adversarial examples from the candidates ``x0`` and keep the
-    ``settings.size`` most conferrable of those at or above the threshold. Candidates are
+    ``settings.size`` most conferrable of those that change the owner's label, at or above the
+    threshold, filled up to ``settings.min_size`` (:func:`select_conferrable`). Candidates are
     optimised ``settings.batch_size`` at a time (each example's loss is its own, so batches
     are independent; small batches run about three times faster on a CPU than one large)."""
     if not surrogates or not references:
@@ -283,12 +304,8 @@ def generate_fingerprint(
         labels = source(torch.from_numpy(candidates)).argmax(1).numpy()
     scores = conferrability(surrogates, references, candidates, labels)
     changed = labels != original.argmax(1).numpy()  # adversarial for the owner's model
-    passing = np.flatnonzero((scores >= settings.threshold) & changed)
-    if len(passing) < settings.min_size:  # fill with the most conferrable below the threshold
-        below = np.flatnonzero((scores < settings.threshold) & changed)
-        fill = below[np.argsort(-scores[below], kind="stable")[: settings.min_size - len(passing)]]
-        passing = np.concatenate([passing, fill])
-    if len(passing) == 0:
+    kept = select_conferrable(scores, settings.threshold, settings.size, settings.min_size, changed)
+    if len(kept) == 0:
         best = scores[changed].max() if changed.any() else None
         raise ModelheistError(
             f"no candidate reached conferrability {settings.threshold} as an adversarial "
@@ -296,7 +313,6 @@ def generate_fingerprint(
             + ("none changed its label" if best is None else f"best {best:.3f}")
             + "); try more candidates, steps or a larger epsilon"
         )
-    kept = passing[np.argsort(-scores[passing], kind="stable")[: settings.size]]
     return Fingerprint(
         candidates[kept].astype(np.float32),
         labels[kept].astype(np.int64),

@@ -205,8 +205,9 @@ class BackdoorWatermark(TrainingProtection):
     each trigger step that is not private. A deviation for short, fast schedules: the study takes
     its 6 or 7 trigger steps an epoch beside ~940 clean ones at a learning rate of at most
     0.005; at 10 epochs of 40 clean steps and a rate near 0.1, a batch of 16 out-of-distribution
-    triggers, whose gradient is many times a clean batch's, undoes much of the epoch (a private
-    step is already bounded by DP-SGD's per-example clipping, and is left to it)."""
+    triggers, whose loss and gradient are large until they are learnt, undoes much of the
+    epoch (a private step is already bounded by DP-SGD's per-example clipping, and is left to
+    it)."""
 
     name: ClassVar[str] = "backdoor-watermark"
 
