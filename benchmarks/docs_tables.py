@@ -845,10 +845,10 @@ def _watermark_variants(rows: list[dict]) -> list[tuple[str, str]]:
     """(metric prefix, label) of every watermark variant in the rows: unclipped first, then
     by passes."""
     found = set()
+    suffix = "_watermark_accuracy"
     for row in rows:
-        for key in row["metrics"]:
-            match = WATERMARK_VARIANT.fullmatch(key.removesuffix("_watermark_accuracy"))
-            if key.endswith("_watermark_accuracy") and match:
+        for key in (k for k in row["metrics"] if k.endswith(suffix)):
+            if match := WATERMARK_VARIANT.fullmatch(key.removesuffix(suffix)):
                 found.add((match[2] is not None, float(match[2] or 0), int(match[1]), match[0]))
     return [
         (
