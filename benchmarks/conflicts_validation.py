@@ -37,13 +37,13 @@ from modelheist.experiments.conflicts import (
     ConflictsConfig,
     default_trigger_source,
     owner_data,
+    table_triggers,
     table_watermark,
 )
 from modelheist.experiments.results import ResultsStore
 from modelheist.models.classifier import accuracy
 from modelheist.models.privacy import DpSgd
 from modelheist.models.training import train_model
-from modelheist.ownership.watermark import TriggerSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conflicts import RESULTS, SETTINGS  # noqa: E402
@@ -90,9 +90,7 @@ def main() -> None:
                 continue
             config = replace(base, seed=seed, optimizer=optimizer, lr=lr, weight_decay=weight_decay)
             data = owner_data(config)
-            triggers = TriggerSet.generate(
-                config.triggers, data.input_shape, data.num_classes, config.trigger_source, seed
-            )
+            triggers = table_triggers(config, data)
             metrics = {}
             variants = {
                 name: replace(config, trigger_rounds=rounds, trigger_clip=clip)

@@ -985,9 +985,10 @@ def ownership_matrix(rows: list[dict]) -> str:
     if phases:
         lines += [
             "",
-            "| dataset | seed | owner s | secrets s | extractions s | removal attacks s "
-            "| independents s | cells s | of which dataset inference s | sittings |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| dataset | seed | owner s | models made apart s | secrets s | extractions s "
+            "| removal attacks s | independents s | cells s | of which dataset inference s "
+            "| sittings |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
     for row in phases:
         m = row["metrics"]
@@ -998,6 +999,7 @@ def ownership_matrix(rows: list[dict]) -> str:
         sittings = ", ".join(f"{k} {v}" for k, v in m["sittings"].items())
         lines.append(
             f"| {row['dataset']} | {row['seed']} | {m['phases'].get('owner', 0):,.0f} "
+            f"| {_seconds(m['phases'].get('models apart'))} "
             f"| {m['phases'].get('secrets', 0):,.0f} | {made.get('extraction', 0):,.0f} "
             f"| {made.get('removal', 0):,.0f} | {independents:,.0f} "
             f"| {sum(m['cell_schemes'].values()):,.0f} "
@@ -1008,7 +1010,17 @@ def ownership_matrix(rows: list[dict]) -> str:
         f"Decisions at significance {', '.join(f'{s:g}' for s in sorted(significance))}. "
         "Target: the matrix with 20 independent models in <= 60 minutes on 2 CPU cores."
     )
+    if phases:
+        note += (
+            " Models made apart: the independent and removal-attacked suspects, the "
+            "fingerprint's ensemble and the judge's references, made before the secrets ('-': "
+            "a run made them within the secrets and suspects phases)."
+        )
     return "\n".join([*lines, "", note, "", provenance(rows)])
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
 
 
 def ownership_cells(rows: list[dict]) -> str:
@@ -1168,6 +1180,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "cae_validation": (("cae-validation.jsonl",), cae_validation),
     "ownership_matrix": (("ownership_matrix.jsonl",), ownership_matrix),
     "ownership_cells": (("ownership_matrix.jsonl",), ownership_cells),
+    "ownership_matrix_jobs2": (("ownership_matrix-jobs2.jsonl",), ownership_matrix),
     "ownership_matrix_cae01": (("ownership_matrix-cae0.1.jsonl",), ownership_matrix),
     "ownership_cells_cae01": (("ownership_matrix-cae0.1.jsonl",), ownership_cells),
     "conflicts": (("conflicts.jsonl",), conflicts),

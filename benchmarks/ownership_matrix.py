@@ -10,7 +10,12 @@ accusations), one for the run (its wall time, valid only when it ran uninterrupt
 for where the seed's time went (``phases``: read from the run folder's own records, also for a
 seed run before these rows existed).
 
-    python benchmarks/ownership_matrix.py [--seeds 1] [--dataset fashion-mnist]
+    python benchmarks/ownership_matrix.py [--seeds 1] [--dataset fashion-mnist] [--jobs 1]
+
+``--jobs N`` (N > 1) makes the models made apart in N worker processes that share the cores
+(``modelheist experiment ownership --jobs N``); such a run has its own folder
+(``...-seed-S-jobsN``) and its own store (``ownership_matrix-jobsN.jsonl``), so that its time
+and decisions stand beside the one-process runs' without mixing into their tables.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
+from modelheist.errors import ModelheistError
+from modelheist.experiments.executors import LocalExecutor
 from modelheist.experiments.matrix_report import write_matrix_report
 from modelheist.experiments.ownership_matrix import CELLS, SUSPECTS, MatrixConfig, MatrixRun
 from modelheist.experiments.results import ResultsStore
@@ -59,9 +66,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--jobs", type=int, default=1)
     args = parser.parse_args()
+    try:
+        executor = LocalExecutor(args.jobs)
+    except ModelheistError as exc:
+        raise SystemExit(str(exc)) from None
     console = Console(stderr=True)
-    store = ResultsStore(STORE)
+    parallel = f"-jobs{args.jobs}" if args.jobs > 1 else ""
+    store = ResultsStore(STORE.with_name(f"{STORE.stem}{parallel}{STORE.suffix}"))
     store.freeze_environment()
     rows = store.rows()
     for row in rows:
@@ -70,13 +83,13 @@ def main() -> None:
             and row["config"] != MatrixConfig(dataset=row["dataset"], seed=row["seed"]).as_json()
         ):
             raise SystemExit(  # its table would mix two configurations
-                f"{STORE} holds a run of another configuration (seed {row['seed']}, "
+                f"{store.path} holds a run of another configuration (seed {row['seed']}, "
                 f"{row['dataset']}, commit {row['commit']}); move it aside first"
             )
     done = {(r["seed"], r["dataset"]) for r in rows if r["measure"] == "run"}
     begun = {(r["seed"], r["dataset"]) for r in rows}
     phased = {(r["seed"], r["dataset"]) for r in rows if r["measure"] == "phases"}
-    common = {"benchmark": "ownership-matrix", "dataset": args.dataset}
+    common = {"benchmark": "ownership-matrix", "dataset": args.dataset, "jobs": args.jobs}
 
     def record_phases(seed: int, folder: Path) -> None:
         if (seed, args.dataset) not in phased and (folder / "timings.jsonl").is_file():
@@ -87,19 +100,20 @@ def main() -> None:
             )  # fmt: skip
 
     for seed in range(args.seeds):
-        folder = RESULTS / "ownership-matrix-runs" / f"{args.dataset}-seed-{seed}"
+        folder = RESULTS / "ownership-matrix-runs" / f"{args.dataset}-seed-{seed}{parallel}"
         if (seed, args.dataset) in done:
             record_phases(seed, folder)
             continue
         if (seed, args.dataset) in begun:  # a crash while its rows were written
             raise SystemExit(
-                f"{STORE} holds some rows of seed {seed} but not its run row; remove them first"
+                f"{store.path} holds some rows of seed {seed} but not its run row; "
+                "remove them first"
             )
         config = MatrixConfig(dataset=args.dataset, seed=seed)
         fresh = not (folder / "config.json").is_file()
         start = time.perf_counter()
         with Progress(console=console) as progress:
-            document = MatrixRun(config, folder, progress).run(
+            document = MatrixRun(config, folder, progress, executor).run(
                 on_cell=lambda c, seed=seed: progress.console.print(
                     f"seed {seed} {c['suspect']:>18} {c['scheme']:>22}: {c['decision']} "
                     f"(p {c['p_value']})",

@@ -12,12 +12,17 @@ from typer.testing import CliRunner
 
 from modelheist.cli import app
 from modelheist.errors import ModelheistError
+from modelheist.experiments.executors import LocalExecutor
 from modelheist.experiments.matrix_report import matrix_markdown, write_matrix_report
 from modelheist.experiments.ownership_matrix import (
     CELLS,
+    ENSEMBLE,
+    JUDGES,
     SCHEME_COLUMNS,
+    SUSPECTS,
     MatrixConfig,
     MatrixRun,
+    models_apart,
     read_lines,
     suspects_of,
 )
@@ -82,6 +87,52 @@ def test_an_interrupted_run_resumes_with_the_cells_it_lacks(matrix_run, tmp_path
     assert finished == []
 
 
+def test_worker_processes_remake_the_models_made_apart_that_a_run_lacks(matrix_run, tmp_path):
+    config, folder, document = matrix_run
+    assert models_apart(config, folder) == []  # the run kept every one of them
+    assert (folder / ENSEMBLE / "surrogate-0" / "card.json").is_file()
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    for gone in ("models/cnn-pool-0", "models/fine-tuned", ENSEMBLE, JUDGES, "secrets/cae"):
+        shutil.rmtree(copy / gone)
+    (copy / "secrets" / "cae-references.json").unlink()
+    remade = {"cnn-pool-0", "fine-tuned"}
+    for name, keep in (
+        (CELLS, lambda c: c["suspect"] not in remade and c["scheme"] != "cae"),
+        (SUSPECTS, lambda s: s["suspect"] not in remade),
+    ):
+        kept = [line for line in read_lines(copy / name) if keep(line)]
+        (copy / name).write_text("".join(json.dumps(line) + "\n" for line in kept))
+    jobs = models_apart(config, copy)
+    assert sorted((j.role, j.name or j.index) for j in jobs) == sorted(
+        [("suspect", "cnn-pool-0"), ("suspect", "fine-tuned")]
+        + [(role, i) for role in ("surrogates", "references") for i in range(config.cae_members)]
+        + [("judges", i) for i in range(config.references)]
+    )
+    redone = []
+    again = MatrixRun(config, copy, executor=LocalExecutor(2)).run(on_cell=redone.append)
+    assert models_apart(config, copy) == []
+    assert {(c["suspect"], c["scheme"]) for c in redone} == {
+        (c["suspect"], c["scheme"])
+        for c in document["cells"]
+        if c["suspect"] in remade or c["scheme"] == "cae"
+    }
+    # the same seeds: the remade models match the first run's (a worker's single thread adds
+    # rounding, not another model)
+    before = {s["suspect"]: s for s in document["suspects"]}
+    for row in again["suspects"]:
+        if row["suspect"] in remade:
+            assert row["seconds_to_make"] > 0
+            assert row["test_accuracy"] == pytest.approx(
+                before[row["suspect"]]["test_accuracy"], abs=0.03
+            )
+    first = {(c["suspect"], c["scheme"]): c["decision"] for c in document["cells"]}
+    for c in redone:
+        if c["scheme"] in ("backdoor-watermark", "dawn", "radioactive"):
+            assert c["decision"] == first[(c["suspect"], c["scheme"])], c
+        assert c["decision"] != "cannot verify"
+
+
 def test_a_folder_refuses_another_configuration(matrix_run):
     config, folder, _ = matrix_run
     with pytest.raises(ModelheistError, match="another configuration"):
@@ -128,6 +179,7 @@ def test_the_command_resumes_a_run_and_writes_its_report(matrix_run):
         (["--dataset", "no-such-set"], "no-such-set"),
         (["--independents", "1"], "independent"),
         (["--seed", "-1"], "seed"),
+        (["--jobs", "0"], "jobs"),
     ],
 )
 def test_the_command_refuses_bad_input_in_one_line(args, message, tmp_path):

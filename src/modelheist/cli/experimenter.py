@@ -216,6 +216,14 @@ def experiment_ownership(
         int | None, typer.Option(help="Queries per extraction (default: 10,000; --fast: 400).")
     ] = None,
     significance: Annotated[float, typer.Option(help="Significance of every decision.")] = 0.01,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            help="Models made at once, each in a worker process with its share of the cores "
+            "(the independent and removal-attacked suspects, the fingerprint's ensemble, the "
+            "judge's references); the extractions through the API run one after another."
+        ),
+    ] = 1,
     fast: Annotated[
         bool,
         typer.Option(help="Few models, short training (a minute on digits); numbers indicative."),
@@ -226,6 +234,7 @@ def experiment_ownership(
     p-value and decision, per scheme the ROC AUC, detections and false accusations."""
     from dataclasses import replace
 
+    from modelheist.experiments.executors import LocalExecutor
     from modelheist.experiments.matrix_report import write_matrix_report
     from modelheist.experiments.ownership_matrix import MatrixConfig, MatrixRun, default_ood
 
@@ -240,6 +249,7 @@ def experiment_ownership(
     if budget is not None:
         changes["budget"] = budget
     config = replace(config, **changes)
+    executor = LocalExecutor(jobs)
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in dataset)
     folder = out or Path("runs") / f"ownership-{safe}-seed{seed}"
     with progress_bar() as progress:
@@ -252,7 +262,7 @@ def experiment_ownership(
                 highlight=False,
             )
 
-        document = MatrixRun(config, folder, progress).run(on_cell=show)
+        document = MatrixRun(config, folder, progress, executor).run(on_cell=show)
     table = Table(title=f"ownership matrix, {dataset} (significance {significance:g})")
     for column in ("scheme", "ROC AUC", "stolen detected", "independent accused", "cannot verify"):
         table.add_column(column)

@@ -57,6 +57,7 @@ from modelheist.experiments.run_folder import (
 from modelheist.models.adversarial_training import PgdAdversarialTraining, adversarial_accuracy
 from modelheist.models.architectures import build_network, normalisation_stats
 from modelheist.models.classifier import TorchClassifier, accuracy
+from modelheist.models.device import torch_threads
 from modelheist.models.privacy import DpSgd
 from modelheist.models.store import load_model, save_model
 from modelheist.models.training import TrainConfig, TrainingProtection, train_model
@@ -315,11 +316,7 @@ def check_before_training(config: ConflictsConfig, data: Dataset) -> None:
             network, len(data.train), config.batch_size, config.epochs
         )
     if "wm" in config.trained():  # an unknown source, or labels beyond the owner's classes
-        from modelheist.ownership.watermark import TriggerSet
-
-        TriggerSet.generate(
-            config.triggers, data.input_shape, data.num_classes, config.trigger_source, 0
-        )
+        table_triggers(config, data)
     if "rad" in config.trained():
         needed = int(np.ceil(config.mark_fraction * len(data.train))) + config.mark_control
         if needed >= len(data.train):
@@ -348,15 +345,10 @@ def prepare_secrets(
     """The trigger set and the radioactive mark (with its own marking network), written whole
     under ``folder/secrets`` unless already there."""
     from modelheist.ownership.radioactive import RadioactiveMarking
-    from modelheist.ownership.watermark import TriggerSet
 
     secrets = folder / "secrets"
     if "wm" in config.trained() and not (secrets / "triggers" / "trigger-set.json").is_file():
-        triggers = TriggerSet.generate(
-            config.triggers, data.input_shape, data.num_classes, config.trigger_source,
-            config.seed,
-        )  # fmt: skip
-        write_whole(secrets / "triggers", triggers.save)
+        write_whole(secrets / "triggers", table_triggers(config, data).save)
     if "rad" in config.trained() and not (secrets / "radioactive" / "mark.json").is_file():
         marker = train_model(
             data,
@@ -373,6 +365,16 @@ def prepare_secrets(
         )
         mark = marking.make(marker, data.train.x, data.train.y, progress)
         write_whole(secrets / "radioactive", mark.save)
+
+
+def table_triggers(config: ConflictsConfig, data: Dataset) -> Any:
+    """The table's trigger set (a TriggerSet): ``config.triggers`` images from its trigger
+    source, with labels among ``data``'s classes, drawn with the config's seed."""
+    from modelheist.ownership.watermark import TriggerSet
+
+    return TriggerSet.generate(
+        config.triggers, data.input_shape, data.num_classes, config.trigger_source, config.seed
+    )
 
 
 def table_watermark(
@@ -431,11 +433,14 @@ class CellJob:
 
 
 def run_cell(job: CellJob) -> dict[str, Any]:
-    """Train (or load) one cell's model and measure it; the cell's row. Runs in a worker
-    process (local pool or Ray) as well as in the parent; writes only the model's folder."""
-    import torch
+    """Train (or load) one cell's model and measure it, with ``job.threads`` torch threads;
+    the cell's row. Runs in a worker process (local pool or Ray) as well as in the parent;
+    writes only the model's folder."""
+    with torch_threads(job.threads):
+        return _run_cell(job)
 
-    torch.set_num_threads(max(1, job.threads))
+
+def _run_cell(job: CellJob) -> dict[str, Any]:
     config = ConflictsConfig(**{**job.config, "protections": tuple(job.config["protections"])})
     cell = Cell(job.cell["name"], tuple(job.cell["mechanisms"]), job.cell["variant"])
     folder = Path(job.folder)

@@ -16,25 +16,31 @@ suspects:
   validation split (another split of the same distribution).
 
 The models the schemes themselves need (the fingerprint's generation ensemble and the judge's
-reference models) are trained apart and are never suspects. Each cell is one scheme's
+reference models) are never suspects. Each cell is one scheme's
 :class:`~modelheist.ownership.base.Evidence` on one suspect at one significance; per scheme the
 ROC AUC of -log10 p between stolen and independent suspects ("cannot verify" counts as p = 1),
 the detections, the false accusations and the queries spent.
 
-The run folder keeps the owner, its secrets (the fingerprint's ensemble and the judge's
-references are retrained if a run stops before the fingerprint and their retentions are
-written), each suspect (a model folder written whole or not at all, with the queries its
-extraction spent), the API's state (SQLite, so each client's DAWN set survives), and the cells
-(JSON Lines, one fsynced line per finished cell), so that an interrupted run resumes where it
-stopped. Deliberate shortcuts, stated in :class:`MatrixConfig`: JBDA and T-RND
-train one network with one learning rate (their defaults search three learning rates by
-five-fold cross-validation and T-RND ensembles three networks), which the matrix's time target
-cannot afford; Knockoff Nets runs with its defaults.
+The models that need nothing but the owner's model and the data (the independent and
+removal-attacked suspects, the fingerprint's generation ensemble and the judge's references)
+are made first, apart, through an executor (:mod:`modelheist.experiments.executors`: one after
+another in this process by default, or in worker processes); the extractions through the API
+then run one after another, since they share its state.
+
+The run folder keeps the owner, its secrets, every model made apart and each suspect (a model
+folder written whole or not at all, with the queries its extraction spent), the API's state
+(SQLite, so each client's DAWN set survives), and the cells (JSON Lines, one fsynced line per
+finished cell), so that an interrupted run resumes where it stopped. Deliberate shortcuts,
+stated in :class:`MatrixConfig`: JBDA and T-RND train one network with one learning rate
+(their defaults search three learning rates by five-fold cross-validation and T-RND
+ensembles three networks), which the matrix's time target cannot afford; Knockoff Nets runs
+with its defaults.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -58,8 +64,13 @@ from modelheist.attacks.synthetic import JacobianAugmentation, TargetedRandom
 from modelheist.data.registry import Dataset, Split, attacker_transfer_set, load_dataset
 from modelheist.defenses.registry import parse_defense, parse_output
 from modelheist.errors import ModelheistError
+from modelheist.experiments.executors import LocalExecutor
 from modelheist.experiments.extraction import measure_extraction
-from modelheist.experiments.fingerprints import independent_references, make_fingerprint
+from modelheist.experiments.fingerprints import (
+    extracted_surrogates,
+    independent_references,
+    make_fingerprint,
+)
 from modelheist.experiments.removal import RemovalSettings, removed_copy
 from modelheist.experiments.run_folder import (
     append_line,
@@ -69,6 +80,7 @@ from modelheist.experiments.run_folder import (
     write_whole,
 )
 from modelheist.models.classifier import Classifier, TorchClassifier, accuracy, predict_labels
+from modelheist.models.device import torch_threads
 from modelheist.models.store import load_model, save_model
 from modelheist.models.training import TrainConfig, train_model
 from modelheist.oracle import WhiteBoxOracle
@@ -109,6 +121,8 @@ INDEPENDENT_FAMILIES = (
 CELLS = "cells.jsonl"
 EXTRACTION = "extraction.json"
 SUSPECTS = "suspects.jsonl"
+#: Where the fingerprint's generation ensemble and the judge's reference models are kept.
+ENSEMBLE, JUDGES = Path("secrets") / "cae-ensemble", Path("secrets") / "cae-judges"
 
 
 @dataclass(frozen=True)
@@ -246,12 +260,20 @@ def suspects_of(config: MatrixConfig) -> list[Suspect]:
 
 
 class MatrixRun:
-    """One matrix run in ``folder`` (see the module docstring); :meth:`run` does the work."""
+    """One matrix run in ``folder`` (see the module docstring); :meth:`run` does the work.
+    ``executor`` makes the models made apart (None: in this process, one after another)."""
 
-    def __init__(self, config: MatrixConfig, folder: str | Path, progress: Progress | None = None):
+    def __init__(
+        self,
+        config: MatrixConfig,
+        folder: str | Path,
+        progress: Progress | None = None,
+        executor: Any = None,
+    ):
         self.config = config
         self.folder = Path(folder)
         self.progress = progress
+        self.executor = executor
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -265,6 +287,7 @@ class MatrixRun:
         self._check_config()
         with self._timed("owner"):
             owner, triggers, mark = self._owner(data)
+        self._models_apart()
         with self._timed("secrets"):
             schemes = self._schemes(owner, triggers, mark, data)
         known = {s["suspect"]: s for s in read_lines(self.folder / SUSPECTS)}
@@ -319,6 +342,36 @@ class MatrixRun:
     def _check_config(self) -> None:
         """A folder belongs to one configuration: resuming with another would mix two runs."""
         check_config(self.folder, self.config.as_json())
+
+    def _models_apart(self) -> None:
+        """Every model of :func:`models_apart` not yet in the folder, through the executor
+        (timed as the phase ``models apart`` when there is any)."""
+        executor = self.executor or LocalExecutor(1)
+        jobs = [
+            replace(job, threads=executor.threads())
+            for job in models_apart(self.config, self.folder)
+        ]
+        if not jobs:
+            return
+        if hasattr(executor, "connect"):
+            executor.connect()  # an unreachable cluster fails before anything is trained
+        progress = self.progress
+        task = progress.add_task("models made apart", total=len(jobs)) if progress else None
+        try:
+            with self._timed("models apart"):
+                for _ in executor.run(make_model_apart, jobs):
+                    if task is not None:
+                        progress.advance(task)
+        finally:
+            if task is not None:
+                progress.remove_task(task)
+            _read_owner_and_data.cache_clear()  # the run holds its own copy
+        missing = models_apart(self.config, self.folder)
+        if missing:  # e.g. workers that wrote to a filesystem this process does not see
+            raise ModelheistError(
+                f"{len(missing)} models made apart are not in {self.folder} (first: "
+                f"{missing[0].target}); do the workers share this folder?"
+            )
 
     # -- the owner and its secrets -----------------------------------------------------------
 
@@ -403,24 +456,27 @@ class MatrixRun:
         config, folder = self.config, self.folder / "secrets" / "cae"
         null_path = self.folder / "secrets" / "cae-references.json"
         if not (folder / "fingerprint.json").is_file():
-            base = 1000 * (config.seed + 1)
             settings = CAEGeneration(
                 epsilon=config.cae_epsilon,
                 steps=config.cae_steps,
                 threshold=config.cae_threshold,
                 seed=config.seed,
             )
+            members = range(config.cae_members)
+            ensemble = (
+                [_load_network(self.folder / ENSEMBLE / f"surrogate-{i}") for i in members],
+                [_load_network(self.folder / ENSEMBLE / f"reference-{i}") for i in members],
+            )
             fingerprint = make_fingerprint(
-                owner, data, settings, config.cae_members, config.cae_members,
-                config.cae_budget, config.cae_candidates, (base, base + 100, config.seed),
-                self.progress,
+                owner, data, settings, candidates=config.cae_candidates,
+                seeds=(0, 0, config.seed), progress=self.progress, ensemble=ensemble,
             )  # fmt: skip
             write_whole(folder, fingerprint.save)
         fingerprint = Fingerprint.load(folder)
         if not null_path.is_file():
-            judges = independent_references(
-                owner, data, config.references, 1000 * (config.seed + 1) + 400, self.progress
-            )
+            judges = [
+                _load_network(self.folder / JUDGES / f"judge-{i}") for i in range(config.references)
+            ]
             null = reference_retentions(fingerprint, [_served(m, "labels") for m in judges])
             write_atomically(null_path, json.dumps(null))
         return fingerprint, tuple(json.loads(null_path.read_text()))
@@ -444,9 +500,11 @@ class MatrixRun:
             if suspect.name == "owner"
             else self._model(
                 suspect.name,
-                lambda: self._make(suspect, owner, data, ledger, extraction),
+                lambda: make_suspect(
+                    self.config, suspect, owner, data, ledger, extraction, self.progress
+                ),
                 extraction,
-            )
+            )  # fmt: skip
         )
         saved = self.folder / "models" / suspect.name / EXTRACTION
         if not extraction and saved.is_file():  # made by an earlier, interrupted run
@@ -465,59 +523,6 @@ class MatrixRun:
             known[suspect.name] = row
         return model
 
-    def _make(
-        self,
-        suspect: Suspect,
-        owner: TorchClassifier,
-        data: Dataset,
-        ledger: Ledger,
-        extraction: dict[str, Any],
-    ) -> Classifier:
-        config = self.config
-        seed = 1000 * (config.seed + 1) + 500 + suspects_of(config).index(suspect)
-        if suspect.family == "extraction" or suspect.name == "re-extracted":
-            attack, transfer, output = self._extraction(suspect.name, data)
-            oracle = None  # re-extraction: the stolen weights served by the thief, no DAWN
-            if suspect.family == "extraction":
-                stages = [parse_defense(f"dawn:rate={config.dawn_rate!r},seed={config.seed}")]
-                service = PredictionService(owner, stages + parse_output(output), ledger=ledger)
-                oracle = LocalOracle.for_new_client(service, config.budget, suspect.name)
-            result, _ = measure_extraction(
-                owner, attack, transfer, None, config.budget, output, suspect.name, seed,
-                progress=self.progress, oracle=oracle,
-            )  # fmt: skip
-            extraction["extraction_queries"] = result.queries_used
-            return result.surrogate
-        if suspect.family == "removal":
-            removal = parse_removal(
-                "ftal" if suspect.name == "fine-tuned" else f"prune:{config.prune_rate}"
-            )
-            settings = RemovalSettings(epochs=config.removal_epochs, seed=seed)
-            return removed_copy(owner, removal, data, settings, self.progress)
-        _, arch, split = next(f for f in INDEPENDENT_FAMILIES if suspect.family == f[0])
-        source = data.pool if split == "pool" else data.validation
-        return train_model(
-            replace(data, train=Split(source.x, source.y)),
-            arch,
-            TrainConfig(epochs=config.epochs, seed=seed),
-            self.progress,
-        )
-
-    def _extraction(self, name: str, data: Dataset) -> tuple[ExtractionAttack, np.ndarray, str]:
-        config = self.config
-        synthetic = {k: tuple(v) if isinstance(v, list) else v for k, v in config.synthetic.items()}
-        if name == "knockoff-ood":
-            return (
-                KnockoffNets(**config.knockoff),
-                attacker_transfer_set(config.ood_dataset, data),
-                "probs",
-            )
-        if name in ("knockoff-probs", "knockoff-labels", "re-extracted"):
-            output = "labels" if name == "knockoff-labels" else "probs"
-            return KnockoffNets(**config.knockoff), data.pool.x, output
-        attack = JacobianAugmentation if name == "jbda" else TargetedRandom
-        return attack(**synthetic), data.pool.x, "labels"
-
     def _model(
         self,
         name: str,
@@ -534,13 +539,7 @@ class MatrixRun:
         model = make()
         if extra is not None:
             extra["seconds_to_make"] = time.perf_counter() - start
-
-        def write(tmp: Path) -> None:
-            save_model(model, tmp)
-            if extra:
-                (tmp / EXTRACTION).write_text(json.dumps(extra))
-
-        write_whole(folder, write)
+        _save(folder, model, extra)
         return model
 
     # -- the cells ---------------------------------------------------------------------------
@@ -570,6 +569,178 @@ class MatrixRun:
             assert scheme is not None
             evidence = scheme.verify(oracle, significance, progress=self.progress)
         return cell_row(suspect, scheme_name, evidence)
+
+
+# -- making the suspects and the models made apart ---------------------------------------------
+
+
+def make_suspect(
+    config: MatrixConfig,
+    suspect: Suspect,
+    owner: TorchClassifier,
+    data: Dataset,
+    ledger: Ledger | None,
+    extraction: dict[str, Any],
+    progress: Progress | None = None,
+) -> Classifier:
+    """Make ``suspect`` (not the owner): an extraction through the DAWN-served API (which
+    needs the ``ledger``), a removal attack on the owner's weights, or an independent model;
+    the queries an extraction spent go into ``extraction``."""
+    seed = 1000 * (config.seed + 1) + 500 + suspects_of(config).index(suspect)
+    if suspect.family == "extraction" or suspect.name == "re-extracted":
+        attack, transfer, output = extraction_for(config, suspect.name, data)
+        oracle = None  # re-extraction: the stolen weights served by the thief, no DAWN
+        if suspect.family == "extraction":
+            if ledger is None:
+                raise ModelheistError(
+                    f"{suspect.name}: an extraction through the API needs its ledger"
+                )
+            stages = [parse_defense(f"dawn:rate={config.dawn_rate!r},seed={config.seed}")]
+            service = PredictionService(owner, stages + parse_output(output), ledger=ledger)
+            oracle = LocalOracle.for_new_client(service, config.budget, suspect.name)
+        result, _ = measure_extraction(
+            owner, attack, transfer, None, config.budget, output, suspect.name, seed,
+            progress=progress, oracle=oracle,
+        )  # fmt: skip
+        extraction["extraction_queries"] = result.queries_used
+        return result.surrogate
+    if suspect.family == "removal":
+        removal = parse_removal(
+            "ftal" if suspect.name == "fine-tuned" else f"prune:{config.prune_rate}"
+        )
+        settings = RemovalSettings(epochs=config.removal_epochs, seed=seed)
+        return removed_copy(owner, removal, data, settings, progress)
+    _, arch, split = next(f for f in INDEPENDENT_FAMILIES if suspect.family == f[0])
+    source = data.pool if split == "pool" else data.validation
+    return train_model(
+        replace(data, train=Split(source.x, source.y)),
+        arch,
+        TrainConfig(epochs=config.epochs, seed=seed),
+        progress,
+    )
+
+
+def extraction_for(
+    config: MatrixConfig, name: str, data: Dataset
+) -> tuple[ExtractionAttack, np.ndarray, str]:
+    """The attack, transfer set and output granularity of the extraction suspect ``name``."""
+    synthetic = {k: tuple(v) if isinstance(v, list) else v for k, v in config.synthetic.items()}
+    if name == "knockoff-ood":
+        return (
+            KnockoffNets(**config.knockoff),
+            attacker_transfer_set(config.ood_dataset, data),
+            "probs",
+        )
+    if name in ("knockoff-probs", "knockoff-labels", "re-extracted"):
+        output = "labels" if name == "knockoff-labels" else "probs"
+        return KnockoffNets(**config.knockoff), data.pool.x, output
+    attack = JacobianAugmentation if name == "jbda" else TargetedRandom
+    return attack(**synthetic), data.pool.x, "labels"
+
+
+@dataclass(frozen=True)
+class ModelJob:
+    """One model made apart, in this process or a worker's: ``role`` ``suspect`` (``name``),
+    or member ``index`` of the fingerprint's ``surrogates``, its ``references`` or the
+    judge's ``judges``; written whole in ``target``. ``config``: the run's, as JSON."""
+
+    folder: str
+    config: dict[str, Any]
+    role: str
+    target: str
+    name: str = ""
+    index: int = 0
+    threads: int = 1
+
+
+def models_apart(config: MatrixConfig, folder: str | Path) -> list[ModelJob]:
+    """The models of a run that need only the owner's model and the data, and are not yet in
+    ``folder``: the independent and removal-attacked suspects; the generation ensemble while
+    the fingerprint is not written; the judge's references while their retentions are not.
+    None of the last two once the generation failed; the judge's are made with the rest, so a
+    generation that fails wastes them."""
+    folder = Path(folder)
+    common = {"folder": str(folder), "config": config.as_json()}
+    jobs = [
+        ModelJob(**common, role="suspect", target=str(folder / "models" / s.name), name=s.name)
+        for s in suspects_of(config)
+        if s.kind == "independent" or s.family == "removal"
+    ]
+    secrets = folder / "secrets"
+    if not (secrets / "cae-failed.json").is_file():
+        if not (secrets / "cae" / "fingerprint.json").is_file():
+            jobs += [
+                ModelJob(**common, role=role, target=str(folder / ENSEMBLE / f"{prefix}-{i}"), index=i)
+                for i in range(config.cae_members)
+                for role, prefix in (("surrogates", "surrogate"), ("references", "reference"))
+            ]  # fmt: skip
+        if not (secrets / "cae-references.json").is_file():
+            jobs += [
+                ModelJob(**common, role="judges", target=str(folder / JUDGES / f"judge-{i}"), index=i)
+                for i in range(config.references)
+            ]  # fmt: skip
+    return [job for job in jobs if not (Path(job.target) / "card.json").is_file()]
+
+
+def make_model_apart(job: ModelJob) -> str:
+    """Make and write one model of :func:`models_apart` with ``job.threads`` torch threads; its
+    target folder. The seeds are those the run always gave these models."""
+    with torch_threads(job.threads):
+        return _make_model_apart(job)
+
+
+def _make_model_apart(job: ModelJob) -> str:
+    config = MatrixConfig(**job.config)
+    owner, data = _owner_and_data(job.folder, config.dataset, config.seed)
+    base = 1000 * (config.seed + 1)
+    extra: dict[str, Any] | None = None
+    if job.role == "suspect":
+        suspect = next(s for s in suspects_of(config) if s.name == job.name)
+        extra = {}
+        start = time.perf_counter()
+        model = make_suspect(config, suspect, owner, data, None, extra)
+        extra["seconds_to_make"] = time.perf_counter() - start
+    elif job.role == "surrogates":
+        model = extracted_surrogates(owner, data, 1, config.cae_budget, base + job.index)[0]
+    elif job.role in ("references", "judges"):
+        first = base + (100 if job.role == "references" else 400)
+        model = independent_references(owner, data, 1, first + job.index)[0]
+    else:
+        raise ModelheistError(f"no model of role {job.role!r}")
+    _save(Path(job.target), model, extra)
+    return job.target
+
+
+def _owner_and_data(folder: str, dataset: str, seed: int) -> tuple[TorchClassifier, Dataset]:
+    """The run's owner model and dataset, read once per process (and again if the owner's
+    folder was rewritten)."""
+    written = (Path(folder) / "owner" / "card.json").stat().st_mtime_ns
+    return _read_owner_and_data(folder, dataset, seed, written)
+
+
+@functools.lru_cache(maxsize=1)
+def _read_owner_and_data(
+    folder: str, dataset: str, seed: int, _written: int
+) -> tuple[TorchClassifier, Dataset]:
+    return _load_network(Path(folder) / "owner"), load_dataset(dataset, seed=seed)
+
+
+def _load_network(folder: Path) -> TorchClassifier:
+    model = load_model(folder)
+    if not isinstance(model, TorchClassifier):
+        raise ModelheistError(f"{folder}: the matrix expects a network there")
+    return model
+
+
+def _save(folder: Path, model: Classifier, extra: dict[str, Any] | None) -> None:
+    """Write ``model`` whole in ``folder``, with ``extra`` (what making it cost) beside it."""
+
+    def write(tmp: Path) -> None:
+        save_model(model, tmp)
+        if extra:
+            (tmp / EXTRACTION).write_text(json.dumps(extra))
+
+    write_whole(folder, write)
 
 
 def cell_row(suspect: Suspect, scheme: str, evidence: Evidence | DawnVerdict) -> dict[str, Any]:

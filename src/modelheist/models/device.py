@@ -10,7 +10,9 @@ device next to the machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -36,3 +38,15 @@ def training_device() -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ModelheistError(f"{DEVICE_VARIABLE}={name!r}: only cpu and cuda are supported")
     return device
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` (at least 1) intra-op torch threads, then restore the
+    process's own: a job run in the calling process leaves its thread count as it found it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, count))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
