@@ -1020,6 +1020,7 @@ def ownership_matrix(rows: list[dict]) -> str:
 
 
 def _seconds(value: float | None) -> str:
+    """Whole seconds with thousands separators; "-" where a run has no such phase."""
     return "-" if value is None else f"{value:,.0f}"
 
 

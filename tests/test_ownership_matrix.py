@@ -93,6 +93,10 @@ def test_worker_processes_remake_the_models_made_apart_that_a_run_lacks(matrix_r
     assert (folder / ENSEMBLE / "surrogate-0" / "card.json").is_file()
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
+    remade_folders = ["models/cnn-pool-0", "models/fine-tuned", f"{ENSEMBLE}/surrogate-0"]
+    remade_folders += [f"{ENSEMBLE}/reference-1", f"{JUDGES}/judge-0"]
+    trained = {name: _training(copy / name) for name in remade_folders}
+    assert trained["models/cnn-pool-0"]["seed"] != trained[f"{JUDGES}/judge-0"]["seed"]
     for gone in ("models/cnn-pool-0", "models/fine-tuned", ENSEMBLE, JUDGES, "secrets/cae"):
         shutil.rmtree(copy / gone)
     (copy / "secrets" / "cae-references.json").unlink()
@@ -117,8 +121,9 @@ def test_worker_processes_remake_the_models_made_apart_that_a_run_lacks(matrix_r
         for c in document["cells"]
         if c["suspect"] in remade or c["scheme"] == "cae"
     }
-    # the same seeds: the remade models match the first run's (a worker's single thread adds
-    # rounding, not another model)
+    # the same seeds: the remade models are trained as the first run's were (a worker's
+    # thread count changes rounding, not the model)
+    assert {name: _training(copy / name) for name in remade_folders} == trained
     before = {s["suspect"]: s for s in document["suspects"]}
     for row in again["suspects"]:
         if row["suspect"] in remade:
@@ -131,6 +136,11 @@ def test_worker_processes_remake_the_models_made_apart_that_a_run_lacks(matrix_r
         if c["scheme"] in ("backdoor-watermark", "dawn", "radioactive"):
             assert c["decision"] == first[(c["suspect"], c["scheme"])], c
         assert c["decision"] != "cannot verify"
+
+
+def _training(folder):
+    """How the model in ``folder`` was trained, seed included, from its card."""
+    return json.loads((folder / "card.json").read_text())["training"]
 
 
 def test_a_folder_refuses_another_configuration(matrix_run):

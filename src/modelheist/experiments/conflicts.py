@@ -429,7 +429,7 @@ class CellJob:
     folder: str
     config: dict[str, Any]
     cell: dict[str, Any]
-    threads: int = 1
+    threads: int | None = None
 
 
 def run_cell(job: CellJob) -> dict[str, Any]:

@@ -42,11 +42,14 @@ class LocalExecutor:
         if self.jobs < 1:
             raise ModelheistError(f"--jobs must be at least 1, got {self.jobs}")
 
-    def threads(self) -> int:
-        """Threads each job may use: the cores shared among the workers."""
-        return max(1, cores() // self.jobs)
+    def threads(self) -> int | None:
+        """Threads each job may use: the cores shared among the workers (None with one job at
+        a time in this process: the process keeps its own count)."""
+        return None if self.jobs == 1 else max(1, cores() // self.jobs)
 
     def run(self, fn: Callable[[Job], Any], jobs: Sequence[Job]) -> Iterator[tuple[Job, Any]]:
+        """``(job, fn(job))`` as each finishes. After a failed job no queued job starts, but
+        the jobs already running finish first (their results are kept, not yielded)."""
         if self.jobs == 1 or len(jobs) <= 1:
             for job in jobs:
                 yield job, fn(job)

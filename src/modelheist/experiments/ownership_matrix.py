@@ -469,7 +469,8 @@ class MatrixRun:
             )
             fingerprint = make_fingerprint(
                 owner, data, settings, candidates=config.cae_candidates,
-                seeds=(0, 0, config.seed), progress=self.progress, ensemble=ensemble,
+                seeds=(0, 0, config.seed),  # the ensemble is given: only the candidates' seed
+                progress=self.progress, ensemble=ensemble,
             )  # fmt: skip
             write_whole(folder, fingerprint.save)
         fingerprint = Fingerprint.load(folder)
@@ -586,7 +587,7 @@ def make_suspect(
     """Make ``suspect`` (not the owner): an extraction through the DAWN-served API (which
     needs the ``ledger``), a removal attack on the owner's weights, or an independent model;
     the queries an extraction spent go into ``extraction``."""
-    seed = 1000 * (config.seed + 1) + 500 + suspects_of(config).index(suspect)
+    seed = model_seed(config, "suspects", suspects_of(config).index(suspect))
     if suspect.family == "extraction" or suspect.name == "re-extracted":
         attack, transfer, output = extraction_for(config, suspect.name, data)
         oracle = None  # re-extraction: the stolen weights served by the thief, no DAWN
@@ -642,7 +643,8 @@ def extraction_for(
 class ModelJob:
     """One model made apart, in this process or a worker's: ``role`` ``suspect`` (``name``),
     or member ``index`` of the fingerprint's ``surrogates``, its ``references`` or the
-    judge's ``judges``; written whole in ``target``. ``config``: the run's, as JSON."""
+    judge's ``judges``; written whole in ``target``. ``config``: the run's, as JSON;
+    ``threads``: torch threads (None: the process's own)."""
 
     folder: str
     config: dict[str, Any]
@@ -650,7 +652,7 @@ class ModelJob:
     target: str
     name: str = ""
     index: int = 0
-    threads: int = 1
+    threads: int | None = None
 
 
 def models_apart(config: MatrixConfig, folder: str | Path) -> list[ModelJob]:
@@ -689,10 +691,20 @@ def make_model_apart(job: ModelJob) -> str:
         return _make_model_apart(job)
 
 
+#: Where each kind of model's training seeds start, past 1000 (run seed + 1).
+SEED_OFFSETS = {"surrogates": 0, "references": 100, "judges": 400, "suspects": 500}
+
+
+def model_seed(config: MatrixConfig, role: str, index: int) -> int:
+    """The training seed of member ``index`` of ``role`` (a key of :data:`SEED_OFFSETS`):
+    every model of a run has its own, and runs of other seeds use other ones."""
+    return 1000 * (config.seed + 1) + SEED_OFFSETS[role] + index
+
+
 def _make_model_apart(job: ModelJob) -> str:
+    """Make and write one model of :func:`models_apart` (see :func:`make_model_apart`)."""
     config = MatrixConfig(**job.config)
     owner, data = _owner_and_data(job.folder, config.dataset, config.seed)
-    base = 1000 * (config.seed + 1)
     extra: dict[str, Any] | None = None
     if job.role == "suspect":
         suspect = next(s for s in suspects_of(config) if s.name == job.name)
@@ -701,10 +713,10 @@ def _make_model_apart(job: ModelJob) -> str:
         model = make_suspect(config, suspect, owner, data, None, extra)
         extra["seconds_to_make"] = time.perf_counter() - start
     elif job.role == "surrogates":
-        model = extracted_surrogates(owner, data, 1, config.cae_budget, base + job.index)[0]
+        seed = model_seed(config, job.role, job.index)
+        model = extracted_surrogates(owner, data, 1, config.cae_budget, seed)[0]
     elif job.role in ("references", "judges"):
-        first = base + (100 if job.role == "references" else 400)
-        model = independent_references(owner, data, 1, first + job.index)[0]
+        model = independent_references(owner, data, 1, model_seed(config, job.role, job.index))[0]
     else:
         raise ModelheistError(f"no model of role {job.role!r}")
     _save(Path(job.target), model, extra)
@@ -722,10 +734,12 @@ def _owner_and_data(folder: str, dataset: str, seed: int) -> tuple[TorchClassifi
 def _read_owner_and_data(
     folder: str, dataset: str, seed: int, _written: int
 ) -> tuple[TorchClassifier, Dataset]:
+    """Read the owner and the dataset (``_written``: the owner card's mtime, the cache key)."""
     return _load_network(Path(folder) / "owner"), load_dataset(dataset, seed=seed)
 
 
 def _load_network(folder: Path) -> TorchClassifier:
+    """The network saved in ``folder``, or a one-line error if another kind of model is."""
     model = load_model(folder)
     if not isinstance(model, TorchClassifier):
         raise ModelheistError(f"{folder}: the matrix expects a network there")

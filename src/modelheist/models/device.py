@@ -41,11 +41,12 @@ def training_device() -> torch.device:
 
 
 @contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the block with ``count`` (at least 1) intra-op torch threads, then restore the
-    process's own: a job run in the calling process leaves its thread count as it found it."""
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` (at least 1; None: the process's own) intra-op torch
+    threads, then restore the process's own: a job run in the calling process leaves its
+    thread count as it found it."""
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, count))
+    torch.set_num_threads(before if count is None else max(1, count))
     try:
         yield
     finally:
