@@ -424,7 +424,7 @@ def _protections(config: ConflictsConfig, cell: Cell, folder: Path) -> list[Trai
 @dataclass(frozen=True)
 class CellJob:
     """Everything a worker needs for one cell: the run folder (shared with the parent), the
-    configuration, the cell and how many threads it may use."""
+    configuration, the cell and how many threads it may use (None: the process's own)."""
 
     folder: str
     config: dict[str, Any]

@@ -44,7 +44,8 @@ class LocalExecutor:
 
     def threads(self) -> int | None:
         """Threads each job may use: the cores shared among the workers (None with one job at
-        a time in this process: the process keeps its own count)."""
+        a time in this process: the process keeps its own count; a pool given a single job
+        runs it here with the pool's share)."""
         return None if self.jobs == 1 else max(1, cores() // self.jobs)
 
     def run(self, fn: Callable[[Job], Any], jobs: Sequence[Job]) -> Iterator[tuple[Job, Any]]:
