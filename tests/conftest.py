@@ -138,7 +138,7 @@ def cae_setup(digits, digits_cnn):
 
     surrogates = extracted_surrogates(digits_cnn, digits, 4, 600, seed=0)
     references = independent_references(digits_cnn, digits, 8, seed=100)
-    settings = CAEGeneration(epsilon=0.2, steps=100, threshold=0.5, size=60, seed=0)
+    settings = CAEGeneration(epsilon=0.2, steps=100, threshold=0.5, size=60, seed=0, min_size=0)
     fingerprint = generate_fingerprint(
         digits_cnn.module,
         [m.module for m in surrogates[:2]],

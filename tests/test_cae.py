@@ -71,7 +71,7 @@ def test_conferrability_is_a_product_of_transfer_and_non_transfer(cae_setup, dig
         ({"dropout": 1.0}, "dropout"),
         ({"threshold": 1.0}, "threshold"),
         ({"batch_size": 0}, "batch size"),
-        ({"min_size": 101}, "min_size"),
+        ({"min_size": -1}, "min_size"),
     ],
 )
 def test_bad_generation_settings_are_one_line_errors(settings, message):
@@ -94,7 +94,7 @@ def test_min_size_fills_the_fingerprint_below_the_threshold(digits, digits_cnn, 
     assert np.all(np.diff(filled.conferrability) <= 1e-12)  # the most conferrable first
     with pytest.raises(ModelheistError, match="no candidate reached"):
         generate_fingerprint(
-            digits_cnn.module, *ensemble, digits.train.x[:80], CAEGeneration(**settings)
+            digits_cnn.module, *ensemble, digits.train.x[:80], CAEGeneration(**settings, min_size=0)
         )
 
 
@@ -106,6 +106,7 @@ def test_selection_keeps_the_most_conferrable_eligible_and_fills_to_min_size():
     assert select_conferrable(scores, 0.85, 1, eligible=eligible).tolist() == [2]
     filled = select_conferrable(scores, 0.85, 10, min_size=4, eligible=eligible)
     assert filled.tolist() == [2, 0, 5, 3]  # two below the threshold, most conferrable first
+    assert select_conferrable(scores, 0.85, 3, min_size=50).tolist() == [2, 0, 4]  # size caps
     assert select_conferrable(scores, 0.99, 10).tolist() == []
     skip = eligible & (np.arange(6) != 5)  # an ineligible example is never a filler
     assert select_conferrable(scores, 0.85, 10, min_size=4, eligible=skip).tolist() == [2, 0, 3, 1]

@@ -159,6 +159,18 @@ def test_bad_configurations_are_refused():
     with pytest.raises(ModelheistError, match="must differ"):
         MatrixConfig(dataset="mnist5k")
     assert MatrixConfig.small("mnist5k").ood_dataset == "digits"
+    with pytest.raises(ModelheistError, match="min_size"):
+        MatrixConfig(cae_min_size=-1)
+
+
+def test_the_fixed_fingerprint_size_is_recorded_only_when_set(matrix_run):
+    """Run folders and rows made before ``cae_min_size`` existed (the paper's rule, 0) still
+    match; any other size is another configuration."""
+    config, folder, _ = matrix_run
+    assert "cae_min_size" not in MatrixConfig().as_json()
+    assert MatrixConfig(cae_min_size=50).as_json()["cae_min_size"] == 50
+    with pytest.raises(ModelheistError, match="another configuration"):
+        MatrixRun(replace(config, cae_min_size=10), folder).run()
 
 
 def test_the_report_shows_every_cell(matrix_run, tmp_path):

@@ -395,10 +395,11 @@ def fingerprint_cae(
     min_size: Annotated[
         int,
         typer.Option(
-            help="Keep at least this many: the most conferrable below the threshold fill up "
-            "(0: the paper's rule, only those at the threshold)."
+            help="Keep at least this many (at most --size): the most conferrable below the "
+            "threshold fill up (chosen on validation; 0: the paper's rule, only those at the "
+            "threshold)."
         ),
-    ] = 0,
+    ] = 50,
     seed: Annotated[
         int, typer.Option(help="Seed of the models, the candidates and the steps.")
     ] = 0,

@@ -125,9 +125,12 @@ class CAEGeneration:
     ``steps`` Adam steps of ``lr``, the loss weights ``alpha``, ``beta``, ``gamma``, the
     members' ``dropout``, the conferrability ``threshold`` an example must reach, how many
     examples to keep (``size``) and how many candidates are optimised together
-    (``batch_size``). ``min_size`` > 0 makes the fingerprint's size less a matter of chance
-    (a deviation from the paper, off by default): when fewer examples reach the threshold, the
-    most conferrable adversarial examples below it fill the fingerprint up to ``min_size``."""
+    (``batch_size``). ``min_size`` makes the fingerprint's size less a matter of chance (a
+    deviation from the paper, whose rule is ``min_size=0``): when fewer examples reach the
+    threshold, the most conferrable adversarial examples below it fill the fingerprint up to
+    ``min_size`` (at most ``size``). The default 50 was chosen on validation models
+    (benchmarks/cae_validation.py) and beats the paper's rule on the evaluation models of all
+    three seeds of benchmarks/cae.py (docs/benchmarks.md)."""
 
     epsilon: float = 0.2
     steps: int = 200
@@ -140,15 +143,15 @@ class CAEGeneration:
     size: int = 100
     batch_size: int = 100
     seed: int = 0
-    min_size: int = 0
+    min_size: int = 50
 
     def __post_init__(self) -> None:
         if not 0.0 < self.epsilon < 1.0 or self.steps < 1 or self.lr <= 0 or self.size < 1:
             raise ModelheistError("CAE needs epsilon in (0, 1), steps and size >= 1, lr > 0")
         if self.batch_size < 1:
             raise ModelheistError("CAE needs a batch size >= 1")
-        if not 0 <= self.min_size <= self.size:
-            raise ModelheistError(f"CAE's min_size must lie in [0, size={self.size}]")
+        if self.min_size < 0:
+            raise ModelheistError(f"CAE's min_size must be at least 0, got {self.min_size}")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 < self.threshold < 1.0:
             raise ModelheistError("CAE needs dropout in [0, 1) and a threshold in (0, 1)")
 
