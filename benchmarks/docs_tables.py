@@ -866,7 +866,8 @@ def conflicts_validation(rows: list[dict]) -> str:
     seeds; rows made with fewer variants form their own lines ("-" where they have none).
     Then the rule applied: per setting and variant measured on every seed of the setting, the
     mean validation accuracy of the three models, among those whose mean watermark accuracy
-    reaches 0.9; the largest among the settings with the most seeds is the choice."""
+    reaches 0.9; per dataset, the largest among the settings with its most seeds is the
+    choice."""
     variants = _watermark_variants(rows)
     lines = [
         "| dataset | epochs | training images | batch | optimiser | learning rate "
@@ -930,13 +931,19 @@ def conflicts_validation(rows: list[dict]) -> str:
                 for m in latest.values()
             ]  # fmt: skip
             candidates.append((setting, label, len(latest), watermark, means))
-    most = max((c[2] for c in candidates), default=0)  # chosen only among the most seeds
-    eligible = [c for c in candidates if c[3] >= WATERMARK_EMBEDDED and c[2] == most]
-    best = max(eligible, key=lambda c: statistics.mean(c[4]), default=None)
+    chosen = []  # per dataset, among the settings with its most seeds
+    for dataset in dict.fromkeys(c[0][0] for c in candidates):
+        mine = [c for c in candidates if c[0][0] == dataset]
+        most = max(c[2] for c in mine)
+        eligible = [c for c in mine if c[3] >= WATERMARK_EMBEDDED and c[2] == most]
+        if eligible:
+            chosen.append(max(eligible, key=lambda c: statistics.mean(c[4])))
     for candidate in candidates:
         setting, label, seeds, watermark, means = candidate
         verdict = (
-            "chosen" if candidate is best else ("yes" if watermark >= WATERMARK_EMBEDDED else "no")
+            "chosen"
+            if any(candidate is c for c in chosen)
+            else ("yes" if watermark >= WATERMARK_EMBEDDED else "no")
         )
         choice.append(
             f"| {setting[0]} | {setting[4]} | {setting[5]:g} | {label} | {seeds} "
@@ -1157,6 +1164,43 @@ def conflicts(rows: list[dict]) -> str:
     return "\n".join([*lines, "", note, "", provenance(rows)])
 
 
+def conflicts_larger_clip(rows: list[dict]) -> str:
+    """The larger-clip relaxation per learning rate: validation accuracy, watermark accuracy
+    and epsilon over seeds (the rule: the largest mean validation accuracy), then the chosen
+    rate's cell on the test split."""
+    lines = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        validation = [r for r in mine if r["split"] == "validation"]
+        means = {
+            rate: statistics.fmean(
+                [r["metrics"]["validation_accuracy"] for r in validation if r["relaxed_lr"] == rate]
+            )
+            for rate in {r["relaxed_lr"] for r in validation}
+        }
+        chosen = max(means, key=means.__getitem__) if means else None
+        lines += [
+            f"**{dataset}**, clipping norm {mine[0]['relaxed_clip']:g}",
+            "",
+            "| split | learning rate | seeds | accuracy | watermark accuracy | epsilon spent "
+            "| chosen |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for split, key in (("validation", "validation_accuracy"), ("test", "accuracy")):
+            for rate in sorted({r["relaxed_lr"] for r in mine if r["split"] == split}):
+                group = [
+                    r["metrics"] for r in mine if r["split"] == split and r["relaxed_lr"] == rate
+                ]
+                mark = "chosen" if split == "validation" and rate == chosen else ""
+                lines.append(
+                    f"| {split} | {rate:g} | {len(group)} | {_cell_value(group, key, 4)} "
+                    f"| {_cell_value(group, 'watermark_accuracy', 3)} "
+                    f"| {_cell_value(group, 'epsilon_spent', 2)} | {mark} |"
+                )
+        lines.append("")
+    return "\n".join([*lines, provenance(rows)])
+
+
 THIEVES_SERIES = [("thieves-fortunes", v, v.upper()) for v in ("random", "natural")]
 
 TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
@@ -1188,6 +1232,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "translation": (("translation.jsonl",), translation),
     "translation_validation": (("translation-validation.jsonl",), translation_validation),
     "conflicts_validation": (("conflicts-validation.jsonl",), conflicts_validation),
+    "conflicts_larger_clip": (("conflicts-larger-clip.jsonl",), conflicts_larger_clip),
     "knockoff_vs_art": (
         ("knockoff-fmnist.jsonl", "knockoff-fmnist-art.jsonl"),
         comparison(

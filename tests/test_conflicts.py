@@ -64,11 +64,23 @@ def test_the_talks_pairs_and_the_relaxations_are_planned():
         ({"optimizer": "rmsprop"}, "adamw or sgd"),
         ({"trigger_clip": 0.0}, "trigger_clip must be > 0"),
         ({"trigger_rounds": 0}, "trigger_rounds must be at least 1"),
+        ({"relaxed_lr": -0.01}, "relaxed_lr must be > 0"),
     ],
 )
 def test_bad_settings_are_one_line_errors(changes, message):
     with pytest.raises(ModelheistError, match=message):
         ConflictsConfig(**changes)
+
+
+def test_the_larger_clip_cell_alone_takes_the_relaxed_rate():
+    plain = ConflictsConfig(optimizer="sgd", lr=0.1)
+    assert "relaxed_lr" not in plain.as_json()  # run folders made before it still match
+    own = replace(plain, relaxed_lr=0.01)
+    assert own.as_json()["relaxed_lr"] == 0.01
+    rates = {cell.name: own.cell_train_config(cell).lr for cell in cells(own)}
+    assert rates.pop("dp+wm (larger-clip)") == 0.01
+    assert set(rates.values()) == {0.1}
+    assert {plain.cell_train_config(cell).lr for cell in cells(plain)} == {0.1}
 
 
 def test_what_cannot_train_is_refused_before_any_training(tmp_path):

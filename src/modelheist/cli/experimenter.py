@@ -329,6 +329,13 @@ def experiment_conflicts(
             "the study's; a deviation for short, fast schedules)."
         ),
     ] = None,
+    relaxed_lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Learning rate of the larger-clip relaxation's cell (default: --lr; DP-SGD's "
+            "noise grows with the clipping norm, so the study gives it a rate of its own)."
+        ),
+    ] = None,
     executor: Annotated[
         str, typer.Option(help="Where cells run: local (a process pool) or ray.")
     ] = "local",
@@ -376,6 +383,7 @@ def experiment_conflicts(
         ("weight_decay", weight_decay),
         ("trigger_rounds", trigger_rounds),
         ("trigger_clip", trigger_clip),
+        ("relaxed_lr", relaxed_lr),
     ):
         if value is not None:
             changes[name] = value

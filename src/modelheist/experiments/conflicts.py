@@ -94,8 +94,10 @@ class ConflictsConfig:
     :class:`~modelheist.ownership.watermark.BackdoorWatermark`); q = 10% marked
     at 10/255;
     m = 50 revealed samples and the paper's Blind Walk, 10 directions per noise type of at most
-    50 steps; epsilon 3, delta 1e-3, clipping 1.0; PGD 0.125 / 0.005 / 25 on [0, 1] inputs); a
-    combination conflicts when one of its mechanisms' metrics drops by more than
+    50 steps; epsilon 3, delta 1e-3, clipping 1.0; PGD 0.125 / 0.005 / 25 on [0, 1] inputs);
+    the larger-clip relaxation clips at ``relaxed_clip`` and trains at ``relaxed_lr`` (None:
+    ``lr``; Opacus's noise grows with the clipping norm, so the study gives that cell a rate
+    of its own); a combination conflicts when one of its mechanisms' metrics drops by more than
     ``tolerance`` (:mod:`modelheist.experiments.conflicts_report`)."""
 
     dataset: str = "fashion-mnist"
@@ -128,6 +130,7 @@ class ConflictsConfig:
     dp_delta: float = 1e-3
     dp_clip: float = 1.0
     relaxed_clip: float = 10.0
+    relaxed_lr: float | None = None
     relaxed: bool = True
     adv_epsilon: float = 0.125
     adv_step: float = 0.005
@@ -151,6 +154,8 @@ class ConflictsConfig:
             raise ModelheistError(f"trigger_rounds must be at least 1, got {self.trigger_rounds}")
         if self.trigger_clip is not None and not self.trigger_clip > 0:
             raise ModelheistError(f"trigger_clip must be > 0 (or None), got {self.trigger_clip}")
+        if self.relaxed_lr is not None and not self.relaxed_lr > 0:
+            raise ModelheistError(f"relaxed_lr must be > 0 (or None), got {self.relaxed_lr}")
         if self.train_size is not None and self.train_size < 100:
             raise ModelheistError(f"train_size must be at least 100, got {self.train_size}")
         if not 0.0 < self.tolerance < 1.0 or not 0.0 < self.significance < 1.0:
@@ -196,8 +201,12 @@ class ConflictsConfig:
         return cls(**{**settings, **changes})
 
     def as_json(self) -> dict[str, Any]:
-        """The configuration as its JSON form (tuples as lists), as run folders record it."""
-        return json.loads(json.dumps(asdict(self)))
+        """The configuration as its JSON form (tuples as lists), as run folders record it;
+        ``relaxed_lr`` only when set (run folders made before it keep matching)."""
+        settings = json.loads(json.dumps(asdict(self)))
+        if settings["relaxed_lr"] is None:
+            del settings["relaxed_lr"]
+        return settings
 
     def train_config(self, seed: int) -> TrainConfig:
         """How every model of the run is trained (the cells, the radioactive marker)."""
@@ -209,6 +218,14 @@ class ConflictsConfig:
             optimizer=self.optimizer,
             seed=seed,
         )
+
+    def cell_train_config(self, cell: Cell) -> TrainConfig:
+        """How ``cell``'s model is trained: :meth:`train_config` at the seed, with the
+        larger-clip relaxation's own rate when ``relaxed_lr`` is set."""
+        train = self.train_config(self.seed)
+        if cell.variant == "larger-clip" and self.relaxed_lr is not None:
+            train = replace(train, lr=self.relaxed_lr)
+        return train
 
     def trained(self) -> tuple[str, ...]:
         """The requested mechanisms that change training, in table order."""
@@ -451,10 +468,11 @@ def _run_cell(job: CellJob) -> dict[str, Any]:
         model = load_model(model_folder)
     else:
         # one training seed for every cell of a seed: cells differ in their protections only
+        # (and the larger-clip cell in its rate, when relaxed_lr is set)
         model = train_model(
             data,
             config.architecture,
-            config.train_config(config.seed),
+            config.cell_train_config(cell),
             None,
             _protections(config, cell, folder),
         )
