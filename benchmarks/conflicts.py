@@ -43,6 +43,20 @@ OPTIMISER = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4}
 #: (public) images, so dataset inference's regressor (with the 50 revealed samples) and the
 #: notebooks' construction draw at most 400 public samples (Fashion-MNIST: 500 and 1,000).
 SPLIT_LIMITS = {"mnist5k": {"regressor_samples": 300, "notebook_samples": 400}}
+#: Where a dataset's validation chose otherwise (the same script, ``--dataset mnist5k --seeds
+#: 3 --sgd-only``; its rows in the same table): mnist5k's 1,800 images give 7 batches an
+#: epoch, where SGD at 0.1 leaves the unprotected model at 0.30 validation accuracy; at 0.03
+#: with ten clipped passes the watermark reaches 0.99 at a mean validation accuracy of 0.8431.
+VALIDATED = {"mnist5k": {"lr": 0.03, "trigger_rounds": 10}}
+
+
+def table_config(dataset: str) -> ConflictsConfig:
+    """The configuration the table is measured at for ``dataset`` (seed 0)."""
+    return ConflictsConfig(
+        dataset=dataset,
+        trigger_source=default_trigger_source(dataset),
+        **{**SETTINGS, **OPTIMISER, **SPLIT_LIMITS.get(dataset, {}), **VALIDATED.get(dataset, {})},
+    )
 
 
 def main() -> None:
@@ -54,13 +68,7 @@ def main() -> None:
     console = Console(stderr=True)
     store = ResultsStore(STORE)
     store.freeze_environment()
-    config = ConflictsConfig(
-        dataset=args.dataset,
-        trigger_source=default_trigger_source(args.dataset),
-        **SETTINGS,
-        **OPTIMISER,
-        **SPLIT_LIMITS.get(args.dataset, {}),
-    )
+    config = table_config(args.dataset)
     rows = [r for r in store.rows() if r["dataset"] == args.dataset]
     runs = [r for r in rows if r["measure"] == "run"]
     if any(r["config"] != config.as_json() for r in runs):

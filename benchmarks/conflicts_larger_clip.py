@@ -28,9 +28,7 @@ from rich.console import Console
 
 from modelheist.experiments.conflicts import (
     CellJob,
-    ConflictsConfig,
     cells,
-    default_trigger_source,
     owner_data,
     prepare_secrets,
     run_cell,
@@ -43,7 +41,7 @@ from modelheist.models.privacy import DpSgd
 from modelheist.models.training import train_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conflicts import OPTIMISER, RESULTS, SETTINGS  # noqa: E402
+from conflicts import RESULTS, SETTINGS, table_config  # noqa: E402
 
 STORE = RESULTS / "conflicts-larger-clip.jsonl"
 #: The rates tried: around 0.01, where clipping norm 10 adds the noise per unit of rate that
@@ -59,19 +57,19 @@ def main() -> None:
     console = Console(stderr=True)
     store = ResultsStore(STORE)
     store.freeze_environment()
-    base = ConflictsConfig(
-        dataset=args.dataset,
-        trigger_source=default_trigger_source(args.dataset),
-        protections=("wm", "dp"),  # the cell's mechanisms: no marker, no PGD, no DI
-        **SETTINGS,
-        **OPTIMISER,
-    )
+    # the cell's mechanisms only: no marker, no PGD, no dataset inference
+    base = replace(table_config(args.dataset), protections=("wm", "dp"))
     (cell,) = [c for c in cells(base) if c.variant == "larger-clip"]
     common = {
         "benchmark": "conflicts-larger-clip",
         "dataset": args.dataset,
         "training": SETTINGS,
-        "optimiser": OPTIMISER,
+        "optimiser": {
+            "optimizer": base.optimizer,
+            "lr": base.lr,
+            "weight_decay": base.weight_decay,
+            "trigger_rounds": base.trigger_rounds,
+        },
         "relaxed_clip": base.relaxed_clip,
         "queries_counted": 0,  # the owner trains and measures its own models
     }
