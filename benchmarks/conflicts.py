@@ -44,7 +44,7 @@ OPTIMISER = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4}
 #: notebooks' construction draw at most 400 public samples (Fashion-MNIST: 500 and 1,000).
 SPLIT_LIMITS = {"mnist5k": {"regressor_samples": 300, "notebook_samples": 400}}
 #: Where a dataset's validation chose otherwise (the same script, ``--dataset mnist5k --seeds
-#: 3 --sgd-only``; its rows in the same table): mnist5k's 1,800 images give 7 batches an
+#: 3 --sgd-only``; its rows in the same table): mnist5k's 1,800 images give 8 batches an
 #: epoch, where SGD at 0.1 leaves the unprotected model at 0.30 validation accuracy; at 0.03
 #: with ten clipped passes the watermark reaches 0.99 at a mean validation accuracy of 0.8431.
 VALIDATED = {"mnist5k": {"lr": 0.03, "trigger_rounds": 10}}
