@@ -415,6 +415,8 @@ SYNTHETIC_SERIES = [
 
 
 def _p(value: float | None) -> str:
+    if value == 0.0:  # below what a double holds (about 1e-308)
+        return "< 1e-300"
     return "-" if value is None else f"{value:.2g}"
 
 
