@@ -1170,8 +1170,8 @@ def conflicts(rows: list[dict]) -> str:
 def conflicts_larger_clip(rows: list[dict]) -> str:
     """The larger-clip relaxation per settings and learning rate: validation accuracy,
     watermark accuracy and epsilon over seeds, then the chosen rate's cell on the test split.
-    The rule, as benchmarks/conflicts_larger_clip.py applies it: among the rates measured on
-    the most seeds (each seed's latest row), the largest mean validation accuracy."""
+    The rule, as benchmarks/conflicts_larger_clip.py applies it: the largest mean validation
+    accuracy (each seed's latest row), once every rate has the same number of seeds."""
     lines = []
 
     def settings_of(row: dict) -> str:
@@ -1187,8 +1187,9 @@ def conflicts_larger_clip(rows: list[dict]) -> str:
                 by_seed = latest.setdefault(r["relaxed_lr"], {})
                 by_seed[r["seed"]] = r["metrics"]["validation_accuracy"]
         most = max((len(v) for v in latest.values()), default=0)
-        means = {rate: statistics.fmean(v.values()) for rate, v in latest.items() if len(v) == most}
-        chosen = max(means, key=means.__getitem__) if means else None
+        complete = all(len(v) == most for v in latest.values())  # else: no choice yet
+        means = {rate: statistics.fmean(v.values()) for rate, v in latest.items()}
+        chosen = max(means, key=means.__getitem__) if means and complete else None
         optimiser = first["optimiser"]
         lines += [
             f"**{first['dataset']}**, clipping norm {first['relaxed_clip']:g} (the table's "

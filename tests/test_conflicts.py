@@ -109,6 +109,8 @@ def small_run(tmp_path_factory):
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.stdout
     assert "| dp+wm |" in result.stdout and "report:" in result.stdout
+    report = (folder / "conflicts.md").read_text()
+    assert "the larger-clip relaxation: clipping norm 10 at rate 0.002" in report
     return ConflictsConfig.small(), folder, json.loads((folder / "conflicts.json").read_text())
 
 

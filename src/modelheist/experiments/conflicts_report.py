@@ -165,7 +165,14 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"Seeds {', '.join(map(str, doc['seeds']))}; mean ± standard deviation over seeds "
         "(p-values: the largest). Architecture "
-        f"{config['architecture']}, {config['epochs']} epochs.",
+        f"{config['architecture']}, {config['epochs']} epochs, {config['optimizer']} at "
+        f"learning rate {config['lr']:g}"
+        + (
+            f"; the larger-clip relaxation: clipping norm {config['relaxed_clip']:g} at rate "
+            f"{config.get('relaxed_lr') or config['lr']:g}."
+            if any(c["variant"] == "larger-clip" for c in doc["cells"])
+            else "."
+        ),
         "",
         "| cell | " + " | ".join(h for _, h, _ in present) + " |",
         "|---|" + "---:|" * len(present),
