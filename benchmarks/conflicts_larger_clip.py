@@ -30,18 +30,18 @@ from rich.console import Console
 
 from modelheist.experiments.conflicts import (
     CellJob,
+    cell_protections,
     cells,
     owner_data,
     prepare_secrets,
     run_cell,
-    table_triggers,
-    table_watermark,
 )
 from modelheist.experiments.results import ResultsStore
 from modelheist.experiments.run_folder import check_config
 from modelheist.models.classifier import accuracy
 from modelheist.models.privacy import DpSgd
 from modelheist.models.training import train_model
+from modelheist.ownership.watermark import TriggerSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conflicts import RESULTS, SETTINGS, table_config  # noqa: E402
@@ -86,6 +86,7 @@ def main() -> None:
             (r["seed"], r["relaxed_lr"]) for r in store.rows() if ours(r) and r["split"] == split
         }
 
+    folder = RESULTS / "conflicts-runs" / args.dataset / "larger-clip"
     for seed in range(args.seeds):
         for rate in RATES:
             if (seed, rate) in done("validation"):
@@ -93,13 +94,15 @@ def main() -> None:
             config = replace(base, seed=seed, relaxed_lr=rate)
             data = owner_data(config)
             assert data.validation is not None
-            triggers = table_triggers(config, data)
-            protections = [
-                table_watermark(config, triggers),  # inside DP-SGD, as the cell
-                DpSgd(config.dp_epsilon, config.dp_delta, config.relaxed_clip),
-            ]
+            secrets = folder / f"seed-{seed}-validation"  # the seed's trigger set, as the cell's
+            prepare_secrets(config, data, secrets)
+            triggers = TriggerSet.load(secrets / "secrets" / "triggers")
             model = train_model(
-                data, config.architecture, config.cell_train_config(cell), None, protections
+                data,
+                config.architecture,
+                config.cell_train_config(cell),
+                None,
+                cell_protections(config, cell, secrets),
             )
             (entry,) = [p for p in model.card.protections if p["name"] == DpSgd.name]
             metrics = {
@@ -126,7 +129,6 @@ def main() -> None:
     chosen = max(means, key=means.__getitem__)
     console.print(f"chosen on validation: rate {chosen:g} (mean accuracy {means[chosen]:.4f})")
 
-    folder = RESULTS / "conflicts-runs" / args.dataset / "larger-clip"
     for seed in range(args.seeds):
         if (seed, chosen) in done("test"):
             continue

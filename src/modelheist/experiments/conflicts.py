@@ -411,7 +411,7 @@ def table_watermark(
     )
 
 
-def _protections(config: ConflictsConfig, cell: Cell, folder: Path) -> list[TrainingProtection]:
+def cell_protections(config: ConflictsConfig, cell: Cell, folder: Path) -> list[TrainingProtection]:
     """The training protections of ``cell``, in the order the Trainer applies them: the data
     mark, the watermark, DP-SGD, adversarial training."""
     from modelheist.ownership.radioactive import RadioactiveData, RadioactiveMark
@@ -474,7 +474,7 @@ def _run_cell(job: CellJob) -> dict[str, Any]:
             config.architecture,
             config.cell_train_config(cell),
             None,
-            _protections(config, cell, folder),
+            cell_protections(config, cell, folder),
         )
         write_whole(model_folder, lambda tmp: save_model(model, tmp))
     trained_seconds = time.perf_counter() - start
