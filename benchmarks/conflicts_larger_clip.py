@@ -44,7 +44,7 @@ from modelheist.models.training import train_model
 from modelheist.ownership.watermark import TriggerSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conflicts import RESULTS, SETTINGS, table_config  # noqa: E402
+from conflicts import RESULTS, table_config, table_settings  # noqa: E402
 
 STORE = RESULTS / "conflicts-larger-clip.jsonl"
 #: The rates tried (for Fashion-MNIST): around 0.01, where clipping norm 10 adds the noise per
@@ -67,7 +67,7 @@ def main() -> None:
     common = {
         "benchmark": "conflicts-larger-clip",
         "dataset": args.dataset,
-        "training": SETTINGS,
+        "training": table_settings(args.dataset),
         "optimiser": {
             "optimizer": base.optimizer,
             "lr": base.lr,

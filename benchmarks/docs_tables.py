@@ -842,6 +842,9 @@ def cae_validation(rows: list[dict]) -> str:
 WATERMARK_VARIANT = re.compile(r"wm(\d+)(?:_clip([\d.]+))?")
 #: The conflicts validation's rule: a watermark counts when it reaches this accuracy.
 WATERMARK_EMBEDDED = 0.9
+#: ... and, where the rows measure it, when its passes trained inside DP-SGD (counted by the
+#: accountant) spend at most this share more epsilon than the DP-SGD model alone.
+EPSILON_SLACK = 0.25
 
 
 def _watermark_variants(rows: list[dict]) -> list[tuple[str, str]]:
@@ -869,9 +872,13 @@ def conflicts_validation(rows: list[dict]) -> str:
     seeds; rows made with fewer variants form their own lines ("-" where they have none).
     Then the rule applied: per setting and variant measured on every seed of the setting, the
     mean validation accuracy of the three models, among those whose mean watermark accuracy
-    reaches 0.9; per dataset, the largest among the settings with its most seeds is the
-    choice."""
+    reaches 0.9 and, where the rows train the same passes inside DP-SGD, whose epsilon there
+    is at most ``EPSILON_SLACK`` more than the DP-SGD model's; per dataset and training
+    settings, the largest among the settings with its most seeds is the choice."""
     variants = _watermark_variants(rows)
+    passes_inside = sorted(
+        {int(k[5:-8]) for r in rows for k in r["metrics"] if re.fullmatch(r"dp_wm\d+_epsilon", k)}
+    )
     lines = [
         "| dataset | epochs | training images (cap) | batch | optimiser | learning rate "
         "| weight decay | seeds | none: validation acc. | DP-SGD: validation acc. "
@@ -879,8 +886,14 @@ def conflicts_validation(rows: list[dict]) -> str:
         + " | ".join(
             f"watermark, {label}: validation acc. / watermark acc." for _, label in variants
         )
+        + "".join(
+            f" | inside DP-SGD, {n} pass{'es' if n > 1 else ''}: validation acc. / watermark acc. "
+            "/ epsilon"
+            for n in passes_inside
+        )
         + " |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(variants),
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"
+        + "---:|" * (len(variants) + len(passes_inside)),
     ]
 
     def setting_of(row: dict) -> tuple:
@@ -892,10 +905,11 @@ def conflicts_validation(rows: list[dict]) -> str:
 
     def key(row: dict) -> tuple:
         present = tuple(f"{v}_validation_accuracy" in row["metrics"] for v, _ in variants)
-        return (*setting_of(row), present)
+        inside = tuple(f"dp_wm{n}_epsilon" in row["metrics"] for n in passes_inside)
+        return (*setting_of(row), present, inside)
 
     for setting in dict.fromkeys(map(key, rows)):
-        dataset, epochs, size, batch, optimizer, lr, weight_decay, present = setting
+        dataset, epochs, size, batch, optimizer, lr, weight_decay, present, inside = setting
         group = [r["metrics"] for r in rows if key(r) == setting]
         cells = [
             f"{_spread([m[f'{v}_validation_accuracy'] for m in group], 4)} / "
@@ -903,6 +917,13 @@ def conflicts_validation(rows: list[dict]) -> str:
             if there
             else "-"
             for (v, _), there in zip(variants, present, strict=True)
+        ] + [
+            f"{_spread([m[f'dp_wm{n}_validation_accuracy'] for m in group], 4)} / "
+            f"{_spread([m[f'dp_wm{n}_watermark_accuracy'] for m in group], 2)} / "
+            f"{_spread([m[f'dp_wm{n}_epsilon'] for m in group], 2)}"
+            if there
+            else "-"
+            for n, there in zip(passes_inside, inside, strict=True)
         ]
         lines.append(
             f"| {dataset} | {epochs} | {size:,} | {batch} | {optimizer} | {lr:g} "
@@ -914,9 +935,10 @@ def conflicts_validation(rows: list[dict]) -> str:
             + " |"
         )
     choice = [
-        "| dataset | optimiser | learning rate | watermark | seeds | watermark acc. "
+        "| dataset | batch | optimiser | learning rate | watermark | seeds | watermark acc. "
+        "| inside DP-SGD: watermark acc. / epsilon (alone) "
         "| mean validation acc. of none, DP-SGD and watermark | eligible |",
-        "|---|---|---:|---|---:|---:|---:|---|",
+        "|---|---:|---|---:|---|---:|---:|---:|---:|---|",
     ]
     candidates = []
     for setting in dict.fromkeys(map(setting_of, rows)):
@@ -928,29 +950,43 @@ def conflicts_validation(rows: list[dict]) -> str:
                 latest[row["seed"]] = row["metrics"]
         for variant, label in variants if latest else []:
             watermark = statistics.mean(m[f"{variant}_watermark_accuracy"] for m in latest.values())
+            private = f"dp_wm{WATERMARK_VARIANT.fullmatch(variant)[1]}"
+            inside = None  # (watermark accuracy, epsilon, the DP-SGD model's epsilon)
+            if all(f"{private}_epsilon" in m for m in latest.values()):
+                inside = tuple(
+                    statistics.mean(m[k] for m in latest.values())
+                    for k in (f"{private}_watermark_accuracy", f"{private}_epsilon", "dp_epsilon")
+                )
             means = [
                 (m["none_validation_accuracy"] + m["dp_validation_accuracy"]
                  + m[f"{variant}_validation_accuracy"]) / 3
                 for m in latest.values()
             ]  # fmt: skip
-            candidates.append((setting, label, len(latest), watermark, means))
-    chosen = []  # per dataset, among the settings with its most seeds
-    for dataset in dict.fromkeys(c[0][0] for c in candidates):
-        mine = [c for c in candidates if c[0][0] == dataset]
+            candidates.append((setting, label, len(latest), watermark, inside, means))
+
+    def eligible(candidate: tuple) -> bool:
+        watermark, inside = candidate[3], candidate[4]
+        return watermark >= WATERMARK_EMBEDDED and (
+            inside is None or inside[1] <= (1 + EPSILON_SLACK) * inside[2]
+        )
+
+    chosen = []  # per dataset and training settings, among the settings with its most seeds
+    for training in dict.fromkeys(c[0][:4] for c in candidates):
+        mine = [c for c in candidates if c[0][:4] == training]
         most = max(c[2] for c in mine)
-        eligible = [c for c in mine if c[3] >= WATERMARK_EMBEDDED and c[2] == most]
-        if eligible:
-            chosen.append(max(eligible, key=lambda c: statistics.mean(c[4])))
+        if qualified := [c for c in mine if eligible(c) and c[2] == most]:
+            chosen.append(max(qualified, key=lambda c: statistics.mean(c[5])))
     for candidate in candidates:
-        setting, label, seeds, watermark, means = candidate
+        setting, label, seeds, watermark, inside, means = candidate
         verdict = (
             "chosen"
             if any(candidate is c for c in chosen)
-            else ("yes" if watermark >= WATERMARK_EMBEDDED else "no")
+            else ("yes" if eligible(candidate) else "no")
         )
+        private = "-" if inside is None else f"{inside[0]:.2f} / {inside[1]:.2f} ({inside[2]:.2f})"
         choice.append(
-            f"| {setting[0]} | {setting[4]} | {setting[5]:g} | {label} | {seeds} "
-            f"| {watermark:.2f} | {_spread(means, 4)} | {verdict} |"
+            f"| {setting[0]} | {setting[3]} | {setting[4]} | {setting[5]:g} | {label} | {seeds} "
+            f"| {watermark:.2f} | {private} | {_spread(means, 4)} | {verdict} |"
         )
     return "\n".join([*lines, "", *choice, "", provenance(rows)])
 
@@ -1214,12 +1250,41 @@ def conflicts_larger_clip(rows: list[dict]) -> str:
     return "\n".join([*lines, provenance(rows)])
 
 
+def text_quantization(rows: list[dict]) -> str:
+    """The int8 copy of the served text model against the float one, per victim recipe: each
+    one's evaluation accuracy, their agreement and largest probability gap (mean ± std over
+    runs)."""
+    lines = [
+        "| victim (epochs, tuned layers) | runs | sentences | float accuracy | int8 accuracy "
+        "| agreement | largest probability gap |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for epochs, layers in sorted(
+        {(r["victim"]["epochs"], r["victim"]["tuned_layers"]) for r in rows}
+    ):
+        group = [
+            r["metrics"]
+            for r in rows
+            if (r["victim"]["epochs"], r["victim"]["tuned_layers"]) == (epochs, layers)
+        ]
+        lines.append(
+            f"| MiniLM ({epochs}, {layers}) | {len(group)} "
+            f"| {group[0]['evaluation_sentences']:,} "
+            f"| {_spread([m['float_accuracy'] for m in group], 4)} "
+            f"| {_spread([m['int8_accuracy'] for m in group], 4)} "
+            f"| {_spread([m['agreement'] for m in group], 4)} "
+            f"| {_spread([m['max_probability_gap'] for m in group], 3)} |"
+        )
+    return "\n".join([*lines, "", provenance(rows)])
+
+
 THIEVES_SERIES = [("thieves-fortunes", v, v.upper()) for v in ("random", "natural")]
 
 TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "state_scaling": (("state_scaling.jsonl",), state_scaling),
     "tramer": (("tramer.jsonl",), tramer),
     "serve_load": (("serve_load.jsonl",), serve_load),
+    "text_quantization": (("text_quantization.jsonl",), text_quantization),
     "prada": (("prada.jsonl",), prada),
     "prada_tradeoff": (("prada.jsonl",), prada_tradeoff),
     "quickstart": (("quickstart.jsonl",), quickstart),

@@ -53,3 +53,45 @@ def test_the_conflicts_optimiser_choice_follows_its_rule():
     chosen = [line for line in table.splitlines() if line.endswith("| chosen |")]
     assert len(chosen) == 1 and "| 0.03 | 1 pass, clip 1 | 2 |" in chosen[0]
     assert "| 0.1 | 1 pass | 2 | 0.50 |" in table and "watermark, 1 pass, clip 1" in table
+
+
+def test_the_conflicts_choice_bounds_the_watermarks_epsilon_inside_dp_sgd():
+    """Where the rows train the passes inside DP-SGD too, a variant whose epsilon there exceeds
+    the DP-SGD model's by more than EPSILON_SLACK is not eligible; each training setting (here
+    two batch sizes) gets its own choice."""
+    spec = importlib.util.spec_from_file_location("docs_tables", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def row(batch, lr, seed, one_pass, ten_passes, ten_passes_epsilon):
+        metrics = {"none_validation_accuracy": 0.9, "dp_validation_accuracy": 0.8}
+        metrics |= {"mean_validation_accuracy": 0.85, "dp_epsilon": 3.0}
+        for rounds, (val, acc), epsilon in (
+            (1, one_pass, 3.3),
+            (10, ten_passes, ten_passes_epsilon),
+        ):
+            metrics |= {
+                f"wm{rounds}_clip1_validation_accuracy": val,
+                f"wm{rounds}_clip1_watermark_accuracy": acc,
+                f"dp_wm{rounds}_validation_accuracy": 0.5,
+                f"dp_wm{rounds}_watermark_accuracy": 0.4,
+                f"dp_wm{rounds}_epsilon": epsilon,
+            }
+        training = {"epochs": 10, "train_size": 100, "batch_size": batch}
+        return {
+            "dataset": "d", "training": training, "optimizer": "sgd", "lr": lr,
+            "weight_decay": 0.0, "seed": seed, "metrics": metrics, "machine": "m",
+            "command": "c", "commit": "x", "date": "2026-12-04",
+        }  # fmt: skip
+
+    # batch 8: ten passes are best and embedded but spend 10 against 3: one pass is chosen
+    rows = [row(8, 0.1, s, (0.8, 0.95), (0.89, 1.0), 10.0) for s in (0, 1)]
+    # batch 4: ten passes spend 3.6 (within a quarter more than 3): they are chosen
+    rows += [row(4, 0.1, s, (0.8, 0.95), (0.89, 1.0), 3.6) for s in (0, 1)]
+    table = module.conflicts_validation(rows)
+    chosen = [line for line in table.splitlines() if line.endswith("| chosen |")]
+    assert len(chosen) == 2
+    assert "| d | 8 | sgd | 0.1 | 1 pass, clip 1 | 2 | 0.95 | 0.40 / 3.30 (3.00) |" in chosen[0]
+    assert "| d | 4 | sgd | 0.1 | 10 passes, clip 1 | 2 | 1.00 | 0.40 / 3.60 (3.00) |" in chosen[1]
+    assert "inside DP-SGD, 10 passes: validation acc. / watermark acc. / epsilon" in table
+    assert "| 0.5000 ± 0.0000 / 0.40 ± 0.00 / 10.00 ± 0.00 |" in table
