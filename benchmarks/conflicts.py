@@ -52,6 +52,14 @@ SPLIT_LIMITS = {"mnist5k": {"regressor_samples": 300, "notebook_samples": 400}}
 #: epoch, where SGD at 0.1 leaves the unprotected model at 0.30 validation accuracy; at 0.03
 #: with ten clipped passes the watermark reaches 0.99 at a mean validation accuracy of 0.8431.
 VALIDATED = {"mnist5k": {"lr": 0.03, "trigger_rounds": 10}}
+#: Datasets whose table waits for a new choice on validation: the benchmark refuses them.
+#: mnist5k's table was measured at batch 256 (the choice above); at the study's batch 64
+#: (DATASET_SETTINGS) no setting's watermark reaches 0.9 with one pass, and ten passes spend
+#: epsilon 5.4 inside DP-SGD against 3 (the validation table's rule allows a quarter more).
+UNSETTLED = {
+    "mnist5k": "mnist5k at batch 64 has no setting chosen on validation yet "
+    "(docs/benchmarks.md, conflicts_validation)"
+}
 
 
 def table_settings(dataset: str) -> dict:
@@ -79,6 +87,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--jobs", type=int, default=1)
     args = parser.parse_args()
+    if args.dataset in UNSETTLED:
+        raise SystemExit(UNSETTLED[args.dataset])
     console = Console(stderr=True)
     store = ResultsStore(STORE)
     store.freeze_environment()
