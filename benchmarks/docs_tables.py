@@ -359,6 +359,11 @@ def prada_latency(rows: list[dict]) -> str:
     return "\n".join([*lines, "", provenance(list(latest.values()))])
 
 
+#: The pipeline a served stack's throughput is compared with (default: the undefended image
+#: model, "none"): the int8 text model against the float one.
+SERVE_BASELINES = {"text-minilm-int8": "text-minilm"}
+
+
 def serve_load(rows: list[dict]) -> str:
     """Throughput and latency per (pipeline, request, clients), mean ± std over the repetitions
     of each pipeline's latest run (the code as it now is), and the defended / undefended
@@ -386,9 +391,10 @@ def serve_load(rows: list[dict]) -> str:
         )
     ratios = []
     for (stack, request, clients), group in sorted(groups.items()):
-        if stack == "none":
+        if stack in ("none", *SERVE_BASELINES.values()):
             continue
-        base = {(r["commit"], r["repeat"]): r for r in groups.get(("none", request, clients), [])}
+        baseline = SERVE_BASELINES.get(stack, "none")
+        base = {(r["commit"], r["repeat"]): r for r in groups.get((baseline, request, clients), [])}
         per_run = [
             r["metrics"]["requests_per_s"]
             / base[(r["commit"], r["repeat"])]["metrics"]["requests_per_s"]
@@ -396,11 +402,14 @@ def serve_load(rows: list[dict]) -> str:
             if (r["commit"], r["repeat"]) in base
         ]
         if per_run:
-            ratios.append(f"| {stack} | {request} | {clients} | {_spread(per_run, 2)} |")
+            ratios.append(
+                f"| {stack} | {baseline} | {request} | {clients} | {_spread(per_run, 2)} |"
+            )
     table = "\n".join(lines)
     if ratios:
         table += (
-            "\n\n| pipeline | request | clients | throughput / undefended |\n|---|---|---:|---:|\n"
+            "\n\n| pipeline | against | request | clients | throughput ratio |"
+            "\n|---|---|---|---:|---:|\n"
         )
         table += "\n".join(ratios)
     return "\n".join([table, "", provenance(rows)])
@@ -1251,29 +1260,21 @@ def conflicts_larger_clip(rows: list[dict]) -> str:
 
 
 def text_quantization(rows: list[dict]) -> str:
-    """The int8 copy of the served text model against the float one, per victim recipe: each
-    one's evaluation accuracy, their agreement and largest probability gap (mean ± std over
-    runs)."""
+    """The int8 copy of a served text model against the float one, one line per victim
+    measured (the same victim gives the same figures): each one's evaluation accuracy, their
+    agreement and largest probability gap."""
     lines = [
-        "| victim (epochs, tuned layers) | runs | sentences | float accuracy | int8 accuracy "
-        "| agreement | largest probability gap |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| date | victim (dataset, epochs, tuned layers, seed) | weights | sentences "
+        "| float accuracy | int8 accuracy | agreement | largest probability gap |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    for epochs, layers in sorted(
-        {(r["victim"]["epochs"], r["victim"]["tuned_layers"]) for r in rows}
-    ):
-        group = [
-            r["metrics"]
-            for r in rows
-            if (r["victim"]["epochs"], r["victim"]["tuned_layers"]) == (epochs, layers)
-        ]
+    for row in sorted(rows, key=lambda r: r["date"]):
+        v, m = row["victim"], row["metrics"]
         lines.append(
-            f"| MiniLM ({epochs}, {layers}) | {len(group)} "
-            f"| {group[0]['evaluation_sentences']:,} "
-            f"| {_spread([m['float_accuracy'] for m in group], 4)} "
-            f"| {_spread([m['int8_accuracy'] for m in group], 4)} "
-            f"| {_spread([m['agreement'] for m in group], 4)} "
-            f"| {_spread([m['max_probability_gap'] for m in group], 3)} |"
+            f"| {row['date'][:10]} | {row['dataset']}, {v['epochs']}, {v['tuned_layers']}, "
+            f"{v['seed']} | {v['weights_sha256'][:12]} | {m['evaluation_sentences']:,} "
+            f"| {m['float_accuracy']:.4f} | {m['int8_accuracy']:.4f} | {m['agreement']:.4f} "
+            f"| {m['max_probability_gap']:.3f} |"
         )
     return "\n".join([*lines, "", provenance(rows)])
 

@@ -10,8 +10,11 @@ clients, and 256-image batches.
 
 ``--pipelines text`` (issue 14's target: p99 <= 100 ms at 8 clients for single sentences)
 serves the text models instead, without defenses: the fortune-topic MiniLM classifier
-(``--text-victim DIR``, or one trained for an epoch; latency does not depend on its accuracy)
-and VADER, each asked one quotation of the evaluation split per request.
+(``--text-victim DIR``, or one trained with the text recipe's defaults, the Thieves tables'
+victim), the same served with ``--quantize int8`` (text-minilm-int8), and VADER, each asked one
+quotation of the evaluation split per request. Before the servers start, the int8 copy's
+accuracy and agreement with the float model on the evaluation split go to
+benchmarks/results/text_quantization.jsonl.
 
 Each repetition measures the pipelines one after the other, so that the defended/undefended
 ratio is taken within one run; every row goes to benchmarks/results/serve_load.jsonl, from
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import itertools
 import re
 import subprocess
@@ -237,21 +241,30 @@ def main() -> None:
 def text_load(store: ResultsStore, work: Path, args: argparse.Namespace) -> None:
     """Single sentences to the served text models (see the module docstring)."""
     from modelheist.data import load_dataset
+    from modelheist.models.text import TEXT_EPOCHS
 
-    victims = {"text-minilm": args.text_victim, "text-vader": work / "vader"}
-    if victims["text-minilm"] is None:
-        victims["text-minilm"] = work / "minilm"
-        print("training the text victim (fortunes, MiniLM, 1 epoch)...", flush=True)
-        run("train", "--dataset", "fortunes", "--arch", "minilm", "--epochs", "1",
-            "--out", str(victims["text-minilm"]))  # fmt: skip
-    run("train", "--dataset", "fortunes", "--arch", "vader", "--out", str(victims["text-vader"]))
+    minilm = args.text_victim
+    if minilm is None:
+        minilm = work / "minilm"
+        print("training the text victim (fortunes, MiniLM, the text recipe)...", flush=True)
+        run("train", "--dataset", "fortunes", "--arch", "minilm", "--epochs", str(TEXT_EPOCHS),
+            "--out", str(minilm))  # fmt: skip
+    run("train", "--dataset", "fortunes", "--arch", "vader", "--out", str(work / "vader"))
+    victims = {
+        "text-minilm": (minilm, []),
+        "text-minilm-int8": (minilm, ["--quantize", "int8"]),
+        "text-vader": (work / "vader", []),
+    }
+    quantization_accuracy(minilm)
     texts = load_dataset("fortunes", seed=0).test.x
     rng = np.random.default_rng(0)
     singles = [orjson.dumps({"inputs": [str(texts[i])]}) for i in rng.choice(len(texts), 256)]
-    for repeat, (stack_name, victim) in itertools.product(range(args.repeats), victims.items()):
+    for repeat, (stack_name, (victim, options)) in itertools.product(
+        range(args.repeats), victims.items()
+    ):
         state = work / f"state-{stack_name}-{repeat}"
         key = run("keys", "add", "bench", "--state", str(state)).strip()
-        proc, base = start_server(victim, state, [])
+        proc, base = start_server(victim, state, options)
         url = f"{base}/v1/models/victim/predict"
         try:
             for clients in [int(c) for c in args.concurrency.split(",")]:
@@ -260,6 +273,48 @@ def text_load(store: ResultsStore, work: Path, args: argparse.Namespace) -> None
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def quantization_accuracy(victim: Path) -> None:
+    """The int8 copy (``serve --quantize int8``) against the float model on the evaluation
+    split of the victim's own data split: each one's accuracy, their agreement and largest
+    probability gap (one row)."""
+    from modelheist.experiments.targets import victim_split
+    from modelheist.models.store import load_model
+    from modelheist.models.text import quantize_text_model
+
+    model = load_model(victim)
+    quantized = quantize_text_model(model, "int8")  # refuses a model that is not MiniLM
+    test = victim_split(model).test
+    x, y = test.x, test.y
+    float_probs, int8_probs = model.predict_proba(x), quantized.predict_proba(x)
+    float_labels, int8_labels = float_probs.argmax(axis=1), int8_probs.argmax(axis=1)
+    metrics = {
+        "float_accuracy": float((float_labels == y).mean()),
+        "int8_accuracy": float((int8_labels == y).mean()),
+        "agreement": float((float_labels == int8_labels).mean()),
+        "max_probability_gap": float(np.abs(float_probs - int8_probs).max()),
+        "evaluation_sentences": len(x),
+    }
+    store = ResultsStore(ROOT / "results" / "text_quantization.jsonl")
+    store.freeze_environment()
+    training = model.card.training
+    victim_info = {
+        "epochs": training.get("epochs"),
+        "tuned_layers": training["tuned_layers"],
+        "seed": training.get("seed"),
+        "weights_sha256": hashlib.sha256((victim / "weights.safetensors").read_bytes()).hexdigest(),
+    }
+    row = store.append(
+        {
+            "benchmark": "text_quantization",
+            "dataset": model.card.dataset,
+            "victim": victim_info,
+            "queries_counted": 0,  # the owner measures its own model
+            "metrics": metrics,
+        }
+    )
+    print(row["metrics"], flush=True)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,48 @@ def test_chunked_predictions_match_one_sentence_at_a_time(tiny_text_model, tiny_
     np.testing.assert_allclose(together, alone, atol=1e-4)
 
 
+def test_the_int8_copy_answers_like_the_model_and_leaves_it_float(tiny_text_model, tiny_text_data):
+    from torch import nn
+
+    quantized = text.quantize_text_model(tiny_text_model)
+    x = tiny_text_data.test.x
+    float_probs, int8_probs = tiny_text_model.predict_proba(x), quantized.predict_proba(x)
+    agreement = (float_probs.argmax(axis=1) == int8_probs.argmax(axis=1)).mean()
+    assert agreement >= 0.9 and np.abs(float_probs - int8_probs).mean() < 0.08, (
+        agreement,
+        np.abs(float_probs - int8_probs).mean(),
+    )
+    assert not np.array_equal(float_probs, int8_probs)  # it did quantise
+    kinds = {type(m) for m in tiny_text_model.module.modules()}
+    assert nn.Linear in kinds  # the original keeps its float layers
+    assert nn.Linear not in {type(m) for m in quantized.module.modules()}
+    assert quantized.card.training["quantized"] == "int8"
+    assert "quantized" not in tiny_text_model.card.training
+    with pytest.raises(ModelheistError, match="unknown quantisation 'int4'"):
+        text.quantize_text_model(tiny_text_model, "int4")
+
+
+def test_serve_answers_with_the_int8_copy_and_says_so(tiny_text_model, tiny_text_data, tmp_path):
+    from modelheist.api.http_server import prepare_server
+    from modelheist.api.local import LocalOracle
+    from modelheist.models.store import save_model
+
+    save_model(tiny_text_model, tmp_path / "m")
+    server = prepare_server(tmp_path / "m", tmp_path / "state", quantize="int8", port=0)
+    try:
+        assert any("int8 copy" in notice for notice in server.notices)
+        oracle = LocalOracle.for_new_client(server.service, None, "c")
+        answer = oracle.query(tiny_text_data.test.x[:5])
+        expected = text.quantize_text_model(tiny_text_model).predict_proba(
+            tiny_text_data.test.x[:5]
+        )
+        np.testing.assert_allclose(answer.probabilities, expected, atol=1e-6)
+    finally:
+        server.close()
+    with pytest.raises(ModelheistError, match="made for serving"):
+        save_model(server.service.model, tmp_path / "copy")
+
+
 def test_text_model_loads_only_beside_its_encoder(tiny_text_model, tmp_path):
     import json
 

@@ -154,3 +154,19 @@ def test_train_saves_vader_for_the_text_set(tmp_path, cli_in_process):
     model = load_model(tmp_path / "v")
     assert model.card.dataset == "fortunes" and model.card.input_shape == []
     assert model.predict_proba(SENTENCES).argmax(axis=1).tolist() == [2, 1, 0]
+
+
+def test_serve_quantizes_minilm_models_only(tmp_path, vader, cli_in_process):
+    from modelheist.api.http_server import prepare_server
+    from modelheist.models.store import save_model
+
+    with pytest.raises(ModelheistError, match="--quantize takes int8, got 'int4'"):
+        prepare_server(tmp_path / "absent", tmp_path / "state", quantize="int4", port=0)
+    save_model(vader, tmp_path / "vader")
+    with pytest.raises(ModelheistError, match="--quantize applies to minilm text models, not to"):
+        prepare_server(tmp_path / "vader", tmp_path / "state", quantize="int8", port=0)
+    assert not (tmp_path / "state").exists()  # a refused start changes nothing
+    proc = cli_in_process(
+        "serve", tmp_path / "vader", "--quantize", "int4", "--port", "0", "--state", tmp_path / "s"
+    )
+    assert proc.returncode == 2 and "--quantize takes int8, got 'int4'" in proc.stderr

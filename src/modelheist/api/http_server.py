@@ -763,10 +763,12 @@ def prepare_server(
     durable: bool = False,
     leaves: bool = False,
     incomplete_queries: bool = False,
+    quantize: str | None = None,
 ) -> PreparedServer:
-    """Check every option, load the model, open the state folder and the stages (their secret
-    files), and bind the socket: every problem is one ``ModelheistError`` before anything
-    listens, and nothing in the state folder is changed by a refused start."""
+    """Check every option, load the model (a text model with ``quantize``: its int8 copy,
+    :func:`~modelheist.models.text.quantize_text_model`), open the state folder and the stages
+    (their secret files), and bind the socket: every problem is one ``ModelheistError`` before
+    anything listens, and nothing in the state folder is changed by a refused start."""
     from modelheist.defenses.registry import parse_defense, parse_output
     from modelheist.models.store import load_model
 
@@ -779,10 +781,23 @@ def prepare_server(
         raise ModelheistError(f"--max-body-mb must be positive and finite, got {max_body_mb}")
     if not 0 <= port <= 65535:
         raise ModelheistError(f"--port must be between 0 and 65535, got {port}")
+    if quantize is not None:
+        from modelheist.models.store import load_card
+        from modelheist.models.text import ARCHITECTURE, QUANTIZATIONS, quantize_text_model
+
+        if quantize not in QUANTIZATIONS:
+            raise ModelheistError(f"--quantize takes {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+        architecture = load_card(model_dir).architecture
+        if architecture != ARCHITECTURE:
+            raise ModelheistError(
+                f"--quantize applies to {ARCHITECTURE} text models, not to {architecture}"
+            )
     stages = [parse_defense(spec) for spec in defenses] + parse_output(output)
     for stage in stages:
         stage.check_serving()
     model = load_model(model_dir)
+    if quantize is not None:
+        model = quantize_text_model(model, quantize)
     service = PredictionService(
         model,
         stages,
@@ -803,5 +818,10 @@ def prepare_server(
         for pipeline, count in ledger.pipelines().items()
         if pipeline != service.pipeline
     ]
+    if quantize is not None:
+        notices.append(
+            f"answering with the model's {quantize} copy (its linear layers quantised "
+            "dynamically): answers differ a little from the saved model's"
+        )
     app = create_app(service, int(max_body_mb * 1024**2))
     return PreparedServer(service, ledger, app, sock, notices)

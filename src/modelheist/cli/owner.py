@@ -486,6 +486,13 @@ def serve(
     incomplete_queries: Annotated[
         bool, typer.Option(help="Tree models: accept missing features (null / NaN), as BigML did.")
     ] = False,
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            help="MiniLM text models: answer from a copy whose linear layers are quantised "
+            "dynamically to int8 (answers differ a little from the saved model's)."
+        ),
+    ] = None,
 ) -> None:
     """Serve a model over HTTP with API keys, budgets, an audit log and defenses."""
     from modelheist.api.http_server import prepare_server
@@ -503,6 +510,7 @@ def serve(
         durable=durable,
         leaves=leaves,
         incomplete_queries=incomplete_queries,
+        quantize=quantize,
     )
     card = server.service.model.card
     err_console.print(

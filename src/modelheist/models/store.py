@@ -39,6 +39,11 @@ _TREE_ARRAYS = ("children_left", "children_right", "feature", "threshold", "valu
 def save_model(model: Classifier, folder: str | Path, overwrite: bool = False) -> Path:
     """Write ``model`` to ``folder`` (created; an existing non-empty folder is refused)."""
     folder = Path(folder)
+    if model.card.training.get("quantized"):
+        raise ModelheistError(
+            f"this is the model's {model.card.training['quantized']} copy, made for serving; "
+            "save the model it was made from"
+        )
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise ModelheistError(f"output folder {folder} already exists and is not empty")
     folder.mkdir(parents=True, exist_ok=True)

@@ -307,6 +307,45 @@ def train_text_model(
     return model
 
 
+#: What :func:`quantize_text_model` accepts (``modelheist serve --quantize``).
+QUANTIZATIONS = ("int8",)
+
+
+def quantize_text_model(model: TextClassifier, scheme: str = "int8") -> TextClassifier:
+    """A copy of ``model`` for serving, its linear layers quantised dynamically (Jacob et al.,
+    CVPR '18; PyTorch's dynamic quantisation, as in its BERT tutorial): int8 weights, activations
+    quantised per batch; attention's own products stay float. Its answers differ a little from
+    the float model's (benchmarks/serve_load.py measures by how much); its card says
+    ``quantized`` and it cannot be saved. ``model`` is left as it was.
+
+    Deviation: ``torch.ao.quantization.quantize_dynamic`` is deprecated in favour of torchao,
+    not a dependency here; its DeprecationWarning is silenced."""
+    import copy
+    import dataclasses
+    import warnings
+
+    if scheme not in QUANTIZATIONS:
+        raise ModelheistError(
+            f"unknown quantisation {scheme!r}; choose one of: {', '.join(QUANTIZATIONS)}"
+        )
+    engines = torch.backends.quantized.supported_engines
+    if torch.backends.quantized.engine in (None, "none") or (
+        torch.backends.quantized.engine not in engines
+    ):
+        engine = next((e for e in ("x86", "fbgemm", "qnnpack") if e in engines), None)
+        if engine is None:
+            raise ModelheistError(f"this torch build has no int8 engine (it has: {engines})")
+        torch.backends.quantized.engine = engine
+    network = copy.deepcopy(model.module).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch.ao.quantization import quantize_dynamic
+
+        quantize_dynamic(network, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    card = dataclasses.replace(model.card, training={**model.card.training, "quantized": scheme})
+    return TextClassifier(network, card, model.batch_size)
+
+
 def load_text_model(state: dict[str, torch.Tensor], card: ModelCard) -> TextClassifier:
     """A text model from its tuned weights and card (see :mod:`modelheist.models.store`)."""
     if card.training.get("encoder_sha256") != encoder_digest():
