@@ -20,7 +20,7 @@ models alone, left the watermarked model of a first, interrupted run of the tabl
 unprotected one: the rows at 0.1 here show it on validation).
 The choice: among (setting, passes, clip) whose watermark reaches 0.9 (the talk's "embedded
 successfully") and, where the rows hold it, whose passes inside DP-SGD spend at most a quarter
-more than the budget (docs_tables' ``EPSILON_SLACK``: mnist5k's ten passes of a first
+more epsilon than the DP-SGD model alone (docs_tables' ``EPSILON_SLACK``: mnist5k's ten passes of a first
 validation spent 10.3 against 3), the largest mean validation accuracy of the three models. Rows go to
 benchmarks/results/conflicts-validation.jsonl (rows made before the watermarked models, or
 before their clipped variants, were added carry fewer figures and are redone).
