@@ -44,7 +44,7 @@ from modelheist.models.training import train_model
 from modelheist.ownership.watermark import TriggerSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conflicts import RESULTS, table_config, table_settings  # noqa: E402
+from conflicts import RESULTS, UNSETTLED, table_config, table_settings  # noqa: E402
 
 STORE = RESULTS / "conflicts-larger-clip.jsonl"
 #: The rates tried (for Fashion-MNIST): around 0.01, where clipping norm 10 adds the noise per
@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, choices=range(1, 11), metavar="1..10")
     parser.add_argument("--dataset", default="fashion-mnist")
     args = parser.parse_args()
+    if args.dataset in UNSETTLED:  # its table's settings are not chosen yet
+        raise SystemExit(UNSETTLED[args.dataset])
     console = Console(stderr=True)
     store = ResultsStore(STORE)
     store.freeze_environment()

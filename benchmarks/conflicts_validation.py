@@ -19,13 +19,17 @@ learning rate is chosen with them in view (SGD at 0.1, chosen on the unprotected
 models alone, left the watermarked model of a first, interrupted run of the table far below the
 unprotected one: the rows at 0.1 here show it on validation).
 The choice: among (setting, passes, clip) whose watermark reaches 0.9 (the talk's "embedded
-successfully") and, where the rows hold it, whose passes inside DP-SGD spend at most a quarter
-more epsilon than the DP-SGD model alone (docs_tables' ``EPSILON_SLACK``: mnist5k's ten passes of a first
-validation spent 10.3 against 3), the largest mean validation accuracy of the three models. Rows go to
-benchmarks/results/conflicts-validation.jsonl (rows made before the watermarked models, or
-before their clipped variants, were added carry fewer figures and are redone).
+successfully") and, where the rows hold it, whose passes inside DP-SGD spend at most a
+quarter more epsilon than the DP-SGD model alone (docs_tables' ``EPSILON_SLACK``: mnist5k's
+ten passes of a first validation spent 10.3 against 3), the largest mean validation accuracy
+of the three models. Rows go to benchmarks/results/conflicts-validation.jsonl (rows made
+before the watermarked models were added carry fewer figures). ``--rounds`` and ``--clips``
+measure other passes or clips: a seed and setting already measured then trains only the
+models it lacks, in a row marked ``supplement`` that the docs table reads together with the
+seed's latest full row.
 
     python benchmarks/conflicts_validation.py [--seeds 1] [--dataset fashion-mnist] [--sgd-only]
+        [--lrs 0.03 0.1] [--rounds 1 10] [--clips none 1.0]
 """
 
 from __future__ import annotations
@@ -56,21 +60,41 @@ STORE = RESULTS / "conflicts-validation.jsonl"
 #: (optimiser, learning rate, weight decay): AdamW as the Trainer's default; SGD with the
 #: study's momentum 0.9 and weight decay 5e-4.
 GRID = [("adamw", 2e-3, 1e-4)] + [("sgd", lr, 5e-4) for lr in (0.01, 0.03, 0.1, 0.3)]
-#: Trigger passes after each epoch: the study's 1, and 10 (its 100 epochs' worth in our 10).
+#: Trigger passes after each epoch (``--rounds``): the study's 1, and 10 (its 100 epochs'
+#: worth in our 10).
 ROUNDS = (1, 10)
-#: The trigger steps' gradient-norm clip: None (the study's) and DP-SGD's clipping norm, 1.0.
+#: The trigger steps' gradient-norm clip (``--clips``): None (the study's) and DP-SGD's
+#: clipping norm, 1.0.
 CLIPS = (None, 1.0)
-#: The watermark variants: (metric prefix, passes, clip norm).
-WATERMARKS = [
-    (f"wm{rounds}" + ("" if clip is None else f"_clip{clip:g}"), rounds, clip)
-    for clip in CLIPS
-    for rounds in ROUNDS
-]
-#: The watermark inside DP-SGD: (metric prefix, passes); its steps are private, so clipped
-#: per example whatever the watermark's own clip.
-PRIVATE_WATERMARKS = [(f"dp_wm{rounds}", rounds) for rounds in ROUNDS]
-#: Every validation accuracy a complete row holds.
-MODELS = ["none", "dp", *(name for name, _, _ in WATERMARKS), *(n for n, _ in PRIVATE_WATERMARKS)]
+
+
+def watermark_variants(rounds: tuple[int, ...], clips: tuple[float | None, ...]) -> list:
+    """The watermark variants: (metric prefix, passes, clip norm)."""
+    return [
+        (f"wm{n}" + ("" if clip is None else f"_clip{clip:g}"), n, clip)
+        for clip in clips
+        for n in rounds
+    ]
+
+
+def private_watermarks(rounds: tuple[int, ...]) -> list:
+    """The watermark inside DP-SGD: (metric prefix, passes); its steps are private, so
+    clipped per example whatever the watermark's own clip."""
+    return [(f"dp_wm{n}", n) for n in rounds]
+
+
+def measured(rows: list[dict], key: tuple) -> dict:
+    """The metrics measured for ``key`` (seed, optimiser, rate, weight decay): its latest
+    full row's and those of the supplements that follow it."""
+    metrics: dict = {}
+    for row in rows:
+        if (row["seed"], row["optimizer"], row["lr"], row["weight_decay"]) == key:
+            metrics = {**metrics, **row["metrics"]} if row.get("supplement") else row["metrics"]
+    return metrics
+
+
+def clip_value(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
 
 
 def main() -> None:
@@ -78,51 +102,69 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--sgd-only", action="store_true", help="skip AdamW and SGD at 0.01")
+    parser.add_argument("--lrs", type=float, nargs="+", help="only SGD at these rates")
+    parser.add_argument("--rounds", type=int, nargs="+", default=list(ROUNDS))
+    parser.add_argument("--clips", type=clip_value, nargs="+", default=list(CLIPS))
     args = parser.parse_args()
+    if min(args.rounds) < 1 or any(c is not None and not c > 0 for c in args.clips):
+        parser.error("passes must be at least 1 and clips > 0 (or none)")
     console = Console(stderr=True)
     store = ResultsStore(STORE)
     store.freeze_environment()
     settings = table_settings(args.dataset)
-    done = {
-        (r["seed"], r["optimizer"], r["lr"], r["weight_decay"])
-        for r in store.rows()
-        if r["dataset"] == args.dataset
-        and r["training"] == settings
-        and all(f"{name}_validation_accuracy" in r["metrics"] for name in MODELS)
-    }
+    watermarks = watermark_variants(tuple(args.rounds), tuple(args.clips))
+    private = private_watermarks(tuple(args.rounds))
+    models = ["none", "dp", *(name for name, _, _ in watermarks), *(n for n, _ in private)]
+    mine = [r for r in store.rows() if r["dataset"] == args.dataset and r["training"] == settings]
     grid = [g for g in GRID if g[0] == "sgd" and g[1] > 0.01] if args.sgd_only else GRID
+    if args.lrs:
+        grid = [g for g in GRID if g[0] == "sgd" and g[1] in args.lrs]
+        if not grid:
+            parser.error(f"no SGD rate of the grid among {args.lrs}")
     base = ConflictsConfig(
         dataset=args.dataset, trigger_source=default_trigger_source(args.dataset), **settings
     )
     for seed in range(args.seeds):
         for optimizer, lr, weight_decay in grid:
-            if (seed, optimizer, lr, weight_decay) in done:
+            before = measured(mine, (seed, optimizer, lr, weight_decay))
+            wanted = [m for m in models if f"{m}_validation_accuracy" not in before]
+            if not wanted:
                 continue
+            # a seed and setting whose unprotected and DP-SGD models are measured: the rest only
+            supplement = not {"none", "dp"} & set(wanted)
             config = replace(base, seed=seed, optimizer=optimizer, lr=lr, weight_decay=weight_decay)
             data = owner_data(config)
             triggers = table_triggers(config, data)
-            metrics = {}
-            variants = {
-                name: replace(config, trigger_rounds=rounds, trigger_clip=clip)
-                for name, rounds, clip in WATERMARKS
-            }
             budget = (config.dp_epsilon, config.dp_delta, config.dp_clip)
             cells = [
                 ("none", []),
                 ("dp", [DpSgd(*budget)]),
-                *((name, [table_watermark(v, triggers)]) for name, v in variants.items()),
                 *(
                     (
                         name,
                         [
-                            table_watermark(replace(config, trigger_rounds=rounds), triggers),
+                            table_watermark(
+                                replace(config, trigger_rounds=n, trigger_clip=c), triggers
+                            )
+                        ],
+                    )
+                    for name, n, c in watermarks
+                ),
+                *(
+                    (
+                        name,
+                        [
+                            table_watermark(replace(config, trigger_rounds=n), triggers),
                             DpSgd(*budget),
                         ],
                     )
-                    for name, rounds in PRIVATE_WATERMARKS
+                    for name, n in private
                 ),
             ]
+            metrics = {}
             for cell, protections in cells:
+                if supplement and cell not in wanted:
+                    continue
                 model = train_model(
                     data, config.architecture, config.train_config(seed), None, protections
                 )
@@ -136,35 +178,37 @@ def main() -> None:
                 if cell.startswith("dp"):
                     (entry,) = [p for p in model.card.protections if p["name"] == DpSgd.name]
                     metrics[f"{cell}_epsilon"] = entry["epsilon_spent"]
-            metrics["mean_validation_accuracy"] = (
-                metrics["none_validation_accuracy"] + metrics["dp_validation_accuracy"]
-            ) / 2  # the first criterion's, kept comparable with the earlier rows
-            store.append(
-                {
-                    "benchmark": "conflicts-validation",
-                    "dataset": args.dataset,
-                    "optimizer": optimizer,
-                    "lr": lr,
-                    "weight_decay": weight_decay,
-                    "training": settings,
-                    "watermarks": [
-                        {"name": name, "rounds": rounds, "clip": clip}
-                        for name, rounds, clip in WATERMARKS
-                    ]
-                    + [
-                        {"name": name, "rounds": rounds, "private": True}
-                        for name, rounds in PRIVATE_WATERMARKS
-                    ],
-                    "triggers": {
-                        "count": config.triggers,
-                        "source": config.trigger_source,
-                        "batch": config.trigger_batch,
-                    },
-                    "queries_counted": 0,
-                    "metrics": metrics,
+            if not supplement:
+                metrics["mean_validation_accuracy"] = (
+                    metrics["none_validation_accuracy"] + metrics["dp_validation_accuracy"]
+                ) / 2  # the first criterion's, kept comparable with the earlier rows
+            row = {
+                "benchmark": "conflicts-validation",
+                "dataset": args.dataset,
+                "optimizer": optimizer,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "training": settings,
+                "watermarks": [
+                    {"name": name, "rounds": n, "clip": clip}
+                    for name, n, clip in watermarks
+                    if not supplement or name in wanted
+                ]
+                + [
+                    {"name": name, "rounds": n, "private": True}
+                    for name, n in private
+                    if not supplement or name in wanted
+                ],
+                "triggers": {
+                    "count": config.triggers,
+                    "source": config.trigger_source,
+                    "batch": config.trigger_batch,
                 },
-                seed=seed,
-            )
+                "queries_counted": 0,
+                "metrics": metrics,
+            }
+            store.append({**row, "supplement": True} if supplement else row, seed=seed)
+            mine.append({**row, "seed": seed, "supplement": supplement})
             console.print(f"seed {seed} {optimizer} lr {lr:g}: {metrics}")
 
 

@@ -874,19 +874,44 @@ def _watermark_variants(rows: list[dict]) -> list[tuple[str, str]]:
     ]
 
 
+def _with_supplements(rows: list[dict]) -> list[dict]:
+    """The conflicts validation's full rows, each with the metrics of the rows marked
+    ``supplement`` that follow it for the same seed and setting (models it lacked, trained
+    later: benchmarks/conflicts_validation.py)."""
+    full: list[dict] = []
+    for row in rows:
+        key = (row["dataset"], row["training"], row["optimizer"], row["lr"], row["weight_decay"])
+        if not row.get("supplement"):
+            full.append({**row, "key": key})
+            continue
+        bases = [r for r in full if r["key"] == key and r["seed"] == row["seed"]]
+        if not bases:
+            raise ValueError(f"a supplement row of {row['date']} follows no full row of its seed")
+        bases[-1]["metrics"] = {**bases[-1]["metrics"], **row["metrics"]}
+    return full
+
+
 def conflicts_validation(rows: list[dict]) -> str:
     """The conflicts table's optimiser grid: validation accuracy of the unprotected and the
     DP-SGD models per setting, and of each watermarked variant (trigger passes after each
     epoch, trigger steps unclipped or clipped) with its watermark accuracy, mean ± std over
-    seeds; rows made with fewer variants form their own lines ("-" where they have none).
-    Then the rule applied: per setting and variant measured on every seed of the setting, the
-    mean validation accuracy of the three models, among those whose mean watermark accuracy
-    reaches 0.9 and, where the rows train the same passes inside DP-SGD, whose epsilon there
-    is at most ``EPSILON_SLACK`` more than the DP-SGD model's; per dataset and training
-    settings, the largest among the settings with its most seeds is the choice."""
+    seeds; rows made with fewer variants form their own lines ("-" where they have none; a
+    supplement's models join its seed's latest full row). Then the rule applied: per setting
+    and variant, over each seed's latest row that measured it, the mean validation accuracy
+    of the three models, among those whose mean watermark accuracy reaches 0.9 and, where the
+    rows train the same passes inside DP-SGD, whose epsilon there is at most
+    ``EPSILON_SLACK`` more than the DP-SGD model's; per dataset and training settings, the
+    largest among the candidates with its most seeds is the choice."""
+    provenance_rows, rows = rows, _with_supplements(rows)
     variants = _watermark_variants(rows)
+    inside_epsilon = re.compile(r"dp_wm(\d+)_epsilon")
     passes_inside = sorted(
-        {int(k[5:-8]) for r in rows for k in r["metrics"] if re.fullmatch(r"dp_wm\d+_epsilon", k)}
+        {
+            int(match[1])
+            for r in rows
+            for k in r["metrics"]
+            if (match := inside_epsilon.fullmatch(k))
+        }
     )
     lines = [
         "| dataset | epochs | training images (cap) | batch | optimiser | learning rate "
@@ -951,13 +976,16 @@ def conflicts_validation(rows: list[dict]) -> str:
     ]
     candidates = []
     for setting in dict.fromkeys(map(setting_of, rows)):
-        latest: dict[int, dict] = {}  # the seed's latest row with every variant
-        for row in rows:
-            if setting_of(row) == setting and all(
-                f"{v}_validation_accuracy" in row["metrics"] for v, _ in variants
-            ):
-                latest[row["seed"]] = row["metrics"]
-        for variant, label in variants if latest else []:
+        for variant, label in variants:
+            latest: dict[int, dict] = {}  # each seed's latest row that measured the variant
+            for row in rows:
+                if (
+                    setting_of(row) == setting
+                    and f"{variant}_validation_accuracy" in row["metrics"]
+                ):
+                    latest[row["seed"]] = row["metrics"]
+            if not latest:
+                continue
             watermark = statistics.mean(m[f"{variant}_watermark_accuracy"] for m in latest.values())
             private = f"dp_wm{WATERMARK_VARIANT.fullmatch(variant)[1]}"
             inside = None  # (watermark accuracy, epsilon, the DP-SGD model's epsilon)
@@ -997,7 +1025,7 @@ def conflicts_validation(rows: list[dict]) -> str:
             f"| {setting[0]} | {setting[3]} | {setting[4]} | {setting[5]:g} | {label} | {seeds} "
             f"| {watermark:.2f} | {private} | {_spread(means, 4)} | {verdict} |"
         )
-    return "\n".join([*lines, "", *choice, "", provenance(rows)])
+    return "\n".join([*lines, "", *choice, "", provenance(provenance_rows)])
 
 
 def ownership_matrix(rows: list[dict]) -> str:

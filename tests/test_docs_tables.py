@@ -95,3 +95,66 @@ def test_the_conflicts_choice_bounds_the_watermarks_epsilon_inside_dp_sgd():
     assert "| d | 4 | sgd | 0.1 | 10 passes, clip 1 | 2 | 1.00 | 0.40 / 3.60 (3.00) |" in chosen[1]
     assert "inside DP-SGD, 10 passes: validation acc. / watermark acc. / epsilon" in table
     assert "| 0.5000 ± 0.0000 / 0.40 ± 0.00 / 10.00 ± 0.00 |" in table
+
+
+def test_a_supplement_joins_its_seeds_full_row_and_each_setting_keeps_its_own_variants():
+    """Passes measured later (a row marked ``supplement``) join the seed's latest full row and
+    can be chosen; a setting that never measured them still gets its own choice."""
+    spec = importlib.util.spec_from_file_location("docs_tables", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def row(dataset, seed, metrics, supplement=False):
+        training = {"epochs": 10, "train_size": 100, "batch_size": 8}
+        return {
+            "dataset": dataset, "training": training, "optimizer": "sgd", "lr": 0.1,
+            "weight_decay": 0.0, "seed": seed, "metrics": metrics, "machine": "m",
+            "command": "c", "commit": "x", "date": "2026-12-04",
+        } | ({"supplement": True} if supplement else {})  # fmt: skip
+
+    def full(val, acc, epsilon):
+        return {
+            "none_validation_accuracy": 0.9, "dp_validation_accuracy": 0.8,
+            "mean_validation_accuracy": 0.85, "dp_epsilon": 3.0,
+            "wm1_clip1_validation_accuracy": val, "wm1_clip1_watermark_accuracy": acc,
+            "dp_wm1_validation_accuracy": 0.5, "dp_wm1_watermark_accuracy": 0.3,
+            "dp_wm1_epsilon": epsilon,
+        }  # fmt: skip
+
+    two_passes = {
+        "wm2_clip1_validation_accuracy": 0.88, "wm2_clip1_watermark_accuracy": 0.95,
+        "dp_wm2_validation_accuracy": 0.6, "dp_wm2_watermark_accuracy": 0.5,
+        "dp_wm2_epsilon": 3.5,
+    }  # fmt: skip
+    rows = [row("a", s, full(0.89, 0.6, 3.2)) for s in (0, 1)]  # one pass does not embed
+    rows += [row("a", s, two_passes, supplement=True) for s in (0, 1)]
+    rows += [row("b", s, full(0.87, 0.95, 3.2)) for s in (0, 1)]  # never measured two passes
+    table = module.conflicts_validation(rows)
+    chosen = [line for line in table.splitlines() if line.endswith("| chosen |")]
+    assert len(chosen) == 2
+    assert "| a | 8 | sgd | 0.1 | 2 passes, clip 1 | 2 | 0.95 | 0.50 / 3.50 (3.00) |" in chosen[0]
+    assert "| b | 8 | sgd | 0.1 | 1 pass, clip 1 | 2 | 0.95 | 0.30 / 3.20 (3.00) |" in chosen[1]
+    measured = [line for line in table.splitlines() if line.startswith("| a | 10 |")]
+    assert len(measured) == 1 and "| 0.8800 ± 0.0000 / 0.95 ± 0.00 |" in measured[0]
+
+
+def test_the_validation_script_supplements_only_the_seeds_latest_full_row():
+    """What conflicts_validation.py counts as measured for a seed and setting: its latest full
+    row and the supplements after it (as the docs table reads them), not older full rows."""
+    spec = importlib.util.spec_from_file_location(
+        "conflicts_validation", ROOT / "benchmarks" / "conflicts_validation.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    key = {"seed": 0, "optimizer": "sgd", "lr": 0.1, "weight_decay": 0.0}
+    rows = [
+        key | {"metrics": {"none_validation_accuracy": 0.5, "wm3_validation_accuracy": 0.1}},
+        key | {"metrics": {"none_validation_accuracy": 0.9}},
+        key | {"metrics": {"wm2_validation_accuracy": 0.8}, "supplement": True},
+        key | {"seed": 1, "metrics": {"wm5_validation_accuracy": 0.7}, "supplement": True},
+    ]
+    assert module.measured(rows, (0, "sgd", 0.1, 0.0)) == {
+        "none_validation_accuracy": 0.9,
+        "wm2_validation_accuracy": 0.8,
+    }
+    assert module.watermark_variants((2,), (None, 1.0)) == [("wm2", 2, None), ("wm2_clip1", 2, 1.0)]
