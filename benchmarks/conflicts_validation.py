@@ -83,14 +83,29 @@ def private_watermarks(rounds: tuple[int, ...]) -> list:
     return [(f"dp_wm{n}", n) for n in rounds]
 
 
-def measured(rows: list[dict], key: tuple) -> dict:
-    """The metrics measured for ``key`` (seed, optimiser, rate, weight decay): its latest
-    full row's and those of the supplements that follow it."""
+def figures(model: str) -> list[str]:
+    """The metrics a row holds for ``model``: its validation accuracy, a watermarked model's
+    watermark accuracy, a DP-SGD model's epsilon."""
+    return [
+        f"{model}_validation_accuracy",
+        *([f"{model}_watermark_accuracy"] if "wm" in model else []),
+        *([f"{model}_epsilon"] if model.startswith("dp") else []),
+    ]
+
+
+def measured(rows: list[dict], key: tuple) -> tuple[dict, dict | None]:
+    """What is measured for ``key`` (seed, optimiser, rate, weight decay) among ``rows`` (one
+    dataset's, at one training setting): the metrics of its latest full row and of the
+    supplements that follow it, and that full row (None: none yet)."""
     metrics: dict = {}
+    base = None
     for row in rows:
         if (row["seed"], row["optimizer"], row["lr"], row["weight_decay"]) == key:
-            metrics = {**metrics, **row["metrics"]} if row.get("supplement") else row["metrics"]
-    return metrics
+            if row.get("supplement"):
+                metrics = {**metrics, **row["metrics"]}
+            else:
+                metrics, base = row["metrics"], row
+    return metrics, base
 
 
 def clip_value(text: str) -> float | None:
@@ -112,8 +127,9 @@ def main() -> None:
     store = ResultsStore(STORE)
     store.freeze_environment()
     settings = table_settings(args.dataset)
-    watermarks = watermark_variants(tuple(args.rounds), tuple(args.clips))
-    private = private_watermarks(tuple(args.rounds))
+    rounds, clips = tuple(dict.fromkeys(args.rounds)), tuple(dict.fromkeys(args.clips))
+    watermarks = watermark_variants(rounds, clips)
+    private = private_watermarks(rounds)
     models = ["none", "dp", *(name for name, _, _ in watermarks), *(n for n, _ in private)]
     mine = [r for r in store.rows() if r["dataset"] == args.dataset and r["training"] == settings]
     grid = [g for g in GRID if g[0] == "sgd" and g[1] > 0.01] if args.sgd_only else GRID
@@ -126,8 +142,8 @@ def main() -> None:
     )
     for seed in range(args.seeds):
         for optimizer, lr, weight_decay in grid:
-            before = measured(mine, (seed, optimizer, lr, weight_decay))
-            wanted = [m for m in models if f"{m}_validation_accuracy" not in before]
+            before, full_row = measured(mine, (seed, optimizer, lr, weight_decay))
+            wanted = [m for m in models if not all(k in before for k in figures(m))]
             if not wanted:
                 continue
             # a seed and setting whose unprotected and DP-SGD models are measured: the rest only
@@ -207,9 +223,11 @@ def main() -> None:
                 "queries_counted": 0,
                 "metrics": metrics,
             }
-            store.append({**row, "supplement": True} if supplement else row, seed=seed)
-            mine.append({**row, "seed": seed, "supplement": supplement})
-            console.print(f"seed {seed} {optimizer} lr {lr:g}: {metrics}")
+            if supplement:  # the full row it adds to (the docs table joins it by order)
+                row |= {"supplement": True, "base": {k: full_row[k] for k in ("commit", "date")}}
+            mine.append(store.append(row, seed=seed))
+            kind = "supplement" if supplement else "row"
+            console.print(f"seed {seed} {optimizer} lr {lr:g} ({kind}): {metrics}")
 
 
 if __name__ == "__main__":

@@ -886,7 +886,10 @@ def _with_supplements(rows: list[dict]) -> list[dict]:
             continue
         bases = [r for r in full if r["key"] == key and r["seed"] == row["seed"]]
         if not bases:
-            raise ValueError(f"a supplement row of {row['date']} follows no full row of its seed")
+            raise ValueError(
+                f"a supplement row of {row['date']} ({row['dataset']}, lr {row['lr']:g}, seed "
+                f"{row['seed']}) follows no full row of its seed and setting"
+            )
         bases[-1]["metrics"] = {**bases[-1]["metrics"], **row["metrics"]}
     return full
 
@@ -896,12 +899,12 @@ def conflicts_validation(rows: list[dict]) -> str:
     DP-SGD models per setting, and of each watermarked variant (trigger passes after each
     epoch, trigger steps unclipped or clipped) with its watermark accuracy, mean ± std over
     seeds; rows made with fewer variants form their own lines ("-" where they have none; a
-    supplement's models join its seed's latest full row). Then the rule applied: per setting
-    and variant, over each seed's latest row that measured it, the mean validation accuracy
-    of the three models, among those whose mean watermark accuracy reaches 0.9 and, where the
-    rows train the same passes inside DP-SGD, whose epsilon there is at most
-    ``EPSILON_SLACK`` more than the DP-SGD model's; per dataset and training settings, the
-    largest among the candidates with its most seeds is the choice."""
+    supplement's models join its seed's latest full row before it). Then the rule applied:
+    per setting and variant, over each seed's latest row that measured it, the mean
+    validation accuracy of the three models, among those whose mean watermark accuracy
+    reaches 0.9 and, where the rows train the same passes inside DP-SGD, whose epsilon there
+    is at most ``EPSILON_SLACK`` more than the DP-SGD model's; per dataset and training
+    settings, the largest among the candidates with its most seeds is the choice."""
     provenance_rows, rows = rows, _with_supplements(rows)
     variants = _watermark_variants(rows)
     inside_epsilon = re.compile(r"dp_wm(\d+)_epsilon")

@@ -153,8 +153,12 @@ def test_the_validation_script_supplements_only_the_seeds_latest_full_row():
         key | {"metrics": {"wm2_validation_accuracy": 0.8}, "supplement": True},
         key | {"seed": 1, "metrics": {"wm5_validation_accuracy": 0.7}, "supplement": True},
     ]
-    assert module.measured(rows, (0, "sgd", 0.1, 0.0)) == {
-        "none_validation_accuracy": 0.9,
-        "wm2_validation_accuracy": 0.8,
-    }
+    assert module.measured(rows, (0, "sgd", 0.1, 0.0)) == (
+        {"none_validation_accuracy": 0.9, "wm2_validation_accuracy": 0.8},
+        rows[1],
+    )
+    assert module.measured(rows, (2, "sgd", 0.1, 0.0)) == ({}, None)
+    assert module.figures("dp_wm2") == [
+        "dp_wm2_validation_accuracy", "dp_wm2_watermark_accuracy", "dp_wm2_epsilon"
+    ]  # fmt: skip
     assert module.watermark_variants((2,), (None, 1.0)) == [("wm2", 2, None), ("wm2_clip1", 2, 1.0)]
