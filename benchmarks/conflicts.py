@@ -34,7 +34,7 @@ STORE = RESULTS / "conflicts.jsonl"
 SETTINGS = {"epochs": 10, "train_size": 10_000, "batch_size": 256, "trigger_clip": 1.0}
 #: Where a dataset trains otherwise: mnist5k's owner holds 1,800 training images, which
 #: batches of 256 cut into 8 steps an epoch; it trains in the study's batches of 64 (its code:
-#: 64), 28 steps an epoch (Fashion-MNIST keeps 256 for the time target).
+#: 64), 29 steps an epoch (Fashion-MNIST keeps 256 for the time target).
 DATASET_SETTINGS = {"mnist5k": {"batch_size": 64}}
 #: The optimiser, chosen on the validation split by benchmarks/conflicts_validation.py (docs
 #: table `conflicts_validation`, whose second table applies its rule: among the settings whose

@@ -22,14 +22,17 @@ The choice: among (setting, passes, clip) whose watermark reaches 0.9 (the talk'
 successfully") and, where the rows hold it, whose passes inside DP-SGD spend at most a
 quarter more epsilon than the DP-SGD model alone (docs_tables' ``EPSILON_SLACK``: mnist5k's
 ten passes of a first validation spent 10.3 against 3), the largest mean validation accuracy
-of the three models. Rows go to benchmarks/results/conflicts-validation.jsonl (rows made
-before the watermarked models were added carry fewer figures). ``--rounds`` and ``--clips``
-measure other passes or clips: a seed and setting already measured then trains only the
-models it lacks, in a row marked ``supplement`` that the docs table reads together with the
-seed's latest full row.
+of the three models. ``--cover`` also trains the watermark inside DP-SGD with DP-SGD's noise
+calibrated for its trigger steps too (``DpSgd.cover_other_steps``: the model spends the
+budget, not more), a setting the rule may choose where the study's, the steps on top of the
+budget, spends too much (between two equally good, the study's). Rows go to
+benchmarks/results/conflicts-validation.jsonl (rows made before the watermarked models were
+added carry fewer figures). ``--rounds`` and ``--clips`` measure other passes or clips: a
+seed and setting already measured then trains only the models it lacks, in a row marked
+``supplement`` that the docs table reads together with the seed's latest full row.
 
     python benchmarks/conflicts_validation.py [--seeds 1] [--dataset fashion-mnist] [--sgd-only]
-        [--lrs 0.03 0.1] [--rounds 1 10] [--clips none 1.0]
+        [--lrs 0.03 0.1] [--rounds 1 10] [--clips none 1.0] [--cover]
 """
 
 from __future__ import annotations
@@ -77,10 +80,13 @@ def watermark_variants(rounds: tuple[int, ...], clips: tuple[float | None, ...])
     ]
 
 
-def private_watermarks(rounds: tuple[int, ...]) -> list:
-    """The watermark inside DP-SGD: (metric prefix, passes); its steps are private, so
-    clipped per example whatever the watermark's own clip."""
-    return [(f"dp_wm{n}", n) for n in rounds]
+def private_watermarks(rounds: tuple[int, ...], cover: bool = False) -> list:
+    """The watermark inside DP-SGD: (metric prefix, passes, whether DP-SGD's noise covers the
+    trigger steps); its steps are private, so clipped per example whatever the watermark's own
+    clip. Covered (``cover``: ``dp_wm{N}_cover`` too), the model spends the budget; else the
+    steps come on top of it, as in the study."""
+    modes = (False, True) if cover else (False,)
+    return [(f"dp_wm{n}" + ("_cover" if c else ""), n, c) for c in modes for n in rounds]
 
 
 def figures(model: str) -> list[str]:
@@ -120,6 +126,11 @@ def main() -> None:
     parser.add_argument("--lrs", type=float, nargs="+", help="only SGD at these rates")
     parser.add_argument("--rounds", type=int, nargs="+", default=list(ROUNDS))
     parser.add_argument("--clips", type=clip_value, nargs="+", default=list(CLIPS))
+    parser.add_argument(
+        "--cover",
+        action="store_true",
+        help="also train the watermark inside DP-SGD with the noise covering its steps",
+    )
     args = parser.parse_args()
     if min(args.rounds) < 1 or any(c is not None and not c > 0 for c in args.clips):
         parser.error("passes must be at least 1 and clips > 0 (or none)")
@@ -129,8 +140,8 @@ def main() -> None:
     settings = table_settings(args.dataset)
     rounds, clips = tuple(dict.fromkeys(args.rounds)), tuple(dict.fromkeys(args.clips))
     watermarks = watermark_variants(rounds, clips)
-    private = private_watermarks(rounds)
-    models = ["none", "dp", *(name for name, _, _ in watermarks), *(n for n, _ in private)]
+    private = private_watermarks(rounds, args.cover)
+    models = ["none", "dp", *(name for name, _, _ in watermarks), *(n for n, _, _ in private)]
     mine = [r for r in store.rows() if r["dataset"] == args.dataset and r["training"] == settings]
     grid = [g for g in GRID if g[0] == "sgd" and g[1] > 0.01] if args.sgd_only else GRID
     if args.lrs:
@@ -171,10 +182,10 @@ def main() -> None:
                         name,
                         [
                             table_watermark(replace(config, trigger_rounds=n), triggers),
-                            DpSgd(*budget),
+                            DpSgd(*budget, cover_other_steps=covered),
                         ],
                     )
-                    for name, n in private
+                    for name, n, covered in private
                 ),
             ]
             metrics = {}
@@ -211,8 +222,8 @@ def main() -> None:
                     if not supplement or name in wanted
                 ]
                 + [
-                    {"name": name, "rounds": n, "private": True}
-                    for name, n in private
+                    {"name": name, "rounds": n, "private": True, "covered": covered}
+                    for name, n, covered in private
                     if not supplement or name in wanted
                 ],
                 "triggers": {

@@ -336,6 +336,7 @@ def test_train_with_training_defenses(tmp_path, cli_in_process):
         ("--arch cnn-gn --defense dp-sgd:epsilon=1e-9,delta=1e-9", "cannot reach epsilon"),
         ("--arch cnn-gn --defense dp-sgd:epsilon=x", "epsilon must be a number"),
         ("--arch cnn-gn --defense dp-sgd:clip=1", "bad argument 'clip=1'"),
+        ("--arch cnn-gn --defense dp-sgd:cover_other_steps=2", "must be true or false"),
         ("--arch cnn-gn --defense dropout", "unknown training defense 'dropout'"),
         ("--arch tree --defense adversarial-training", "need images and a network"),
     ]:

@@ -83,6 +83,24 @@ def test_the_larger_clip_cell_alone_takes_the_relaxed_rate():
     assert {plain.cell_train_config(cell).lr for cell in cells(plain)} == {0.1}
 
 
+def test_dp_sgd_covers_the_triggers_only_when_asked(tmp_path):
+    from modelheist.experiments.conflicts import cell_protections, owner_data, prepare_secrets
+    from modelheist.models.privacy import DpSgd
+
+    plain = ConflictsConfig.small()
+    assert "dp_covers_triggers" not in plain.as_json()  # run folders made before it match
+    covering = replace(plain, dp_covers_triggers=True)
+    assert covering.as_json()["dp_covers_triggers"] is True
+    prepare_secrets(plain, owner_data(plain), tmp_path)
+    for config, expected in ((plain, False), (covering, True)):
+        for cell in cells(config):
+            if "dp" in cell.mechanisms:
+                (dp,) = [
+                    p for p in cell_protections(config, cell, tmp_path) if isinstance(p, DpSgd)
+                ]
+                assert dp.cover_other_steps is expected
+
+
 def test_what_cannot_train_is_refused_before_any_training(tmp_path):
     for changes, message in [
         ({"architecture": "cnn"}, "BatchNorm"),

@@ -162,3 +162,37 @@ def test_the_validation_script_supplements_only_the_seeds_latest_full_row():
         "dp_wm2_validation_accuracy", "dp_wm2_watermark_accuracy", "dp_wm2_epsilon"
     ]  # fmt: skip
     assert module.watermark_variants((2,), (None, 1.0)) == [("wm2", 2, None), ("wm2_clip1", 2, 1.0)]
+
+
+def test_dp_sgd_covering_the_trigger_steps_is_a_candidate_of_its_own():
+    """Where the passes on top of DP-SGD's budget spend too much, the same passes with the
+    noise covering them can be chosen; where both are eligible, the study's way is."""
+    spec = importlib.util.spec_from_file_location("docs_tables", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def row(batch, seed, on_top):
+        metrics = {
+            "none_validation_accuracy": 0.9, "dp_validation_accuracy": 0.8,
+            "mean_validation_accuracy": 0.85, "dp_epsilon": 3.0,
+            "wm10_clip1_validation_accuracy": 0.88, "wm10_clip1_watermark_accuracy": 1.0,
+            "dp_wm10_validation_accuracy": 0.5, "dp_wm10_watermark_accuracy": 0.8,
+            "dp_wm10_epsilon": on_top,
+            "dp_wm10_cover_validation_accuracy": 0.4, "dp_wm10_cover_watermark_accuracy": 0.6,
+            "dp_wm10_cover_epsilon": 2.99,
+        }  # fmt: skip
+        training = {"epochs": 10, "train_size": 100, "batch_size": batch}
+        return {
+            "dataset": "d", "training": training, "optimizer": "sgd", "lr": 0.1,
+            "weight_decay": 0.0, "seed": seed, "metrics": metrics, "machine": "m",
+            "command": "c", "commit": "x", "date": "2026-12-04",
+        }  # fmt: skip
+
+    rows = [row(8, s, 5.4) for s in (0, 1)] + [row(4, s, 3.3) for s in (0, 1)]
+    table = module.conflicts_validation(rows)
+    chosen = [line for line in table.splitlines() if line.endswith("| chosen |")]
+    covering = "10 passes, clip 1, DP-SGD's noise covering them"
+    assert f"| d | 8 | sgd | 0.1 | {covering} | 2 | 1.00 | 0.60 / 2.99 (3.00) |" in chosen[0]
+    assert "| d | 4 | sgd | 0.1 | 10 passes, clip 1 | 2 | 1.00 | 0.80 / 3.30 (3.00) |" in chosen[1]
+    assert len(chosen) == 2 and f"| {covering} | 2 | 1.00 | 0.60 / 2.99 (3.00) |" in table
+    assert "inside DP-SGD, 10 passes, noise covering them: validation acc." in table

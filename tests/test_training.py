@@ -186,6 +186,43 @@ def test_dp_sgd_spends_its_budget_and_hands_back_a_plain_network(digits, tmp_pat
     )
 
 
+@pytest.mark.filterwarnings("ignore:Secure RNG turned off", "ignore:Full backward hook")
+def test_dp_sgd_can_cover_a_watermarks_trigger_steps_and_then_spends_only_its_budget(digits):
+    """A watermark's trigger batches after each epoch go through DP-SGD's optimizer and its
+    accountant counts them: on top of the budget by default (the conflicts study's), within it
+    with ``cover_other_steps`` (more noise), the steps as the watermark predicts them."""
+    from modelheist.models.training_defenses import parse_training_defense
+    from modelheist.ownership.watermark import BackdoorWatermark, TriggerSet
+
+    triggers = TriggerSet.generate(20, digits.input_shape, 10, seed=1)
+    config = TrainConfig(epochs=4, batch_size=64, lr=5e-3, seed=0)
+    entries = {}
+    for cover in (False, True):
+        watermark = BackdoorWatermark(triggers, schedule="after-epoch", batch_size=8, rounds=3)
+        dp = DpSgd(epsilon=3.0, cover_other_steps=cover)
+        entries[cover] = train_model(digits, "cnn-gn", config, None, [watermark, dp]).card
+    trigger_steps = 3 * 3 * int(20 / 8)  # after 3 of 4 epochs, 3 passes of 2 batches
+    data_steps = 4 * math.ceil(len(digits.train) / 64)
+    plain, covered = (entries[c].protections[1] for c in (False, True))
+    assert plain["steps"] == covered["steps"] == data_steps + trigger_steps
+    assert plain["epsilon_spent"] > 3.0 + 0.1  # the trigger steps come on top of the budget
+    assert 2.5 < covered["epsilon_spent"] <= 3.0 + 0.05  # covered: the budget, spent
+    assert covered["noise_multiplier"] > plain["noise_multiplier"]
+    assert covered["other_steps_covered"] == trigger_steps and covered["cover_other_steps"]
+    assert "cover_other_steps" not in plain and "other_steps_covered" not in plain
+    assert parse_training_defense("dp-sgd:cover_other_steps=yes") == DpSgd(cover_other_steps=True)
+    outside = BackdoorWatermark(triggers, schedule="after-epoch", outside_private=True)
+    one_epoch = TrainConfig(epochs=1, batch_size=64)
+    run = Trainer(one_epoch, [outside]).fit(
+        build_network("mlp", digits.input_shape, 10, *normalisation_stats(digits.train.x)),
+        digits.train.x[:64],
+        digits.train.y[:64],
+    )
+    assert outside.private_steps(run) == 0  # plain steps, outside DP-SGD's optimizer
+    inside = BackdoorWatermark(triggers, schedule="after-epoch", batch_size=8)
+    assert inside.private_steps(run) == 2  # a one-step run's rate is not 0 after it: it trains
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [

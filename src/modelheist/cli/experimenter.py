@@ -329,6 +329,14 @@ def experiment_conflicts(
             "the study's; a deviation for short, fast schedules)."
         ),
     ] = None,
+    dp_covers_triggers: Annotated[
+        bool,
+        typer.Option(
+            help="Calibrate DP-SGD's noise for the watermark's private trigger steps too, so "
+            "that a cell with both spends epsilon, not more (default: off, the study's: they "
+            "come on top)."
+        ),
+    ] = False,
     relaxed_lr: Annotated[
         float | None,
         typer.Option(
@@ -389,6 +397,8 @@ def experiment_conflicts(
             changes[name] = value
     if train_size is not None:
         changes["train_size"] = train_size
+    if dp_covers_triggers:
+        changes["dp_covers_triggers"] = True
     if fast:
         config = ConflictsConfig.small(dataset, **changes)
     else:

@@ -127,7 +127,9 @@ def train(
         list[str] | None,
         typer.Option(
             help="A training defense, repeatable: dp-sgd[:epsilon=E,delta=D,max_grad_norm=C,"
-            "accountant=prv|rdp|gdp] (DP-SGD through Opacus; needs cnn-gn or mlp) or "
+            "accountant=prv|rdp|gdp,cover_other_steps=true] (DP-SGD through Opacus; needs "
+            "cnn-gn or mlp; cover_other_steps: the budget also covers a watermark's private "
+            "trigger steps) or "
             "adversarial-training[:epsilon=E,step_size=S,steps=N] (PGD); defaults: Szyller & "
             "Asokan's settings."
         ),

@@ -94,7 +94,8 @@ class ConflictsConfig:
     :class:`~modelheist.ownership.watermark.BackdoorWatermark`); q = 10% marked
     at 10/255;
     m = 50 revealed samples and the paper's Blind Walk, 10 directions per noise type of at most
-    50 steps; epsilon 3, delta 1e-3, clipping 1.0; PGD 0.125 / 0.005 / 25 on [0, 1] inputs);
+    50 steps; epsilon 3, delta 1e-3, clipping 1.0, the watermark's private trigger steps on
+    top of the budget unless ``dp_covers_triggers``; PGD 0.125 / 0.005 / 25 on [0, 1] inputs);
     the larger-clip relaxation clips at ``relaxed_clip`` and trains at ``relaxed_lr`` (None:
     ``lr``; Opacus's noise grows with the clipping norm, so the study gives that cell a rate
     of its own); a combination conflicts when one of its mechanisms' metrics drops by more than
@@ -129,6 +130,7 @@ class ConflictsConfig:
     dp_epsilon: float = 3.0
     dp_delta: float = 1e-3
     dp_clip: float = 1.0
+    dp_covers_triggers: bool = False
     relaxed_clip: float = 10.0
     relaxed_lr: float | None = None
     relaxed: bool = True
@@ -202,10 +204,13 @@ class ConflictsConfig:
 
     def as_json(self) -> dict[str, Any]:
         """The configuration as its JSON form (tuples as lists), as run folders record it;
-        ``relaxed_lr`` only when set (run folders made before it keep matching)."""
+        ``relaxed_lr`` and ``dp_covers_triggers`` only when set (run folders made before
+        them keep matching)."""
         settings = json.loads(json.dumps(asdict(self)))
         if settings["relaxed_lr"] is None:
             del settings["relaxed_lr"]
+        if not settings["dp_covers_triggers"]:
+            del settings["dp_covers_triggers"]
         return settings
 
     def train_config(self, seed: int) -> TrainConfig:
@@ -427,7 +432,14 @@ def cell_protections(config: ConflictsConfig, cell: Cell, folder: Path) -> list[
         protections.append(table_watermark(config, triggers, outside))
     if "dp" in cell.mechanisms:
         clip = config.relaxed_clip if cell.variant == "larger-clip" else config.dp_clip
-        protections.append(DpSgd(config.dp_epsilon, config.dp_delta, clip))
+        protections.append(
+            DpSgd(
+                config.dp_epsilon,
+                config.dp_delta,
+                clip,
+                cover_other_steps=config.dp_covers_triggers,
+            )
+        )
     if "adv" in cell.mechanisms:
         protections.append(
             PgdAdversarialTraining(config.adv_epsilon, config.adv_step, config.adv_steps)

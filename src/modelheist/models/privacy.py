@@ -9,7 +9,9 @@ network with a layer Opacus cannot make private (BatchNorm mixes a batch's examp
 ``cnn-gn``), is refused before any training (:meth:`DpSgd.check`). The card records the noise
 multiplier, the steps taken and the epsilon the accountant says was spent: more than the
 target when other steps went through the private optimizer (a watermark's batches after each
-epoch, which the accountant counts as it counts the data's, as the conflicts study's code did).
+epoch, which the accountant counts as it counts the data's, as the conflicts study's code did),
+unless ``DpSgd.cover_other_steps`` calibrated the noise for them too (the other protections
+say how many they take: ``TrainingProtection.private_steps``).
 Random-shift augmentation is refused (Opacus samples the batches).
 
 The conflicts study's setting (Szyller & Asokan, arXiv 2207.01991, §5; the talk's table):
@@ -58,7 +60,11 @@ class _LoaderBatches(BatchSource):
 class DpSgd(TrainingProtection):
     """Train with DP-SGD at the privacy budget (``epsilon``, ``delta``) with per-example
     gradients clipped to ``max_grad_norm``, accounted by Opacus's ``accountant`` (module
-    docstring)."""
+    docstring). ``cover_other_steps`` calibrates the noise for the data's steps and those the
+    run's other protections take through the private optimizer
+    (:meth:`~modelheist.models.training.TrainingProtection.private_steps`, e.g. a watermark's
+    trigger batches after each epoch), so that the run spends the budget, not more; off by
+    default, as in the conflicts study, where they come on top."""
 
     name: ClassVar[str] = "dp-sgd"
 
@@ -66,6 +72,7 @@ class DpSgd(TrainingProtection):
     delta: float = 1e-3
     max_grad_norm: float = 1.0
     accountant: str = "prv"
+    cover_other_steps: bool = False
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.epsilon) and self.epsilon > 0):
@@ -80,10 +87,13 @@ class DpSgd(TrainingProtection):
                 + ", ".join(ACCOUNTANTS)
             )
 
-    def check(self, module: nn.Module, examples: int, batch_size: int, epochs: int) -> float:
+    def check(
+        self, module: nn.Module, examples: int, batch_size: int, epochs: int, other_steps: int = 0
+    ) -> float:
         """Refuse a network Opacus cannot make private or a budget that ``epochs`` epochs over
-        ``examples`` examples in expected batches of ``batch_size`` cannot meet; return the
-        noise multiplier that spends the budget."""
+        ``examples`` examples in expected batches of ``batch_size`` (and ``other_steps`` more
+        steps at the same sampling rate) cannot meet; return the noise multiplier that spends
+        the budget."""
         from opacus.accountants.utils import get_noise_multiplier
         from opacus.validators import ModuleValidator
 
@@ -96,7 +106,12 @@ class DpSgd(TrainingProtection):
             )
         if examples < 2 or batch_size < 1 or epochs < 1:
             raise ModelheistError("DP-SGD needs at least 2 examples, a batch and an epoch")
-        sample_rate = 1 / math.ceil(examples / batch_size)  # as Opacus samples: 1 / batches
+        batches = math.ceil(examples / batch_size)
+        sample_rate = 1 / batches  # as Opacus samples: 1 / batches
+        # the steps the private loader takes (its length: int(1 / rate)) and the others'; with
+        # none, Opacus's own conversion of epochs, as before the others could be covered
+        steps = epochs * int(1 / sample_rate) + other_steps
+        length = {"steps": steps} if other_steps else {"epochs": epochs}
         try:
             with (
                 np.errstate(divide="ignore", invalid="ignore"),  # the accountant's log(0) at q=1
@@ -108,14 +123,16 @@ class DpSgd(TrainingProtection):
                         target_epsilon=self.epsilon,
                         target_delta=self.delta,
                         sample_rate=sample_rate,
-                        epochs=epochs,
                         accountant=self.accountant,
+                        **length,
                     )
                 )
         except (ValueError, RuntimeError, OverflowError, FloatingPointError) as exc:
             raise ModelheistError(
                 f"DP-SGD cannot reach epsilon {self.epsilon} at delta {self.delta} over "
-                f"{epochs} epochs of {examples} examples in batches of {batch_size} ({exc}); "
+                f"{epochs} epochs of {examples} examples in batches of {batch_size}"
+                + (f" and {other_steps} other steps" if other_steps else "")
+                + f" ({exc}); "
                 "allow a larger epsilon, fewer epochs or more data"
             ) from None
 
@@ -129,7 +146,12 @@ class DpSgd(TrainingProtection):
             )
         if run.notes.get(self.name) is not None:
             raise ModelheistError("DP-SGD is named twice for one training run")
-        sigma = self.check(run.module, len(run.x), run.config.batch_size, run.config.epochs)
+        others = (
+            sum(p.private_steps(run) for p in run.protections if p is not self)
+            if self.cover_other_steps
+            else 0
+        )
+        sigma = self.check(run.module, len(run.x), run.config.batch_size, run.config.epochs, others)
         loader = torch.utils.data.DataLoader(
             torch.utils.data.TensorDataset(run.x, run.targets),
             batch_size=run.config.batch_size,
@@ -150,7 +172,7 @@ class DpSgd(TrainingProtection):
             noise_generator=noise,
         )
         run.batches = _LoaderBatches(private)
-        run.notes[self.name] = {"engine": engine, "noise_multiplier": sigma}
+        run.notes[self.name] = {"engine": engine, "noise_multiplier": sigma, "covered": others}
 
     def finish(self, run: TrainingRun) -> None:
         from opacus import GradSampleModule
@@ -171,5 +193,12 @@ class DpSgd(TrainingProtection):
             **super().card_entry(run),
             "noise_multiplier": notes["noise_multiplier"],
             "steps": sum(steps for _, _, steps in accountant.history),
+            **({"other_steps_covered": notes["covered"]} if self.cover_other_steps else {}),
             "epsilon_spent": spent,
         }
+
+    def params(self) -> dict[str, Any]:
+        params = super().params()
+        if not self.cover_other_steps:  # the default: cards as before it existed
+            params.pop("cover_other_steps")
+        return params

@@ -184,7 +184,8 @@ class TrainingRun:
 
     :meth:`TrainingProtection.prepare` may replace ``module``, ``optimizer`` or ``batches``
     (DP-SGD wraps all three); ``x`` and ``targets`` hold the whole training set, extra data
-    included; ``notes`` keeps what a protection measures for its card entry.
+    included; ``notes`` keeps what a protection measures for its card entry; ``protections``
+    are the run's, in order (one may ask the others, e.g. DP-SGD for their steps).
     """
 
     module: nn.Module
@@ -195,6 +196,7 @@ class TrainingRun:
     targets: torch.Tensor
     generator: torch.Generator
     notes: dict[str, Any] = field(default_factory=dict)
+    protections: Sequence[TrainingProtection] = ()
 
     @property
     def soft(self) -> bool:
@@ -207,7 +209,8 @@ class TrainingProtection(ABC):
     "The Trainer seam").
 
     Hyper-parameters go to the constructor (which does no work); the Trainer calls, in order,
-    :meth:`replace_data` and :meth:`extra_data` once, :meth:`prepare` once,
+    :meth:`replace_data` and :meth:`extra_data` once, :meth:`prepare` once (where one may ask
+    the others' :meth:`private_steps`),
     :meth:`transform_batch` on every batch, :meth:`end_epoch` after every epoch, :meth:`finish`
     once the last step is taken, and :meth:`card_entry` when training is done. Every hook has a
     do-nothing default.
@@ -233,6 +236,13 @@ class TrainingProtection(ABC):
     def prepare(self, run: TrainingRun) -> None:
         """Change the run before the first step (wrap the model, optimizer or batches)."""
         return None
+
+    def private_steps(self, run: TrainingRun) -> int:
+        """How many steps this protection takes over the run (at most) through the run's
+        optimizer when that is private, besides the data's batches: DP-SGD's accountant counts
+        them as its own (and its ``cover_other_steps`` spends the budget over them too). Zero
+        by default."""
+        return 0
 
     def transform_batch(
         self, run: TrainingRun, x: torch.Tensor, targets: torch.Tensor
@@ -328,6 +338,7 @@ class Trainer:
             xs,
             ts,
             generator,
+            protections=tuple(self.protections),
         )
         for protection in self.protections:
             protection.prepare(run)

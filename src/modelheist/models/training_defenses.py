@@ -16,7 +16,18 @@ TRAINING_DEFENSES: dict[str, type[TrainingProtection]] = {
     DpSgd.name: DpSgd,
     PgdAdversarialTraining.name: PgdAdversarialTraining,
 }
-_CASTS = {"float": float, "int": int, "str": str}
+_BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def _boolean(value: str) -> bool:
+    try:
+        return _BOOLEANS[value.strip().lower()]
+    except KeyError:
+        raise ValueError(value) from None
+
+
+_CASTS = {"float": float, "int": int, "str": str, "bool": _boolean}
+_KINDS = {int: "an integer", _boolean: "true or false"}
 
 
 def parse_training_defense(spec: str) -> TrainingProtection:
@@ -40,7 +51,6 @@ def parse_training_defense(spec: str) -> TrainingProtection:
             options[key] = types[key](value)
         except ValueError:
             raise ModelheistError(
-                f"{name}: {key} must be {'an integer' if types[key] is int else 'a number'}, "
-                f"got {value!r}"
+                f"{name}: {key} must be {_KINDS.get(types[key], 'a number')}, got {value!r}"
             ) from None
     return kind(**options)

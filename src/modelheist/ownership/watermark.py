@@ -251,6 +251,17 @@ class BackdoorWatermark(TrainingProtection):
         if self.schedule == "after-epoch":
             run.notes[self.name] = torch.Generator().manual_seed(run.config.seed + 3)
 
+    def private_steps(self, run: TrainingRun) -> int:
+        """The trigger steps :meth:`end_epoch` takes through DP-SGD: ``rounds`` times about
+        1 / rate after each epoch but the last of a run of more than one step (none when
+        ``outside_private`` or mixed; fewer where a draw picks no trigger)."""
+        if self.schedule != "after-epoch" or self.outside_private:
+            return 0
+        rate = min(1.0, self.batch_size / len(self.triggers))
+        epochs = run.config.epochs
+        stepping = epochs - 1 if epochs * len(run.batches) > 1 else epochs  # lr 0 at the end
+        return stepping * self.rounds * max(1, int(1 / rate))
+
     def end_epoch(self, run: TrainingRun, epoch: int) -> None:
         """Szyller & Asokan's schedule: after each epoch, ``rounds`` times about 1 / rate
         batches of the triggers, each trigger in a batch with probability rate = batch_size /
@@ -274,7 +285,7 @@ class BackdoorWatermark(TrainingProtection):
             module.disable_hooks()
         inputs = torch.from_numpy(np.ascontiguousarray(self.triggers.inputs, np.float32))
         labels = torch.from_numpy(self.triggers.labels.astype(np.int64))
-        rate = min(1.0, self.batch_size / len(labels))
+        rate = min(1.0, self.batch_size / len(labels))  # as private_steps counts them
         try:
             for _ in range(self.rounds * max(1, int(1 / rate))):
                 chosen = torch.rand(len(labels), generator=run.notes[self.name]) < rate
