@@ -257,10 +257,17 @@ class BackdoorWatermark(TrainingProtection):
         ``outside_private`` or mixed; fewer where a draw picks no trigger)."""
         if self.schedule != "after-epoch" or self.outside_private:
             return 0
-        rate = min(1.0, self.batch_size / len(self.triggers))
         epochs = run.config.epochs
         stepping = epochs - 1 if epochs * len(run.batches) > 1 else epochs  # lr 0 at the end
-        return stepping * self.rounds * max(1, int(1 / rate))
+        return stepping * self._steps_after_epoch()
+
+    def _draw_rate(self) -> float:
+        """Each trigger's chance to be in a batch after an epoch (Poisson sampling)."""
+        return min(1.0, self.batch_size / len(self.triggers))
+
+    def _steps_after_epoch(self) -> int:
+        """The trigger steps taken after one epoch: ``rounds`` times about 1 / rate."""
+        return self.rounds * max(1, int(1 / self._draw_rate()))
 
     def end_epoch(self, run: TrainingRun, epoch: int) -> None:
         """Szyller & Asokan's schedule: after each epoch, ``rounds`` times about 1 / rate
@@ -285,9 +292,9 @@ class BackdoorWatermark(TrainingProtection):
             module.disable_hooks()
         inputs = torch.from_numpy(np.ascontiguousarray(self.triggers.inputs, np.float32))
         labels = torch.from_numpy(self.triggers.labels.astype(np.int64))
-        rate = min(1.0, self.batch_size / len(labels))  # as private_steps counts them
+        rate = self._draw_rate()
         try:
-            for _ in range(self.rounds * max(1, int(1 / rate))):
+            for _ in range(self._steps_after_epoch()):  # as private_steps counts them
                 chosen = torch.rand(len(labels), generator=run.notes[self.name]) < rate
                 if not chosen.any():
                     continue
