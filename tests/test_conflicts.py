@@ -65,6 +65,7 @@ def test_the_talks_pairs_and_the_relaxations_are_planned():
         ({"trigger_clip": 0.0}, "trigger_clip must be > 0"),
         ({"trigger_rounds": 0}, "trigger_rounds must be at least 1"),
         ({"relaxed_lr": -0.01}, "relaxed_lr must be > 0"),
+        ({"adv_lr": 0.0}, "adv_lr must be > 0"),
     ],
 )
 def test_bad_settings_are_one_line_errors(changes, message):
@@ -81,6 +82,19 @@ def test_the_larger_clip_cell_alone_takes_the_relaxed_rate():
     assert rates.pop("dp+wm (larger-clip)") == 0.01
     assert set(rates.values()) == {0.1}
     assert {plain.cell_train_config(cell).lr for cell in cells(plain)} == {0.1}
+
+
+def test_the_adversarial_cells_take_their_own_rate():
+    plain = ConflictsConfig(optimizer="sgd", lr=0.1, combinations="all")
+    assert "adv_lr" not in plain.as_json()  # run folders made before it still match
+    own = replace(plain, adv_lr=0.03, relaxed_lr=0.01)
+    assert own.as_json()["adv_lr"] == 0.03
+    rates = {cell.name: own.cell_train_config(cell).lr for cell in cells(own)}
+    assert rates.pop("dp+wm (larger-clip)") == 0.01  # the relaxation keeps its own rate
+    adversarial = {name for name in rates if "adv" in name.split("+")}
+    assert adversarial >= {"adv", "adv+wm", "adv+rad", "dp+adv+wm+rad"}
+    assert {rates[name] for name in adversarial} == {0.03}
+    assert {rate for name, rate in rates.items() if name not in adversarial} == {0.1}
 
 
 def test_dp_sgd_covers_the_triggers_only_when_asked(tmp_path):
@@ -249,6 +263,7 @@ def test_the_command_refuses_bad_input_in_one_line(tmp_path, cli_in_process):
         ("--executor ray --address nowhere", "HOST:PORT"),
         ("--jobs 0", "--jobs must be at least 1"),
         ("--trigger-clip -1", "trigger_clip must be > 0"),
+        ("--adv-lr 0", "adv_lr must be > 0"),
     ]:
         folder = tmp_path / f"refused-{len(needle)}"
         proc = cli_in_process(

@@ -344,6 +344,13 @@ def experiment_conflicts(
             "noise grows with the clipping norm, so the study gives it a rate of its own)."
         ),
     ] = None,
+    adv_lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Learning rate of the cells with adversarial training (default: --lr; PGD "
+            "training from scratch may diverge at a rate chosen for clean training)."
+        ),
+    ] = None,
     executor: Annotated[
         str, typer.Option(help="Where cells run: local (a process pool) or ray.")
     ] = "local",
@@ -392,6 +399,7 @@ def experiment_conflicts(
         ("trigger_rounds", trigger_rounds),
         ("trigger_clip", trigger_clip),
         ("relaxed_lr", relaxed_lr),
+        ("adv_lr", adv_lr),
     ):
         if value is not None:
             changes[name] = value

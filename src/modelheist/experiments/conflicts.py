@@ -98,7 +98,9 @@ class ConflictsConfig:
     top of the budget unless ``dp_covers_triggers``; PGD 0.125 / 0.005 / 25 on [0, 1] inputs);
     the larger-clip relaxation clips at ``relaxed_clip`` and trains at ``relaxed_lr`` (None:
     ``lr``; Opacus's noise grows with the clipping norm, so the study gives that cell a rate
-    of its own); a combination conflicts when one of its mechanisms' metrics drops by more than
+    of its own); the cells with adversarial training train at ``adv_lr`` (None: ``lr``; PGD
+    training from scratch may diverge at a rate chosen for clean training; the larger-clip
+    cell keeps its own rate); a combination conflicts when one of its mechanisms' metrics drops by more than
     ``tolerance`` (:mod:`modelheist.experiments.conflicts_report`)."""
 
     dataset: str = "fashion-mnist"
@@ -137,6 +139,7 @@ class ConflictsConfig:
     adv_epsilon: float = 0.125
     adv_step: float = 0.005
     adv_steps: int = 25
+    adv_lr: float | None = None
     adversarial_test: int = 1000
     tolerance: float = 0.05
     significance: float = 0.01
@@ -158,6 +161,8 @@ class ConflictsConfig:
             raise ModelheistError(f"trigger_clip must be > 0 (or None), got {self.trigger_clip}")
         if self.relaxed_lr is not None and not self.relaxed_lr > 0:
             raise ModelheistError(f"relaxed_lr must be > 0 (or None), got {self.relaxed_lr}")
+        if self.adv_lr is not None and not self.adv_lr > 0:
+            raise ModelheistError(f"adv_lr must be > 0 (or None), got {self.adv_lr}")
         if self.train_size is not None and self.train_size < 100:
             raise ModelheistError(f"train_size must be at least 100, got {self.train_size}")
         if not 0.0 < self.tolerance < 1.0 or not 0.0 < self.significance < 1.0:
@@ -204,11 +209,12 @@ class ConflictsConfig:
 
     def as_json(self) -> dict[str, Any]:
         """The configuration as its JSON form (tuples as lists), as run folders record it;
-        ``relaxed_lr`` and ``dp_covers_triggers`` only when set (run folders made before
-        them keep matching)."""
+        ``relaxed_lr``, ``adv_lr`` and ``dp_covers_triggers`` only when set (run folders made
+        before them keep matching)."""
         settings = json.loads(json.dumps(asdict(self)))
-        if settings["relaxed_lr"] is None:
-            del settings["relaxed_lr"]
+        for rate in ("relaxed_lr", "adv_lr"):
+            if settings[rate] is None:
+                del settings[rate]
         if not settings["dp_covers_triggers"]:
             del settings["dp_covers_triggers"]
         return settings
@@ -226,10 +232,14 @@ class ConflictsConfig:
 
     def cell_train_config(self, cell: Cell) -> TrainConfig:
         """How ``cell``'s model is trained: :meth:`train_config` at the seed, with the
-        larger-clip relaxation's own rate when ``relaxed_lr`` is set."""
+        larger-clip relaxation's own rate when ``relaxed_lr`` is set, and adversarial
+        training's (any other cell with adv) when ``adv_lr`` is."""
         train = self.train_config(self.seed)
-        if cell.variant == "larger-clip" and self.relaxed_lr is not None:
-            train = replace(train, lr=self.relaxed_lr)
+        if cell.variant == "larger-clip":
+            if self.relaxed_lr is not None:
+                train = replace(train, lr=self.relaxed_lr)
+        elif "adv" in cell.mechanisms and self.adv_lr is not None:
+            train = replace(train, lr=self.adv_lr)
         return train
 
     def trained(self) -> tuple[str, ...]:
@@ -480,7 +490,8 @@ def _run_cell(job: CellJob) -> dict[str, Any]:
         model = load_model(model_folder)
     else:
         # one training seed for every cell of a seed: cells differ in their protections only
-        # (and the larger-clip cell in its rate, when relaxed_lr is set)
+        # (and the larger-clip and adversarial cells in their rates, when relaxed_lr and
+        # adv_lr are set)
         model = train_model(
             data,
             config.architecture,

@@ -172,6 +172,12 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{config.get('relaxed_lr') or config['lr']:g}."
             if any(c["variant"] == "larger-clip" for c in doc["cells"])
             else "."
+        )
+        + (
+            f" Adversarial training's cells train at rate {config['adv_lr']:g}."
+            if config.get("adv_lr") is not None
+            and any("adv" in c["mechanisms"] for c in doc["cells"])
+            else ""
         ),
         "",
         "| cell | " + " | ".join(h for _, h, _ in present) + " |",
