@@ -19,10 +19,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
+from modelheist.errors import ModelheistError
 from modelheist.experiments.conflicts import (
     ConflictsConfig,
     cells,
     default_trigger_source,
+    owner_data,
     run_conflicts,
 )
 from modelheist.experiments.executors import LocalExecutor
@@ -81,6 +83,40 @@ def table_config(dataset: str) -> ConflictsConfig:
 def folder_of(dataset: str) -> Path:
     """Where the table's run folders for ``dataset`` are kept (one per seed)."""
     return RESULTS / "conflicts-runs" / dataset
+
+
+def cell_study_arguments(description: str) -> argparse.Namespace:
+    """The arguments of a script that studies one of the table's cells on validation
+    (``--seeds``, default 3; ``--dataset``), a dataset whose settings are unsettled refused."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seeds", type=int, default=3, choices=range(1, 11), metavar="1..10")
+    parser.add_argument("--dataset", default="fashion-mnist")
+    args = parser.parse_args()
+    if args.dataset in UNSETTLED:  # its table's settings are not chosen yet
+        raise SystemExit(UNSETTLED[args.dataset])
+    try:
+        owner_data(table_config(args.dataset))  # an unknown or unfit dataset: one line
+    except ModelheistError as error:
+        raise SystemExit(str(error)) from None
+    return args
+
+
+def study_settings(benchmark: str, dataset: str) -> dict:
+    """What every row of a cell study records of the table it studies (rows of other
+    settings are not its own)."""
+    config = table_config(dataset)
+    return {
+        "benchmark": benchmark,
+        "dataset": dataset,
+        "training": table_settings(dataset),
+        "optimiser": {
+            "optimizer": config.optimizer,
+            "lr": config.lr,
+            "weight_decay": config.weight_decay,
+            "trigger_rounds": config.trigger_rounds,
+        },
+        "queries_counted": 0,  # the owner trains and measures its own models
+    }
 
 
 def main() -> None:

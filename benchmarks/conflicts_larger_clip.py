@@ -20,7 +20,6 @@ training and measuring time unless its model was already in the folder.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from dataclasses import asdict, replace
@@ -44,7 +43,12 @@ from modelheist.models.training import train_model
 from modelheist.ownership.watermark import TriggerSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conflicts import RESULTS, UNSETTLED, table_config, table_settings  # noqa: E402
+from conflicts import (  # noqa: E402
+    RESULTS,
+    cell_study_arguments,
+    study_settings,
+    table_config,
+)
 
 STORE = RESULTS / "conflicts-larger-clip.jsonl"
 #: The rates tried (for Fashion-MNIST): around 0.01, where clipping norm 10 adds the noise per
@@ -54,12 +58,7 @@ RATES = (0.001, 0.003, 0.01, 0.03)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=3, choices=range(1, 11), metavar="1..10")
-    parser.add_argument("--dataset", default="fashion-mnist")
-    args = parser.parse_args()
-    if args.dataset in UNSETTLED:  # its table's settings are not chosen yet
-        raise SystemExit(UNSETTLED[args.dataset])
+    args = cell_study_arguments(__doc__.split("\n\n")[0])
     console = Console(stderr=True)
     store = ResultsStore(STORE)
     store.freeze_environment()
@@ -67,17 +66,8 @@ def main() -> None:
     base = replace(table_config(args.dataset), protections=("wm", "dp"))
     (cell,) = [c for c in cells(base) if c.variant == "larger-clip"]
     common = {
-        "benchmark": "conflicts-larger-clip",
-        "dataset": args.dataset,
-        "training": table_settings(args.dataset),
-        "optimiser": {
-            "optimizer": base.optimizer,
-            "lr": base.lr,
-            "weight_decay": base.weight_decay,
-            "trigger_rounds": base.trigger_rounds,
-        },
+        **study_settings("conflicts-larger-clip", args.dataset),
         "relaxed_clip": base.relaxed_clip,
-        "queries_counted": 0,  # the owner trains and measures its own models
     }
 
     def ours(row: dict) -> bool:  # rows of this dataset and these settings

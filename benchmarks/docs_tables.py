@@ -1305,6 +1305,75 @@ def conflicts_larger_clip(rows: list[dict]) -> str:
     return "\n".join([*lines, provenance(rows)])
 
 
+def conflicts_adversarial(rows: list[dict]) -> str:
+    """The adversarially trained cells' own learning rate: per rate, clean and adversarial
+    validation accuracy over seeds (each seed's latest row), then the chosen rate's cells on
+    the test split. The rule, as benchmarks/conflicts_adversarial.py applies it: the largest
+    mean validation adversarial accuracy, once every rate has the same number of seeds."""
+    lines = []
+
+    def settings_of(row: dict) -> str:
+        keys = ("dataset", "optimiser", "training", "pgd")
+        return json.dumps({k: row[k] for k in keys}, sort_keys=True)
+
+    for settings in dict.fromkeys(map(settings_of, rows)):
+        mine = [r for r in rows if settings_of(r) == settings]
+        latest: dict[float, dict[int, dict]] = {}
+        for r in mine:
+            if r["split"] == "validation":
+                latest.setdefault(r["adv_lr"], {})[r["seed"]] = r["metrics"]
+        most = max((len(v) for v in latest.values()), default=0)
+        complete = all(len(v) == most for v in latest.values())  # else: no choice yet
+        means = {
+            rate: statistics.fmean(m["validation_adversarial_accuracy"] for m in v.values())
+            for rate, v in latest.items()
+        }
+        chosen = max(means, key=means.__getitem__) if means and complete else None
+        first, pgd = mine[0], mine[0]["pgd"]
+        optimiser = first["optimiser"]
+        lines += [
+            f"**{first['dataset']}**, PGD {pgd['epsilon']:g} / {pgd['step']:g} / "
+            f"{pgd['steps']} steps (the table's {optimiser['optimizer']} at "
+            f"{optimiser['lr']:g} for the other cells)",
+            "",
+            "| learning rate | seeds | validation accuracy | validation adversarial accuracy "
+            "| chosen |",
+            "|---:|---:|---:|---:|---|",
+        ]
+        for rate in sorted(latest):
+            group = list(latest[rate].values())
+            lines.append(
+                f"| {rate:g} | {len(group)} | {_cell_value(group, 'validation_accuracy', 4)} "
+                f"| {_cell_value(group, 'validation_adversarial_accuracy', 4)} "
+                f"| {'chosen' if rate == chosen else ''} |"
+            )
+        tests = [r for r in mine if r["split"] == "test"]
+        if tests:
+            lines += [
+                "",
+                "| cell (test split) | learning rate | seeds | accuracy | adversarial accuracy "
+                "| watermark accuracy | radioactive loss difference | dataset inference p "
+                "(calibrated) |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for cell, rate in dict.fromkeys((r["cell"], r["adv_lr"]) for r in tests):
+                by_seed = {
+                    r["seed"]: r["metrics"]
+                    for r in tests
+                    if r["cell"] == cell and r["adv_lr"] == rate
+                }
+                group = list(by_seed.values())
+                lines.append(
+                    f"| {cell} | {rate:g} | {len(group)} | {_cell_value(group, 'accuracy', 3)} "
+                    f"| {_cell_value(group, 'adversarial_accuracy', 3)} "
+                    f"| {_cell_value(group, 'watermark_accuracy', 3)} "
+                    f"| {_cell_value(group, 'loss_difference', 4)} "
+                    f"| {_largest(group, 'di_p')} |"
+                )
+        lines.append("")
+    return "\n".join([*lines, provenance(rows)])
+
+
 def text_quantization(rows: list[dict]) -> str:
     """The int8 copy of a served text model against the float one, one line per victim
     measured (the same victim gives the same figures): each one's evaluation accuracy, their
@@ -1358,6 +1427,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "translation_validation": (("translation-validation.jsonl",), translation_validation),
     "conflicts_validation": (("conflicts-validation.jsonl",), conflicts_validation),
     "conflicts_larger_clip": (("conflicts-larger-clip.jsonl",), conflicts_larger_clip),
+    "conflicts_adversarial": (("conflicts-adversarial.jsonl",), conflicts_adversarial),
     "knockoff_vs_art": (
         ("knockoff-fmnist.jsonl", "knockoff-fmnist-art.jsonl"),
         comparison(

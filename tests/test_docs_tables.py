@@ -196,3 +196,37 @@ def test_dp_sgd_covering_the_trigger_steps_is_a_candidate_of_its_own():
     assert "| d | 4 | sgd | 0.1 | 10 passes, clip 1 | 2 | 1.00 | 0.80 / 3.30 (3.00) |" in chosen[1]
     assert len(chosen) == 2 and f"| {covering} | 2 | 1.00 | 0.60 / 2.99 (3.00) |" in table
     assert "inside DP-SGD, 10 passes, noise covering them: validation acc." in table
+
+
+def test_the_adversarial_rate_is_chosen_by_validation_adversarial_accuracy():
+    """The largest mean validation adversarial accuracy wins (each seed's latest row), not
+    the clean accuracy; no rate is chosen while the rates have different numbers of seeds."""
+    spec = importlib.util.spec_from_file_location("docs_tables", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def row(rate, seed, clean, robust, split="validation", cell="adv"):
+        return {
+            "dataset": "d", "optimiser": {"optimizer": "sgd", "lr": 0.1}, "training": {},
+            "pgd": {"epsilon": 0.125, "step": 0.005, "steps": 25}, "split": split,
+            "adv_lr": rate, "cell": cell, "seed": seed, "machine": "m", "command": "c",
+            "commit": "x", "date": "2026-12-05",
+            "metrics": {"validation_accuracy": clean, "validation_adversarial_accuracy": robust},
+        }  # fmt: skip
+
+    rows = [row(0.1, s, 0.9, 0.3) for s in (0, 1)]  # cleaner, less robust
+    rows += [row(0.03, s, 0.8, 0.5) for s in (0, 1)]
+    rows += [row(0.01, 0, 0.7, 0.1), row(0.01, 1, 0.7, 0.1)]
+    rows += [row(0.01, 1, 0.7, 0.95)]  # seed 1's later row replaces its first
+
+    def chosen(table: str) -> list[str]:  # the marked rows (the header ends alike)
+        return [
+            line
+            for line in table.splitlines()
+            if line.endswith("| chosen |") and not line.startswith("| learning rate")
+        ]
+
+    assert chosen(module.conflicts_adversarial(rows)) == [
+        "| 0.01 | 2 | 0.7000 ± 0.0000 | 0.5250 ± 0.6010 | chosen |"
+    ]
+    assert not chosen(module.conflicts_adversarial([*rows, row(0.003, 0, 0.6, 1.0)]))
