@@ -122,8 +122,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--dataset", default="fashion-mnist")
-    parser.add_argument("--sgd-only", action="store_true", help="skip AdamW and SGD at 0.01")
-    parser.add_argument("--lrs", type=float, nargs="+", help="only SGD at these rates")
+    which = parser.add_mutually_exclusive_group()  # --lrs names its SGD rates itself
+    which.add_argument("--sgd-only", action="store_true", help="skip AdamW and SGD at 0.01")
+    which.add_argument("--lrs", type=float, nargs="+", help="only SGD at these rates")
     parser.add_argument("--rounds", type=int, nargs="+", default=list(ROUNDS))
     parser.add_argument("--clips", type=clip_value, nargs="+", default=list(CLIPS))
     parser.add_argument(
