@@ -9,13 +9,15 @@ steps, benchmarks/conflicts.py's settings otherwise), its clean accuracy on the 
 split and its accuracy under the same PGD on ``adversarial_test`` validation images (never the
 test split). The rule, fixed before the run: the largest mean validation adversarial accuracy
 over seeds, the quantity adversarial training is for (as Rice et al., ICML '20, select robust
-models); the clean accuracy is shown beside it. At the table's own rate the table's models are
+models); the clean accuracy is shown beside it (docs_tables.choose_rate, which the docs apply
+too: every rate needs rows for the same seeds; a tie goes to the larger rate). At the table's own rate the table's models are
 read, not retrained, when the table's run folder holds them under the same configuration.
 Then, at the chosen rate, the table's cells with adversarial training (adv, adv+wm, adv+rad)
-per seed, measured as the table measures them (``ConflictsConfig.adv_lr``; each seed's run
-folder under benchmarks/results/conflicts-runs/D/adversarial keeps its configuration and
-refuses another; the validation model of the chosen rate is the adv cell's own, not trained
-twice). Rows go to benchmarks/results/conflicts-adversarial.jsonl; a row's ``seconds`` is the
+per seed, measured as the table measures them (``ConflictsConfig.adv_lr``; the run folder of
+each seed and rate, benchmarks/results/conflicts-runs/D/adversarial/seed-S-lr-R, keeps its
+configuration and refuses another; the validation model of the chosen rate is the adv cell's
+own, not trained twice; the table's trigger set and radioactive mark are copied from its run
+folder where it holds them). Rows go to benchmarks/results/conflicts-adversarial.jsonl; a row's ``seconds`` is the
 training and measuring time; ``seconds_to_train`` is 0 (validation) or the loading time
 (test) when the model was already there.
 
@@ -25,6 +27,7 @@ training and measuring time; ``seconds_to_train`` is 0 (validation) or the loadi
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -34,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from modelheist.errors import ModelheistError
 from modelheist.experiments.conflicts import (
     CONFIG,
     CellJob,
@@ -59,6 +63,7 @@ from conflicts import (  # noqa: E402
     study_settings,
     table_config,
 )
+from docs_tables import choose_rate  # noqa: E402
 
 STORE = RESULTS / "conflicts-adversarial.jsonl"
 #: The rates tried (for Fashion-MNIST): the table's 0.1 and a factor of about three and ten
@@ -74,20 +79,50 @@ def adversarial_cells(config: ConflictsConfig) -> list:
     return [c for c in cells(config) if "adv" in c.mechanisms]
 
 
-def table_model(config: ConflictsConfig, seed: int, rate: float):
-    """The table's own adv model of ``seed`` when ``rate`` is the table's and its run folder
-    holds it under the same configuration; else None."""
-    table = replace(config, seed=seed, adv_lr=None)
-    folder = folder_of(config.dataset) / f"seed-{seed}"
+def table_folder(config: ConflictsConfig) -> Path | None:
+    """The table's run folder of ``config``'s seed when it was made under ``config`` but for
+    the adversarial rate (the table's own); else None."""
+    folder = folder_of(config.dataset) / f"seed-{config.seed}"
+    table = replace(config, adv_lr=None)
+    if (folder / CONFIG).is_file() and json.loads((folder / CONFIG).read_text()) == table.as_json():
+        return folder
+    return None
+
+
+def table_model(config: ConflictsConfig, rate: float):
+    """The table's own adv model of ``config``'s seed when ``rate`` is the table's and the
+    table's run folder holds it; else None."""
+    folder = table_folder(config)
+    if rate != config.lr or folder is None:
+        return None
     model_folder = folder / "models" / "adv"
-    if rate != table.lr or not (folder / CONFIG).is_file():
-        return None
-    if json.loads((folder / CONFIG).read_text()) != table.as_json():
-        return None
     return load_model(model_folder) if (model_folder / "card.json").is_file() else None
 
 
+def table_secrets(config: ConflictsConfig, run_folder: Path) -> None:
+    """The table's own secrets (trigger set, radioactive mark) copied into ``run_folder`` when
+    the table's run folder of the seed holds them, so that adv+wm and adv+rad carry the marks
+    the table's wm and rad cells carry; else made as the table makes them (seeded, but the
+    marking network's training is not promised to repeat bit for bit)."""
+    folder = table_folder(config)
+    if (
+        folder is not None
+        and (folder / "secrets").is_dir()
+        and not (run_folder / "secrets").exists()
+    ):
+        shutil.copytree(folder / "secrets", run_folder / "secrets.tmp")
+        (run_folder / "secrets.tmp").rename(run_folder / "secrets")
+    prepare_secrets(config, owner_data(config), run_folder)  # whatever is still missing
+
+
 def main() -> None:
+    try:
+        study()
+    except ModelheistError as error:  # a run folder of other settings: one line
+        raise SystemExit(str(error)) from None
+
+
+def study() -> None:
     args = cell_study_arguments(__doc__.split("\n\n")[0])
     console = Console(stderr=True)
     store = ResultsStore(STORE)
@@ -96,6 +131,8 @@ def main() -> None:
     common = {
         **study_settings("conflicts-adversarial", args.dataset),
         "pgd": {"epsilon": base.adv_epsilon, "step": base.adv_step, "steps": base.adv_steps},
+        "architecture": base.architecture,
+        "adversarial_test": base.adversarial_test,
     }
 
     def ours(row: dict) -> bool:  # rows of this dataset and these settings
@@ -118,7 +155,7 @@ def main() -> None:
             data = owner_data(config)
             assert data.validation is not None
             start = time.perf_counter()
-            model = table_model(config, seed, rate)
+            model = table_model(config, rate)
             source = "table" if model is not None else "trained"
             if model is None:
                 run_folder = folder / f"seed-{seed}-lr-{rate:g}"
@@ -154,7 +191,8 @@ def main() -> None:
                 "seconds": time.perf_counter() - start,
             }
             row = {**common, "split": "validation", "adv_lr": rate, "cell": adv.name}
-            store.append({**row, "model": source, "metrics": metrics}, seed=seed)
+            row |= {"rates": list(RATES), "model": source}
+            store.append({**row, "metrics": metrics}, seed=seed)
             console.print(f"seed {seed} rate {rate:g} (validation, {source}): {metrics}")
 
     scores: dict[float, dict[int, float]] = {rate: {} for rate in RATES}  # the latest per seed
@@ -162,19 +200,18 @@ def main() -> None:
         if ours(r) and r["split"] == "validation" and r["adv_lr"] in scores:
             metric = r["metrics"]["validation_adversarial_accuracy"]
             scores[r["adv_lr"]][r["seed"]] = metric
-    means = {
-        rate: statistics.fmean(by_seed[s] for s in range(args.seeds))
-        for rate, by_seed in scores.items()
-        if all(s in by_seed for s in range(args.seeds))
+    chosen = choose_rate(scores, RATES)  # the docs' rule, over every seed in the store
+    if chosen is None:
+        raise SystemExit("not every rate has validation rows for the same seeds")
+    choice = {
+        "means": {
+            f"{rate:g}": statistics.fmean(by_seed.values()) for rate, by_seed in scores.items()
+        },
+        "seeds": sorted(scores[chosen]),
     }
-    if len(means) < len(RATES):
-        raise SystemExit(f"not every rate has validation rows for seeds 0 .. {args.seeds - 1}")
-    chosen = max(means, key=means.__getitem__)
-    console.print(
-        f"chosen on validation: rate {chosen:g} (mean adversarial accuracy {means[chosen]:.4f})"
-    )
+    console.print(f"chosen on validation: rate {chosen:g} (mean adversarial accuracies {choice})")
     if chosen == base.lr:
-        console.print("the table's own rate: its adversarial cells stand (conflicts.jsonl)")
+        console.print("the table's own rate: its adversarial cells (conflicts.jsonl) stand")
         return
 
     for seed in range(args.seeds):
@@ -185,7 +222,7 @@ def main() -> None:
         for cell in adversarial_cells(config):
             if (seed, chosen, cell.name) in done("test"):
                 continue
-            prepare_secrets(config, owner_data(config), run_folder)  # the table's secrets
+            table_secrets(config, run_folder)
             row = run_cell(CellJob(str(run_folder), config.as_json(), asdict(cell)))
             metrics = {
                 **row["metrics"],
@@ -193,6 +230,7 @@ def main() -> None:
                 "seconds": row["seconds"],
             }
             test = {**common, "split": "test", "adv_lr": chosen, "cell": cell.name}
+            test["choice"] = choice
             store.append({**test, "metrics": metrics}, seed=seed)
             console.print(f"seed {seed} {cell.name} rate {chosen:g} (test): {metrics}")
 

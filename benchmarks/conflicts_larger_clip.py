@@ -7,7 +7,8 @@ step; the study gives the larger-clip model a rate of its own. Per rate in RATES
 (the table's watermark trained inside DP-SGD at epsilon 3, delta 1e-3, clipping norm 10;
 benchmarks/conflicts.py's settings otherwise), its accuracy on the validation split (never the
 test split), its watermark accuracy and the epsilon spent. The rule, fixed before the run: the
-largest mean validation accuracy over seeds (the watermark accuracies are shown beside it).
+largest mean validation accuracy over seeds (the watermark accuracies are shown beside it;
+docs_tables.choose_rate, which the docs apply too: a tie goes to the larger rate).
 Then, at the chosen rate, the cell itself per seed (``ConflictsConfig.relaxed_lr``; the
 cell's test metrics as the table measures them, but for adversarial accuracy, which the table
 adds when adversarial training is among its mechanisms; each seed's run folder under
@@ -49,6 +50,7 @@ from conflicts import (  # noqa: E402
     study_settings,
     table_config,
 )
+from docs_tables import choose_rate  # noqa: E402
 
 STORE = RESULTS / "conflicts-larger-clip.jsonl"
 #: The rates tried (for Fashion-MNIST): around 0.01, where clipping norm 10 adds the noise per
@@ -111,15 +113,11 @@ def main() -> None:
     for r in store.rows():
         if ours(r) and r["split"] == "validation" and r["relaxed_lr"] in scores:
             scores[r["relaxed_lr"]][r["seed"]] = r["metrics"]["validation_accuracy"]
-    means = {
-        rate: statistics.fmean(by_seed[s] for s in range(args.seeds))
-        for rate, by_seed in scores.items()
-        if all(s in by_seed for s in range(args.seeds))
-    }
-    if not means:
-        raise SystemExit(f"no rate has validation rows for seeds 0 .. {args.seeds - 1}")
-    chosen = max(means, key=means.__getitem__)
-    console.print(f"chosen on validation: rate {chosen:g} (mean accuracy {means[chosen]:.4f})")
+    chosen = choose_rate(scores, RATES)  # the docs' rule, over every seed in the store
+    if chosen is None:
+        raise SystemExit("not every rate has validation rows for the same seeds")
+    mean = statistics.fmean(scores[chosen].values())
+    console.print(f"chosen on validation: rate {chosen:g} (mean accuracy {mean:.4f})")
 
     for seed in range(args.seeds):
         if (seed, chosen) in done("test"):

@@ -16,7 +16,7 @@ import re
 import statistics
 import sys
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from modelheist.experiments.results import ResultsStore
@@ -1262,6 +1262,19 @@ def conflicts(rows: list[dict]) -> str:
     return "\n".join([*lines, "", provenance(rows)])
 
 
+def choose_rate(latest: dict[float, dict[int, float]], grid: Iterable[float]) -> float | None:
+    """A cell study's choice of learning rate (benchmarks/conflicts_larger_clip.py and
+    conflicts_adversarial.py apply it too): the largest mean score over seeds, ``latest``
+    holding each rate's latest score per seed; a tie goes to the larger rate (the nearer the
+    table's). None until every rate of ``grid`` has a score for the same seeds."""
+    grid = sorted(grid)
+    seeds = {frozenset(latest.get(rate, {})) for rate in grid}
+    if not grid or len(seeds) != 1 or not next(iter(seeds)):
+        return None
+    means = {rate: statistics.fmean(latest[rate].values()) for rate in grid}
+    return max(reversed(grid), key=means.__getitem__)  # max keeps the first of a tie
+
+
 def conflicts_larger_clip(rows: list[dict]) -> str:
     """The larger-clip relaxation per settings and learning rate: validation accuracy,
     watermark accuracy and epsilon over seeds, then the chosen rate's cell on the test split.
@@ -1281,10 +1294,7 @@ def conflicts_larger_clip(rows: list[dict]) -> str:
             if r["split"] == "validation":
                 by_seed = latest.setdefault(r["relaxed_lr"], {})
                 by_seed[r["seed"]] = r["metrics"]["validation_accuracy"]
-        most = max((len(v) for v in latest.values()), default=0)
-        complete = all(len(v) == most for v in latest.values())  # else: no choice yet
-        means = {rate: statistics.fmean(v.values()) for rate, v in latest.items()}
-        chosen = max(means, key=means.__getitem__) if means and complete else None
+        chosen = choose_rate(latest, latest)  # the grid: the rates tried so far
         optimiser = first["optimiser"]
         lines += [
             f"**{first['dataset']}**, clipping norm {first['relaxed_clip']:g} (the table's "
@@ -1310,29 +1320,30 @@ def conflicts_larger_clip(rows: list[dict]) -> str:
 
 
 def conflicts_adversarial(rows: list[dict]) -> str:
-    """The adversarially trained cells' own learning rate: per rate, clean and adversarial
-    validation accuracy over seeds (each seed's latest row), then the chosen rate's cells on
-    the test split. The rule, as benchmarks/conflicts_adversarial.py applies it: the largest
-    mean validation adversarial accuracy, once every rate has the same number of seeds."""
+    """The adversarially trained cells' own learning rate: per rate of the study's grid, clean
+    and adversarial validation accuracy over seeds (each seed's latest row), then the chosen
+    rate's cells on the test split. The rule, as benchmarks/conflicts_adversarial.py applies
+    it (:func:`choose_rate`): the largest mean validation adversarial accuracy, once every rate
+    of the grid has rows for the same seeds."""
     lines = []
 
     def settings_of(row: dict) -> str:
-        keys = ("dataset", "optimiser", "training", "pgd")
-        return json.dumps({k: row[k] for k in keys}, sort_keys=True)
+        keys = ("dataset", "optimiser", "training", "pgd", "architecture", "adversarial_test")
+        return json.dumps({k: row.get(k) for k in keys}, sort_keys=True)
 
     for settings in dict.fromkeys(map(settings_of, rows)):
         mine = [r for r in rows if settings_of(r) == settings]
         latest: dict[float, dict[int, dict]] = {}
+        grid: set[float] = set()
         for r in mine:
             if r["split"] == "validation":
                 latest.setdefault(r["adv_lr"], {})[r["seed"]] = r["metrics"]
-        most = max((len(v) for v in latest.values()), default=0)
-        complete = all(len(v) == most for v in latest.values())  # else: no choice yet
-        means = {
-            rate: statistics.fmean(m["validation_adversarial_accuracy"] for m in v.values())
-            for rate, v in latest.items()
+                grid.update(r["rates"])
+        scores = {
+            rate: {seed: m["validation_adversarial_accuracy"] for seed, m in by_seed.items()}
+            for rate, by_seed in latest.items()
         }
-        chosen = max(means, key=means.__getitem__) if means and complete else None
+        chosen = choose_rate(scores, grid)
         first, pgd = mine[0], mine[0]["pgd"]
         optimiser = first["optimiser"]
         lines += [
@@ -1341,17 +1352,26 @@ def conflicts_adversarial(rows: list[dict]) -> str:
             f"{optimiser['lr']:g} for the other cells)",
             "",
             "| learning rate | seeds | validation accuracy | validation adversarial accuracy "
-            "| chosen |",
-            "|---:|---:|---:|---:|---|",
+            "| models read from the table's run | chosen |",
+            "|---:|---:|---:|---:|---:|---|",
         ]
-        for rate in sorted(latest):
-            group = list(latest[rate].values())
+        for rate in sorted(grid):
+            group = list(latest.get(rate, {}).values())
+            read = sum(
+                r["model"] == "table"
+                for r in mine
+                if r["split"] == "validation" and r["adv_lr"] == rate
+            )
             lines.append(
                 f"| {rate:g} | {len(group)} | {_cell_value(group, 'validation_accuracy', 4)} "
-                f"| {_cell_value(group, 'validation_adversarial_accuracy', 4)} "
+                f"| {_cell_value(group, 'validation_adversarial_accuracy', 4)} | {read} "
                 f"| {'chosen' if rate == chosen else ''} |"
             )
-        tests = [r for r in mine if r["split"] == "test"]
+        if chosen is None:
+            lines += ["", "No rate chosen yet: not every rate has rows for the same seeds."]
+        elif chosen == optimiser["lr"]:
+            lines += ["", "The table's own rate: its adversarial cells (the table above) stand."]
+        tests = [r for r in mine if r["split"] == "test" and r["adv_lr"] == chosen]
         if tests:
             lines += [
                 "",
@@ -1360,15 +1380,12 @@ def conflicts_adversarial(rows: list[dict]) -> str:
                 "(calibrated) |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|",
             ]
-            for cell, rate in dict.fromkeys((r["cell"], r["adv_lr"]) for r in tests):
-                by_seed = {
-                    r["seed"]: r["metrics"]
-                    for r in tests
-                    if r["cell"] == cell and r["adv_lr"] == rate
-                }
+            for cell in dict.fromkeys(r["cell"] for r in tests):
+                by_seed = {r["seed"]: r["metrics"] for r in tests if r["cell"] == cell}
                 group = list(by_seed.values())
                 lines.append(
-                    f"| {cell} | {rate:g} | {len(group)} | {_cell_value(group, 'accuracy', 3)} "
+                    f"| {cell} | {chosen:g} | {len(group)} "
+                    f"| {_cell_value(group, 'accuracy', 3)} "
                     f"| {_cell_value(group, 'adversarial_accuracy', 3)} "
                     f"| {_cell_value(group, 'watermark_accuracy', 3)} "
                     f"| {_cell_value(group, 'loss_difference', 4)} "

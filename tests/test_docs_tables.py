@@ -200,7 +200,8 @@ def test_dp_sgd_covering_the_trigger_steps_is_a_candidate_of_its_own():
 
 def test_the_adversarial_rate_is_chosen_by_validation_adversarial_accuracy():
     """The largest mean validation adversarial accuracy wins (each seed's latest row), not
-    the clean accuracy; no rate is chosen while the rates have different numbers of seeds."""
+    the clean accuracy; no rate is chosen until every rate of the grid has rows for the same
+    seeds; only the chosen rate's test rows are shown."""
     spec = importlib.util.spec_from_file_location("docs_tables", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -210,14 +211,10 @@ def test_the_adversarial_rate_is_chosen_by_validation_adversarial_accuracy():
             "dataset": "d", "optimiser": {"optimizer": "sgd", "lr": 0.1}, "training": {},
             "pgd": {"epsilon": 0.125, "step": 0.005, "steps": 25}, "split": split,
             "adv_lr": rate, "cell": cell, "seed": seed, "machine": "m", "command": "c",
-            "commit": "x", "date": "2026-12-05",
-            "metrics": {"validation_accuracy": clean, "validation_adversarial_accuracy": robust},
+            "commit": "x", "date": "2026-12-05", "rates": [0.01, 0.03, 0.1], "model": "trained",
+            "metrics": {"validation_accuracy": clean, "validation_adversarial_accuracy": robust,
+                        "accuracy": clean, "adversarial_accuracy": robust},
         }  # fmt: skip
-
-    rows = [row(0.1, s, 0.9, 0.3) for s in (0, 1)]  # cleaner, less robust
-    rows += [row(0.03, s, 0.8, 0.5) for s in (0, 1)]
-    rows += [row(0.01, 0, 0.7, 0.1), row(0.01, 1, 0.7, 0.1)]
-    rows += [row(0.01, 1, 0.7, 0.95)]  # seed 1's later row replaces its first
 
     def chosen(table: str) -> list[str]:  # the marked rows (the header ends alike)
         return [
@@ -226,7 +223,27 @@ def test_the_adversarial_rate_is_chosen_by_validation_adversarial_accuracy():
             if line.endswith("| chosen |") and not line.startswith("| learning rate")
         ]
 
-    assert chosen(module.conflicts_adversarial(rows)) == [
-        "| 0.01 | 2 | 0.7000 ± 0.0000 | 0.5250 ± 0.6010 | chosen |"
-    ]
-    assert not chosen(module.conflicts_adversarial([*rows, row(0.003, 0, 0.6, 1.0)]))
+    rows = [row(0.1, s, 0.9, 0.3) for s in (0, 1)]  # cleaner, less robust
+    rows += [row(0.03, s, 0.8, 0.5) for s in (0, 1)]
+    assert not chosen(module.conflicts_adversarial(rows))  # 0.01 not run yet
+    rows += [row(0.01, 0, 0.7, 0.1), row(0.01, 1, 0.7, 0.1)]
+    rows += [row(0.01, 1, 0.7, 0.95)]  # seed 1's later row replaces its first
+    rows += [row(0.01, s, 0.6, 0.5, split="test") for s in (0, 1)]
+    rows += [row(0.03, 0, 0.2, 0.2, split="test")]  # an earlier choice's: not shown
+    table = module.conflicts_adversarial(rows)
+    assert chosen(table) == ["| 0.01 | 2 | 0.7000 ± 0.0000 | 0.5250 ± 0.6010 | 0 | chosen |"]
+    assert "| adv | 0.01 | 2 | 0.600 ± 0.000 | 0.500 ± 0.000 |" in table
+    assert "| adv | 0.03 |" not in table
+    assert not chosen(module.conflicts_adversarial([*rows, row(0.03, 2, 0.6, 1.0)]))
+
+
+def test_a_rate_choice_needs_every_rate_at_the_same_seeds_and_breaks_ties_upward():
+    spec = importlib.util.spec_from_file_location("docs_tables", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    choose = module.choose_rate
+    assert choose({0.01: {0: 0.5, 1: 0.7}, 0.1: {0: 0.6, 1: 0.5}}, (0.01, 0.1)) == 0.01
+    assert choose({0.01: {0: 0.5}, 0.1: {0: 0.5}}, (0.1, 0.01)) == 0.1  # a tie: the larger
+    assert choose({0.01: {0: 0.5}, 0.1: {1: 0.4}}, (0.01, 0.1)) is None  # other seeds
+    assert choose({0.01: {0: 0.5}}, (0.01, 0.1)) is None  # a rate not run
+    assert choose({0.01: {}, 0.1: {}}, (0.01, 0.1)) is None

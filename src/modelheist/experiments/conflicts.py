@@ -100,8 +100,8 @@ class ConflictsConfig:
     ``lr``; Opacus's noise grows with the clipping norm, so the study gives that cell a rate
     of its own); the cells with adversarial training train at ``adv_lr`` (None: ``lr``; PGD
     training from scratch may diverge at a rate chosen for clean training; the larger-clip
-    cell keeps its own rate); a combination conflicts when one of its mechanisms' metrics drops by more than
-    ``tolerance`` (:mod:`modelheist.experiments.conflicts_report`)."""
+    cell keeps its own rate); a combination conflicts when one of its mechanisms' metrics
+    drops by more than ``tolerance`` (:mod:`modelheist.experiments.conflicts_report`)."""
 
     dataset: str = "fashion-mnist"
     seed: int = 0
