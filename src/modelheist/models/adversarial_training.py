@@ -8,7 +8,9 @@ running statistics, no dropout) and back in training mode for the step.
 The conflicts study's setting (Szyller & Asokan, arXiv 2207.01991, §5; the talk's table):
 epsilon 0.25, step 0.01, 25 iterations, random start, on inputs scaled to [-1, 1]; modelheist's
 inputs lie in [0, 1], so the same ball is epsilon 0.125 and step 0.005 here (the defaults).
-Deliberate deviation: none in the attack; the optimiser is the Trainer's (AdamW).
+Deliberate deviation: none in the attack; the optimiser and its rate are the Trainer's
+(:class:`~modelheist.models.training.TrainConfig`: AdamW by default; the conflicts table's
+SGD, whose adversarial cells may take a rate of their own, ``ConflictsConfig.adv_lr``).
 """
 
 from __future__ import annotations
