@@ -9,17 +9,18 @@ steps, benchmarks/conflicts.py's settings otherwise), its clean accuracy on the 
 split and its accuracy under the same PGD on ``adversarial_test`` validation images (never the
 test split). The rule, fixed before the run: the largest mean validation adversarial accuracy
 over seeds, the quantity adversarial training is for (as Rice et al., ICML '20, select robust
-models); the clean accuracy is shown beside it (docs_tables.choose_rate, which the docs apply
-too: every rate needs rows for the same seeds; a tie goes to the larger rate). At the table's own rate the table's models are
-read, not retrained, when the table's run folder holds them under the same configuration.
+models); the clean accuracy is shown beside it (docs_tables.choose_rate, which the docs
+apply too: every rate needs rows for the same seeds; a tie goes to the larger rate). At the
+table's own rate the table's models are read, not retrained, when the table's run folder
+holds them under the same configuration.
 Then, at the chosen rate, the table's cells with adversarial training (adv, adv+wm, adv+rad)
 per seed, measured as the table measures them (``ConflictsConfig.adv_lr``; the run folder of
 each seed and rate, benchmarks/results/conflicts-runs/D/adversarial/seed-S-lr-R, keeps its
 configuration and refuses another; the validation model of the chosen rate is the adv cell's
 own, not trained twice; the table's trigger set and radioactive mark are copied from its run
-folder where it holds them). Rows go to benchmarks/results/conflicts-adversarial.jsonl; a row's ``seconds`` is the
-training and measuring time; ``seconds_to_train`` is 0 (validation) or the loading time
-(test) when the model was already there.
+folder where it holds them). Rows go to benchmarks/results/conflicts-adversarial.jsonl; a
+row's ``seconds`` is the training and measuring time; ``seconds_to_train`` is 0
+(validation) or the loading time (test) when the model was already there.
 
     python benchmarks/conflicts_adversarial.py [--seeds 3] [--dataset fashion-mnist]
 """
@@ -110,8 +111,7 @@ def table_secrets(config: ConflictsConfig, run_folder: Path) -> None:
         and (folder / "secrets").is_dir()
         and not (run_folder / "secrets").exists()
     ):
-        shutil.copytree(folder / "secrets", run_folder / "secrets.tmp")
-        (run_folder / "secrets.tmp").rename(run_folder / "secrets")
+        write_whole(run_folder / "secrets", lambda tmp: shutil.copytree(folder / "secrets", tmp))
     prepare_secrets(config, owner_data(config), run_folder)  # whatever is still missing
 
 

@@ -3,16 +3,17 @@ learning rate of its own chosen on the validation split (issue 13).
 
 Opacus adds noise in proportion to the clipping norm, so at the table's rate (chosen for
 clipping norm 1.0: SGD at 0.1 on Fashion-MNIST) the larger norm means ten times the noise per
-step; the study gives the larger-clip model a rate of its own. Per rate in RATES and seed: the larger-clip cell's model
-(the table's watermark trained inside DP-SGD at epsilon 3, delta 1e-3, clipping norm 10;
-benchmarks/conflicts.py's settings otherwise), its accuracy on the validation split (never the
-test split), its watermark accuracy and the epsilon spent. The rule, fixed before the run: the
-largest mean validation accuracy over seeds (the watermark accuracies are shown beside it;
-docs_tables.choose_rate, which the docs apply too: a tie goes to the larger rate).
-Then, at the chosen rate, the cell itself per seed (``ConflictsConfig.relaxed_lr``; the
-cell's test metrics as the table measures them, but for adversarial accuracy, which the table
-adds when adversarial training is among its mechanisms; each seed's run folder under
-benchmarks/results/conflicts-runs/D/larger-clip keeps its configuration and refuses another).
+step; the study gives the larger-clip model a rate of its own. Per rate in RATES and seed:
+the larger-clip cell's model (the table's watermark trained inside DP-SGD at epsilon 3, delta
+1e-3, clipping norm 10; benchmarks/conflicts.py's settings otherwise), its accuracy on the
+validation split (never the test split), its watermark accuracy and the epsilon spent. The
+rule, fixed before the run: the largest mean validation accuracy over seeds (the watermark
+accuracies are shown beside it; docs_tables.choose_rate, which the docs apply too: a tie goes
+to the larger rate). Then, at the chosen rate, the cell itself per seed
+(``ConflictsConfig.relaxed_lr``; the cell's test metrics as the table measures them, but for
+adversarial accuracy, which the table adds when adversarial training is among its
+mechanisms; each seed's run folder under benchmarks/results/conflicts-runs/D/larger-clip keeps
+its configuration and refuses another).
 Rows go to benchmarks/results/conflicts-larger-clip.jsonl; a test row's ``seconds`` is the
 training and measuring time unless its model was already in the folder.
 
