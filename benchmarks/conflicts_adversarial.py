@@ -43,7 +43,7 @@ from modelheist.experiments.conflicts import (
     CONFIG,
     CellJob,
     ConflictsConfig,
-    cell_protections,
+    cell_model,
     cells,
     owner_data,
     prepare_secrets,
@@ -53,8 +53,7 @@ from modelheist.experiments.results import ResultsStore
 from modelheist.experiments.run_folder import check_config, write_whole
 from modelheist.models.adversarial_training import adversarial_accuracy
 from modelheist.models.classifier import accuracy
-from modelheist.models.store import load_model, save_model
-from modelheist.models.training import train_model
+from modelheist.models.store import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conflicts import (  # noqa: E402
@@ -156,23 +155,13 @@ def study() -> None:
             assert data.validation is not None
             start = time.perf_counter()
             model = table_model(config, rate)
-            source = "table" if model is not None else "trained"
+            source = "table"
             if model is None:
                 run_folder = folder / f"seed-{seed}-lr-{rate:g}"
                 run_folder.mkdir(parents=True, exist_ok=True)
                 check_config(run_folder, config.as_json())  # other settings' model not reused
-                model_folder = run_folder / "models" / "adv"
-                if (model_folder / "card.json").is_file():
-                    model, source = load_model(model_folder), "folder"
-                else:
-                    model = train_model(
-                        data,
-                        config.architecture,
-                        config.cell_train_config(adv),
-                        None,
-                        cell_protections(config, adv, run_folder),
-                    )
-                    write_whole(model_folder, lambda tmp, m=model: save_model(m, tmp))
+                model, fresh = cell_model(config, adv, data, run_folder)
+                source = "trained" if fresh else "folder"
             trained = time.perf_counter() - start if source == "trained" else 0.0
             take = np.random.default_rng([seed, 5]).permutation(len(data.validation))
             take = np.sort(take[: config.adversarial_test])

@@ -484,24 +484,9 @@ def _run_cell(job: CellJob) -> dict[str, Any]:
     cell = Cell(job.cell["name"], tuple(job.cell["mechanisms"]), job.cell["variant"])
     folder = Path(job.folder)
     data = owner_data(config)
-    model_folder = folder / "models" / _folder_name(cell.name)
     start = time.perf_counter()
-    if (model_folder / "card.json").is_file():
-        model = load_model(model_folder)
-    else:
-        # one training seed for every cell of a seed: cells differ in their protections only
-        # (and the larger-clip and adversarial cells in their rates, when relaxed_lr and
-        # adv_lr are set)
-        model = train_model(
-            data,
-            config.architecture,
-            config.cell_train_config(cell),
-            None,
-            cell_protections(config, cell, folder),
-        )
-        write_whole(model_folder, lambda tmp: save_model(model, tmp))
+    model, _ = cell_model(config, cell, data, folder)
     trained_seconds = time.perf_counter() - start
-    assert isinstance(model, TorchClassifier)
     metrics = measure_cell(config, cell, model, data, folder)
     return {
         "cell": cell.name,
@@ -513,6 +498,31 @@ def _run_cell(job: CellJob) -> dict[str, Any]:
         "seconds_to_train": trained_seconds,
         "seconds": time.perf_counter() - start,
     }
+
+
+def cell_model(
+    config: ConflictsConfig, cell: Cell, data: Dataset, folder: Path
+) -> tuple[TorchClassifier, bool]:
+    """``cell``'s model from the run ``folder`` (``folder/models/<cell>``), trained and
+    written whole first if it is not there; with whether it was trained now."""
+    model_folder = folder / "models" / _folder_name(cell.name)
+    if (model_folder / "card.json").is_file():
+        model = load_model(model_folder)
+        assert isinstance(model, TorchClassifier)
+        return model, False
+    # one training seed for every cell of a seed: cells differ in their protections only
+    # (and the larger-clip and adversarial cells in their rates, when relaxed_lr and adv_lr
+    # are set)
+    model = train_model(
+        data,
+        config.architecture,
+        config.cell_train_config(cell),
+        None,
+        cell_protections(config, cell, folder),
+    )
+    write_whole(model_folder, lambda tmp: save_model(model, tmp))
+    assert isinstance(model, TorchClassifier)
+    return model, True
 
 
 def _folder_name(name: str) -> str:
