@@ -1376,9 +1376,9 @@ def conflicts_adversarial(rows: list[dict]) -> str:
             lines += [
                 "",
                 "| cell (test split) | learning rate | seeds | accuracy | adversarial accuracy "
-                "| watermark accuracy | radioactive loss difference | dataset inference p "
-                "(calibrated) |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|",
+                "| watermark accuracy | radioactive loss difference | radioactive p "
+                "| dataset inference p (calibrated) | dataset inference p (notebooks') |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for cell in dict.fromkeys(r["cell"] for r in tests):
                 by_seed = {r["seed"]: r["metrics"] for r in tests if r["cell"] == cell}
@@ -1389,7 +1389,8 @@ def conflicts_adversarial(rows: list[dict]) -> str:
                     f"| {_cell_value(group, 'adversarial_accuracy', 3)} "
                     f"| {_cell_value(group, 'watermark_accuracy', 3)} "
                     f"| {_cell_value(group, 'loss_difference', 4)} "
-                    f"| {_largest(group, 'di_p')} |"
+                    f"| {_largest(group, 'radioactive_p')} | {_largest(group, 'di_p')} "
+                    f"| {_largest(group, 'di_notebook_p')} |"
                 )
         lines.append("")
     return "\n".join([*lines, provenance(rows)])
