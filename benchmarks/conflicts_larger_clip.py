@@ -31,17 +31,16 @@ from rich.console import Console
 
 from modelheist.experiments.conflicts import (
     CellJob,
-    cell_protections,
     cells,
     owner_data,
     prepare_secrets,
     run_cell,
+    train_cell,
 )
 from modelheist.experiments.results import ResultsStore
 from modelheist.experiments.run_folder import check_config
 from modelheist.models.classifier import accuracy
 from modelheist.models.privacy import DpSgd
-from modelheist.models.training import train_model
 from modelheist.ownership.watermark import TriggerSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -92,13 +91,7 @@ def main() -> None:
             secrets = folder / f"seed-{seed}-validation"  # the seed's trigger set, as the cell's
             prepare_secrets(config, data, secrets)
             triggers = TriggerSet.load(secrets / "secrets" / "triggers")
-            model = train_model(
-                data,
-                config.architecture,
-                config.cell_train_config(cell),
-                None,
-                cell_protections(config, cell, secrets),
-            )
+            model = train_cell(config, cell, data, secrets)
             (entry,) = [p for p in model.card.protections if p["name"] == DpSgd.name]
             metrics = {
                 "validation_accuracy": accuracy(model, data.validation.x, data.validation.y),

@@ -510,9 +510,15 @@ def cell_model(
         model = load_model(model_folder)
         assert isinstance(model, TorchClassifier)
         return model, False
-    # one training seed for every cell of a seed: cells differ in their protections only
-    # (and the larger-clip and adversarial cells in their rates, when relaxed_lr and adv_lr
-    # are set)
+    model = train_cell(config, cell, data, folder)
+    write_whole(model_folder, lambda tmp: save_model(model, tmp))
+    return model, True
+
+
+def train_cell(config: ConflictsConfig, cell: Cell, data: Dataset, folder: Path) -> TorchClassifier:
+    """``cell``'s model trained (not saved) with the secrets of the run ``folder``. One
+    training seed for every cell of a seed: cells differ in their protections only (and the
+    larger-clip and adversarial cells in their rates, when relaxed_lr and adv_lr are set)."""
     model = train_model(
         data,
         config.architecture,
@@ -520,9 +526,8 @@ def cell_model(
         None,
         cell_protections(config, cell, folder),
     )
-    write_whole(model_folder, lambda tmp: save_model(model, tmp))
     assert isinstance(model, TorchClassifier)
-    return model, True
+    return model
 
 
 def _folder_name(name: str) -> str:
