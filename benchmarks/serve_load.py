@@ -84,12 +84,15 @@ def start_server(victim: Path, state: Path, stack: list[str]) -> tuple[subproces
         text=True,
     )
     assert proc.stderr is not None
-    line = proc.stderr.readline()
-    match = re.search(r"http://[\d.]+:\d+", line)
-    if not match:
-        proc.kill()
-        raise SystemExit(f"server did not start: {line}{proc.stderr.read()}")
-    return proc, match.group(0)
+    seen = []
+    # The server's address is on the first line it writes itself; a library's warning may come
+    # before it. An exit (end of stream) or 50 other lines mean it did not start.
+    while len(seen) < 50 and (line := proc.stderr.readline()):
+        if match := re.search(r"http://[\d.]+:\d+", line):
+            return proc, match.group(0)
+        seen.append(line)
+    proc.kill()
+    raise SystemExit(f"server did not start: {''.join(seen)}{proc.stderr.read()}")
 
 
 async def load(

@@ -319,7 +319,8 @@ def quantize_text_model(model: TextClassifier, scheme: str = "int8") -> TextClas
     ``quantized`` and it cannot be saved. ``model`` is left as it was.
 
     Deviation: ``torch.ao.quantization.quantize_dynamic`` is deprecated in favour of torchao,
-    not a dependency here; its DeprecationWarning is silenced."""
+    not a dependency here; its DeprecationWarning (and the UserWarning that its int8 tensors'
+    constructor is deprecated) is silenced."""
     import copy
     import dataclasses
     import warnings
@@ -339,6 +340,9 @@ def quantize_text_model(model: TextClassifier, scheme: str = "int8") -> TextClas
     network = copy.deepcopy(model.module).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"torch\.quantize_per_tensor", category=UserWarning
+        )
         from torch.ao.quantization import quantize_dynamic
 
         quantize_dynamic(network, {nn.Linear}, dtype=torch.qint8, inplace=True)
