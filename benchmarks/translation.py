@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 TASKS = ("fashion-mnist-sr", "fashion-mnist-sketch")
 #: The validation grid: (learning rate, epochs) of the surrogate.
-GRID = ((1e-3, 20), (2e-3, 20), (5e-3, 20), (2e-3, 40))
+GRID = ((1e-3, 20), (2e-3, 20), (5e-3, 20), (2e-3, 40), (5e-3, 40), (1e-2, 20))
 #: Raised when a task's definition changes in a way its constants do not show (2: the sketch's
 #: gradient became per image; it had mixed neighbouring images).
 SKETCH_VERSION = 2

@@ -25,9 +25,9 @@ from modelheist.models.classifier import Classifier
 from modelheist.models.translation import (
     ARCHITECTURES,
     SURROGATE_ARCHITECTURE,
+    SURROGATE_EPOCHS,
+    SURROGATE_LR,
     TRANSLATION_BATCH,
-    TRANSLATION_EPOCHS,
-    TRANSLATION_LR,
     TranslationModel,
     build_translation_network,
     fit_translation_network,
@@ -42,8 +42,8 @@ class TranslationExtraction(ExtractionAttack):
     """Szyller et al.'s extraction of an image-to-image API (see the module docstring)."""
 
     arch: str = SURROGATE_ARCHITECTURE
-    epochs: int = TRANSLATION_EPOCHS
-    lr: float = TRANSLATION_LR
+    epochs: int = SURROGATE_EPOCHS
+    lr: float = SURROGATE_LR
     batch_size: int = TRANSLATION_BATCH
 
     name: ClassVar[str] = "translate"
