@@ -137,10 +137,12 @@ def _partial_translation_surrogate(
     x: np.ndarray, images: np.ndarray, architecture: str, seed: int, progress: Progress | None
 ) -> Classifier:
     """The attacker's translation network (``architecture``, else ESPCN) trained on the images
-    bought, with the translation recipe's defaults."""
+    bought, with the attack's default recipe (SURROGATE_EPOCHS, SURROGATE_LR)."""
     from modelheist.models.translation import (
         ARCHITECTURES,
         SURROGATE_ARCHITECTURE,
+        SURROGATE_EPOCHS,
+        SURROGATE_LR,
         TranslationModel,
         build_translation_network,
         fit_translation_network,
@@ -152,9 +154,8 @@ def _partial_translation_surrogate(
         architecture = SURROGATE_ARCHITECTURE
     input_shape, output_shape = tuple(x.shape[1:]), tuple(images.shape[1:])
     module = build_translation_network(architecture, input_shape, output_shape, seed)
-    fit_translation_network(
-        module, x, images, translation_train_config(seed=seed), progress, "partial surrogate"
-    )
+    config = translation_train_config(SURROGATE_EPOCHS, seed, SURROGATE_LR)
+    fit_translation_network(module, x, images, config, progress, "partial surrogate")
     card = translation_card(
         architecture,
         "surrogate",

@@ -34,7 +34,7 @@ from modelheist.models.training import TrainConfig, Trainer
 ARCHITECTURES = ("srcnn", "espcn")
 VICTIM_ARCHITECTURE = "srcnn"
 SURROGATE_ARCHITECTURE = "espcn"
-#: The training recipe of translation victims and surrogates unless told otherwise.
+#: The training recipe of the owner's translation models (`modelheist train` on a task).
 TRANSLATION_EPOCHS = 20
 TRANSLATION_LR = 2e-3
 TRANSLATION_BATCH = 64
