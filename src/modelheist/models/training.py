@@ -178,6 +178,48 @@ class ShuffledBatches(BatchSource):
             yield batch, self.targets[idx]
 
 
+class LengthGroupedBatches(BatchSource):
+    """Batches of inputs of similar length, for padded sequences whose forward pass trims a
+    batch to its longest member (:class:`~modelheist.models.text.TextNetwork`). Each epoch:
+    a seeded shuffle, cut into pools of ``pool_batches`` batches; each pool sorted by length and
+    cut into batches; the order of all the epoch's batches shuffled again. This is the bucketing
+    of Hugging Face's ``group_by_length`` and AllenNLP's bucket iterator: every input still comes
+    once an epoch in a random batch of similar-length neighbours, and the padding computed
+    shrinks (the owner's quotations: 3.4x their tokens with shuffled batches of 32)."""
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor,
+        batch_size: int,
+        generator: torch.Generator,
+        lengths: np.ndarray,
+        pool_batches: int = 50,
+    ):
+        if len(lengths) != len(x):
+            raise ModelheistError(f"{len(lengths)} lengths for {len(x)} inputs")
+        self.x, self.targets = x, targets
+        self.batch_size, self.generator = batch_size, generator
+        self.lengths = torch.as_tensor(np.asarray(lengths, np.float64))
+        self.pool = batch_size * pool_batches
+
+    def __len__(self) -> int:
+        return sum(
+            -(-min(self.pool, len(self.x) - start) // self.batch_size)
+            for start in range(0, len(self.x), self.pool)
+        )
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.x), generator=self.generator)
+        batches = []
+        for start in range(0, len(order), self.pool):
+            pool = order[start : start + self.pool]
+            pool = pool[torch.argsort(self.lengths[pool], stable=True)]
+            batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield self.x[batches[b]], self.targets[batches[b]]
+
+
 @dataclass
 class TrainingRun:
     """One training run as its protections see it.
@@ -292,11 +334,13 @@ class Trainer:
         protections: Sequence[TrainingProtection] = (),
         progress: Progress | None = None,
         loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        lengths: Callable[[np.ndarray], np.ndarray] | None = None,
     ):
         self.config = config
         self.protections = list(protections)
         self.progress = progress
         self.loss = loss  # None: cross-entropy, or distillation against probability vectors
+        self.lengths = lengths  # each input's length: batches grouped by it (padded sequences)
 
     def fit(
         self,
@@ -330,10 +374,15 @@ class Trainer:
         ts = torch.from_numpy(targets.astype(np.float32 if floating else np.int64))
         optimiser = config.optimiser(module.parameters())
         generator = torch.Generator().manual_seed(config.seed)
+        batches = (
+            ShuffledBatches(xs, ts, config.batch_size, generator, shift)
+            if self.lengths is None
+            else LengthGroupedBatches(xs, ts, config.batch_size, generator, self.lengths(x))
+        )
         run = TrainingRun(
             module,
             optimiser,
-            ShuffledBatches(xs, ts, config.batch_size, generator, shift),
+            batches,
             config,
             xs,
             ts,
@@ -427,10 +476,12 @@ def train_network(
     config: TrainConfig,
     progress: Progress | None = None,
     description: str = "training",
+    lengths: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[float]:
-    """Train ``module`` with a plain :class:`Trainer` (no protection); return the mean loss of
-    each epoch."""
-    return Trainer(config, progress=progress).fit(module, x, targets, description).notes["loss"]
+    """Train ``module`` with a plain :class:`Trainer` (no protection; batches grouped by
+    ``lengths`` where given); return the mean loss of each epoch."""
+    trainer = Trainer(config, progress=progress, lengths=lengths)
+    return trainer.fit(module, x, targets, description).notes["loss"]
 
 
 def _classical(arch: str, dataset: Dataset, card: ModelCard, seed: int) -> Classifier:
