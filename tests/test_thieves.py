@@ -113,7 +113,21 @@ def test_an_interrupted_thief_keeps_what_it_bought(vader_oracle, tmp_path, revok
     assert set(sent) <= set(WORDS) and "zzqx" not in sent
     partial = stopped.value.partial_surrogate()
     assert partial.card.architecture == "minilm" and partial.card.training["partial"] is True
+    assert partial.card.training["tuned_layers"] == 0 and partial.card.training["epochs"] == 1
     assert partial.predict_proba(np.array(["good"], dtype=object)).shape == (1, 3)
+
+
+def test_thieves_defaults_to_the_validated_recipe_of_its_query_kind():
+    from modelheist.attacks.thieves import RECIPES, ThievesAttack
+
+    for queries, kind in (("random", "random"), ("natural", "natural"), ("natural:x", "natural")):
+        attack = ThievesAttack(queries=queries)
+        assert (attack.params()["lr"], attack.params()["epochs"]) == RECIPES[kind]
+    assert RECIPES["random"] != RECIPES["natural"]
+    chosen = ThievesAttack(queries="natural", lr=1e-3, epochs=2)
+    assert (chosen.lr, chosen.epochs) == (1e-3, 2)
+    with pytest.raises(ModelheistError, match="must be >= 0"):
+        ThievesAttack(epochs=-1)
 
 
 def test_thieves_spends_what_the_api_has_left(vader_oracle):

@@ -53,7 +53,9 @@ class AttackInterrupted(ModelheistError):
 
     def partial_surrogate(self, progress: Progress | None = None) -> Classifier | None:
         """The attacker's network trained on every complete input of the log (None if none)."""
-        return partial_surrogate(self.log, self.classes, self.architecture, self.seed, progress)
+        return partial_surrogate(
+            self.log, self.classes, self.architecture, self.seed, progress, self.params
+        )
 
 
 def partial_surrogate(
@@ -62,11 +64,13 @@ def partial_surrogate(
     architecture: str,
     seed: int,
     progress: Progress | None = None,
+    params: dict[str, Any] | None = None,
 ) -> Classifier | None:
-    """A surrogate trained on every complete input of ``log`` (None if there is none)."""
+    """A surrogate trained on every complete input of ``log`` (None if there is none); a text
+    surrogate takes its fine-tuning recipe from the attack's ``params`` where they give one."""
     x, answer = log.joined()
     if x.dtype == object:  # a text API's strings: the attacker's encoder, fine-tuned
-        return _partial_text_surrogate(x, answer, classes, seed, progress, len(log))
+        return _partial_text_surrogate(x, answer, classes, seed, progress, len(log), params or {})
     if answer.images is not None:  # an image-to-image API's outputs
         return _partial_translation_surrogate(x, answer.images, architecture, seed, progress)
     complete = np.isfinite(x.reshape(len(x), -1)).all(axis=1)  # incomplete queries hold NaN
@@ -108,27 +112,38 @@ def _partial_text_surrogate(
     seed: int,
     progress: Progress | None,
     queries: int,
+    params: dict[str, Any],
 ) -> Classifier:
-    """The text encoder (top 2 layers and a head) fine-tuned on the answers bought."""
+    """The text encoder (its top layers and a head) fine-tuned on the answers bought, with the
+    attack's recipe (Thieves' ``lr``, ``epochs``, ``batch_size``, ``tuned_layers``) where
+    ``params`` hold it, else the owner's text recipe."""
     from modelheist.models.text import (
+        TEXT_BATCH,
+        TEXT_EPOCHS,
+        TEXT_LR,
         TUNED_LAYERS,
         TextClassifier,
         build_text_network,
         fit_text_network,
         text_card,
-        text_train_config,
     )
 
-    network = build_text_network(len(classes), TUNED_LAYERS, seed=seed)
-    config = text_train_config(seed=seed)
+    tuned_layers = int(params.get("tuned_layers", TUNED_LAYERS))
+    network = build_text_network(len(classes), tuned_layers, seed=seed)
+    config = TrainConfig(
+        epochs=int(params.get("epochs", TEXT_EPOCHS)),
+        lr=float(params.get("lr", TEXT_LR)),
+        batch_size=int(params.get("batch_size", TEXT_BATCH)),
+        seed=seed,
+    )
     fit_text_network(
         network, x, answer.soft_targets(len(classes)), config, progress, "partial surrogate"
     )
     card = text_card(
         "surrogate",
         classes,
-        TUNED_LAYERS,
-        {"partial": True, "queries": queries, "output": answer.kind},
+        tuned_layers,
+        {"partial": True, "queries": queries, "output": answer.kind, "epochs": config.epochs},
     )
     return TextClassifier(network, card)
 

@@ -7,8 +7,9 @@ pre-trained encoder on the answers: on the probability vectors (the paper's dist
 variant, §3) where the API returns them, on one-hot labels otherwise. The paper fine-tunes
 BERT-large for 3 epochs at learning rate 3e-5 (batch 32) on all its layers; ours is MiniLM
 (:mod:`modelheist.models.text`) with its top ``tuned_layers`` and a fresh head, so its
-learning rate is larger (the head starts from nothing) and its ``epochs`` are chosen on the
-validation split (docs/benchmarks.md).
+learning rate is larger (the head starts from nothing), and its learning rate and epochs,
+:data:`RECIPES`, are chosen for each query kind on the validation split (docs/benchmarks.md):
+RANDOM answers, nonsense to the victim's topics, take more passes than natural ones.
 
 RANDOM queries need no data, only a vocabulary (``vocabulary``: a word list, one word per line;
 by default Debian's, kept to the words the encoder holds whole); NATURAL queries come from
@@ -39,12 +40,15 @@ from modelheist.models.classifier import Classifier
 from modelheist.models.text import (  # constants only: transformers loads with the encoder
     ENCODER_LAYERS,
     TEXT_BATCH,
-    TEXT_EPOCHS,
-    TEXT_LR,
     TUNED_LAYERS,
 )
 from modelheist.oracle import Oracle
 from modelheist.oracle.inputs import takes_text
+
+#: The surrogate's fine-tuning recipe, (learning rate, epochs), for each query kind: the best
+#: agreement on the validation split against the owner's fortune-topic victim (seed 0, 5,000
+#: probability answers; ``examples/thieves-tuning.toml``, docs/benchmarks.md).
+RECIPES: dict[str, tuple[float, int]] = {"random": (5e-4, 16), "natural": (2e-4, 16)}
 
 
 @dataclass
@@ -52,8 +56,8 @@ class ThievesAttack(ExtractionAttack):
     """Krishna et al.'s extraction of a text API (see the module docstring)."""
 
     queries: str = "random"  # random, natural or natural:DATASET
-    epochs: int = TEXT_EPOCHS
-    lr: float = TEXT_LR
+    epochs: int = 0  # 0: RECIPES[query kind]
+    lr: float = 0.0  # 0: RECIPES[query kind]
     batch_size: int = TEXT_BATCH
     tuned_layers: int = TUNED_LAYERS
     max_words: int = 0  # 0: the paper's (60 for RANDOM, 50 for NATURAL)
@@ -64,8 +68,12 @@ class ThievesAttack(ExtractionAttack):
     param_help: ClassVar[dict[str, str]] = {
         "queries": "random (word sequences from the vocabulary), natural (the attacker's texts: "
         "its pool of the victim's dataset) or natural:DATASET (another text dataset's pool)",
-        "epochs": "fine-tuning epochs of the attacker's encoder on the answers",
-        "lr": "fine-tuning learning rate (AdamW, warm-up and cosine decay)",
+        "epochs": "fine-tuning epochs of the attacker's encoder on the answers (0: the "
+        "validated recipe's for the query kind: "
+        + ", ".join(f"{e} for {kind}" for kind, (_, e) in RECIPES.items())
+        + ")",
+        "lr": "fine-tuning learning rate (AdamW, warm-up and cosine decay; 0: the validated "
+        "recipe's: " + ", ".join(f"{lr:g} for {kind}" for kind, (lr, _) in RECIPES.items()) + ")",
         "batch_size": "fine-tuning batch size",
         "tuned_layers": "top layers of the encoder fine-tuned (with a fresh head)",
         "max_words": "longest query in words (0: 60 for random, 50 for natural, as the paper)",
@@ -81,8 +89,12 @@ class ThievesAttack(ExtractionAttack):
             raise ModelheistError(
                 f"queries must be random, natural or natural:DATASET, got {self.queries!r}"
             )
-        if min(self.epochs, self.batch_size) < 1 or self.lr <= 0 or self.max_words < 0:
-            raise ModelheistError("epochs and batch size must be >= 1, lr > 0, max_words >= 0")
+        if min(self.epochs, self.lr, self.max_words) < 0 or self.batch_size < 1:
+            raise ModelheistError(
+                "epochs, lr and max_words must be >= 0 (0: the defaults), batch size >= 1"
+            )
+        lr, epochs = RECIPES[kind]
+        self.lr, self.epochs = self.lr or lr, self.epochs or epochs
         if not 0 <= self.tuned_layers <= ENCODER_LAYERS:
             raise ModelheistError(f"tuned_layers must lie in [0, {ENCODER_LAYERS}]")
 
