@@ -9,7 +9,7 @@ BERT-large for 3 epochs at learning rate 3e-5 (batch 32) on all its layers; ours
 (:mod:`modelheist.models.text`) with its top ``tuned_layers`` and a fresh head, so its
 learning rate is larger (the head starts from nothing), and its learning rate and epochs,
 :data:`RECIPES`, are chosen for each query kind on the validation split (docs/benchmarks.md):
-RANDOM answers, nonsense to the victim's topics, take more passes than natural ones.
+RANDOM answers, nonsense to the victim's topics, take a larger rate than natural ones.
 
 RANDOM queries need no data, only a vocabulary (``vocabulary``: a word list, one word per line;
 by default Debian's, kept to the words the encoder holds whole); NATURAL queries come from
