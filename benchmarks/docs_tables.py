@@ -1418,7 +1418,7 @@ def text_quantization(rows: list[dict]) -> str:
 
 def thieves_tuning(rows: list[dict]) -> str:
     """The Thieves surrogate's recipe grid: agreement on the validation split, one row per
-    query kind, learning rate and epochs."""
+    query kind (RANDOM's with its vocabulary), learning rate and epochs."""
     lines = [
         "| queries | learning rate | epochs | seeds | budget | agreement (validation) |",
         "|---|---:|---:|---:|---:|---:|",
@@ -1426,12 +1426,15 @@ def thieves_tuning(rows: list[dict]) -> str:
 
     def setting(row: dict) -> tuple[str, float, int, int]:
         p = row["attack_params"]
-        return p["queries"], p["lr"], p["epochs"], row["budget"]
+        kind = p["queries"].upper()
+        if kind == "RANDOM":  # rows before the vocabulary was a choice ("") drew wamerican's
+            kind += f" ({p.get('vocabulary') or 'wamerican'})"
+        return kind, p["lr"], p["epochs"], row["budget"]
 
     for kind, lr, epochs, budget in sorted({setting(r) for r in rows}):
         group = [r["metrics"] for r in rows if setting(r) == (kind, lr, epochs, budget)]
         lines.append(
-            f"| {kind.upper()} | {lr:g} | {epochs} | {len(group)} | {budget:,} "
+            f"| {kind} | {lr:g} | {epochs} | {len(group)} | {budget:,} "
             f"| {_spread([m['fidelity_validation'] for m in group], 4)} |"
         )
     return "\n".join([*lines, "", provenance(rows)])

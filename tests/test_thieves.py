@@ -41,6 +41,18 @@ def test_random_queries_follow_the_papers_lengths():
         random_word_queries([], 1, rng)
 
 
+def test_the_frequent_word_vocabulary_is_the_most_frequent_words_first():
+    pytest.importorskip("wordfreq", reason="the text extra is not installed")
+    from modelheist.attacks.thieves import ThievesAttack
+    from modelheist.data.text import frequent_words
+
+    words = frequent_words()
+    assert len(words) == 10_000 == len(set(words))
+    assert words[:3] == ["the", "to", "and"] and all(w.isalpha() and w.islower() for w in words)
+    assert {"table", "happy", "love"} <= set(words[:3000])
+    assert ThievesAttack(vocabulary="wordfreq")._word_list() == words
+
+
 def test_natural_queries_are_texts_and_their_sentences():
     assert sentences_of(TEXTS[0]) == ["I love this.", "It is great!", "Truly wonderful."]
     candidates = natural_candidates(TEXTS, max_words=50)

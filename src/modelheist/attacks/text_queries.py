@@ -3,9 +3,11 @@
 RANDOM: each query is a sequence of words drawn uniformly from a vocabulary, its length drawn
 uniformly from 1 to ``max_words`` (the authors' ``preprocess_random.py`` for single-sentence
 tasks: ``random_uniform`` words, ``uniform_random`` lengths up to 60). The authors' vocabulary
-is WikiText-103's 10,000 most frequent words; this machine holds no word frequencies, so
-:func:`encoder_vocabulary` keeps the word list's words that the encoder's WordPiece vocabulary
-holds whole (WordPiece keeps frequent words whole: a frequency filter without counts).
+is WikiText-103's 10,000 most frequent words; WikiText-103 is not on this machine, so the
+default vocabulary is the 10,000 most frequent words of ``wordfreq``'s English counts
+(:func:`modelheist.data.text.frequent_words`), and :func:`encoder_vocabulary` keeps those the
+encoder's WordPiece vocabulary holds whole (nearly all of them; of a plain word list such as
+Debian's, the filter keeps the frequent words, which WordPiece holds whole).
 
 NATURAL (the paper's WIKI): sentences of another text source, at most ``max_words`` words
 (the authors: WikiText-103 sentences of at most 50). Here the source is the attacker's own text

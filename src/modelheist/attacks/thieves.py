@@ -11,8 +11,11 @@ learning rate is larger (the head starts from nothing), and its learning rate an
 :data:`RECIPES`, are chosen for each query kind on the validation split (docs/benchmarks.md):
 RANDOM answers, nonsense to the victim's topics, take a larger rate than natural ones.
 
-RANDOM queries need no data, only a vocabulary (``vocabulary``: a word list, one word per line;
-by default Debian's, kept to the words the encoder holds whole); NATURAL queries come from
+RANDOM queries need no data, only a vocabulary (``vocabulary``): by default ``wordfreq``'s
+10,000 most frequent English words (the paper's 10,000 most frequent words, counted on another
+corpus than WikiText-103; chosen over Debian's word list on validation agreement,
+docs/benchmarks.md), ``wamerican`` (Debian's word list) or a file of one word per line; only
+the words the encoder holds whole are drawn; NATURAL queries come from
 ``AttackerKnowledge.transfer_set``, the attacker's own texts. The surrogate's architecture
 is the encoder's (``minilm``); the victim's need not be (VADER is a lexicon).
 """
@@ -34,7 +37,7 @@ from modelheist.attacks.text_queries import (
     natural_queries,
     random_word_queries,
 )
-from modelheist.data.text import load_words
+from modelheist.data.text import frequent_words, load_words
 from modelheist.errors import ModelheistError
 from modelheist.models.classifier import Classifier
 from modelheist.models.text import (  # constants only: transformers loads with the encoder
@@ -61,7 +64,7 @@ class ThievesAttack(ExtractionAttack):
     batch_size: int = TEXT_BATCH
     tuned_layers: int = TUNED_LAYERS
     max_words: int = 0  # 0: the paper's (60 for RANDOM, 50 for NATURAL)
-    vocabulary: str = ""  # RANDOM's word list ("": Debian's wamerican)
+    vocabulary: str = "wordfreq"  # RANDOM's words: wordfreq, wamerican or a word-list file
 
     name: ClassVar[str] = "thieves"
     title: ClassVar[str] = "Thieves (Krishna et al.)"
@@ -77,8 +80,9 @@ class ThievesAttack(ExtractionAttack):
         "batch_size": "fine-tuning batch size",
         "tuned_layers": "top layers of the encoder fine-tuned (with a fresh head)",
         "max_words": "longest query in words (0: 60 for random, 50 for natural, as the paper)",
-        "vocabulary": "random: a word list, one word per line (default: Debian's wamerican); "
-        "only words the encoder holds whole are drawn",
+        "vocabulary": "random: wordfreq (the 10,000 most frequent English words, the default), "
+        "wamerican (Debian's word list) or a file of one word per line; only words the encoder "
+        "holds whole are drawn",
     }
 
     extracts: ClassVar[Literal["arrays", "text", "translation"]] = "text"
@@ -97,6 +101,12 @@ class ThievesAttack(ExtractionAttack):
         self.lr, self.epochs = self.lr or lr, self.epochs or epochs
         if not 0 <= self.tuned_layers <= ENCODER_LAYERS:
             raise ModelheistError(f"tuned_layers must lie in [0, {ENCODER_LAYERS}]")
+
+    def _word_list(self) -> list[str]:
+        """RANDOM's vocabulary before the encoder's filter (see ``vocabulary``)."""
+        if self.vocabulary in ("wordfreq", ""):
+            return frequent_words()
+        return load_words(None if self.vocabulary == "wamerican" else Path(self.vocabulary))
 
     def transfer_source(self) -> str | None:
         return self.queries.partition(":")[2] or None
@@ -124,8 +134,7 @@ class ThievesAttack(ExtractionAttack):
             else min(knowledge.budget, oracle.remaining)
         )
         if not self.needs_transfer_set():
-            path = Path(self.vocabulary) if self.vocabulary else None
-            words = encoder_vocabulary(load_words(path))
+            words = encoder_vocabulary(self._word_list())
             x = random_word_queries(words, n, rng, self.max_words or RANDOM_MAX_WORDS)
         else:
             source = [str(t) for t in knowledge.transfer_set]

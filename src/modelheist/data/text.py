@@ -10,8 +10,11 @@ class when it has at least ``MIN_PER_CLASS`` quotations; ``ascii-art`` is droppe
 not sentences), as is any quotation filed under two categories (its label is ambiguous and it
 would leak between splits) and any longer than ``MAX_CHARS`` once its whitespace is collapsed.
 
-The RANDOM queries of Thieves sample words from a vocabulary: Debian's ``wamerican`` list
-(``/usr/share/dict/american-english``, about 100,000 words), lower-cased, alphabetic words only.
+The RANDOM queries of Thieves sample words from a vocabulary: by default
+(:func:`frequent_words`) the 10,000 most frequent English words of the ``wordfreq`` package, the
+stand-in for the authors' 10,000 most frequent words of WikiText-103, or Debian's ``wamerican``
+list (:func:`load_words`: ``/usr/share/dict/american-english``, about 100,000 words), in both
+cases lower-cased, alphabetic words only.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ MAX_CHARS = 1000
 EXCLUDED = frozenset({"ascii-art"})
 _SEPARATOR = re.compile(r"^%\s*$", re.MULTILINE)
 _WORD = re.compile(r"^[a-z]+$")
+FREQUENT_WORDS = 10_000
 INSTALL_FORTUNES = (
     "install it with `sudo apt-get install fortunes fortunes-min` (or `make data`), "
     "or set MODELHEIST_FORTUNES to a folder of fortune files"
@@ -95,3 +99,17 @@ def load_words(path: Path | None = None) -> list[str]:
         )
     words = path.read_text(encoding="utf-8", errors="replace").split()
     return list(dict.fromkeys(w for w in words if _WORD.match(w)))
+
+
+def frequent_words(n: int = FREQUENT_WORDS) -> list[str]:
+    """The ``n`` most frequent lower-case alphabetic English words of ``wordfreq`` (Speer's
+    blend of Wikipedia, subtitles, news, books, web text and social media), most frequent
+    first: the offline stand-in for Krishna et al.'s WikiText-103 vocabulary (§3.1)."""
+    try:
+        import wordfreq
+    except ImportError as error:
+        raise DatasetUnavailableError(
+            "the wordfreq package is not installed; `pip install 'modelheist[text]'`"
+        ) from error
+    words = [w for w in wordfreq.top_n_list("en", 2 * n) if _WORD.match(w)]
+    return words[:n]
