@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Debian's offline data: Fashion-MNIST, the fortune quotations and the word list (text sets).
+# Debian's offline data: Fashion-MNIST, the fortune quotations and the word list (text sets;
+# Thieves' RANDOM queries draw wordfreq's words by default, the word list on request).
 data:
 	@missing=""; \
 	[ -d $(FMNIST_DIR) ] || missing="$$missing dataset-fashion-mnist"; \
@@ -30,7 +31,7 @@ data:
 			apt-get install -y -qq $$package >/dev/null 2>&1 || \
 			{ [ -z "$$updated" ] && updated=1 && apt-get update -qq >/dev/null 2>&1 && \
 			  apt-get install -y -qq $$package >/dev/null 2>&1; } || \
-			echo "data: apt-get install $$package failed (without fashion-mnist, quickstart uses mnist5k; without fortunes or wamerican, no text set)"; \
+			echo "data: apt-get install $$package failed (without fashion-mnist, quickstart uses mnist5k; without fortunes, no text set; without wamerican, no --vocabulary wamerican)"; \
 		done; \
 	else echo "data: not root or no apt-get; skipping (sudo apt-get install$$missing)"; fi
 

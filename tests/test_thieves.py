@@ -50,7 +50,32 @@ def test_the_frequent_word_vocabulary_is_the_most_frequent_words_first():
     assert len(words) == 10_000 == len(set(words))
     assert words[:3] == ["the", "to", "and"] and all(w.isalpha() and w.islower() for w in words)
     assert {"table", "happy", "love"} <= set(words[:3000])
-    assert ThievesAttack(vocabulary="wordfreq")._word_list() == words
+    assert ThievesAttack()._word_list() == words  # the default
+
+
+def test_vocabulary_choices_and_mistakes(tmp_path, monkeypatch):
+    from modelheist.attacks.thieves import ThievesAttack
+
+    (tmp_path / "words").write_text("Zebra apple apple it's banana\n")
+    monkeypatch.setenv("MODELHEIST_WORDS", str(tmp_path / "words"))
+    assert ThievesAttack(vocabulary="wamerican")._word_list() == ["apple", "banana"]
+    assert ThievesAttack(vocabulary=str(tmp_path / "words"))._word_list() == ["apple", "banana"]
+    for wrong in ("", "wordfrq", str(tmp_path / "absent")):
+        with pytest.raises(ModelheistError, match="vocabulary must be wordfreq, wamerican or a"):
+            ThievesAttack(vocabulary=wrong)
+
+
+def test_a_missing_wordfreq_says_how_to_install(monkeypatch):
+    import sys
+
+    from modelheist.data.text import frequent_words
+    from modelheist.errors import DatasetUnavailableError
+
+    monkeypatch.setitem(sys.modules, "wordfreq", None)  # import fails as if not installed
+    with pytest.raises(DatasetUnavailableError, match=r"pip install 'modelheist\[text\]'"):
+        frequent_words()
+    with pytest.raises(ValueError, match="at least 1"):
+        frequent_words(0)
 
 
 def test_natural_queries_are_texts_and_their_sentences():

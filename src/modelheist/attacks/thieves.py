@@ -53,6 +53,9 @@ from modelheist.oracle.inputs import takes_text
 #: probability answers; ``examples/thieves-tuning.toml``, docs/benchmarks.md).
 RECIPES: dict[str, tuple[float, int]] = {"random": (5e-4, 16), "natural": (2e-4, 16)}
 
+#: RANDOM's named vocabularies (any other value is a word-list file).
+VOCABULARIES = ("wordfreq", "wamerican")
+
 
 @dataclass
 class ThievesAttack(ExtractionAttack):
@@ -101,10 +104,15 @@ class ThievesAttack(ExtractionAttack):
         self.lr, self.epochs = self.lr or lr, self.epochs or epochs
         if not 0 <= self.tuned_layers <= ENCODER_LAYERS:
             raise ModelheistError(f"tuned_layers must lie in [0, {ENCODER_LAYERS}]")
+        if self.vocabulary not in VOCABULARIES and not Path(self.vocabulary).is_file():
+            raise ModelheistError(
+                "vocabulary must be wordfreq, wamerican or a word-list file, "
+                f"got {self.vocabulary!r}"
+            )
 
     def _word_list(self) -> list[str]:
         """RANDOM's vocabulary before the encoder's filter (see ``vocabulary``)."""
-        if self.vocabulary in ("wordfreq", ""):
+        if self.vocabulary == "wordfreq":
             return frequent_words()
         return load_words(None if self.vocabulary == "wamerican" else Path(self.vocabulary))
 

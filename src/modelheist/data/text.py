@@ -1,4 +1,4 @@
-"""Offline text: Debian's fortune quotations as a topic-classification set, and a word list.
+"""Offline text: Debian's fortune quotations as a topic-classification set, and word lists.
 
 The ``fortunes`` and ``fortunes-min`` packages file some 15,000 quotations under about 40
 topics (``/usr/share/games/fortunes/science``, ``.../politics``, ...): human-labelled natural
@@ -14,7 +14,7 @@ The RANDOM queries of Thieves sample words from a vocabulary: by default
 (:func:`frequent_words`) the 10,000 most frequent English words of the ``wordfreq`` package, the
 stand-in for the authors' 10,000 most frequent words of WikiText-103, or Debian's ``wamerican``
 list (:func:`load_words`: ``/usr/share/dict/american-english``, about 100,000 words), in both
-cases lower-cased, alphabetic words only.
+cases only the lower-case alphabetic words.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -105,11 +106,13 @@ def frequent_words(n: int = FREQUENT_WORDS) -> list[str]:
     """The ``n`` most frequent lower-case alphabetic English words of ``wordfreq`` (Speer's
     blend of Wikipedia, subtitles, news, books, web text and social media), most frequent
     first: the offline stand-in for Krishna et al.'s WikiText-103 vocabulary (§3.1)."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
     try:
         import wordfreq
     except ImportError as error:
         raise DatasetUnavailableError(
-            "the wordfreq package is not installed; `pip install 'modelheist[text]'`"
+            "the wordfreq package is not installed: `pip install 'modelheist[text]'` "
+            "(or draw Debian's word list with --vocabulary wamerican)"
         ) from error
-    words = [w for w in wordfreq.top_n_list("en", 2 * n) if _WORD.match(w)]
-    return words[:n]
+    return list(islice((w for w in wordfreq.iter_wordlist("en") if _WORD.match(w)), n))
