@@ -198,3 +198,33 @@ def test_vader_follows_its_authors_rule_and_round_trips(tmp_path):
     assert expected.tolist() == [2, 1, 0, 1]
     save_model(model, tmp_path / "v")
     np.testing.assert_array_equal(load_model(tmp_path / "v").predict_proba(sentences), probs)
+
+
+def test_vaders_stated_calibration(monkeypatch):
+    pytest.importorskip("vaderSentiment")
+    from modelheist.models.vader import vader_model
+
+    model = vader_model()
+    monkeypatch.setattr(model, "compound", lambda texts: np.array([0.5, 0.1, 0.0, -0.3]))
+    probs = model.predict_proba(np.array(["a", "b", "c", "d"], dtype=object))
+    expected = [
+        [0.0000, 0.0001, 0.9998],  # the docstring's examples: c = 0.5, 0.1, 0
+        [0.0900, 0.2447, 0.6652],
+        [0.2119, 0.5761, 0.2119],
+        [0.9909, 0.0067, 0.0025],
+    ]
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
+
+
+def test_a_missing_vader_says_how_to_install(monkeypatch):
+    from modelheist.models import vader
+    from modelheist.models.vader import vader_model
+
+    monkeypatch.setitem(sys.modules, "vaderSentiment", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "vaderSentiment.vaderSentiment", None)
+    vader._analyser.cache_clear()
+    try:
+        with pytest.raises(ModelheistError, match=r"pip install 'modelheist\[text\]'"):
+            vader_model().compound(["a sentence"])
+    finally:
+        vader._analyser.cache_clear()

@@ -85,15 +85,30 @@ def test_invalid_encodings_are_refused(served_text):
     before = ledger.client("bob").queries_used
     lone_surrogate = b'{"inputs": ["ok", "\\ud800"]}'
     not_utf8 = b'{"inputs": ["\xff\xfe"]}'
+    nul = b'{"inputs": ["a\\u0000b"]}'
     as_npy = npy.encode(np.zeros((2, 3), np.float32))
-    for body, content_type in (
-        (lone_surrogate, "application/json"),
-        (not_utf8, "application/json"),
-        (as_npy, npy.MEDIA_TYPE),
+    for body, content_type, message in (
+        (lone_surrogate, "application/json", "the body is not valid JSON"),
+        (not_utf8, "application/json", "the body is not valid JSON"),
+        (nul, "application/json", "input 0 holds a NUL character"),
+        (as_npy, npy.MEDIA_TYPE, "a text model takes a list of strings"),
     ):
         response = _post(url, keys["bob"], body, content_type)
         assert 400 <= response.status_code < 500, (body[:20], response.text)
+        assert message in response.json()["error"]["message"], (body[:20], response.text)
     assert ledger.client("bob").queries_used == before
+
+
+def test_the_service_refuses_text_that_is_not_unicode_or_holds_nul(served_text):
+    _, service, ledger, _ = served_text
+    oracle = LocalOracle.for_new_client(service, budget=None, client_id="carol")
+    for texts, message in (
+        (["ok", "\ud800"], "input 1 is not valid Unicode text"),
+        (["a\x00b"], "input 0 holds a NUL character"),
+    ):
+        with pytest.raises(InvalidQueryError, match=message):
+            oracle.query(texts)
+    assert ledger.client("carol").queries_used == 0
 
 
 def test_oracles_send_text_and_log_it(served_text, vader, tmp_path):

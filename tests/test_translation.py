@@ -172,10 +172,14 @@ def test_translation_refuses_classifiers_and_keeps_what_it_bought(
 
     oracle = revoked_after_one_batch(PredictionService(sr_victim))
     with pytest.raises(AttackInterrupted) as stopped:
-        TranslationExtraction(epochs=1).run(oracle, AttackerKnowledge(digits_sr.pool.x, 600))
+        TranslationExtraction(arch="srcnn", epochs=1).run(
+            oracle, AttackerKnowledge(digits_sr.pool.x, 600)
+        )
     assert len(stopped.value.log) == 256
     partial = stopped.value.partial_surrogate()
     assert partial.card.training["partial"] is True
+    # the attack's network and recipe, not the defaults (ESPCN, SURROGATE_EPOCHS)
+    assert partial.card.architecture == "srcnn" and partial.card.training["epochs"] == 1
     assert partial.translate(digits_sr.test.x[:2]).shape == (2, 1, 8, 8)
 
 
@@ -186,6 +190,15 @@ def test_ownership_schemes_say_they_do_not_apply(sr_victim, triggers):
     evidence = SCHEMES["backdoor-watermark"](triggers).verify(oracle)
     assert evidence.decision == "cannot verify" and "image-to-image" in evidence.reason
     assert oracle.queries_used == 0
+    # no scheme marks image-to-image or text models: each says so before a query
+    assert all(not {"translation", "text"} & scheme.applies_to for scheme in SCHEMES.values())
+    pytest.importorskip("vaderSentiment", reason="the text extra is not installed")
+    from modelheist.models.vader import vader_model
+
+    text_api = LocalOracle.for_new_client(PredictionService(vader_model()), None)
+    evidence = SCHEMES["backdoor-watermark"](triggers).verify(text_api)
+    assert evidence.decision == "cannot verify" and "the suspect is a text model" in evidence.reason
+    assert text_api.queries_used == 0
 
 
 def test_cli_trains_and_extracts_a_translation_model(tmp_path, cli_in_process, digits_cnn):

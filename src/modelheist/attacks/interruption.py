@@ -66,13 +66,15 @@ def partial_surrogate(
     progress: Progress | None = None,
     params: dict[str, Any] | None = None,
 ) -> Classifier | None:
-    """A surrogate trained on every complete input of ``log`` (None if there is none); a text
-    surrogate takes its fine-tuning recipe from the attack's ``params`` where they give one."""
+    """A surrogate trained on every complete input of ``log`` (None if there is none); a text or
+    translation surrogate takes its recipe from the attack's ``params`` where they give one."""
     x, answer = log.joined()
     if x.dtype == object:  # a text API's strings: the attacker's encoder, fine-tuned
         return _partial_text_surrogate(x, answer, classes, seed, progress, len(log), params or {})
     if answer.images is not None:  # an image-to-image API's outputs
-        return _partial_translation_surrogate(x, answer.images, architecture, seed, progress)
+        return _partial_translation_surrogate(
+            x, answer.images, architecture, seed, progress, params or {}
+        )
     complete = np.isfinite(x.reshape(len(x), -1)).all(axis=1)  # incomplete queries hold NaN
     if not complete.any():
         return None
@@ -149,15 +151,23 @@ def _partial_text_surrogate(
 
 
 def _partial_translation_surrogate(
-    x: np.ndarray, images: np.ndarray, architecture: str, seed: int, progress: Progress | None
+    x: np.ndarray,
+    images: np.ndarray,
+    architecture: str,
+    seed: int,
+    progress: Progress | None,
+    params: dict[str, Any],
 ) -> Classifier:
-    """The attacker's translation network (``architecture``, else ESPCN) trained on the images
-    bought, with the attack's default recipe (SURROGATE_EPOCHS, SURROGATE_LR)."""
+    """The attacker's translation network (the attack's ``arch``, else ``architecture``, else
+    ESPCN) trained on the images bought, with the attack's recipe (``epochs``, ``lr``,
+    ``batch_size``) where ``params`` hold it, else its defaults (SURROGATE_EPOCHS,
+    SURROGATE_LR, TRANSLATION_BATCH)."""
     from modelheist.models.translation import (
         ARCHITECTURES,
         SURROGATE_ARCHITECTURE,
         SURROGATE_EPOCHS,
         SURROGATE_LR,
+        TRANSLATION_BATCH,
         TranslationModel,
         build_translation_network,
         fit_translation_network,
@@ -165,17 +175,23 @@ def _partial_translation_surrogate(
         translation_train_config,
     )
 
+    architecture = str(params.get("arch", architecture))  # the network the attack trains
     if architecture not in ARCHITECTURES:
         architecture = SURROGATE_ARCHITECTURE
     input_shape, output_shape = tuple(x.shape[1:]), tuple(images.shape[1:])
     module = build_translation_network(architecture, input_shape, output_shape, seed)
-    config = translation_train_config(SURROGATE_EPOCHS, seed, SURROGATE_LR)
+    config = translation_train_config(
+        int(params.get("epochs", SURROGATE_EPOCHS)),
+        seed,
+        float(params.get("lr", SURROGATE_LR)),
+        int(params.get("batch_size", TRANSLATION_BATCH)),
+    )
     fit_translation_network(module, x, images, config, progress, "partial surrogate")
     card = translation_card(
         architecture,
         "surrogate",
         input_shape,
         output_shape,
-        {"partial": True, "queries": len(x), "output": "images"},
+        {"partial": True, "queries": len(x), "output": "images", "epochs": config.epochs},
     )
     return TranslationModel(module, card)  # type: ignore[return-value]
