@@ -213,8 +213,26 @@ def test_cli_trains_and_extracts_a_translation_model(tmp_path, cli_in_process, d
     )
     assert attacked.returncode == 0, attacked.stderr
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["queries_used"] == 100 and report["ssim_to_victim"] is not None
+    assert report["queries_used"] == 100
+    for figure in ("victim", "surrogate"):  # against the ground truth, each beside the other
+        assert report[f"{figure}_psnr"] > 0 and 0 < report[f"{figure}_ssim"] <= 1
+    assert report["psnr_to_victim"] > 0 and 0 < report["ssim_to_victim"] <= 1
     assert load_model(tmp_path / "s").card.output_shape == [1, 8, 8]
+    ledger = Ledger.open(tmp_path / "state")
+    key = ledger.add_client("thief")
+    service = PredictionService(load_model(tmp_path / "v"), ledger=ledger, name="sketch")
+    with serve_in_thread(create_app(service)) as url:
+        remote = f"attack translate --target {url} --api-key {key} --budget 30 --epochs 1"
+        unnamed = cli_in_process(*remote.split())
+        assert unnamed.returncode == 2 and "--transfer-set TASK" in unnamed.stderr
+        stolen = cli_in_process(
+            *f"{remote} --transfer-set digits-sketch --out {tmp_path}/r --json {tmp_path}/t.json".split()
+        )
+    assert stolen.returncode == 0, stolen.stderr
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert report["queries_used"] == 30 == ledger.client("thief").queries_used
+    assert report["ssim_to_victim"] is None  # no local copy of the victim to measure against
+    assert load_model(tmp_path / "r").card.output_shape == [1, 8, 8]
     np.save(tmp_path / "x.npy", np.full((2, 1, 8, 8), 0.5, np.float32))
     asked = cli_in_process(
         *f"query {tmp_path}/x.npy --victim {tmp_path}/v --json {tmp_path}/q.json".split()
