@@ -218,13 +218,16 @@ def test_vaders_stated_calibration(monkeypatch):
 
 def test_a_missing_vader_says_how_to_install(monkeypatch):
     from modelheist.models import vader
-    from modelheist.models.vader import vader_model
 
     monkeypatch.setitem(sys.modules, "vaderSentiment", None)  # import fails as if not installed
     monkeypatch.setitem(sys.modules, "vaderSentiment.vaderSentiment", None)
-    vader._analyser.cache_clear()
+    loaders = (vader._analyser, vader.lexicon_digest)  # both cached: clear, so both import
+    for loader in loaders:
+        loader.cache_clear()
     try:
-        with pytest.raises(ModelheistError, match=r"pip install 'modelheist\[text\]'"):
-            vader_model().compound(["a sentence"])
+        for loader in loaders:
+            with pytest.raises(ModelheistError, match=r"pip install 'modelheist\[text\]'"):
+                loader()
     finally:
-        vader._analyser.cache_clear()
+        for loader in loaders:
+            loader.cache_clear()

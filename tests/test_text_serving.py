@@ -99,15 +99,11 @@ def test_invalid_encodings_are_refused(served_text):
     assert ledger.client("bob").queries_used == before
 
 
-def test_the_service_refuses_text_that_is_not_unicode_or_holds_nul(served_text):
+def test_the_service_refuses_text_that_is_not_unicode(served_text):
     _, service, ledger, _ = served_text
     oracle = LocalOracle.for_new_client(service, budget=None, client_id="carol")
-    for texts, message in (
-        (["ok", "\ud800"], "input 1 is not valid Unicode text"),
-        (["a\x00b"], "input 0 holds a NUL character"),
-    ):
-        with pytest.raises(InvalidQueryError, match=message):
-            oracle.query(texts)
+    with pytest.raises(InvalidQueryError, match="input 1 is not valid Unicode text"):
+        oracle.query(["ok", "\ud800"])  # a lone surrogate: JSON over HTTP cannot carry it
     assert ledger.client("carol").queries_used == 0
 
 

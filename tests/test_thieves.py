@@ -224,16 +224,10 @@ def test_cli_thieves_extracts_a_served_text_model_with_random_queries(tmp_path, 
     assert surrogate.predict_proba(np.array(["good"], dtype=object)).shape == (1, 3)
 
 
-def test_cli_thieves_extracts_a_saved_victim_with_natural_queries(
-    tmp_path, monkeypatch, cli_in_process
-):
-    """``modelheist train`` of both text victims and ``modelheist attack thieves --victim DIR``:
-    the attacker's pool of the victim's dataset (a small folder of fortunes here) as NATURAL
-    queries, agreement on the evaluation split."""
-    import json
-
+@pytest.fixture
+def small_fortunes(tmp_path, monkeypatch):
+    """``MODELHEIST_FORTUNES`` pointed at two topics of 150 quotations, one glad, one glum."""
     from modelheist.data import registry
-    from modelheist.models.store import load_model
 
     folder = tmp_path / "fortunes"
     folder.mkdir()
@@ -242,26 +236,37 @@ def test_cli_thieves_extracts_a_saved_victim_with_natural_queries(
         (folder / topic).write_text("\n%\n".join(sayings) + "\n%\n")
     monkeypatch.setenv("MODELHEIST_FORTUNES", str(folder))
     registry._load_raw.cache_clear()
-    try:
-        trained = cli_in_process(
-            *f"train --dataset fortunes --arch vader --out {tmp_path}/v".split()
-        )
-        assert trained.returncode == 0, trained.stderr
-        owned = cli_in_process(
-            *f"train --dataset fortunes --arch minilm --epochs 1 --out {tmp_path}/m".split()
-        )
-        assert owned.returncode == 0, owned.stderr
-        proc = cli_in_process(
-            *f"attack thieves --victim {tmp_path}/v --budget 30 --queries natural --epochs 1 "
-            f"--tuned-layers 0 --json {tmp_path}/r.json".split()
-        )
-    finally:
-        registry._load_raw.cache_clear()
+    yield folder
+    registry._load_raw.cache_clear()
+
+
+def test_cli_thieves_extracts_a_saved_victim_with_natural_queries(
+    tmp_path, small_fortunes, cli_in_process
+):
+    """``modelheist attack thieves --victim DIR`` against VADER saved for the fortunes: the
+    attacker's pool as NATURAL queries, agreement with VADER on the evaluation split."""
+    import json
+
+    trained = cli_in_process(*f"train --dataset fortunes --arch vader --out {tmp_path}/v".split())
+    assert trained.returncode == 0, trained.stderr
+    proc = cli_in_process(
+        *f"attack thieves --victim {tmp_path}/v --budget 30 --queries natural --epochs 20 "
+        f"--lr 0.01 --tuned-layers 0 --json {tmp_path}/r.json".split()
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["queries_used"] == 30 and report["details"]["query_kind"] == "natural"
-    assert 0.0 <= report["fidelity_test"] <= 1.0  # agreement with VADER on the evaluation split
+    assert report["fidelity_test"] >= 0.9  # glad and glum sayings: VADER's answers are learnt
     assert report["victim_accuracy"] is None  # VADER's classes are not the topics
-    owner = load_model(tmp_path / "m")  # the owner's MiniLM topic classifier, as trained
+
+
+def test_cli_trains_the_owners_minilm_on_the_fortunes(tmp_path, small_fortunes, cli_in_process):
+    from modelheist.models.store import load_model
+
+    owned = cli_in_process(
+        *f"train --dataset fortunes --arch minilm --epochs 1 --out {tmp_path}/m".split()
+    )
+    assert owned.returncode == 0, owned.stderr
+    owner = load_model(tmp_path / "m")
     assert owner.card.architecture == "minilm" and owner.card.classes == ["gloom", "joy"]
     assert owner.predict_proba(np.array(["a joyful day"], dtype=object)).shape == (1, 2)

@@ -192,8 +192,12 @@ def test_ownership_schemes_say_they_do_not_apply(sr_victim, triggers):
     assert oracle.queries_used == 0
     # no scheme marks image-to-image or text models: each says so before a query
     assert all(not {"translation", "text"} & scheme.applies_to for scheme in SCHEMES.values())
+
+
+def test_ownership_schemes_say_they_do_not_apply_to_text(triggers):
     pytest.importorskip("vaderSentiment", reason="the text extra is not installed")
     from modelheist.models.vader import vader_model
+    from modelheist.ownership import SCHEMES
 
     text_api = LocalOracle.for_new_client(PredictionService(vader_model()), None)
     evidence = SCHEMES["backdoor-watermark"](triggers).verify(text_api)
@@ -231,7 +235,9 @@ def test_cli_trains_and_extracts_a_translation_model(tmp_path, cli_in_process, d
     assert stolen.returncode == 0, stolen.stderr
     report = json.loads((tmp_path / "t.json").read_text())
     assert report["queries_used"] == 30 == ledger.client("thief").queries_used
-    assert report["ssim_to_victim"] is None  # no local copy of the victim to measure against
+    figures = ("victim_psnr", "victim_ssim", "surrogate_psnr", "surrogate_ssim")
+    figures += ("psnr_to_victim", "ssim_to_victim")
+    assert all(report[f] is None for f in figures)  # no local victim or ground truth to measure
     assert load_model(tmp_path / "r").card.output_shape == [1, 8, 8]
     np.save(tmp_path / "x.npy", np.full((2, 1, 8, 8), 0.5, np.float32))
     asked = cli_in_process(

@@ -5,9 +5,10 @@ bought are the adversary's most expensive asset, so :meth:`ExtractionAttack.run`
 them. Every answered query is kept in a :class:`~modelheist.oracle.QueryLog`; when a query fails (any
 :class:`ModelheistError` from the oracle, or an interrupt) after at least one answer, the run
 raises :class:`AttackInterrupted` carrying the log. Its :meth:`AttackInterrupted.partial_surrogate`
-then trains a network, Knockoff-style, on every answer obtained so far, whatever the attack was
-(an equation-solving attack cut short has no exact solution to offer, but its answers still
-teach a network something). The CLI writes the log to disk *before* that training starts.
+then trains a network on every answer obtained so far: for a classifier, Knockoff-style,
+whatever the attack was (an equation-solving attack cut short has no exact solution to offer,
+but its answers still teach a network something); for a text or image-to-image API, the
+attack's own network and recipe. The CLI writes the log to disk *before* that training starts.
 """
 
 from __future__ import annotations
@@ -175,16 +176,17 @@ def _partial_translation_surrogate(
         translation_train_config,
     )
 
-    architecture = str(params.get("arch", architecture))  # the network the attack trains
+    if params.get("arch") in ARCHITECTURES:  # the network the attack trains
+        architecture = str(params["arch"])
     if architecture not in ARCHITECTURES:
         architecture = SURROGATE_ARCHITECTURE
     input_shape, output_shape = tuple(x.shape[1:]), tuple(images.shape[1:])
     module = build_translation_network(architecture, input_shape, output_shape, seed)
     config = translation_train_config(
-        int(params.get("epochs", SURROGATE_EPOCHS)),
+        int(params.get("epochs") or SURROGATE_EPOCHS),
         seed,
-        float(params.get("lr", SURROGATE_LR)),
-        int(params.get("batch_size", TRANSLATION_BATCH)),
+        float(params.get("lr") or SURROGATE_LR),
+        int(params.get("batch_size") or TRANSLATION_BATCH),
     )
     fit_translation_network(module, x, images, config, progress, "partial surrogate")
     card = translation_card(

@@ -4,8 +4,8 @@ VADER scores a text with a hand-built lexicon and rules; its ``compound`` score 
 [-1, 1], and its authors' rule reads c >= 0.05 as positive, c <= -0.05 as negative and the rest
 as neutral. It has no probabilities, so this wrapper states one calibration: logits
 ``scale * (-c - t, t - |c|, c - t)`` for (negative, neutral, positive) with t = ``threshold``,
-whose arg-max is exactly the authors' rule, softened by ``scale`` (10 by default: c = 0.5 gives
-the positive class 0.9998, c = 0.1 gives it 0.665, c = 0 gives neutral 0.576). The lexicon ships with the ``vaderSentiment``
+whose arg-max is exactly the authors' rule, softened by ``scale`` (10 by default: c = 0.5
+gives the positive class 0.9998, c = 0.1 gives it 0.665, c = 0 gives neutral 0.576). The lexicon ships with the ``vaderSentiment``
 package (the ``text`` extra); the card records its digest.
 """
 
