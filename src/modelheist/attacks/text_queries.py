@@ -3,11 +3,13 @@
 RANDOM: each query is a sequence of words drawn uniformly from a vocabulary, its length drawn
 uniformly from 1 to ``max_words`` (the authors' ``preprocess_random.py`` for single-sentence
 tasks: ``random_uniform`` words, ``uniform_random`` lengths up to 60). The authors' vocabulary
-is WikiText-103's 10,000 most frequent words; WikiText-103 is not on this machine, so the
-default vocabulary is the 10,000 most frequent words of ``wordfreq``'s English counts
-(:func:`modelheist.data.text.frequent_words`), and :func:`encoder_vocabulary` keeps those the
-encoder's WordPiece vocabulary holds whole (nearly all of them; of a plain word list such as
-Debian's, the filter keeps the frequent words, which WordPiece holds whole).
+(``full_corpus_top_10000``) is WikiText-103's 10,000 most frequent whitespace tokens;
+WikiText-103 is not on this machine, so the default vocabulary is the 10,000 most frequent
+words of ``wordfreq``'s English counts (:func:`modelheist.data.text.frequent_words`), and
+:func:`encoder_vocabulary` keeps those the encoder's WordPiece vocabulary holds whole (nearly
+all of them; of a plain word list such as Debian's, the filter keeps the frequent words, which
+WordPiece holds whole). Deviation: the authors' tokens include punctuation and capitalised
+forms; ours are lower-case alphabetic words (the encoder is uncased).
 
 NATURAL (the paper's WIKI): sentences of another text source, at most ``max_words`` words
 (the authors: WikiText-103 sentences of at most 50). Here the source is the attacker's own text
