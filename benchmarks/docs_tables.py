@@ -1427,8 +1427,8 @@ def thieves_tuning(rows: list[dict]) -> str:
     def setting(row: dict) -> tuple[str, float, int, int]:
         p = row["attack_params"]
         kind = p["queries"].upper()
-        if kind == "RANDOM":  # rows before the vocabulary was a choice ("") drew wamerican's
-            kind += f" ({p.get('vocabulary') or 'wamerican'})"
+        if kind == "RANDOM":
+            kind += f" ({p['vocabulary']})"
         return kind, p["lr"], p["epochs"], row["budget"]
 
     for kind, lr, epochs, budget in sorted({setting(r) for r in rows}):
