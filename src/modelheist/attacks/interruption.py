@@ -131,12 +131,12 @@ def _partial_text_surrogate(
         text_card,
     )
 
-    tuned_layers = int(params.get("tuned_layers", TUNED_LAYERS))
+    tuned_layers = int(params.get("tuned_layers", TUNED_LAYERS))  # 0 is a real choice here
     network = build_text_network(len(classes), tuned_layers, seed=seed)
-    config = TrainConfig(
-        epochs=int(params.get("epochs", TEXT_EPOCHS)),
-        lr=float(params.get("lr", TEXT_LR)),
-        batch_size=int(params.get("batch_size", TEXT_BATCH)),
+    config = TrainConfig(  # a 0 or a missing value means the default, as for translation
+        epochs=int(params.get("epochs") or TEXT_EPOCHS),
+        lr=float(params.get("lr") or TEXT_LR),
+        batch_size=int(params.get("batch_size") or TEXT_BATCH),
         seed=seed,
     )
     fit_text_network(
