@@ -117,13 +117,22 @@ class BlindWalk:
         )
         for kind in NOISE_TYPES:
             order = {"linf": np.inf, "l2": 2, "l1": 1}[kind]
-            for _ in range(self.directions):
-                step = self._noise(kind, x.shape, rng).astype(np.float32)
-                distance, open_walks = self._walk(oracle, x, y, step, low, high, order)
-                columns.append(distance)
-                censored += open_walks
-                if task is not None:
-                    progress.advance(task)
+            # a noise type's walks go together, one query per step for all of them (far
+            # fewer round trips to the API than a walk at a time; the same queries)
+            steps = [self._noise(kind, x.shape, rng) for _ in range(self.directions)]
+            distance, open_walks = self._walk(
+                oracle,
+                np.concatenate([x] * self.directions),
+                np.concatenate([y] * self.directions),
+                np.concatenate(steps).astype(np.float32),
+                low,
+                high,
+                order,
+            )
+            columns.extend(distance.reshape(self.directions, len(x)))
+            censored += open_walks
+            if task is not None:
+                progress.advance(task, self.directions)
         if task is not None:
             progress.remove_task(task)
         return np.stack(columns, axis=1), censored / (len(x) * len(columns))
