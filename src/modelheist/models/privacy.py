@@ -28,6 +28,7 @@ knows the seed). Note that delta = 1e-3 exceeds
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -41,6 +42,31 @@ from modelheist.errors import ModelheistError
 from modelheist.models.training import BatchSource, TrainingProtection, TrainingRun
 
 ACCOUNTANTS = ("prv", "rdp", "gdp")
+
+
+@functools.lru_cache(maxsize=64)
+def _noise_multiplier(
+    epsilon: float, delta: float, sample_rate: float, accountant: str, length: tuple
+) -> float:
+    """Opacus's ``get_noise_multiplier`` (a search over the accountant's epsilon, seconds with
+    PRV), kept per setting: a run checks its budget before training and again when it starts,
+    and a study trains many networks at one setting."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with (
+        np.errstate(divide="ignore", invalid="ignore"),  # the accountant's log(0) at q=1
+        warnings.catch_warnings(),
+    ):
+        warnings.filterwarnings("ignore", "Optimal order is the largest alpha")
+        return float(
+            get_noise_multiplier(
+                target_epsilon=epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                accountant=accountant,
+                **dict(length),
+            )
+        )
 
 
 class _LoaderBatches(BatchSource):
@@ -94,7 +120,6 @@ class DpSgd(TrainingProtection):
         ``examples`` examples in expected batches of ``batch_size`` (and ``other_steps`` more
         steps at the same sampling rate) cannot meet; return the noise multiplier that spends
         the budget."""
-        from opacus.accountants.utils import get_noise_multiplier
         from opacus.validators import ModuleValidator
 
         problems = ModuleValidator.validate(module, strict=False)
@@ -113,20 +138,9 @@ class DpSgd(TrainingProtection):
         steps = epochs * int(1 / sample_rate) + other_steps
         length = {"steps": steps} if other_steps else {"epochs": epochs}
         try:
-            with (
-                np.errstate(divide="ignore", invalid="ignore"),  # the accountant's log(0) at q=1
-                warnings.catch_warnings(),
-            ):
-                warnings.filterwarnings("ignore", "Optimal order is the largest alpha")
-                return float(
-                    get_noise_multiplier(
-                        target_epsilon=self.epsilon,
-                        target_delta=self.delta,
-                        sample_rate=sample_rate,
-                        accountant=self.accountant,
-                        **length,
-                    )
-                )
+            return _noise_multiplier(
+                self.epsilon, self.delta, sample_rate, self.accountant, tuple(length.items())
+            )
         except (ValueError, RuntimeError, OverflowError, FloatingPointError) as exc:
             raise ModelheistError(
                 f"DP-SGD cannot reach epsilon {self.epsilon} at delta {self.delta} over "
