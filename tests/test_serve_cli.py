@@ -188,6 +188,7 @@ def test_query_and_attack_through_a_served_url(
 
         proc = run(
             *["attack", "knockoff", "--transfer-set", "digits", "--budget", "200", "--epochs", "3"],
+            *["--min-steps", "50"],  # the API's side is tested here, not the learning
             "--target", url, "--victim", cnn_dir, "--json", tmp_path / "a.json",
             env={**os.environ, "MODELHEIST_API_KEY": key},
         )  # fmt: skip
@@ -198,6 +199,7 @@ def test_query_and_attack_through_a_served_url(
 
         rest = run(
             *["attack", "knockoff", "--transfer-set", "digits", "--budget", "500", "--epochs", "1"],
+            *["--min-steps", "50"],
             "--target", url, "--api-key", key, "--json", tmp_path / "b.json",
         )  # fmt: skip
         assert rest.returncode == 0, rest.stderr  # spends what the key has left, and says so
