@@ -273,13 +273,13 @@ def test_train_with_a_watermark_then_verify(tmp_path, cli_in_process):
     assert not (marked / "triggers.safetensors").exists()  # the secret lives apart
     verdicts = {}
     plain = tmp_path / "plain"
-    # the rest in this interpreter: the first command ran as a real process
+    # in this interpreter, but for the first train and the last verify (real processes)
     plain_run = cli_in_process(
         *f"train --dataset digits --arch cnn --out {plain} --epochs 15".split()
     )
     assert plain_run.returncode == 0, plain_run.stderr
     for suspect in (marked, plain):
-        proc = cli_in_process(
+        proc = (cli_in_process if suspect == marked else run)(
             *f"verify backdoor-watermark --triggers {secret} --owner-model {marked} "
             f"--suspect {suspect} --json {tmp_path}/{suspect.name}.json".split()
         )

@@ -117,14 +117,18 @@ class BlindWalk:
         )
         for kind in NOISE_TYPES:
             order = {"linf": np.inf, "l2": 2, "l1": 1}[kind]
-            # a noise type's walks go together, one query per step for all of them (far
-            # fewer round trips to the API than a walk at a time; the same queries)
-            steps = [self._noise(kind, x.shape, rng) for _ in range(self.directions)]
+            # a noise type's walks go together, one request per step for all of them: far
+            # fewer round trips than a walk at a time, the same queries in another order (a
+            # stateless API's answers are unchanged)
+            steps = np.empty((self.directions * len(x), *x.shape[1:]), dtype=np.float32)
+            for direction in range(self.directions):
+                rows = slice(direction * len(x), (direction + 1) * len(x))
+                steps[rows] = self._noise(kind, x.shape, rng)
             distance, open_walks = self._walk(
                 oracle,
                 np.concatenate([x] * self.directions),
                 np.concatenate([y] * self.directions),
-                np.concatenate(steps).astype(np.float32),
+                steps,
                 low,
                 high,
                 order,
