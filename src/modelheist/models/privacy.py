@@ -46,11 +46,12 @@ ACCOUNTANTS = ("prv", "rdp", "gdp")
 
 @functools.lru_cache(maxsize=64)
 def _noise_multiplier(
-    epsilon: float, delta: float, sample_rate: float, accountant: str, length: tuple
+    epsilon: float, delta: float, sample_rate: float, accountant: str, epochs: int, steps: int
 ) -> float:
     """Opacus's ``get_noise_multiplier`` (a search over the accountant's epsilon, seconds with
-    PRV), kept per setting: a run checks its budget before training and again when it starts,
-    and a study trains many networks at one setting."""
+    PRV) over ``steps`` steps, or ``epochs`` epochs when ``steps`` is 0; kept per setting: a run
+    checks its budget before training and again when it starts, and a study trains many
+    networks at one setting."""
     from opacus.accountants.utils import get_noise_multiplier
 
     with (
@@ -64,7 +65,7 @@ def _noise_multiplier(
                 target_delta=delta,
                 sample_rate=sample_rate,
                 accountant=accountant,
-                **dict(length),
+                **({"steps": steps} if steps else {"epochs": epochs}),
             )
         )
 
@@ -134,12 +135,11 @@ class DpSgd(TrainingProtection):
         batches = math.ceil(examples / batch_size)
         sample_rate = 1 / batches  # as Opacus samples: 1 / batches
         # the steps the private loader takes (its length: int(1 / rate)) and the others'; with
-        # none, Opacus's own conversion of epochs, as before the others could be covered
-        steps = epochs * int(1 / sample_rate) + other_steps
-        length = {"steps": steps} if other_steps else {"epochs": epochs}
+        # none (steps 0), Opacus's own conversion of epochs, as before the others could be covered
+        steps = epochs * int(1 / sample_rate) + other_steps if other_steps else 0
         try:
             return _noise_multiplier(
-                self.epsilon, self.delta, sample_rate, self.accountant, tuple(length.items())
+                self.epsilon, self.delta, sample_rate, self.accountant, epochs, steps
             )
         except (ValueError, RuntimeError, OverflowError, FloatingPointError) as exc:
             raise ModelheistError(
