@@ -131,7 +131,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scenarios", nargs="+", type=Path)
     parser.add_argument("--seeds", type=int, help="run seeds 0 .. N-1 instead of the file's")
-    parser.add_argument("--jobs", type=int, default=1, help="(scenario, seed) pairs at once")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="units run at once (a unit: one seed, variant, transfer set and output)",
+    )
     parser.add_argument(
         "--variants", help="comma-separated: run only these attack variants (the rest later)"
     )

@@ -173,8 +173,9 @@ class Ledger:
     def open(cls, state_dir: Path | None, durable: bool = False) -> Ledger:
         """Open (creating if needed) the ledger of a state folder; None: a private in-memory one.
 
-        A schema-1 database is migrated to schema 2 in one transaction; a database written by a
-        newer modelheist, or one that is not a modelheist ledger, is refused unchanged.
+        A schema-1 or schema-2 database is migrated to the current schema in one transaction;
+        a database written by a newer modelheist, or one that is not a modelheist ledger, is
+        refused unchanged.
         """
         if state_dir is None:
             db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
