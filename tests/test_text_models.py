@@ -180,6 +180,15 @@ def test_missing_encoder_says_how_to_install(monkeypatch):
         text.encoder_folder()
 
 
+def test_missing_transformers_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
+    monkeypatch.setattr(text, "tokenizer", text.tokenizer.__wrapped__)  # not the cached one
+    with pytest.raises(ModelheistError, match=r"transformers .*pip install 'modelheist\[text\]'"):
+        text.tokenise(["a sentence"])
+    with pytest.raises(ModelheistError, match="transformers package is not installed"):
+        text.load_encoder()
+
+
 def test_vader_follows_its_authors_rule_and_round_trips(tmp_path):
     pytest.importorskip("vaderSentiment")
     from modelheist.models.store import load_model, save_model

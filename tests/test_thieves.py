@@ -113,7 +113,37 @@ def test_thieves_extracts_vader_with_natural_queries(vader_oracle):
     probe = np.array(["I love it, great!", "I hate it, awful."], dtype=object)
     surrogate = result.surrogate.predict_proba(probe)
     assert surrogate.shape == (2, 3) and np.allclose(surrogate.sum(axis=1), 1, atol=1e-5)
-    assert vader_model().predict_proba(probe).argmax(axis=1).tolist() == [2, 0]
+    assert result.surrogate.card.classes == vader_model().card.classes
+
+
+@pytest.mark.parametrize("output", ["probs", "labels"])
+def test_thieves_learns_from_the_answers_as_given(output, monkeypatch):
+    """Probability answers are the surrogate's soft targets (the paper's victims answer
+    probabilities); labels become one-hot targets."""
+    from modelheist.attacks.thieves import ThievesAttack
+    from modelheist.defenses import parse_output
+    from modelheist.models import text
+    from modelheist.models.vader import vader_model
+
+    victim = vader_model()
+    oracle = LocalOracle.for_new_client(PredictionService(victim, parse_output(output)), None)
+    seen = {}
+    fit = text.fit_text_network
+
+    def recording_fit(network, x, targets, *rest, **options):
+        seen["x"], seen["targets"] = x, targets
+        return fit(network, x, targets, *rest, **options)
+
+    monkeypatch.setattr(text, "fit_text_network", recording_fit)
+    texts = np.array(TEXTS * 2, dtype=object)
+    attack = ThievesAttack(queries="natural", epochs=1, batch_size=8, tuned_layers=0)
+    attack.run(oracle, AttackerKnowledge(texts, budget=8, surrogate_architecture="minilm"))
+    expected = victim.predict_proba(np.asarray(seen["x"], dtype=object))
+    if output == "labels":
+        expected = np.eye(3)[expected.argmax(axis=1)]
+    else:
+        assert (expected.max(axis=1) < 0.99).any()  # the answers are soft: not one-hot
+    np.testing.assert_allclose(seen["targets"], expected, atol=1e-5)
 
 
 def test_thieves_refuses_an_image_api(digits_cnn):
@@ -148,7 +178,15 @@ def test_an_interrupted_thief_keeps_what_it_bought(vader_oracle, tmp_path, revok
     assert len(stopped.value.log) == 256  # one whole batch; the second was refused
     sent = " ".join(stopped.value.log.joined()[0]).split()
     assert set(sent) <= set(WORDS) and "zzqx" not in sent
-    partial = stopped.value.partial_surrogate()
+    # what `attack thieves --out` keeps of it: the strings asked, then the partial surrogate
+    from modelheist.experiments.partial import LOG, add_partial_surrogate, save_interrupted
+    from modelheist.models.store import load_model
+
+    report = save_interrupted(stopped.value, tmp_path / "kept", seed=0)
+    assert add_partial_surrogate(stopped.value, report) and report["queries_used"] == 256
+    with np.load(tmp_path / "kept" / LOG) as log:  # plain arrays: no pickle to load
+        assert log["inputs"].tolist() == stopped.value.log.joined()[0].tolist()
+    partial = load_model(tmp_path / "kept")
     assert partial.card.architecture == "minilm" and partial.card.training["partial"] is True
     assert partial.card.training["tuned_layers"] == 0 and partial.card.training["epochs"] == 1
     assert partial.predict_proba(np.array(["good"], dtype=object)).shape == (1, 3)

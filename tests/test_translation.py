@@ -3,6 +3,7 @@ tasks, the victims, serving images in and out (in process and over a real loopba
 the extraction attack, its CLI, and the ownership schemes' refusal to judge them."""
 
 import json
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -123,7 +124,7 @@ def test_images_over_http_as_json_and_npy(sr_victim, digits_sr, tmp_path):
         )
         assert wrong.status_code == 422 and "shape" in wrong.json()["error"]["message"]
         text = httpx.post(f"{url}/v1/models/sr/predict", json={"inputs": ["hi"]}, headers=headers)
-        assert text.status_code == 422
+        assert text.status_code == 422 and "not text" in text.json()["error"]["message"]
         body = {"Content-Type": npy.MEDIA_TYPE}
         raw = httpx.post(
             f"{url}/v1/models/sr/predict", content=npy.encode(x[:2]), headers={**headers, **body}
@@ -203,6 +204,34 @@ def test_ownership_schemes_say_they_do_not_apply_to_text(triggers):
     evidence = SCHEMES["backdoor-watermark"](triggers).verify(text_api)
     assert evidence.decision == "cannot verify" and "the suspect is a text model" in evidence.reason
     assert text_api.queries_used == 0
+
+
+def test_the_owners_evidence_is_refused_for_models_no_scheme_marks(
+    sr_victim, tmp_path, cli_in_process
+):
+    """Watermarking or fingerprinting an image-to-image or a text model fails in one line
+    before any work, as verifying one says "cannot verify" (the two tests above)."""
+    folders = {"image-to-image model": tmp_path / "sr"}
+    save_model(sr_victim, folders["image-to-image model"])
+    try:
+        from modelheist.models.vader import vader_model
+    except ImportError:  # the text extra is not installed: the image-to-image case alone
+        pass
+    else:
+        folders["a text model"] = tmp_path / "vader"
+        save_model(vader_model(), folders["a text model"])
+    out = tmp_path / "out"
+    for kind, folder in folders.items():
+        for command, scheme in (
+            (f"watermark --model {folder} --out {out} --secret-out {out}s", "backdoor-watermark"),
+            (f"fingerprint dataset-inference --model {folder} --secret-out {out}", "dataset-"),
+            (f"fingerprint cae --model {folder} --secret-out {out}", "cae applies to image "),
+        ):
+            refused = cli_in_process(*command.split())
+            assert refused.returncode == 2, (command, refused.stdout)
+            message = refused.stderr.strip()
+            assert "\n" not in message and scheme in message and kind in message, message
+            assert not out.exists() and not Path(f"{out}s").exists()
 
 
 def test_cli_trains_and_extracts_a_translation_model(tmp_path, cli_in_process, digits_cnn):

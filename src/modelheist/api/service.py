@@ -472,6 +472,11 @@ class PredictionService:
             x = np.asarray(inputs)
         except (ValueError, TypeError) as exc:
             raise InvalidQueryError(f"inputs are not a numeric array: {exc}") from None
+        if x.dtype.kind in "SU":
+            raise InvalidQueryError(
+                "this model takes numbers, not text: inputs of shape "
+                f"(n, {', '.join(map(str, self.input_shape))})"
+            )
         if x.dtype == object and self.incomplete_queries:
             x = _with_missing(x)  # JSON null marks a missing feature
         if x.dtype == object or x.dtype == bool or not np.issubdtype(x.dtype, np.number):

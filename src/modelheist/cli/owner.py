@@ -28,6 +28,8 @@ from modelheist.errors import ModelheistError
 
 if TYPE_CHECKING:
     from modelheist.api.ledger import Ledger
+    from modelheist.models.classifier import Classifier
+    from modelheist.ownership.base import OwnershipScheme
 
 
 def _train_text(
@@ -264,9 +266,10 @@ def watermark_model(
     from modelheist.models.classifier import TorchClassifier, accuracy
     from modelheist.models.store import load_model, save_model
     from modelheist.models.training import TrainConfig, fine_tune
-    from modelheist.ownership.watermark import parse_watermark
+    from modelheist.ownership.watermark import BackdoorWatermarkScheme, parse_watermark
 
     original = load_model(model)
+    _refuse_unless_marked_by(BackdoorWatermarkScheme, original)
     if not isinstance(original, TorchClassifier):
         raise ModelheistError(f"only networks can be watermarked, not {original.card.architecture}")
     data = victim_split(original)
@@ -286,6 +289,14 @@ def watermark_model(
         f"{secret_out}",
         highlight=False,
     )
+
+
+def _refuse_unless_marked_by(scheme: type[OwnershipScheme], model: Classifier) -> None:
+    """One line, before any work, when ``scheme`` does not mark a model of ``model``'s kind
+    (a text classifier, an image-to-image model)."""
+    from modelheist.ownership.base import kind_of
+
+    scheme.check_applies_to(kind_of(model.card.input_shape, model.card.translates))
 
 
 fingerprint_app = typer.Typer(
@@ -334,11 +345,17 @@ def fingerprint_dataset_inference(
     from modelheist.experiments.targets import local_oracle, victim_split
     from modelheist.models.store import load_model
     from modelheist.oracle import WhiteBoxOracle
-    from modelheist.ownership.dataset_inference import BlindWalk, DatasetInferenceSecret, MinGD
+    from modelheist.ownership.dataset_inference import (
+        BlindWalk,
+        DatasetInferenceScheme,
+        DatasetInferenceSecret,
+        MinGD,
+    )
 
     if embedding not in ("blind-walk", "mingd"):
         raise ModelheistError(f"--embedding must be blind-walk or mingd, got {embedding!r}")
     owner = load_model(model)
+    _refuse_unless_marked_by(DatasetInferenceScheme, owner)
     data = victim_split(owner)
     if data.validation is None:  # the evaluation split may come from another draw (MNIST's)
         raise ModelheistError(
@@ -418,9 +435,10 @@ def fingerprint_cae(
     from modelheist.experiments.targets import victim_split
     from modelheist.models.classifier import TorchClassifier
     from modelheist.models.store import load_model
-    from modelheist.ownership.cae import CAEGeneration
+    from modelheist.ownership.cae import CAEGeneration, CAEScheme
 
     owner = load_model(model)
+    _refuse_unless_marked_by(CAEScheme, owner)
     if not isinstance(owner, TorchClassifier):
         raise ModelheistError("CAE fingerprints a network (its gradients are needed)")
     settings = CAEGeneration(

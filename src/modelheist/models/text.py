@@ -71,23 +71,31 @@ def encoder_digest() -> str:
     return digest.hexdigest()
 
 
+def _transformers() -> Any:
+    """The ``transformers`` package, offline; one line saying how to install it if missing."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import transformers
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        raise ModelheistError(
+            "the transformers package is not installed: pip install 'modelheist[text]'"
+        ) from None
+    hf_logging.disable_progress_bar()
+    return transformers
+
+
 @functools.lru_cache(maxsize=1)
 def tokenizer() -> Any:
     """The encoder's WordPiece tokenizer (loaded once per process)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(encoder_folder()), local_files_only=True)
+    auto = _transformers().AutoTokenizer
+    return auto.from_pretrained(str(encoder_folder()), local_files_only=True)
 
 
 def load_encoder() -> nn.Module:
     """A fresh copy of the pre-trained encoder (a ``transformers`` BertModel)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    return AutoModel.from_pretrained(str(encoder_folder()), local_files_only=True)
+    auto = _transformers().AutoModel
+    return auto.from_pretrained(str(encoder_folder()), local_files_only=True)
 
 
 def tokenise(texts: np.ndarray | list[str], max_tokens: int = MAX_TOKENS) -> np.ndarray:

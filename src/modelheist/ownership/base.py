@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, final
 
@@ -35,15 +36,35 @@ Decision = Literal["stolen", "not stolen", "cannot verify"]
 ModelKind = Literal["image", "tabular", "text", "translation"]
 
 
-def model_kind(suspect: Oracle) -> ModelKind:
-    """What ``suspect`` is, from what its API declares: an image-to-image model (it answers
-    images), a text classifier (it takes strings), or an image or tabular classifier."""
-    if suspect.output_shape is not None:
+def kind_of(input_shape: Sequence[int], answers_images: bool) -> ModelKind:
+    """What a model is, from the shape of its inputs and whether it answers images: an
+    image-to-image model, a text classifier (it takes strings), or an image or tabular
+    classifier."""
+    if answers_images:
         return "translation"
-    shape = tuple(suspect.input_shape)
+    shape = tuple(input_shape)
     if takes_text(shape):
         return "text"
     return "image" if len(shape) == 3 else "tabular"
+
+
+def model_kind(suspect: Oracle) -> ModelKind:
+    """What ``suspect`` is, from what its API declares (:func:`kind_of`)."""
+    return kind_of(suspect.input_shape, suspect.output_shape is not None)
+
+
+def not_applicable(
+    scheme: str, applies_to: frozenset[ModelKind], kind: ModelKind, what: str
+) -> str:
+    """Why ``scheme``, which marks ``applies_to`` models, says nothing of ``what``, a ``kind``
+    model."""
+    kinds = " and ".join(sorted(applies_to))
+    return f"{scheme} applies to {kinds} classifiers; {what} is " + (
+        "an image-to-image model (classifier marks do not carry over to image translation: "
+        "Szyller et al., 2021)"
+        if kind == "translation"
+        else f"a {kind} model"
+    )
 
 
 class CannotVerify(ModelheistError):
@@ -121,6 +142,13 @@ class OwnershipScheme(ABC):
     #: carry over to image translation.
     applies_to: ClassVar[frozenset[ModelKind]] = frozenset({"image", "tabular"})
 
+    @classmethod
+    def check_applies_to(cls, kind: ModelKind) -> None:
+        """Refuse, before any work, to prepare the owner's evidence for a model the scheme does
+        not mark (``kind``: :func:`kind_of` the owner's model)."""
+        if kind not in cls.applies_to:
+            raise ModelheistError(not_applicable(cls.name, cls.applies_to, kind, "this model"))
+
     @final
     def verify(
         self,
@@ -141,18 +169,8 @@ class OwnershipScheme(ABC):
             return self._cannot(significance, 0, f"the suspect cannot be queried: {exc}")
         suspect_kind = model_kind(suspect)
         if suspect_kind not in self.applies_to:
-            kinds = " and ".join(sorted(self.applies_to))
-            return self._cannot(
-                significance,
-                0,
-                f"{self.name} applies to {kinds} classifiers; the suspect is "
-                + (
-                    "an image-to-image model (classifier marks do not carry over to image "
-                    "translation: Szyller et al., 2021)"
-                    if suspect_kind == "translation"
-                    else f"a {suspect_kind} model"
-                ),
-            )
+            reason = not_applicable(self.name, self.applies_to, suspect_kind, "the suspect")
+            return self._cannot(significance, 0, reason)
         if kind not in self.supported_outputs:
             return self._cannot(
                 significance,
