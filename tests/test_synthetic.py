@@ -98,3 +98,9 @@ def test_final_surrogate_can_be_an_ensemble(digits_cnn, digits):
         and result.surrogate.card.classes == digits_cnn.card.classes
     )
     assert result.details["cv_agreement"] == {}  # one learning rate: nothing to search
+
+
+def test_augmentation_is_a_parameter_of_every_training():
+    for augment in (True, False):
+        attack = TargetedRandom(augment=augment)
+        assert attack._config(1000, 10, 1e-3, 0, exact=True).augment is augment

@@ -20,9 +20,10 @@ seeds over a small grid of learning rates (ties go to the larger rate). T-RND's 
 is by default an ensemble of three networks trained on the same answers (``members``; see
 docs/benchmarks.md for what it buys); JBDA's is one network. Deliberate deviations: seeds are
 drawn at random from the attacker's unlabeled data (PRADA assumed 10 labelled seeds per class;
-here the class balance is approximate), and the surrogate is trained with the same recipe as
-our Knockoff Nets (augmentation, distillation from exact probabilities, a minimum number of
-steps).
+here the class balance is approximate), and the surrogate is trained with the recipe of our
+Knockoff Nets (distillation from exact probabilities, a minimum number of steps) and, by
+default, random-shift augmentation (``augment``), which Knockoff Nets has since turned off
+after validation (docs/benchmarks.md); ``examples/synthetic-tuning.toml`` asks the same here.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class _SyntheticQueries(ExtractionAttack):
     folds: int = 5
     temperature: float = 4.0
     members: int = 1  # the final surrogate: an ensemble of this many networks (1: one)
+    augment: bool = True  # random shifts of the answered inputs, in every training
 
     param_help: ClassVar[dict[str, str]] = {
         "seeds_per_class": "Natural seeds per class.",
@@ -77,6 +79,7 @@ class _SyntheticQueries(ExtractionAttack):
         "folds": "Folds of the CV-search.",
         "temperature": "Distillation temperature on exact probabilities.",
         "members": "Final surrogate: an ensemble of this many networks.",
+        "augment": "Random-shift augmentation of the answered inputs in every training.",
     }
 
     def __post_init__(self) -> None:
@@ -157,7 +160,7 @@ class _SyntheticQueries(ExtractionAttack):
             epochs=max(epochs, -(-self.min_steps // steps_per_epoch)),
             batch_size=self.batch_size,
             lr=lr,
-            augment=True,
+            augment=self.augment,
             temperature=self.temperature if exact else 1.0,
             temperature_weight=0.5,
             seed=seed,
