@@ -59,8 +59,8 @@ bench-tramer: setup
 	$(BIN)/python benchmarks/docs_tables.py
 
 bench-synthetic: setup
-	$(RUN_SCENARIOS) examples/synthetic-jbda.toml examples/synthetic-t-rnd.toml \
-		examples/synthetic-n-ifgsm.toml
+	$(RUN_SCENARIOS) examples/synthetic-tuning.toml examples/synthetic-t-rnd.toml \
+		examples/synthetic-jbda.toml examples/synthetic-n-ifgsm.toml
 	$(BIN)/python benchmarks/docs_tables.py
 
 bench-adaptive: setup data
