@@ -312,7 +312,7 @@ class TargetedRandom(_IterativeFgsm):
     name: ClassVar[str] = "t-rnd"
     title: ClassVar[str] = "T-RND"
 
-    members: int = 3  # one or three: chosen on validation (docs/benchmarks.md)
+    members: int = 3  # until the grid's validation runs choose one or three (benchmarks.md)
 
     def _craft(self, surrogate, x, labels, round_, rng):
         c = len(surrogate.card.classes)
