@@ -415,6 +415,14 @@ def serve_load(rows: list[dict]) -> str:
     return "\n".join([table, "", provenance(rows)])
 
 
+def validation_choice(
+    scenario: str, variants: tuple[str, ...], keys: tuple[str, ...]
+) -> Callable[[list[dict]], str]:
+    """A tuning table: one column per variant of ``scenario``, its validation fidelity (the
+    split every default is chosen on)."""
+    return comparison([(scenario, v, v) for v in variants], keys, "fidelity_validation")
+
+
 SYNTHETIC_STORES = (
     "synthetic-jbda.jsonl",
     "synthetic-t-rnd.jsonl",
@@ -1497,21 +1505,16 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     ),
     "knockoff_tuning": (
         ("knockoff-tuning.jsonl",),
-        comparison(
-            [
-                ("knockoff-tuning", v, v)
-                for v in ("augment", "t1-augment", "no-augment", "t1-no-augment")
-            ],
+        validation_choice(
+            "knockoff-tuning",
+            ("augment", "t1-augment", "no-augment", "t1-no-augment"),
             keys=("transfer_set", "budget"),
-            metric="fidelity_validation",
         ),
     ),
     "knockoff_augmentation": (
         ("knockoff-augmentation.jsonl",),
-        comparison(
-            [("knockoff-augmentation", v, v) for v in ("augment", "no-augment")],
-            keys=("transfer_set", "budget"),
-            metric="fidelity_validation",
+        validation_choice(
+            "knockoff-augmentation", ("augment", "no-augment"), keys=("transfer_set", "budget")
         ),
     ),
     "adaptive": (
@@ -1543,11 +1546,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     "thieves_tuning": (("thieves-tuning.jsonl",), thieves_tuning),
     "synthetic_tuning": (
         ("synthetic-tuning.jsonl",),
-        comparison(
-            [("synthetic-tuning", v, v) for v in ("augment", "no-augment")],
-            keys=("output", "budget"),
-            metric="fidelity_validation",
-        ),
+        validation_choice("synthetic-tuning", ("augment", "no-augment"), keys=("output", "budget")),
     ),
     "synthetic": (
         SYNTHETIC_STORES,
