@@ -1560,16 +1560,24 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
 
 
 def render(document: str) -> str:
-    """``document`` with every generated table rewritten from its store."""
+    """``document`` with every generated table rewritten from its store. A block emptied by
+    hand is filled again; a marker without its pair, or naming no table, is an error."""
+    starts = re.findall(r"<!-- generated: (\S+) -->", document)
+    ends = re.findall(r"<!-- end: (\S+) -->", document)
+    unknown = sorted(set(starts) - set(TABLES))
+    if unknown:
+        raise ValueError(f"no generator for the table(s) {', '.join(unknown)}")
+    if sorted(starts) != sorted(ends):
+        raise ValueError(f"unpaired table markers: {sorted(set(starts) ^ set(ends))}")
     for name, (stores, build) in TABLES.items():
         pattern = re.compile(
-            rf"(<!-- generated: {name} -->\n).*?(\n<!-- end: {name} -->)", re.DOTALL
+            rf"(<!-- generated: {name} -->\n)(?:.*?\n)?(<!-- end: {name} -->)", re.DOTALL
         )
         if not pattern.search(document):
             continue  # a table not (yet) in the document
         rows = [row for store in stores for row in ResultsStore(RESULTS / store).rows()]
         table = build(rows) if rows else "(no results yet)"
-        document = pattern.sub(lambda m, t=table: m.group(1) + t + m.group(2), document)
+        document = pattern.sub(lambda m, t=table: m.group(1) + t + "\n" + m.group(2), document)
     return document
 
 

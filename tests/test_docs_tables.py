@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "docs_tables.py"
 
@@ -25,6 +27,35 @@ def test_a_number_edited_by_hand_is_rewritten():
     block = re.search(r"<!-- generated: state_scaling -->\n(.*?)\n<!-- end", document, re.DOTALL)
     doctored = document.replace(block.group(1), block.group(1) + "\n| invented | 1 |")
     assert module.render(doctored) == document
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("docs_tables", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_table_emptied_by_hand_is_filled_again():
+    module = _module()
+    document = module.DOC.read_text()
+    emptied = re.sub(
+        r"(<!-- generated: tramer -->\n).*?\n(<!-- end: tramer -->)",
+        r"\1\2",
+        document,
+        flags=re.DOTALL,
+    )
+    assert emptied != document
+    assert module.render(emptied) == document
+
+
+def test_an_unpaired_or_unknown_marker_is_refused():
+    module = _module()
+    document = module.DOC.read_text()
+    with pytest.raises(ValueError, match="unpaired"):
+        module.render(document.replace("<!-- end: tramer -->", "", 1))
+    with pytest.raises(ValueError, match="no generator for the table"):
+        module.render(document + "\n<!-- generated: invented -->\n<!-- end: invented -->\n")
 
 
 def test_the_conflicts_optimiser_choice_follows_its_rule():
