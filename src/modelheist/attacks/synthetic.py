@@ -17,8 +17,11 @@ label by the API is y:
 
 Training hyper-parameters are chosen by PRADA's "CV-search": k-fold cross-validation on the
 seeds over a small grid of learning rates (ties go to the larger rate). T-RND's final surrogate
-is by default an ensemble of three networks trained on the same answers (``members``; see
-docs/benchmarks.md for what it buys); JBDA's is one network. Deliberate deviations: seeds are
+is by default an ensemble of three networks trained on the same answers (``members``), chosen on
+validation agreement over three seeds (``examples/synthetic-t-rnd.toml``): higher than one
+network's from probabilities and from labels, by less than the seeds' spread, for about twice
+the training time; JBDA's and N I-FGSM's are one network until their grids' validation runs
+choose. Deliberate deviations: seeds are
 drawn at random from the attacker's unlabeled data (PRADA assumed 10 labelled seeds per class;
 here the class balance is approximate), and the surrogate is trained with the recipe of our
 Knockoff Nets (distillation from exact probabilities, a minimum number of steps), without
@@ -312,7 +315,7 @@ class TargetedRandom(_IterativeFgsm):
     name: ClassVar[str] = "t-rnd"
     title: ClassVar[str] = "T-RND"
 
-    members: int = 3  # until the grid's validation runs choose one or three (benchmarks.md)
+    members: int = 3  # chosen on validation agreement over 3 seeds (docs/benchmarks.md)
 
     def _craft(self, surrogate, x, labels, round_, rng):
         c = len(surrogate.card.classes)
