@@ -1556,6 +1556,18 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
         SYNTHETIC_STORES,
         comparison(SYNTHETIC_SERIES, keys=("output", "budget"), metric="fidelity_validation"),
     ),
+    # lambda = 0.1 is the grid's one-network JBDA (the same recipe, victims and seeds)
+    "jbda_step": (
+        ("synthetic-jbda.jsonl", "synthetic-jbda-step.jsonl"),
+        comparison(
+            [
+                ("synthetic-jbda", "one-network", "step 0.1 (default)"),
+                ("synthetic-jbda-step", "step-0.25", "step 0.25"),
+            ],
+            keys=("output", "budget"),
+            metric="fidelity_validation",
+        ),
+    ),
 }
 
 
