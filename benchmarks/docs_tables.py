@@ -1562,7 +1562,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
         comparison(
             [
                 ("synthetic-jbda", "one-network", "step 0.1 (default)"),
-                ("synthetic-jbda-step", "step-0.25", "step 0.25"),
+                ("synthetic-jbda-step", "step-025", "step 0.25"),
             ],
             keys=("output", "budget"),
             metric="fidelity_validation",
