@@ -106,6 +106,10 @@ def test_variants_are_runs_of_their_own(tmp_path, runner):
         (TINY.replace("budgets = [60, 120]", "budgets = [0]"), "budgets"),
         (TINY + "\n[[", "not a TOML scenario"),
         (TINY.replace('name = "tiny"', 'name = "a b"'), "name"),
+        (
+            TINY + "\n[attack.variants]\nt-0.5 = { temperature = 0.5 }\n",
+            r"variant 't-0': '5' is a table.*quote the name: \"t-0\.5\"",
+        ),
     ],
 )
 def test_bad_scenario_files_are_one_line(tmp_path, text, needle):

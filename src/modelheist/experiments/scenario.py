@@ -64,6 +64,13 @@ class AttackPlan(_Strict):
     def _some_variant(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if not value:
             raise ValueError("give at least one variant")
+        for name, params in value.items():
+            for key, param in params.items():
+                if isinstance(param, dict):  # `a-0.5 = {...}` reads as a table "a-0", key "5"
+                    raise ValueError(
+                        f"variant {name!r}: {key!r} is a table, not a parameter; a dot in a "
+                        f'variant\'s name splits it (quote the name: "{name}.{key}")'
+                    )
         return value
 
     def params_of(self, variant: str) -> dict[str, Any]:
