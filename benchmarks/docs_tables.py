@@ -1665,7 +1665,10 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="Fail if the document is stale.")
     args = parser.parse_args()
     current = DOC.read_text()
-    wanted = render(current)
+    try:
+        wanted = render(current)
+    except ValueError as exc:
+        sys.exit(f"{DOC}: {exc}")
     if args.check:
         if wanted != current:
             print(f"{DOC} differs from its results stores; run benchmarks/docs_tables.py")
