@@ -12,6 +12,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "docs_tables.py"
 
 
+def _script(path: Path):
+    """A benchmarks/ script loaded as a module (they are not a package)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _module():
+    return _script(SCRIPT)
+
+
 def test_generated_tables_match_their_results_stores():
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, timeout=120
@@ -20,20 +32,11 @@ def test_generated_tables_match_their_results_stores():
 
 
 def test_a_number_edited_by_hand_is_rewritten():
-    spec = importlib.util.spec_from_file_location("docs_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _module()
     document = module.DOC.read_text()
     block = re.search(r"<!-- generated: state_scaling -->\n(.*?)\n<!-- end", document, re.DOTALL)
     doctored = document.replace(block.group(1), block.group(1) + "\n| invented | 1 |")
     assert module.render(doctored) == document
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("docs_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_a_table_emptied_by_hand_is_filled_again():
@@ -61,9 +64,7 @@ def test_an_unpaired_or_unknown_marker_is_refused():
 def test_the_conflicts_optimiser_choice_follows_its_rule():
     """Among settings whose watermark reaches 0.9 on the mean (and with the most seeds), the
     largest mean validation accuracy of none, DP-SGD and the watermarked model is chosen."""
-    spec = importlib.util.spec_from_file_location("docs_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _module()
 
     def row(lr, seed, wm_val, wm_acc, clipped_val, clipped_acc):
         metrics = {"none_validation_accuracy": 0.9, "dp_validation_accuracy": 0.8}
@@ -90,9 +91,7 @@ def test_the_conflicts_choice_bounds_the_watermarks_epsilon_inside_dp_sgd():
     """Where the rows train the passes inside DP-SGD too, a variant whose epsilon there exceeds
     the DP-SGD model's by more than EPSILON_SLACK is not eligible; each training setting (here
     two batch sizes) gets its own choice."""
-    spec = importlib.util.spec_from_file_location("docs_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _module()
 
     def row(batch, lr, seed, one_pass, ten_passes, ten_passes_epsilon):
         metrics = {"none_validation_accuracy": 0.9, "dp_validation_accuracy": 0.8}
@@ -131,9 +130,7 @@ def test_the_conflicts_choice_bounds_the_watermarks_epsilon_inside_dp_sgd():
 def test_a_supplement_joins_its_seeds_full_row_and_each_setting_keeps_its_own_variants():
     """Passes measured later (a row marked ``supplement``) join the seed's latest full row and
     can be chosen; a setting that never measured them still gets its own choice."""
-    spec = importlib.util.spec_from_file_location("docs_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _module()
 
     def row(dataset, seed, metrics, supplement=False):
         training = {"epochs": 10, "train_size": 100, "batch_size": 8}
@@ -172,11 +169,7 @@ def test_a_supplement_joins_its_seeds_full_row_and_each_setting_keeps_its_own_va
 def test_the_validation_script_supplements_only_the_seeds_latest_full_row():
     """What conflicts_validation.py counts as measured for a seed and setting: its latest full
     row and the supplements after it (as the docs table reads them), not older full rows."""
-    spec = importlib.util.spec_from_file_location(
-        "conflicts_validation", ROOT / "benchmarks" / "conflicts_validation.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script(ROOT / "benchmarks" / "conflicts_validation.py")
     key = {"seed": 0, "optimizer": "sgd", "lr": 0.1, "weight_decay": 0.0}
     rows = [
         key | {"metrics": {"none_validation_accuracy": 0.5, "wm3_validation_accuracy": 0.1}},
@@ -198,9 +191,7 @@ def test_the_validation_script_supplements_only_the_seeds_latest_full_row():
 def test_dp_sgd_covering_the_trigger_steps_is_a_candidate_of_its_own():
     """Where the passes on top of DP-SGD's budget spend too much, the same passes with the
     noise covering them can be chosen; where both are eligible, the study's way is."""
-    spec = importlib.util.spec_from_file_location("docs_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _module()
 
     def row(batch, seed, on_top):
         metrics = {
@@ -233,9 +224,7 @@ def test_the_adversarial_rate_is_chosen_by_validation_adversarial_accuracy():
     """The largest mean validation adversarial accuracy wins (each seed's latest row), not
     the clean accuracy; no rate is chosen until every rate of the grid has rows for the same
     seeds; only the chosen rate's test rows are shown."""
-    spec = importlib.util.spec_from_file_location("docs_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _module()
 
     def row(rate, seed, clean, robust, split="validation", cell="adv"):
         return {
@@ -269,9 +258,7 @@ def test_the_adversarial_rate_is_chosen_by_validation_adversarial_accuracy():
 
 
 def test_a_rate_choice_needs_every_rate_at_the_same_seeds_and_breaks_ties_upward():
-    spec = importlib.util.spec_from_file_location("docs_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _module()
     choose = module.choose_rate
     assert choose({0.01: {0: 0.5, 1: 0.7}, 0.1: {0: 0.6, 1: 0.5}}, (0.01, 0.1)) == 0.01
     assert choose({0.01: {0: 0.5}, 0.1: {0: 0.5}}, (0.1, 0.01)) == 0.1  # a tie: the larger

@@ -24,9 +24,9 @@ the training time; JBDA's and N I-FGSM's are one network until their grids' vali
 choose. Deliberate deviations: seeds are drawn at random from the attacker's unlabeled data
 (PRADA assumed 10 labelled seeds per class; here the class balance is approximate), and the
 surrogate is trained with the recipe of our Knockoff Nets (distillation from exact
-probabilities, a minimum number of steps), without random-shift augmentation: ``augment=True`` turns it on, but on the validation split it lowered
-T-RND's agreement from probabilities and from labels (``examples/synthetic-tuning.toml``,
-docs/benchmarks.md), as it did Knockoff Nets'. Synthetic inputs lie near the surrogate's
+probabilities, a minimum number of steps), without random-shift augmentation: ``augment=True``
+turns it on, but on the validation split it lowered T-RND's agreement from probabilities and
+from labels (``examples/synthetic-tuning.toml``, docs/benchmarks.md), as it did Knockoff Nets'. Synthetic inputs lie near the surrogate's
 decision boundaries, where a shifted copy is the likelier to deserve another answer.
 """
 
