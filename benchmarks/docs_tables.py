@@ -143,6 +143,21 @@ def comparison(
     return build
 
 
+def splits(rows: list[dict]) -> str:
+    """Each registry dataset's split sizes, from its latest row (deterministic splitting)."""
+    latest = {row["dataset"]: row for row in rows}
+    lines = [
+        "| dataset | owner's training | validation | attacker's pool | evaluation (test) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in latest.items():
+        m = row["metrics"]
+        lines.append(
+            f"| {name} | {m['train']:,} | {m['validation']:,} | {m['pool']:,} | {m['test']:,} |"
+        )
+    return "\n".join([*lines, "", provenance(list(latest.values()))])
+
+
 def tramer(rows: list[dict]) -> str:
     """Tramèr et al.'s attacks: the latest run of each (attack, dataset, output), one seed
     (the attacks are exact or nearly; their queries as the API counted them)."""
@@ -1460,6 +1475,7 @@ def thieves_tuning(rows: list[dict]) -> str:
 THIEVES_SERIES = [("thieves-fortunes", v, v.upper()) for v in ("random", "natural")]
 
 TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
+    "splits": (("splits.jsonl",), splits),
     "state_scaling": (("state_scaling.jsonl",), state_scaling),
     "tramer": (("tramer.jsonl",), tramer),
     "serve_load": (("serve_load.jsonl",), serve_load),

@@ -265,3 +265,19 @@ def test_a_rate_choice_needs_every_rate_at_the_same_seeds_and_breaks_ties_upward
     assert choose({0.01: {0: 0.5}, 0.1: {1: 0.4}}, (0.01, 0.1)) is None  # other seeds
     assert choose({0.01: {0: 0.5}}, (0.01, 0.1)) is None  # a rate not run
     assert choose({0.01: {}, 0.1: {}}, (0.01, 0.1)) is None
+
+
+def test_splits_partition_each_dataset_and_bad_names_are_one_line():
+    splits = _script(SCRIPT.parent / "splits.py")
+    sizes = splits.split_sizes("mnist5k")
+    assert sum(sizes.values()) == 5000  # every image in exactly one split
+    assert sizes["test"] == 1000 and sizes["validation"] > 0
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT.parent / "splits.py"), "--datasets", "no-such-set"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "unknown datasets: no-such-set" in proc.stderr
