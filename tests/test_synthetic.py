@@ -76,6 +76,10 @@ def test_jbda_steps_follow_the_jacobian_sign(digits_cnn, digits):
     )
     np.testing.assert_allclose(np.abs(up - x)[up != x], 0.05, atol=1e-6)
     np.testing.assert_allclose(up - x, -(down - x), atol=1e-6)  # the periodic sign flip
+    from_labels = JacobianAugmentation(step=0.05, label_step=0.2)._craft(
+        digits_cnn, x, labels, 0, np.random.default_rng(0), labels_only=True
+    )
+    np.testing.assert_allclose(from_labels - x, 4 * (up - x), atol=1e-6)  # label_step's size
 
 
 def test_bad_settings_and_budgets(digits_cnn, digits):
@@ -83,6 +87,8 @@ def test_bad_settings_and_budgets(digits_cnn, digits):
         TargetedRandom(epsilon=0)
     with pytest.raises(ModelheistError, match="step"):
         JacobianAugmentation(step=-1)
+    with pytest.raises(ModelheistError, match="label_step"):
+        JacobianAugmentation(label_step=0)
     oracle = LocalOracle.for_new_client(PredictionService(digits_cnn), None)
     with pytest.raises(BudgetExceededError, match="seeds"):
         JacobianAugmentation().run(oracle, AttackerKnowledge(digits.pool.x, 50, "cnn"))
