@@ -439,7 +439,7 @@ def validation_choice(
 
 
 SYNTHETIC_STORES = (
-    "synthetic-jbda.jsonl",
+    "synthetic-jbda.jsonl",  # JBDA under its per-output step (the step-0.1 runs: their own store)
     "synthetic-t-rnd.jsonl",
     "synthetic-n-ifgsm.jsonl",
     "synthetic-tuning.jsonl",

@@ -23,9 +23,9 @@ from modelheist.experiments.results import ResultsStore
 STORE = Path(__file__).resolve().parent / "results" / "splits.jsonl"
 
 
-def split_sizes(name: str) -> dict[str, int]:
-    """The number of examples in each split of dataset ``name`` (seed 0, default fractions)."""
-    data = load_dataset(name, seed=0)
+def split_sizes(name: str, seed: int = 0) -> dict[str, int]:
+    """The number of examples in each split of dataset ``name`` (default fractions)."""
+    data = load_dataset(name, seed=seed)
     validation = data.validation
     return {
         "train": len(data.train.y),

@@ -270,7 +270,8 @@ def test_a_rate_choice_needs_every_rate_at_the_same_seeds_and_breaks_ties_upward
 def test_splits_partition_each_dataset_and_bad_names_are_one_line():
     splits = _script(SCRIPT.parent / "splits.py")
     sizes = splits.split_sizes("mnist5k")
-    assert sum(sizes.values()) == 5000  # every image in exactly one split
+    assert sum(sizes.values()) == 5000  # every image in one split (load_dataset's tests: disjoint)
+    assert splits.split_sizes("mnist5k", seed=1) == sizes  # the seed moves examples, not counts
     assert sizes["test"] == 1000 and sizes["validation"] > 0
     proc = subprocess.run(
         [sys.executable, str(SCRIPT.parent / "splits.py"), "--datasets", "no-such-set"],

@@ -110,3 +110,20 @@ def test_augmentation_is_a_parameter_of_every_training():
     for augment in (True, False):
         attack = TargetedRandom(augment=augment)
         assert attack._config(1000, 10, 1e-3, 0, exact=True).augment is augment
+
+
+@pytest.mark.parametrize(
+    "output, labels_only", [("labels", True), ("probs", False), ("top-k:2", False)]
+)
+def test_jbda_takes_its_label_step_only_from_label_answers(output, labels_only, digits_cnn, digits):
+    seen: list[bool] = []
+
+    class Recording(JacobianAugmentation):
+        def _craft(self, surrogate, x, labels, round_, rng, labels_only=False):
+            seen.append(labels_only)
+            return super()._craft(surrogate, x, labels, round_, rng, labels_only)
+
+    oracle = LocalOracle.for_new_client(PredictionService(digits_cnn, parse_output(output)), None)
+    fast = {**FAST, "learning_rates": (2e-3,), "final_epochs": 1, "min_steps": 10}
+    Recording(**fast).run(oracle, AttackerKnowledge(digits.pool.x, 200, "cnn", seed=0))
+    assert seen == [labels_only]  # one round, crafted with the step of the answers' kind

@@ -131,6 +131,7 @@ class _SyntheticQueries(ExtractionAttack):
         low, high = oracle.input_range or (float(pool.min()), float(pool.max()))
         mean, std = normalisation_stats(pool)
         lr, cv_scores = self._cv_search(x, targets, knowledge, mean, std, c, exact, progress)
+        labels_only = answer.kind == "labels"  # top-k and rounded answers count as probabilities
         round_ = 0
         task = progress.add_task(f"{self.name}: rounds", total=None) if progress else None
         while len(x) < budget:
@@ -138,7 +139,7 @@ class _SyntheticQueries(ExtractionAttack):
                 x, targets, knowledge, mean, std, oracle.classes, exact, lr, self.epochs, round_,
                 progress,
             )  # fmt: skip
-            new = self._craft(surrogate, x, labels, round_, rng, answer.kind == "labels")
+            new = self._craft(surrogate, x, labels, round_, rng, labels_only)
             new = np.clip(new, low, high).astype(np.float32)[: budget - len(x)]
             answers = [oracle.query(new[i : i + 1024]) for i in range(0, len(new), 1024)]
             joined = concatenate(answers)
@@ -264,14 +265,14 @@ class JacobianAugmentation(_SyntheticQueries):
     param_help: ClassVar[dict[str, str]] = {
         **_SyntheticQueries.param_help,
         "step": "Jacobian step lambda (from probabilities).",
-        "label_step": "Jacobian step lambda when the API answers labels only.",
+        "label_step": "Jacobian step lambda when the API answers labels only (not top-k).",
         "tau": "The step's sign flips every tau rounds.",
     }
 
     step: float = 0.1  # lambda, Papernot's
     # from labels only: chosen on validation agreement over 3 seeds (docs/benchmarks.md,
     # examples/synthetic-jbda-step.toml), where 0.25 beat 0.1 on every seed from labels and 0.1
-    # stayed ahead from probabilities
+    # was level or ahead from probabilities; top-k and rounded answers take ``step``
     label_step: float = 0.25
     tau: int = 3  # the step's sign flips every tau rounds
 
