@@ -27,8 +27,9 @@ choose. Deliberate deviations: seeds are drawn at random from the attacker's unl
 surrogate is trained with the recipe of our Knockoff Nets (distillation from exact
 probabilities, a minimum number of steps), without random-shift augmentation: ``augment=True``
 turns it on, but on the validation split it lowered T-RND's agreement from probabilities and
-from labels (``examples/synthetic-tuning.toml``, docs/benchmarks.md), as it did Knockoff Nets'. Synthetic inputs lie near the surrogate's
-decision boundaries, where a shifted copy is the likelier to deserve another answer.
+from labels (``examples/synthetic-tuning.toml``, docs/benchmarks.md), as it did Knockoff Nets'.
+Synthetic inputs lie near the surrogate's decision boundaries, where a shifted copy is the
+likelier to deserve another answer.
 """
 
 from __future__ import annotations
