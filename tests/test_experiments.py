@@ -55,6 +55,8 @@ def test_a_grid_runs_into_the_store_and_resumes(tmp_path, runner):
     assert {row["seed"] for row in rows} == {0, 1}
     victims = sorted(p.name for p in (tmp_path / "victims").iterdir())
     assert len(victims) == 2  # one victim per seed, shared by the grid
+    weights = [(tmp_path / "victims" / v / "weights.safetensors").read_bytes() for v in victims]
+    assert weights[0] != weights[1]  # the seed reaches the victim (split and training)
     assert runner.run(scenario) == []  # everything is stored: nothing reruns
     more = Scenario.load(write(tmp_path, TINY.replace("seeds = [0, 1]", "seeds = [0, 1, 2]")))
     assert {row["seed"] for row in runner.run(more)} == {2}

@@ -8,6 +8,7 @@ from sklearn.tree import DecisionTreeClassifier
 from modelheist.errors import ModelheistError, ModelLoadError
 from modelheist.models import TrainConfig, load_model, save_model, train_model
 from modelheist.models.store import CARD, WEIGHTS
+from modelheist.models.victims import train_victim
 
 
 @pytest.mark.parametrize("arch", ["mlp", "logreg", "tree"])
@@ -60,10 +61,12 @@ def test_classical_models_predict_exactly_as_scikit_learn(breast_cancer):
     )
 
 
-def test_training_is_deterministic(digits):
+def test_training_is_deterministic_and_follows_the_seed(digits):
     a = train_model(digits, "mlp", TrainConfig(epochs=2, seed=5))
     b = train_model(digits, "mlp", TrainConfig(epochs=2, seed=5))
     np.testing.assert_array_equal(a.predict_proba(digits.test.x), b.predict_proba(digits.test.x))
+    other = train_victim(digits, "mlp", 2, seed=6)  # the same data: only the seed differs
+    assert not np.array_equal(a.predict_proba(digits.test.x), other.predict_proba(digits.test.x))
 
 
 def test_unknown_architecture(digits):
