@@ -51,7 +51,7 @@ RATE = 0.005
 ATTACK_PLANS = {
     "knockoff-random": ("knockoff", {}, ("probs", "labels")),
     "knockoff-adaptive": ("knockoff", {"strategy": "adaptive"}, ("probs", "labels")),
-    "jbda": ("jbda", {}, ("labels",)),
+    "jbda": ("jbda", {"members": 1}, ("labels",)),  # one network, as its stored rows
     "t-rnd": ("t-rnd", {}, ("labels",)),
 }
 LEVELS = {"1e-3": 1e-3, "2^-64": 2.0**-64}

@@ -86,7 +86,7 @@ def streams(
             victim, attack, AttackerKnowledge(pool, SYNTHETIC_BUDGET, seed=seed)
         )
 
-    out["JBDA"] = ("attack", synthetic(JacobianAugmentation()))
+    out["JBDA"] = ("attack", synthetic(JacobianAugmentation(members=1)))
     out["T-RND"] = ("attack", synthetic(TargetedRandom(members=1)))
     out["N I-FGSM"] = ("attack", synthetic(NonTargetedIfgsm()))
     out["Tramèr-style uniform"] = (

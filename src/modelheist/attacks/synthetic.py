@@ -16,20 +16,20 @@ label by the API is y:
 * N I-FGSM (PRADA's non-targeted variant): the same steps *up* the gradient of CE(F(x), y).
   With ``steps=1`` the two are PRADA's T-RND FGSM and N FGSM.
 
-Training hyper-parameters are chosen by PRADA's "CV-search": k-fold cross-validation on the
-seeds over a small grid of learning rates (ties go to the larger rate). T-RND's final surrogate
-is by default an ensemble of three networks trained on the same answers (``members``), chosen on
-validation agreement over three seeds (``examples/synthetic-t-rnd.toml``): higher than one
-network's from probabilities and from labels, by less than the seeds' spread, for about twice
-the training time; JBDA's and N I-FGSM's are one network until their grids' validation runs
-choose. Deliberate deviations: seeds are drawn at random from the attacker's unlabeled data
-(PRADA assumed 10 labelled seeds per class; here the class balance is approximate), and the
-surrogate is trained with the recipe of our Knockoff Nets (distillation from exact
-probabilities, a minimum number of steps), without random-shift augmentation: ``augment=True``
-turns it on, but on the validation split it lowered T-RND's agreement from probabilities and
-from labels (``examples/synthetic-tuning.toml``, docs/benchmarks.md), as it did Knockoff Nets'.
-Synthetic inputs lie near the surrogate's decision boundaries, where a shifted copy is the
-likelier to deserve another answer.
+Training hyper-parameters are chosen by PRADA's "CV-search": k-fold cross-validation on the seeds
+over a small grid of learning rates (ties go to the larger rate). T-RND's and JBDA's final
+surrogates are by default ensembles of three networks trained on the same answers (``members``),
+chosen on validation agreement over three seeds (``examples/synthetic-t-rnd.toml`` and
+``synthetic-tuning.toml``, ``examples/synthetic-jbda.toml``): higher than one network's from
+probabilities and from labels, by less than the larger spread over seeds, for about twice the
+training time; N I-FGSM's is one network until its grid's validation runs choose. Deliberate
+deviations: seeds are drawn at random from the attacker's unlabeled data (PRADA assumed 10 labelled
+seeds per class; here the class balance is approximate), and the surrogate is trained with the
+recipe of our Knockoff Nets (distillation from exact probabilities, a minimum number of steps),
+without random-shift augmentation: ``augment=True`` turns it on, but on the validation split it
+lowered T-RND's agreement from probabilities and from labels (``examples/synthetic-tuning.toml``,
+docs/benchmarks.md), as it did Knockoff Nets'. Synthetic inputs lie near the surrogate's decision
+boundaries, where a shifted copy is the likelier to deserve another answer.
 """
 
 from __future__ import annotations
@@ -270,6 +270,7 @@ class JacobianAugmentation(_SyntheticQueries):
         "tau": "The step's sign flips every tau rounds.",
     }
 
+    members: int = 3  # chosen on validation agreement over 3 seeds (docs/benchmarks.md)
     step: float = 0.1  # lambda, Papernot's
     # from labels only: chosen on validation agreement over 3 seeds (docs/benchmarks.md,
     # examples/synthetic-jbda-step.toml), where 0.25 beat 0.1 on every seed from labels and 0.1

@@ -211,7 +211,7 @@ def named_stream(name: str, victim: Classifier, data: Any, budget: int, seed: in
     )
 
     synthetic = {
-        "jbda": JacobianAugmentation,
+        "jbda": lambda: JacobianAugmentation(members=1),
         "t-rnd": lambda: TargetedRandom(members=1),
         "n-ifgsm": NonTargetedIfgsm,
     }
