@@ -282,3 +282,37 @@ def test_splits_partition_each_dataset_and_bad_names_are_one_line():
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "unknown datasets: no-such-set" in proc.stderr
+
+
+def test_the_quickstart_table_says_it_is_shortened_and_gives_the_full_attack():
+    """Issue 15: the quickstart's table says plainly that its attack is shortened and what the
+    attack as users run it reaches (the Knockoff grid's default at the same point, over seeds)."""
+    module = _module()
+    common = {"machine": "m", "command": "c", "commit": "x", "date": "2026-12-06"}
+    run = {
+        "transfer_set": "fashion-mnist", "output": "probs", "budget": 500, "queries_used": 500,
+        "fidelity_test": 0.9, "prada_alarm": None, "ood_alarm": 120,
+    }  # fmt: skip
+    quickstart = {
+        **common, "benchmark": "quickstart", "preset": "full", "seed": 0,
+        "metrics": {"wall_seconds": 120.0, "victim_accuracy": 0.9, "runs": [run]},
+    }  # fmt: skip
+
+    def grid_row(seed, fidelity, budget=500, variant="default"):
+        return {
+            **common, "scenario": "knockoff-fmnist", "variant": variant, "seed": seed,
+            "transfer_set": "fashion-mnist", "output": "probs", "budget": budget,
+            "config": {"victim": {"epochs": 5}}, "metrics": {"fidelity_test": fidelity},
+        }  # fmt: skip
+
+    table = module.quickstart(
+        [
+            quickstart,
+            grid_row(0, 0.92),
+            grid_row(1, 0.94),
+            grid_row(0, 0.10, budget=1000),  # another budget: not this run's
+            grid_row(0, 0.10, variant="augment"),  # not the default
+        ]
+    )
+    assert "| fashion-mnist | probs | 500 | 500 | 0.9000 | 0.9300 ± 0.0141 | none | 120 |" in table
+    assert "A shortened run" in table and "over 2 seeds" in table

@@ -60,7 +60,7 @@ class QuickstartConfig:
         return (
             f"a shortened run: the attack trains its surrogate {self.attack_epochs} epochs (at "
             f"least {self.attack_min_steps} steps) instead of its defaults ({defaults.epochs} "
-            f"epochs, at least {defaults.min_steps} steps), so a real attack does better; "
+            f"epochs, at least {defaults.min_steps} steps); "
             "`modelheist experiment run examples/knockoff-fashion-mnist.toml` runs it in full "
             "(docs/benchmarks.md gives its figures over three seeds)"
         )
