@@ -1464,18 +1464,25 @@ def conflicts_adversarial(rows: list[dict]) -> str:
 
 
 def text_quantization(rows: list[dict]) -> str:
-    """The int8 copy of a served text model against the float one, one line per victim
-    measured (the same victim gives the same figures): each one's evaluation accuracy, their
-    agreement and largest probability gap."""
+    """The int8 copy of a served text model against the float one, one line per victim and
+    result (runs of the same victim that gave the same figures share a line, with their
+    count): each one's evaluation accuracy, their agreement and largest probability gap."""
     lines = [
-        "| date | victim (dataset, epochs, tuned layers, seed) | weights | sentences "
+        "| dates | runs | victim (dataset, epochs, tuned layers, seed) | weights | sentences "
         "| float accuracy | int8 accuracy | agreement | largest probability gap |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|",
     ]
+    figures = ("evaluation_sentences", "float_accuracy", "int8_accuracy", "agreement")
+    groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in sorted(rows, key=lambda r: r["date"]):
+        key = (row["victim"]["weights_sha256"], *(row["metrics"][f] for f in figures))
+        groups[key + (row["metrics"]["max_probability_gap"],)].append(row)
+    for same in groups.values():
+        row, dates = same[0], sorted({r["date"][:10] for r in same})
         v, m = row["victim"], row["metrics"]
+        when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
         lines.append(
-            f"| {row['date'][:10]} | {row['dataset']}, {v['epochs']}, {v['tuned_layers']}, "
+            f"| {when} | {len(same)} | {row['dataset']}, {v['epochs']}, {v['tuned_layers']}, "
             f"{v['seed']} | {v['weights_sha256'][:12]} | {m['evaluation_sentences']:,} "
             f"| {m['float_accuracy']:.4f} | {m['int8_accuracy']:.4f} | {m['agreement']:.4f} "
             f"| {m['max_probability_gap']:.3f} |"
