@@ -5,15 +5,18 @@ networks on the offline tabular sets and digits; the attacker holds its pool of 
 For each: queries used, 1-R_test, 1-R_unif (5,000 uniform inputs in the data's range) and the
 largest probability gap max |p - p_hat| over both. The attacks are exact or nearly so: one run
 each (seed 0), every query counted by the API. Each run appends a row to
-benchmarks/results/tramer.jsonl; docs/benchmarks.md's table is generated from it.
+benchmarks/results/tramer.jsonl; docs/benchmarks.md's table is generated from it. Runs already
+in the store (the same attack, dataset and output) are skipped, so an interrupted benchmark
+resumes; ``--rerun`` measures them again.
 
-    python benchmarks/tramer.py [--datasets breast-cancer,wine,iris,digits,auto-mpg]
+    python benchmarks/tramer.py [--datasets breast-cancer,wine,iris,digits,auto-mpg] [--rerun]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -66,11 +69,17 @@ SPLIT_SEEDS = {"auto-mpg": 1}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="breast-cancer,wine,iris,digits,auto-mpg")
+    parser.add_argument("--rerun", action="store_true", help="measure stored runs again")
     args = parser.parse_args()
     store = ResultsStore(ROOT / "results" / "tramer.jsonl")
     store.freeze_environment()
+    stored = {(r["attack"], r["dataset"], r["output"]) for r in store.rows()}
 
-    def add(attack_name, dataset, victim_arch, output, target, budget, row):
+    def add(attack_name, dataset, victim_arch, output, target, budget, measured, **extra):
+        """Measure (``measured()``) and store one run, unless it is stored already."""
+        if not args.rerun and (attack_name, dataset, output) in stored:
+            return
+        row = {**measured(), **extra}
         metrics = {
             k: row.pop(k)
             for k in ("fidelity_test", "fidelity_uniform", "max_probability_gap", "seconds")
@@ -93,17 +102,18 @@ def main() -> None:
             budget = 20 * (d + 1)
             target = "d+1 queries, 100%, gap <= 1e-6" if output == "probs" else "report the loss"
             add("tramer-lr", name, "logreg", output, target, budget,
-                measure(LogisticEquationSolving(), victim, data, budget, output))  # fmt: skip
+                partial(measure, LogisticEquationSolving(), victim, data, budget, output))  # fmt: skip
         mlp = train_model(data, "mlp1", TrainConfig(epochs=60, seed=0))
         for alpha in (0.5, 1.0, 2.0):
             attack = MlpEquationSolving(alpha=alpha)
             k = attack.unknowns(d, data.num_classes)
             add(f"tramer-mlp a={alpha:g}", name, "mlp1", "probs", ">= 99.9% with <= k queries",
-                10 * k, measure(attack, mlp, data, 10 * k))  # fmt: skip
+                10 * k, partial(measure, attack, mlp, data, 10 * k))  # fmt: skip
         tree = train_model(data, "tree")
         leaves = int((tree.children_left < 0).sum())
         for incomplete in (False, True):
-            row = measure(
+            path_finding = partial(
+                measure,
                 TreePathFinding(),
                 tree,
                 data,
@@ -112,15 +122,14 @@ def main() -> None:
                 leaves=True,
                 incomplete_queries=incomplete,
             )
-            row["victim_leaves"] = leaves
             add(f"tree-path{' incomplete' if incomplete else ''}", name, f"tree ({leaves} leaves)", "labels+leaf",
-                "100%; fewer queries with incomplete", 10**7, row)  # fmt: skip
+                "100%; fewer queries with incomplete", 10**7, path_finding, victim_leaves=leaves)  # fmt: skip
         if data.num_classes == 2:
             add("lowd-meek", name, "logreg", "labels", "report queries", 100 * (d + 1),
-                measure(LowdMeek(), victim, data, 100 * (d + 1), "labels"))  # fmt: skip
+                partial(measure, LowdMeek(), victim, data, 100 * (d + 1), "labels"))  # fmt: skip
             for factor in (10, 30):
                 add(f"retrain {factor}(d+1)", name, "logreg", "labels", ">= 99% with <= 10(d+1)",
-                    factor * (d + 1), measure(AdaptiveRetraining(rounds=factor - 1), victim, data, factor * (d + 1), "labels"))  # fmt: skip
+                    factor * (d + 1), partial(measure, AdaptiveRetraining(rounds=factor - 1), victim, data, factor * (d + 1), "labels"))  # fmt: skip
 
 
 if __name__ == "__main__":
