@@ -88,7 +88,7 @@ def streams(
 
     out["JBDA"] = ("attack", synthetic(JacobianAugmentation(members=1)))
     out["T-RND"] = ("attack", synthetic(TargetedRandom(members=1)))
-    out["N I-FGSM"] = ("attack", synthetic(NonTargetedIfgsm()))
+    out["N I-FGSM"] = ("attack", synthetic(NonTargetedIfgsm(members=1)))
     out["Tramèr-style uniform"] = (
         "attack",
         lambda: rng.random((UNIFORM_QUERIES, *data.input_shape), dtype=np.float32),

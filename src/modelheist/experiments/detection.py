@@ -213,7 +213,7 @@ def named_stream(name: str, victim: Classifier, data: Any, budget: int, seed: in
     synthetic = {
         "jbda": lambda: JacobianAugmentation(members=1),
         "t-rnd": lambda: TargetedRandom(members=1),
-        "n-ifgsm": NonTargetedIfgsm,
+        "n-ifgsm": lambda: NonTargetedIfgsm(members=1),
     }
     if name not in synthetic:
         known = ", ".join((*BENIGN_STREAMS, *ATTACK_STREAMS))
