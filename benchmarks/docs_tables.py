@@ -94,6 +94,16 @@ def where(
     return lambda rows: build([r for r in rows if all(r.get(k) == v for k, v in match.items())])
 
 
+def on_both_splits(
+    name: str, stores: tuple[str, ...], make: Callable[[str], Callable[[list[dict]], str]]
+) -> dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]]:
+    """Two tables of one comparison: ``name`` on validation fidelity, ``name_test`` on test."""
+    return {
+        name: (stores, make("fidelity_validation")),
+        f"{name}_test": (stores, make("fidelity_test")),
+    }
+
+
 def comparison(
     series: list[tuple[str, str, str]],
     keys: tuple[str, ...] = ("transfer_set", "output", "budget"),
@@ -335,8 +345,7 @@ def quickstart(rows: list[dict]) -> str:
             )
             used_full += beside
         lines.append("")
-    unique = {id(r): r for r in used_full}
-    return "\n".join([*lines, provenance(list(latest.values()) + list(unique.values()))])
+    return "\n".join([*lines, provenance(list(latest.values()) + used_full)])
 
 
 def ood(rows: list[dict]) -> str:
@@ -1642,47 +1651,37 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[list[dict]], str]]] = {
     ),
     # lambda = 0.1 is the grid's one-network JBDA before the per-output step (the same recipe,
     # victims and seeds; its rows were moved to their own store when label_step was added)
-    **{
-        name: (
-            ("synthetic-jbda-step-0.1.jsonl", "synthetic-jbda-step.jsonl"),
+    **on_both_splits(
+        "jbda_step",
+        ("synthetic-jbda-step-0.1.jsonl", "synthetic-jbda-step.jsonl"),
+        lambda metric: comparison(
+            [
+                ("synthetic-jbda", "one-network", "step 0.1"),
+                ("synthetic-jbda-step", "step-025", "step 0.25"),
+            ],
+            keys=("output", "budget"),
+            metric=metric,
+        ),
+    ),
+    # JBDA from labels: one lever a variant against the grid's one network (the same recipe,
+    # victims and seeds, tau 3 and 30 final epochs)
+    **on_both_splits(
+        "jbda_labels",
+        ("synthetic-jbda.jsonl", "synthetic-jbda-labels.jsonl"),
+        lambda metric: where(
+            {"output": "labels"},
             comparison(
                 [
-                    ("synthetic-jbda", "one-network", "step 0.1"),
-                    ("synthetic-jbda-step", "step-025", "step 0.25"),
+                    ("synthetic-jbda", "one-network", "tau 3, 30 final epochs"),
+                    ("synthetic-jbda-labels", "tau-2", "tau 2"),
+                    ("synthetic-jbda-labels", "tau-1", "tau 1"),
+                    ("synthetic-jbda-labels", "final-epochs-60", "60 final epochs"),
                 ],
                 keys=("output", "budget"),
                 metric=metric,
             ),
-        )
-        for name, metric in (
-            ("jbda_step", "fidelity_validation"),
-            ("jbda_step_test", "fidelity_test"),
-        )
-    },
-    # JBDA from labels: one lever a variant against the grid's one network (the same recipe,
-    # victims and seeds, tau 3 and 30 final epochs)
-    **{
-        name: (
-            ("synthetic-jbda.jsonl", "synthetic-jbda-labels.jsonl"),
-            where(
-                {"output": "labels"},
-                comparison(
-                    [
-                        ("synthetic-jbda", "one-network", "tau 3, 30 final epochs"),
-                        ("synthetic-jbda-labels", "tau-2", "tau 2"),
-                        ("synthetic-jbda-labels", "tau-1", "tau 1"),
-                        ("synthetic-jbda-labels", "final-epochs-60", "60 final epochs"),
-                    ],
-                    keys=("output", "budget"),
-                    metric=metric,
-                ),
-            ),
-        )
-        for name, metric in (
-            ("jbda_labels", "fidelity_validation"),
-            ("jbda_labels_test", "fidelity_test"),
-        )
-    },
+        ),
+    ),
 }
 
 
